@@ -1,0 +1,101 @@
+"""Sample formats and conversions. Pure numpy: bytes or arrays in, arrays or bytes out.
+
+Conventions (the same as libsndfile's, so soundfile reads back what we mean):
+
+* ``f32`` is little-endian IEEE float, full scale ±1.0.
+* ``s16`` is little-endian signed 16-bit; a float ``x`` maps to ``round(x * 32768)``
+  saturated to ``[-32768, 32767]`` and an ``s16`` value ``v`` reads back as ``v / 32768``.
+  So f32 → s16 → f32 is within half an LSB, and within one LSB at +1.0 exactly.
+* Floats beyond ±1.0 saturate (never wrap around); NaN and ±Inf become 0 and are counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+SampleFormat = Literal["s16", "f32"]
+SAMPLE_FORMATS: tuple[SampleFormat, ...] = ("s16", "f32")
+BYTES_PER_SAMPLE: dict[str, int] = {"s16": 2, "f32": 4}
+WIRE_DTYPE: dict[str, np.dtype] = {"s16": np.dtype("<i2"), "f32": np.dtype("<f4")}
+
+S16_SCALE = 32768.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """What one stream's audio looks like on the wire."""
+
+    format: SampleFormat
+    rate: int
+    channels: int
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes per sample frame (one sample of every channel)."""
+        return BYTES_PER_SAMPLE[self.format] * self.channels
+
+    def frames_to_seconds(self, frames: int) -> float:
+        return frames / self.rate
+
+    def seconds_to_frames(self, seconds: float) -> int:
+        return round(seconds * self.rate)
+
+
+@dataclass(frozen=True, slots=True)
+class Sanitized:
+    """Result of cleaning float samples: the samples and what had to be fixed."""
+
+    samples: np.ndarray
+    non_finite: int
+    clipped: int
+
+
+def sanitize_f32(x: np.ndarray) -> Sanitized:
+    """Replace NaN/±Inf by 0 and saturate to [-1, 1]; count both. Returns a new array."""
+    x = np.asarray(x, dtype=np.float32)
+    finite = np.isfinite(x)
+    non_finite = int(x.size - np.count_nonzero(finite))
+    y = np.where(finite, x, np.float32(0.0)) if non_finite else x.copy()
+    clipped = int(np.count_nonzero(np.abs(y) > 1.0))
+    if clipped:
+        np.clip(y, -1.0, 1.0, out=y)
+    return Sanitized(y, non_finite, clipped)
+
+
+def f32_to_s16(x: np.ndarray) -> Sanitized:
+    """Float samples to int16 with saturation; NaN/Inf → 0 (counted)."""
+    s = sanitize_f32(x)
+    y = np.rint(s.samples * np.float32(S16_SCALE))
+    np.clip(y, -32768.0, 32767.0, out=y)
+    return Sanitized(y.astype("<i2"), s.non_finite, s.clipped)
+
+
+def s16_to_f32(x: np.ndarray) -> np.ndarray:
+    """int16 samples to float32 in [-1, 1)."""
+    return np.asarray(x, dtype="<i2").astype(np.float32) / np.float32(S16_SCALE)
+
+
+def decode(data: bytes | bytearray | memoryview, fmt: SampleFormat, channels: int) -> np.ndarray:
+    """Wire bytes (whole frames) to a float32 array of shape (frames, channels)."""
+    raw = np.frombuffer(data, dtype=WIRE_DTYPE[fmt])
+    out = s16_to_f32(raw) if fmt == "s16" else raw.astype(np.float32)
+    return out.reshape(-1, channels)
+
+
+def encode(samples: np.ndarray, fmt: SampleFormat) -> bytes:
+    """Float samples (any shape, interleaved in C order) to wire bytes."""
+    if fmt == "s16":
+        return f32_to_s16(samples).samples.tobytes()
+    return np.ascontiguousarray(samples, dtype="<f4").tobytes()
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """(frames, channels) → (frames,) by averaging channels."""
+    if samples.ndim == 1:
+        return samples
+    if samples.shape[1] == 1:
+        return samples[:, 0]
+    return samples.mean(axis=1, dtype=np.float32)

@@ -1,0 +1,89 @@
+"""In-process bus: fan-out of stream events to subscribers, each with its own bounded queue.
+
+A slow subscriber never slows a publisher: when its queue is full the oldest item is dropped
+for that subscriber only, counted, and reported to it in a ``dropped`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+ALL = "*"
+
+
+class Subscription:
+    """One subscriber's view of the bus: ``async for item in sub``."""
+
+    def __init__(self, stream: str, *, maxsize: int = 1000) -> None:
+        self.stream = stream
+        self.maxsize = maxsize
+        self.dropped = 0
+        self._items: deque[dict[str, Any]] = deque()
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    def offer(self, item: dict[str, Any]) -> None:
+        """Queue without waiting; past ``maxsize`` the oldest item is dropped and counted."""
+        if self._closed:
+            return
+        if len(self._items) >= self.maxsize:
+            self._items.popleft()
+            self.dropped += 1
+        self._items.append(item)
+        self._ready.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    async def get(self) -> dict[str, Any] | None:
+        """The next item, or None once closed and drained."""
+        while not self._items:
+            if self._closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        if self.dropped:
+            n, self.dropped = self.dropped, 0
+            self._items.appendleft({"type": "dropped", "count": n,
+                                    "message": f"{n} events dropped: subscriber too slow"})
+        return self._items.popleft()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        item = await self.get()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+
+class MemoryBus:
+    """Publish/subscribe by stream id, in one process."""
+
+    def __init__(self) -> None:
+        self._subs: dict[str, set[Subscription]] = {}
+
+    def subscribe(self, stream: str, *, maxsize: int = 1000) -> Subscription:
+        sub = Subscription(stream, maxsize=maxsize)
+        self._subs.setdefault(stream, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.stream)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.stream]
+        sub.close()
+
+    def has_subscribers(self, stream: str) -> bool:
+        return stream in self._subs or ALL in self._subs
+
+    def publish(self, stream: str, event: dict[str, Any]) -> None:
+        for key in (stream, ALL):
+            for sub in self._subs.get(key, ()):
+                sub.offer(event)

@@ -1,0 +1,45 @@
+"""One rooted exception tree for everything earshot raises on purpose."""
+
+from __future__ import annotations
+
+
+class EarshotError(Exception):
+    """Root of every error earshot raises deliberately."""
+
+
+class ProtocolError(EarshotError):
+    """A peer broke the wire protocol. ``code`` is the stable machine-readable error code."""
+
+    def __init__(self, code: str, message: str, *, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.fatal = fatal
+
+
+class StorageError(EarshotError):
+    """The archive or the metadata store failed or holds something unexpected."""
+
+
+class StreamNotFound(StorageError):
+    """No stream with that id."""
+
+
+class ConfigError(EarshotError):
+    """Invalid configuration (options, environment variables, processor specs)."""
+
+
+class MissingDependency(EarshotError):
+    """An optional extra is needed but not installed; the message says how to install it."""
+
+
+class ClientError(EarshotError):
+    """The Python client could not do what was asked (server refused, unreachable, gave up)."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ProcessorError(EarshotError):
+    """A processor could not be loaded or configured."""

@@ -1,0 +1,399 @@
+"""The ingest wire protocol, sans I/O: messages in, outputs out. No sockets, no asyncio.
+
+:class:`IngestConnection` is the server side of one ingest WebSocket. The I/O layer feeds it
+every text and binary message and carries out what it returns:
+
+* :class:`Send` — send this JSON object to the client;
+* :class:`StartRequested` — the client asked to start (or resume) a stream; the I/O layer
+  looks the stream up, checks auth, then calls :meth:`IngestConnection.accept` or
+  :meth:`IngestConnection.refuse`;
+* :class:`AudioIn` — whole sample frames of audio, in wire format, to append to the stream;
+* :class:`StopRequested` — the client ended the stream cleanly;
+* :class:`Close` — close the socket with this code and reason.
+
+Byte counts that are not a whole number of frames are *carried*: the remainder waits for
+the next binary message (WebSocket message boundaries carry no meaning for raw PCM). A
+remainder still pending at ``stop`` is discarded and reported in a ``warning``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from earshot.audio import SAMPLE_FORMATS, StreamSpec
+from earshot.errors import ProtocolError
+
+# WebSocket close codes. 1000/1009/1011 are RFC 6455; 44xx mirror HTTP statuses.
+CLOSE_NORMAL = 1000
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_BAD_REQUEST = 4400
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+CLOSE_CONFLICT = 4409
+
+#: error code → close code, for errors after which the connection cannot go on.
+FATAL_CLOSE: dict[str, int] = {
+    "not_started": CLOSE_BAD_REQUEST,
+    "gap": CLOSE_BAD_REQUEST,
+    "resume_mismatch": CLOSE_BAD_REQUEST,
+    "message_too_large": CLOSE_TOO_BIG,
+    "unauthorized": CLOSE_UNAUTHORIZED,
+    "bad_resume_token": CLOSE_FORBIDDEN,
+    "unknown_stream": CLOSE_NOT_FOUND,
+    "stream_finished": CLOSE_CONFLICT,
+    "superseded": CLOSE_CONFLICT,
+    "internal": CLOSE_INTERNAL,
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """What the server accepts. Sizes in bytes, rates in Hz."""
+
+    max_message_bytes: int = 1 << 20
+    min_rate: int = 8000
+    max_rate: int = 192_000
+    max_channels: int = 8
+    max_name_chars: int = 200
+    max_processors: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """A parsed ``start`` message (or the implied start of a compatibility-mode client)."""
+
+    spec: StreamSpec
+    name: str | None = None
+    processors: tuple[Any, ...] | None = None
+    resume: str | None = None
+    resume_token: str | None = None
+    token: str | None = None
+    offset: int | None = None
+    compat: bool = False
+    client: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """A parsed ``stop`` message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A parsed ``ping`` message; answered with ``pong`` carrying the same ``id``."""
+
+    id: Any = None
+
+
+Message = Start | Stop | Ping
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StartRequested:
+    start: Start
+
+
+@dataclass(frozen=True, slots=True)
+class AudioIn:
+    data: bytes
+    frames: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequested:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    code: int
+    reason: str
+
+
+Output = Send | StartRequested | AudioIn | StopRequested | Close
+
+
+def error_message(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message, **extra}
+
+
+def _int_field(obj: Mapping[str, Any], key: str, default: int | None = None) -> int | None:
+    value = obj.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        raise ProtocolError("bad_start", f"'{key}' must be an integer, got {value!r}")
+    return value
+
+
+def _str_field(obj: Mapping[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise ProtocolError("bad_start", f"'{key}' must be a string, got {type(value).__name__}")
+
+
+def validate_spec(fmt: Any, rate: Any, channels: Any, limits: Limits) -> StreamSpec:
+    """Check a format/rate/channels triple against the limits; raise ProtocolError if not."""
+    if fmt not in SAMPLE_FORMATS:
+        raise ProtocolError(
+            "unsupported_format",
+            f"format {fmt!r} is not supported; use one of {', '.join(SAMPLE_FORMATS)}",
+        )
+    if not limits.min_rate <= rate <= limits.max_rate:
+        raise ProtocolError(
+            "unsupported_rate",
+            f"rate {rate} Hz is outside {limits.min_rate}..{limits.max_rate} Hz",
+        )
+    if not 1 <= channels <= limits.max_channels:
+        raise ProtocolError(
+            "unsupported_channels", f"channels {channels} is outside 1..{limits.max_channels}"
+        )
+    return StreamSpec(fmt, rate, channels)
+
+
+def parse_start(obj: Mapping[str, Any], limits: Limits) -> Start:
+    """Validate the fields of a ``start`` object."""
+    rate = _int_field(obj, "rate", 48000)
+    channels = _int_field(obj, "channels", 1)
+    assert rate is not None and channels is not None
+    spec = validate_spec(obj.get("format", "f32"), rate, channels, limits)
+    name = _str_field(obj, "name")
+    if name is not None and (len(name) > limits.max_name_chars or not name.isprintable()):
+        raise ProtocolError(
+            "bad_start", f"'name' must be printable and at most {limits.max_name_chars} chars"
+        )
+    processors = obj.get("processors")
+    if processors is not None:
+        if not isinstance(processors, list) or len(processors) > limits.max_processors:
+            raise ProtocolError(
+                "bad_start", f"'processors' must be a list of at most {limits.max_processors}"
+            )
+        for p in processors:
+            if not isinstance(p, str | dict):
+                raise ProtocolError("bad_start", "each processor is a name or an object")
+        processors = tuple(processors)
+    offset = _int_field(obj, "offset")
+    if offset is not None and offset < 0:
+        raise ProtocolError("bad_start", "'offset' must be >= 0")
+    client = obj.get("client") or {}
+    if not isinstance(client, dict):
+        raise ProtocolError("bad_start", "'client' must be an object")
+    return Start(
+        spec=spec,
+        name=name,
+        processors=processors,
+        resume=_str_field(obj, "resume"),
+        resume_token=_str_field(obj, "resume_token"),
+        token=_str_field(obj, "token"),
+        offset=offset,
+        client=client,
+    )
+
+
+def parse_message(text: str, limits: Limits) -> Message:
+    """Parse one client text message. Raises :class:`ProtocolError` with a stable code."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("invalid_json", f"text message is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("invalid_json", "text message must be a JSON object")
+    kind = obj.get("type")
+    if kind == "start":
+        return parse_start(obj, limits)
+    if kind == "stop":
+        return Stop()
+    if kind == "ping":
+        return Ping(obj.get("id"))
+    raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
+
+
+def spec_from_query(params: Mapping[str, str], limits: Limits) -> StreamSpec:
+    """The stream spec of a compatibility-mode client, from the URL query."""
+    try:
+        rate = int(params.get("rate", "48000"))
+        channels = int(params.get("channels", "1"))
+    except ValueError:
+        raise ProtocolError("bad_start", "query 'rate' and 'channels' must be integers") from None
+    return validate_spec(params.get("format", "f32"), rate, channels, limits)
+
+
+class State(Enum):
+    AWAITING_START = "awaiting_start"
+    STARTING = "starting"
+    STREAMING = "streaming"
+    STOPPING = "stopping"
+    CLOSED = "closed"
+
+
+class IngestConnection:
+    """Server side of one ingest connection, as a pure state machine."""
+
+    def __init__(self, limits: Limits, compat: StreamSpec | None = None) -> None:
+        self.limits = limits
+        self.state = State.AWAITING_START
+        self.compat = compat
+        self.start: Start | None = None
+        self.spec: StreamSpec | None = None
+        self.offset = 0  # frames of this stream received (held + delivered as AudioIn)
+        self._texts_seen = 0
+        self._remainder = b""
+        self._skip_bytes = 0
+        self._pending_binary: bytes | None = None
+        self._frame_bytes = 0
+
+    # -- inputs ---------------------------------------------------------------------------
+    def receive_text(self, text: str) -> list[Output]:
+        if self.state is State.CLOSED:
+            return []
+        if len(text) > self.limits.max_message_bytes:
+            return self._fatal("message_too_large", self._too_large(len(text)))
+        self._texts_seen += 1
+        try:
+            msg = parse_message(text, self.limits)
+        except ProtocolError as exc:
+            return [Send(error_message(exc.code, exc.message))]
+        if isinstance(msg, Ping):
+            return [Send({"type": "pong", "id": msg.id})]
+        if isinstance(msg, Start):
+            if self.state is not State.AWAITING_START:
+                return [Send(error_message("already_started", "this connection already started"))]
+            self.state = State.STARTING
+            self.start = msg
+            return [StartRequested(msg)]
+        # Stop
+        if self.state is State.STREAMING:
+            self.state = State.STOPPING
+            out: list[Output] = []
+            if self._remainder:
+                out.append(Send(self._partial_warning()))
+                self._remainder = b""
+            out.append(StopRequested())
+            return out
+        return [Send(error_message("not_started", "'stop' before a successful 'start'"))]
+
+    def receive_bytes(self, data: bytes) -> list[Output]:
+        state = self.state
+        if state is State.STREAMING:
+            if len(data) > self.limits.max_message_bytes:
+                return self._fatal("message_too_large", self._too_large(len(data)))
+            return self._audio(data)
+        if state is State.CLOSED:
+            return []
+        if len(data) > self.limits.max_message_bytes:
+            return self._fatal("message_too_large", self._too_large(len(data)))
+        if state is State.AWAITING_START and self._texts_seen == 0 and self.compat is not None:
+            # Compatibility mode: raw audio with no start, spec from the URL query.
+            self.state = State.STARTING
+            self.start = Start(spec=self.compat, compat=True)
+            self._pending_binary = data
+            return [StartRequested(self.start)]
+        if state is State.STOPPING:
+            return [Send(error_message("after_stop", f"{len(data)} bytes after 'stop' ignored"))]
+        return self._fatal(
+            "not_started", "binary audio before a successful 'start'; send 'start' first"
+        )
+
+    # -- decisions of the I/O layer -------------------------------------------------------
+    def accept(self, stream: str, resume_token: str, held: int) -> list[Output]:
+        """The stream exists (created or resumed) and holds ``held`` frames."""
+        assert self.state is State.STARTING and self.start is not None
+        start = self.start
+        spec = start.spec
+        if start.offset is not None and start.offset > held:
+            return self._fatal(
+                "gap",
+                f"the server holds {held} frames but the client would continue at "
+                f"{start.offset}: frames {held}..{start.offset} are missing",
+            )
+        self.spec = spec
+        self._frame_bytes = spec.frame_bytes
+        self.offset = held
+        if start.offset is not None:
+            self._skip_bytes = (held - start.offset) * spec.frame_bytes
+        self.state = State.STREAMING
+        out: list[Output] = [
+            Send(
+                {
+                    "type": "ready",
+                    "stream": stream,
+                    "resume_token": resume_token,
+                    "offset": held,
+                    "format": spec.format,
+                    "rate": spec.rate,
+                    "channels": spec.channels,
+                }
+            )
+        ]
+        if self._pending_binary is not None:
+            data, self._pending_binary = self._pending_binary, None
+            out.extend(self._audio(data))
+        return out
+
+    def refuse(self, code: str, message: str) -> list[Output]:
+        """The start was refused. Fatal codes close; others let the client try again."""
+        assert self.state is State.STARTING
+        self.start = None
+        self._pending_binary = None
+        if code in FATAL_CLOSE:
+            return self._fatal(code, message)
+        self.state = State.AWAITING_START
+        return [Send(error_message(code, message))]
+
+    def fail(self, code: str, message: str) -> list[Output]:
+        """End the connection from the server side (e.g. superseded by a resume)."""
+        return self._fatal(code, message)
+
+    def closed(self) -> None:
+        self.state = State.CLOSED
+
+    # -- helpers --------------------------------------------------------------------------
+    def _audio(self, data: bytes) -> list[Output]:
+        if self._skip_bytes:
+            skip = min(self._skip_bytes, len(data))
+            self._skip_bytes -= skip
+            data = data[skip:]
+        if self._remainder:
+            data = self._remainder + data
+            self._remainder = b""
+        fb = self._frame_bytes
+        frames, extra = divmod(len(data), fb)
+        if extra:
+            self._remainder = data[len(data) - extra :]
+            data = data[: len(data) - extra]
+        if not frames:
+            return []
+        self.offset += frames
+        return [AudioIn(data, frames)]
+
+    def _partial_warning(self) -> dict[str, Any]:
+        return {
+            "type": "warning",
+            "code": "partial_frame",
+            "message": f"{len(self._remainder)} trailing bytes were less than one frame "
+            f"({self._frame_bytes} bytes) and were discarded",
+        }
+
+    def _too_large(self, size: int) -> str:
+        return f"message of {size} bytes exceeds the limit of {self.limits.max_message_bytes}"
+
+    def _fatal(self, code: str, message: str) -> list[Output]:
+        self.state = State.CLOSED
+        return [
+            Send(error_message(code, message)),
+            Close(FATAL_CLOSE.get(code, CLOSE_BAD_REQUEST), message[:120]),
+        ]

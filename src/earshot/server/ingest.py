@@ -1,0 +1,170 @@
+"""The ingest WebSocket: a thin asyncio layer around :class:`earshot.protocol.IngestConnection`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from earshot.errors import ProtocolError, StorageError
+from earshot.protocol import (
+    CLOSE_UNAUTHORIZED,
+    AudioIn,
+    Close,
+    IngestConnection,
+    Limits,
+    Output,
+    Send,
+    StartRequested,
+    StopRequested,
+    error_message,
+    spec_from_query,
+)
+from earshot.server.auth import presented_token, token_ok
+from earshot.server.hub import Hub, LiveStream
+
+log = logging.getLogger("earshot.ingest")
+
+
+class IngestSession:
+    """One ingest connection: feeds messages to the protocol core and carries out its outputs."""
+
+    def __init__(self, ws: WebSocket, hub: Hub) -> None:
+        self.ws = ws
+        self.hub = hub
+        settings = hub.settings
+        self.settings = settings
+        self.metrics = hub.metrics
+        self.live: LiveStream | None = None
+        self._closed = False
+        query = dict(ws.query_params)
+        compat = None
+        self._compat_error: ProtocolError | None = None
+        limits = Limits(max_message_bytes=settings.max_message_bytes)
+        if settings.compat:
+            try:
+                compat = spec_from_query(query, limits)
+            except ProtocolError as exc:
+                self._compat_error = exc
+        self.conn = IngestConnection(limits, compat)
+        token = presented_token(ws.headers, query)
+        self._presented = token
+        self._authed = settings.token is None or (token is not None and
+                                                  token_ok(settings.token, token))
+
+    async def run(self) -> None:
+        ws = self.ws
+        await ws.accept()
+        if self._presented is not None and not self._authed:
+            await self._emit(self.conn.fail("unauthorized", "wrong token"))
+            return
+        conn = self.conn
+        try:
+            while not self._closed:
+                msg = await ws.receive()
+                if msg["type"] == "websocket.disconnect":
+                    break
+                data = msg.get("bytes")
+                if data is not None:
+                    if self._compat_error is not None and self.live is None:
+                        exc = self._compat_error
+                        await self._emit(conn.fail(exc.code, exc.message))
+                        break
+                    outs = conn.receive_bytes(data)
+                    # Hot path: the common case is exactly one AudioIn.
+                    if len(outs) == 1 and type(outs[0]) is AudioIn and self.live is not None:
+                        out = outs[0]
+                        if self.hub.add_audio(self.live, out.data, out.frames):
+                            await self.hub.flush(self.live)
+                        continue
+                else:
+                    outs = conn.receive_text(msg.get("text") or "")
+                await self._emit(outs)
+        except WebSocketDisconnect:
+            pass
+        except Exception:
+            log.exception("ingest connection failed")
+            self.metrics.errors.labels("internal").inc()
+            if not self._closed:
+                await self._emit(conn.fail("internal", "internal server error; resume to go on"))
+        finally:
+            conn.closed()
+            self._closed = True
+            if self.live is not None:
+                await self.hub.detach(self.live, self, stopped=False)
+
+    async def _emit(self, outs: list[Output]) -> None:
+        for out in outs:
+            if isinstance(out, AudioIn):
+                assert self.live is not None
+                if self.hub.add_audio(self.live, out.data, out.frames):
+                    await self.hub.flush(self.live)
+            elif isinstance(out, Send):
+                await self.send_json(out.message)
+            elif isinstance(out, StartRequested):
+                await self._emit(await self._start(out))
+            elif isinstance(out, StopRequested):
+                await self._stop()
+            elif isinstance(out, Close):
+                await self._close(out.code, out.reason)
+
+    async def _start(self, req: StartRequested) -> list[Output]:
+        start = req.start
+        if not self._authed and not token_ok(self.settings.token, start.token):
+            return self.conn.refuse(
+                "unauthorized",
+                "this server needs a token: ?token=, 'Authorization: Bearer', or 'token' in start",
+            )
+        try:
+            live, token = await self.hub.open(start, self)
+        except ProtocolError as exc:
+            return self.conn.refuse(exc.code, exc.message)
+        except (StorageError, OSError) as exc:
+            log.exception("cannot open stream")
+            return self.conn.refuse("internal", f"cannot open the stream's archive: {exc}")
+        self.live = live
+        return self.conn.accept(live.id, token, live.offset)
+
+    async def _stop(self) -> None:
+        live = self.live
+        assert live is not None
+        await self.hub.flush(live)
+        frames = await self.hub.detach(live, self, stopped=True)
+        self.live = None
+        await self.send_json({
+            "type": "stopped", "stream": live.id, "offset": frames,
+            "duration": frames / live.spec.rate,
+        })
+        await self._close(1000, "stopped")
+
+    # -- Owner interface (used by the hub) ---------------------------------------------
+    async def send_json(self, message: dict[str, Any]) -> None:
+        if self._closed:
+            return
+        kind = message.get("type")
+        if kind == "error":
+            self.metrics.errors.labels(message.get("code", "unknown")).inc()
+        elif kind == "warning":
+            self.metrics.warnings.labels(message.get("code", "unknown")).inc()
+        await self.ws.send_text(json.dumps(message, separators=(",", ":")))
+
+    async def kick(self, code: str, message: str) -> None:
+        await self._emit(self.conn.fail(code, message))
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.ws.close(code, reason)
+        except Exception:  # already gone
+            log.debug("close after disconnect", exc_info=True)
+
+
+async def refuse_unauthorized(ws: WebSocket) -> None:
+    """For endpoints that need the token up front (subscribe)."""
+    await ws.accept()
+    await ws.send_text(json.dumps(error_message("unauthorized", "missing or wrong token")))
+    await ws.close(CLOSE_UNAUTHORIZED, "unauthorized")

@@ -1,0 +1,35 @@
+"""Prometheus metrics, on a registry of the app's own (several apps can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.streams_active = Gauge("earshot_streams_active", "Live streams", registry=r)
+        self.streams_started = Counter(
+            "earshot_streams_started", "Streams started or resumed", ["kind"], registry=r
+        )
+        self.frames_in = Counter(
+            "earshot_frames_in", "Sample frames written to archives", registry=r
+        )
+        self.bytes_in = Counter("earshot_bytes_in", "Audio bytes received", registry=r)
+        self.acks = Counter("earshot_acks", "Acks sent", registry=r)
+        self.errors = Counter("earshot_errors", "Error events sent, by code", ["code"], registry=r)
+        self.warnings = Counter(
+            "earshot_warnings", "Warning events sent, by code", ["code"], registry=r
+        )
+        self.samples_fixed = Counter(
+            "earshot_samples_fixed",
+            "Float samples fixed on ingest (non_finite → 0, clipped → ±1)",
+            ["kind"],
+            registry=r,
+        )
+        self.ack_latency = Histogram(
+            "earshot_ack_latency_seconds",
+            "From receipt of the newest audio an ack covers to the ack being sent",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )

@@ -1,0 +1,108 @@
+"""REST routes: list, inspect, download (with Range) and delete streams; health; metrics."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import FileResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from earshot import __version__
+from earshot.errors import StorageError, StreamNotFound
+from earshot.server.auth import presented_token, token_ok
+from earshot.server.hub import Hub
+from earshot.storage.archive import MEDIA_TYPES
+
+STREAM_ID = re.compile(r"^[0-9a-z]{6,40}$")
+
+
+def hub_of(request: Request) -> Hub:
+    return request.app.state.hub  # type: ignore[no-any-return]
+
+
+def require_token(request: Request) -> None:
+    expected = request.app.state.settings.token
+    if not token_ok(expected, presented_token(request.headers, request.query_params)):
+        raise HTTPException(
+            401, "missing or wrong token", headers={"WWW-Authenticate": 'Bearer realm="earshot"'}
+        )
+
+
+HubDep = Annotated[Hub, Depends(hub_of)]
+api = APIRouter(prefix="/api", tags=["streams"], dependencies=[Depends(require_token)])
+ops = APIRouter(tags=["operations"])
+
+
+def _record(hub: Hub, stream_id: str) -> Any:
+    if not STREAM_ID.match(stream_id):
+        raise HTTPException(404, f"no stream {stream_id!r}")
+    try:
+        return hub.record(stream_id)
+    except StreamNotFound:
+        raise HTTPException(404, f"no stream {stream_id!r}") from None
+
+
+@api.get("/streams", summary="List streams, newest first")
+def list_streams(
+    request: Request,
+    hub: HubDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    records, total = hub.store.list(limit=limit, offset=offset)
+    items = [hub.record(r.id).public() if r.id in hub.live else r.public() for r in records]
+    nxt = None
+    if offset + limit < total:
+        nxt = str(request.url.include_query_params(limit=limit, offset=offset + limit))
+    return {"streams": items, "total": total, "limit": limit, "offset": offset, "next": nxt}
+
+
+@api.get("/streams/{stream_id}", summary="One stream's metadata")
+def get_stream(stream_id: str, hub: HubDep) -> dict[str, Any]:
+    rec = _record(hub, stream_id)
+    out: dict[str, Any] = rec.public()
+    out["audio_url"] = f"/api/streams/{rec.id}/audio"
+    return out
+
+
+@api.get(
+    "/streams/{stream_id}/audio",
+    summary="The stream's archive (WAV, or FLAC when so configured); supports HTTP Range",
+    response_class=FileResponse,
+)
+def get_audio(stream_id: str, hub: HubDep) -> FileResponse:
+    rec = _record(hub, stream_id)
+    live = hub.live.get(rec.id)
+    if live is not None:
+        live.archive.sync()  # make the header match what is on disk right now
+    path = hub.path_of(rec)
+    if not path.exists():
+        raise HTTPException(410, f"the archive of stream {rec.id} is gone")
+    media = MEDIA_TYPES.get(path.suffix, "application/octet-stream")
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", rec.name or "")[:60].strip("._")
+    filename = f"{stem + '-' if stem else ''}{rec.id}{path.suffix}"
+    return FileResponse(path, media_type=media, filename=filename)
+
+
+@api.delete("/streams/{stream_id}", status_code=204, summary="Delete a stream and its files")
+def delete_stream(stream_id: str, hub: HubDep) -> Response:
+    rec = _record(hub, stream_id)
+    try:
+        hub.delete(rec.id)
+    except StorageError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return Response(status_code=204)
+
+
+@ops.get("/healthz", summary="Liveness and capabilities")
+def healthz(request: Request, hub: HubDep) -> dict[str, Any]:
+    caps: dict[str, Any] = request.app.state.capabilities
+    return {"status": "ok", "version": __version__, "live_streams": len(hub.live), **caps}
+
+
+@ops.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_token)])
+def metrics(request: Request) -> Response:
+    data = generate_latest(request.app.state.metrics.registry)
+    return Response(data, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,1 @@
+"""Durable storage: per-stream archives and the metadata store."""

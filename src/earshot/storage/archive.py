@@ -1,0 +1,123 @@
+"""One stream's lossless archive: wire audio converted to the archive encoding, appended.
+
+Archive formats:
+
+* ``wav`` (default) — PCM16 WAV. s16 input is stored bit-exact; f32 input is converted
+  (saturating, NaN/Inf → 0, within 1 LSB).
+* ``wav-f32`` — 32-bit float WAV; f32 input is stored exactly (after NaN/Inf → 0 and
+  saturation to ±1.0).
+* ``flac`` — written as PCM16 WAV while live (crash-safe) and losslessly converted to FLAC
+  when the stream finishes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+
+from earshot.audio import StreamSpec, f32_to_s16, s16_to_f32, sanitize_f32
+from earshot.errors import StorageError
+from earshot.storage.wav import WavEncoding, WavWriter
+
+ArchiveFormat = Literal["wav", "wav-f32", "flac"]
+ARCHIVE_FORMATS: tuple[ArchiveFormat, ...] = ("wav", "wav-f32", "flac")
+MEDIA_TYPES = {".wav": "audio/wav", ".flac": "audio/flac"}
+
+
+@dataclass(slots=True)
+class AppendResult:
+    frames: int
+    non_finite: int = 0
+    clipped: int = 0
+
+
+def encoding_for(fmt: ArchiveFormat) -> WavEncoding:
+    return "float32" if fmt == "wav-f32" else "pcm16"
+
+
+class Archive:
+    """Appends a stream's wire audio to its archive file, converting as needed."""
+
+    def __init__(self, writer: WavWriter, spec: StreamSpec, fmt: ArchiveFormat) -> None:
+        self.writer = writer
+        self.spec = spec
+        self.format = fmt
+        self._encoding = writer.layout.encoding
+
+    @classmethod
+    def create(cls, path: Path, spec: StreamSpec, fmt: ArchiveFormat) -> Archive:
+        """``path`` is the live file (always a ``.wav``)."""
+        writer = WavWriter.create(path, encoding_for(fmt), spec.rate, spec.channels)
+        return cls(writer, spec, fmt)
+
+    @classmethod
+    def reopen(cls, path: Path, spec: StreamSpec, fmt: ArchiveFormat) -> Archive:
+        writer = WavWriter.reopen(path)
+        layout = writer.layout
+        if (layout.rate, layout.channels) != (spec.rate, spec.channels):
+            writer.close()
+            raise StorageError(
+                f"archive {path.name} is {layout.rate} Hz x{layout.channels}, "
+                f"not {spec.rate} Hz x{spec.channels}"
+            )
+        return cls(writer, spec, fmt)
+
+    @property
+    def frames(self) -> int:
+        return self.writer.frames
+
+    @property
+    def path(self) -> Path:
+        return self.writer.path
+
+    def append(self, data: bytes | bytearray) -> AppendResult:
+        """Append whole frames of wire-format audio. Returns what had to be fixed."""
+        wire = self.spec.format
+        frames = len(data) // self.spec.frame_bytes
+        result = AppendResult(frames)
+        if wire == "s16" and self._encoding == "pcm16":
+            self.writer.write(data)
+            return result
+        if wire == "s16":
+            out = s16_to_f32(np.frombuffer(data, "<i2")).astype("<f4")
+        else:
+            x = np.frombuffer(data, "<f4")
+            fixed = f32_to_s16(x) if self._encoding == "pcm16" else sanitize_f32(x)
+            out = fixed.samples
+            result.non_finite, result.clipped = fixed.non_finite, fixed.clipped
+        self.writer.write(out.tobytes())
+        return result
+
+    def sync(self, fsync: bool = False) -> None:
+        self.writer.sync_header()
+        if fsync:
+            self.writer.fsync()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def finalize(path: Path, fmt: ArchiveFormat) -> Path:
+    """Turn a closed live WAV into its final form; returns the final path.
+
+    For FLAC, converts block by block (never the whole file in memory), then replaces
+    the WAV atomically. Other formats are already final.
+    """
+    if fmt != "flac":
+        return path
+    target = path.with_suffix(".flac")
+    tmp = target.with_suffix(".flac.part")
+    with sf.SoundFile(path) as src, sf.SoundFile(
+        tmp, "w", samplerate=src.samplerate, channels=src.channels, format="FLAC",
+        subtype="PCM_16",
+    ) as dst:
+        for block in src.blocks(blocksize=65536, dtype="int16", always_2d=True):
+            dst.write(block)
+    os.replace(tmp, target)
+    path.unlink()
+    return target

@@ -29,6 +29,7 @@ from earshot.errors import ProtocolError
 
 # WebSocket close codes. 1000/1009/1011 are RFC 6455; 44xx mirror HTTP statuses.
 CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_BAD_REQUEST = 4400
@@ -49,7 +50,11 @@ FATAL_CLOSE: dict[str, int] = {
     "stream_finished": CLOSE_CONFLICT,
     "superseded": CLOSE_CONFLICT,
     "internal": CLOSE_INTERNAL,
+    "shutting_down": CLOSE_GOING_AWAY,
 }
+
+#: error codes after which a client should reconnect and resume (everything else is final).
+RETRYABLE = frozenset({"internal", "shutting_down"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,349 @@
+"""The ``earshot`` command: serve, send, stream, streams, tail.
+
+Exit codes: 0 success, 1 unexpected failure, 2 usage or configuration error,
+3 server unreachable, 4 refused by the server (auth, bad request, unknown stream).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from earshot import __version__
+from earshot.errors import ClientError, ConfigError, EarshotError, MissingDependency
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED = 0, 1, 2, 3, 4
+DEFAULT_URL = "ws://127.0.0.1:8000/ws"
+
+
+def _env(name: str, default: Any = None) -> Any:
+    return os.environ.get("EARSHOT_" + name.upper(), default)
+
+
+def http_base(url: str) -> str:
+    """ws://host:port/ws → http://host:port"""
+    parts = urlsplit(url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, "", "", ""))
+
+
+def ws_url(url: str, path: str, **query: str) -> str:
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
+
+
+# -- serve --------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from earshot.config import Settings, env_overrides
+    from earshot.server.app import capabilities, create_app
+
+    opts = env_overrides()
+    for key in ("host", "port", "data_dir", "token", "archive_format", "ack_interval",
+                "max_message_bytes", "log_level"):
+        value = getattr(args, key)
+        if value is not None:
+            opts[key] = value
+    if args.no_auth:
+        opts["no_auth"] = True
+    if args.fsync:
+        opts["fsync"] = True
+    if args.processor:
+        opts["processors"] = tuple(args.processor)
+    settings = Settings(**opts)
+    settings.check_exposure()
+    app = create_app(settings)
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(stderr=True)
+    caps = capabilities(settings)
+    console.print(
+        f"[bold]earshot {__version__}[/] on http://{settings.host}:{settings.port} "
+        f"— ingest ws://{settings.host}:{settings.port}/ws, data in {settings.data_dir.resolve()}"
+    )
+    console.print(f"  archive: {settings.archive_format}; auth: "
+                  f"{'token' if settings.token else 'none (loopback only)'}")
+    if not caps["asr"]["available"]:
+        console.print(f"  speech-to-text: [yellow]unavailable[/] — {escape(caps['asr']['reason'])}")
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, ws="websockets-sansio",
+        ws_max_size=settings.max_message_bytes * 2 + 65536, log_level=settings.log_level,
+        lifespan="on",
+    )
+    return EXIT_OK
+
+
+# -- send / stream ------------------------------------------------------------------------
+def _run_client(coro_factory: Callable[[], Any]) -> int:
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    try:
+        return int(asyncio.run(coro_factory()) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except MissingDependency as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return EXIT_USAGE
+    except ClientError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return exit_code(exc)
+
+
+def exit_code(exc: ClientError) -> int:
+    if exc.code == "unreachable":
+        return EXIT_UNREACHABLE
+    return EXIT_REFUSED if exc.code else EXIT_FAIL
+
+
+def _summary(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    base = http_base(args.url)
+    secs = result["frames"] / result["rate"]
+    print(f"stream {result['stream']}: {result['frames']} frames ({secs:.2f} s) archived")
+    print(f"audio: {base}/api/streams/{result['stream']}/audio")
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from earshot.client import Reconnect, publish
+    from earshot.sources import FileSource
+
+    async def main() -> int:
+        source = FileSource(args.file, realtime=args.realtime, format=args.format)
+        total = source.info.frames or 0
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                      TextColumn("{task.percentage:>5.1f}%"), TimeRemainingColumn(),
+                      transient=True, disable=args.quiet) as progress:
+            task = progress.add_task(source.info.label, total=total)
+            result = await publish(
+                args.url, source, name=args.name, token=args.token,
+                processors=args.processors,
+                reconnect=Reconnect(attempts=args.retries),
+                on_block=lambda pub, _b: progress.update(task, completed=pub.offset),
+            )
+        _summary(args, result)
+        return EXIT_OK
+
+    return _run_client(main)
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from earshot.client import Reconnect, publish
+    from earshot.sources import FileSource, MicSource, block_level_db, list_devices
+
+    if args.list_devices:
+        try:
+            for d in list_devices():
+                print(f"{d['index']:>3}  {d['name']}  ({d['channels']} ch, {d['rate']:.0f} Hz)")
+        except MissingDependency as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        return EXIT_OK
+
+    async def main() -> int:
+        if args.file:  # a file played as if it were a microphone
+            source: Any = FileSource(args.file, realtime=True)
+        else:
+            source = MicSource(device=args.device, rate=args.rate, channels=args.channels)
+        console = Console(stderr=True)
+        console.print(f"streaming {source.info.label} at {source.info.rate} Hz — Ctrl-C to stop")
+        with Live(console=console, transient=True, refresh_per_second=12,
+                  auto_refresh=not args.quiet) as live:
+            def on_block(pub: Any, block: Any) -> None:
+                if not args.quiet:
+                    live.update(level_bar(block_level_db(block), pub.offset / source.info.rate))
+
+            task = asyncio.ensure_future(publish(
+                args.url, source, name=args.name, token=args.token, processors=args.processors,
+                reconnect=Reconnect(attempts=None), on_block=on_block,
+            ))
+            loop = asyncio.get_running_loop()
+            import signal
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, task.cancel)
+            result = await task
+        _summary(args, result)
+        return EXIT_OK
+
+    return _run_client(main)
+
+
+def level_bar(db: float, seconds: float, width: int = 40) -> str:
+    filled = round(width * min(1.0, max(0.0, (db + 60.0) / 60.0)))
+    return f"{seconds:8.2f} s  [{'#' * filled}{'.' * (width - filled)}] {db:6.1f} dBFS"
+
+
+# -- streams / tail -----------------------------------------------------------------------
+def _http(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    try:
+        r = httpx.request(method, http_base(args.url) + path, headers=headers, timeout=10, **kw)
+    except httpx.TransportError as exc:
+        msg = f"cannot reach {http_base(args.url)}: {exc}"
+        raise ClientError(msg, code="unreachable") from None
+    if r.status_code >= 400:
+        detail = r.json().get("detail") if "json" in r.headers.get("content-type", "") else r.text
+        raise ClientError(f"HTTP {r.status_code}: {detail}", code=str(r.status_code))
+    return r.json()
+
+
+def cmd_streams(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    try:
+        page = _http(args, "GET", "/api/streams", params={"limit": args.limit})
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exit_code(exc)
+    if args.json:
+        print(json.dumps(page, indent=2))
+        return EXIT_OK
+    table = Table(title=f"{page['total']} stream(s)")
+    table.add_column("id", no_wrap=True)
+    for col in ("name", "state", "rate", "ch", "duration", "created"):
+        table.add_column(col)
+    import datetime as dt
+
+    for s in page["streams"]:
+        created = dt.datetime.fromtimestamp(s["created"]).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(s["id"], s["name"] or "", s["state"], str(s["rate"]), str(s["channels"]),
+                      f"{s['duration']:.2f} s", created)
+    Console().print(table)
+    return EXIT_OK
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+    url = ws_url(args.url, "/ws/subscribe", stream=args.stream)
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
+
+    async def main() -> int:
+        try:
+            async with connect(url, additional_headers=headers, max_size=None) as ws:
+                async for raw in ws:
+                    if isinstance(raw, bytes):
+                        continue
+                    event = json.loads(raw)
+                    if event.get("type") == "error":
+                        raise ClientError(event.get("message", "error"), code=event.get("code"))
+                    print(format_event(event), flush=True)
+        except (OSError, InvalidHandshake) as exc:
+            raise ClientError(f"cannot reach {url}: {exc}", code="unreachable") from None
+        except ConnectionClosed:
+            pass
+        return EXIT_OK
+
+    return _run_client(main)
+
+
+def format_event(event: dict[str, Any]) -> str:
+    kind = event.get("type", "?")
+    t = event.get("t")
+    stamp = f"{t:9.3f}s" if isinstance(t, int | float) else " " * 10
+    rest = {k: v for k, v in event.items() if k not in {"type", "t", "stream"}}
+    return f"{event.get('stream', '-')} {stamp} {kind:<14} {json.dumps(rest)}"
+
+
+# -- parser -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="earshot", description="Self-hosted real-time audio server")
+    p.add_argument("--version", action="version", version=f"earshot {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the server (options also from EARSHOT_* variables)")
+    s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default 8000)")
+    s.add_argument("--data-dir", type=Path, help="archives and metadata (default ./earshot-data)")
+    s.add_argument("--token", help="require this bearer token on every request")
+    s.add_argument("--no-auth", action="store_true",
+                   help="allow listening beyond loopback without a token")
+    s.add_argument("--archive-format", choices=["wav", "wav-f32", "flac"],
+                   help="archive encoding (default wav = PCM16)")
+    s.add_argument("--fsync", action="store_true", help="fsync before every ack (power-loss safe)")
+    s.add_argument("--ack-interval", type=float, help="seconds of audio per ack (default 0.1)")
+    s.add_argument("--max-message-bytes", type=int, help="largest accepted message (1 MiB)")
+    s.add_argument("--processor", action="append",
+                   help="default processor for every stream (repeatable)")
+    s.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    s.set_defaults(func=cmd_serve)
+
+    def client_opts(c: argparse.ArgumentParser) -> None:
+        c.add_argument("--url", default=_env("url", DEFAULT_URL),
+                       help=f"server ingest URL (default {DEFAULT_URL}, or EARSHOT_URL)")
+        c.add_argument("--token", default=_env("token"), help="bearer token (or EARSHOT_TOKEN)")
+
+    c = sub.add_parser("send", help="send a sound file as a stream")
+    c.add_argument("file", type=Path)
+    client_opts(c)
+    pace = c.add_mutually_exclusive_group()
+    pace.add_argument("--realtime", action="store_true", help="pace like a live source")
+    pace.add_argument("--fast", dest="realtime", action="store_false",
+                      help="as fast as the server acknowledges (default)")
+    c.add_argument("--format", choices=["s16", "f32"],
+                   help="wire format (default: s16 for 16-bit files, else f32)")
+    c.add_argument("--name", help="stream name (default: the file name)")
+    c.add_argument("--processors", nargs="*", help="processors to run on the stream")
+    c.add_argument("--retries", type=int, default=30, help="reconnect attempts (default 30)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_send)
+
+    m = sub.add_parser("stream", help="stream the microphone until Ctrl-C")
+    client_opts(m)
+    m.add_argument("--device", type=lambda v: int(v) if v.isdigit() else v,
+                   help="input device index or name")
+    m.add_argument("--list-devices", action="store_true", help="list input devices and exit")
+    m.add_argument("--rate", type=int, help="sample rate (default: the device's)")
+    m.add_argument("--channels", type=int, default=1)
+    m.add_argument("--name", help="stream name")
+    m.add_argument("--processors", nargs="*", help="processors to run on the stream")
+    m.add_argument("--file", type=Path, help="play this file in real time instead of a mic")
+    m.add_argument("-q", "--quiet", action="store_true", help="no level bar")
+    m.set_defaults(func=cmd_stream)
+
+    ls = sub.add_parser("streams", help="list streams")
+    client_opts(ls)
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(func=cmd_streams)
+
+    t = sub.add_parser("tail", help="print a stream's live events ('*' for all streams)")
+    t.add_argument("stream")
+    client_opts(t)
+    t.set_defaults(func=cmd_tail)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, MissingDependency) as exc:
+        print(f"earshot: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except EarshotError as exc:
+        print(f"earshot: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -77,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         console.print(f"  speech-to-text: [yellow]unavailable[/] — {escape(caps['asr']['reason'])}")
     uvicorn.run(
         app, host=settings.host, port=settings.port, ws="websockets-sansio",
-        ws_max_size=settings.max_message_bytes * 2 + 65536, log_level=settings.log_level,
+        ws_max_size=max(16 << 20, settings.max_message_bytes * 2), log_level=settings.log_level,
         lifespan="on",
     )
     return EXIT_OK
@@ -86,6 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # -- send / stream ------------------------------------------------------------------------
 def _run_client(coro_factory: Callable[[], Any]) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     err = Console(stderr=True)
     try:
@@ -93,10 +94,10 @@ def _run_client(coro_factory: Callable[[], Any]) -> int:
     except KeyboardInterrupt:
         return 130
     except MissingDependency as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(str(exc))}")
         return EXIT_USAGE
     except ClientError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(str(exc))}")
         return exit_code(exc)
 
 

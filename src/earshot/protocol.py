@@ -134,9 +134,9 @@ def error_message(code: str, message: str, **extra: Any) -> dict[str, Any]:
 
 
 def _int_field(obj: Mapping[str, Any], key: str, default: int | None = None) -> int | None:
-    value = obj.get(key, default)
-    if value is None:
-        return None
+    value = obj.get(key)
+    if value is None:  # missing or explicit null: the default
+        return default
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, str) and value.strip().isdigit():
             return int(value)
@@ -172,10 +172,9 @@ def validate_spec(fmt: Any, rate: Any, channels: Any, limits: Limits) -> StreamS
 
 def parse_start(obj: Mapping[str, Any], limits: Limits) -> Start:
     """Validate the fields of a ``start`` object."""
-    rate = _int_field(obj, "rate", 48000)
-    channels = _int_field(obj, "channels", 1)
-    assert rate is not None and channels is not None
-    spec = validate_spec(obj.get("format", "f32"), rate, channels, limits)
+    rate = _int_field(obj, "rate", 48000) or 0
+    channels = _int_field(obj, "channels", 1) or 0
+    spec = validate_spec(obj.get("format") or "f32", rate, channels, limits)
     name = _str_field(obj, "name")
     if name is not None and (len(name) > limits.max_name_chars or not name.isprintable()):
         raise ProtocolError(

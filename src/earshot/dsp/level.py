@@ -90,14 +90,19 @@ class LevelMeter:
         """Readings for rows of ``blocks`` (n, frames) starting at ``self._pos``; advance it."""
         n, frames = blocks.shape
         mag = np.abs(blocks)
-        ms = np.square(blocks, dtype=np.float64).mean(axis=1)
-        peak = mag.max(axis=1).astype(np.float64)
-        clipped = np.count_nonzero(mag >= self.clip_level, axis=1)
+        peak = mag.max(axis=1)
+        ms = np.einsum("ij,ij->i", blocks, blocks, dtype=np.float64) / frames
+        if (peak >= self.clip_level).any():
+            clipped = np.count_nonzero(mag >= self.clip_level, axis=1).tolist()
+        else:
+            clipped = [0] * n
         rms_db = 10.0 * np.log10(np.maximum(ms, _MS_FLOOR))
-        peak_db = 20.0 * np.log10(np.maximum(peak, _PEAK_FLOOR))
+        peak_db = 20.0 * np.log10(np.maximum(peak.astype(np.float64), _PEAK_FLOOR))
         start = self._pos
         self._pos += n * frames
         return [
-            LevelReading(start + i * frames, frames, float(r), float(p), int(c))
-            for i, (r, p, c) in enumerate(zip(rms_db, peak_db, clipped, strict=True))
+            LevelReading(start + i * frames, frames, r, p, c)
+            for i, (r, p, c) in enumerate(
+                zip(rms_db.tolist(), peak_db.tolist(), clipped, strict=True)
+            )
         ]

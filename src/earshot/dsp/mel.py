@@ -6,13 +6,14 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from earshot.dsp._util import as_mono, check_offset, check_rate
 from earshot.errors import ProcessorError
 
 POWER_FLOOR = 1e-10
-"""Mel power is clamped to this before log10, so the output floors at -10."""
+"""Mel power is clamped to this before log10."""
+LOG_FLOOR = -10.0
+"""The output floor, ``log10(POWER_FLOOR)``, exactly."""
 
 _F_SP = 200.0 / 3.0  # Slaney: linear part, Hz per mel
 _MIN_LOG_HZ = 1000.0
@@ -109,9 +110,10 @@ class LogMelSpectrogram:
         self.window = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(self.win) / self.win)).astype(
             np.float32
         )
-        self.filterbank, self.band_edges_hz = mel_filterbank(
+        weights, self.band_edges_hz = mel_filterbank(
             self.rate, self.n_fft, self.n_mels, self.fmin, self.fmax
         )
+        self.filterbank = weights.astype(np.float32)  # (n_mels, n_fft // 2 + 1)
         self._init_projection()
         self._start = check_offset(offset)  # frame offset of _buf[0]
         self._buf = np.zeros(0, dtype=np.float32)
@@ -129,10 +131,12 @@ class LogMelSpectrogram:
             self._buf = data.copy()
             return None
         n = 1 + (data.size - self.win) // self.hop
-        frames = sliding_window_view(data, self.win)[:: self.hop][:n]
+        # Strided (n, win) view of the contiguous buffer: frame k starts at k * hop.
+        frames = np.ndarray((n, self.win), np.float32, data, 0, (self.hop * 4, 4))
         spec = np.fft.rfft(frames * self.window, n=self.n_fft, axis=1)
-        power = (spec.real * spec.real + spec.imag * spec.imag).astype(np.float32, copy=False)
-        logmel = np.log10(np.maximum(self._project(power), POWER_FLOOR)).astype(np.float32)
+        power = np.square(np.abs(spec)).astype(np.float32, copy=False)
+        logmel = np.log10(np.maximum(self._project(power), POWER_FLOOR))
+        logmel = np.maximum(logmel, LOG_FLOOR).astype(np.float32, copy=False)
         out = MelFrames(self._start, self.hop, logmel)
         consumed = n * self.hop
         self._buf = data[consumed:].copy()
@@ -146,31 +150,32 @@ class LogMelSpectrogram:
 
     def _init_projection(self) -> None:
         # Every rfft bin lies on the rising edge of at most one filter and the falling edge
-        # of at most one other, so the filterbank product is two segment sums (reduceat).
-        # Unlike a BLAS matmul, this gives bit-identical rows whatever the frame count.
-        n_bins = self.n_fft // 2 + 1
-        freqs = np.arange(n_bins) * (self.rate / self.n_fft)
-        edges = self.band_edges_hz
-        seg = np.searchsorted(freqs, edges, side="left")  # first bin >= each edge
-        col = np.arange(n_bins)
-        rise = np.zeros(n_bins + 1)
-        fall = np.zeros(n_bins + 1)
+        # of at most one other, so the filterbank product is segment sums (one reduceat)
+        # over [power * rise, 0, power * fall, 0]. Unlike a BLAS matmul this gives
+        # bit-identical rows whatever the number of frames, so chunking stays invisible.
+        nb = self.n_fft // 2 + 1
+        freqs = np.arange(nb) * (self.rate / self.n_fft)
+        seg = np.searchsorted(freqs, self.band_edges_hz, side="left")  # first bin >= edge
+        weights = np.zeros(2 * nb + 2, dtype=np.float32)
         for j in range(self.n_mels):
-            r = col[seg[j] : seg[j + 1]]
-            f = col[seg[j + 1] : seg[j + 2]]
-            rise[r] = self.filterbank[j, r]
-            fall[f] = self.filterbank[j, f]
-        self._rise_w = rise.astype(np.float32)
-        self._fall_w = fall.astype(np.float32)
-        self._rise_idx = np.minimum(seg[:-2], n_bins)
-        self._fall_idx = np.minimum(seg[1:-1], n_bins)
-        self._rise_ok = seg[1:-1] > seg[:-2]
-        self._fall_ok = seg[2:] > seg[1:-1]
+            rise = slice(seg[j], seg[j + 1])
+            fall = slice(seg[j + 1], seg[j + 2])
+            weights[rise] = self.filterbank[j, rise]
+            weights[nb + 1 :][fall] = self.filterbank[j, fall]
+        self._weights = weights
+        self._seg_idx = np.concatenate((seg[:-2], seg[1:-1] + nb + 1))
+        # reduceat yields a[i] (not 0) for an empty segment: mask those out.
+        nonempty = np.concatenate((seg[1:-1] > seg[:-2], seg[2:] > seg[1:-1]))
+        self._seg_mask = nonempty.astype(np.float32)
 
     def _project(self, power: np.ndarray) -> np.ndarray:
         """Mel power, (n_frames, n_bins) -> (n_frames, n_mels)."""
-        padded = np.zeros((power.shape[0], power.shape[1] + 1), dtype=np.float32)
-        padded[:, :-1] = power
-        rise = np.add.reduceat(padded * self._rise_w, self._rise_idx, axis=1)
-        fall = np.add.reduceat(padded * self._fall_w, self._fall_idx, axis=1)
-        return np.where(self._rise_ok, rise, 0.0) + np.where(self._fall_ok, fall, 0.0)
+        n, nb = power.shape
+        prod = np.empty((n, 2 * nb + 2), dtype=np.float32)
+        np.multiply(power, self._weights[:nb], out=prod[:, :nb])
+        np.multiply(power, self._weights[nb + 1 : -1], out=prod[:, nb + 1 : -1])
+        prod[:, nb] = 0.0
+        prod[:, -1] = 0.0
+        sums = np.add.reduceat(prod, self._seg_idx, axis=1)
+        sums *= self._seg_mask
+        return sums[:, : self.n_mels] + sums[:, self.n_mels :]

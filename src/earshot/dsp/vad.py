@@ -324,8 +324,7 @@ class StreamingVad:
             self._pos = offset
         elif offset != self._pos + self._buf.size:
             raise ValueError(
-                f"non-contiguous input: expected offset {self._pos + self._buf.size}, "
-                f"got {offset}"
+                f"non-contiguous input: expected offset {self._pos + self._buf.size}, got {offset}"
             )
         data = np.concatenate((self._buf, x)) if self._buf.size else x
         n = data.size // self.window

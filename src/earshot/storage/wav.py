@@ -102,7 +102,10 @@ class WavWriter:
     @classmethod
     def create(cls, path: Path, encoding: WavEncoding, rate: int, channels: int) -> WavWriter:
         head = header(encoding, rate, channels)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise StorageError(f"{path} already exists; archives are never overwritten") from None
         try:
             os.write(fd, head)
         except BaseException:

@@ -125,3 +125,17 @@ class CutProxy:
 
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(pipe(reader, uw), pipe(ur, writer))
+
+
+def require_tool(name: str) -> str:
+    """Path of a command-line tool; skip without it (but under CI=true it must be there)."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is required under CI=true (./run test installs it)")
+        pytest.skip(f"{name} not installed")
+    return path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from earshot.errors import StorageError, StreamNotFound
 from earshot.storage.archive import Archive, finalize
 from earshot.storage.metadata import SqliteStore, StreamRecord
 from earshot.storage.wav import WavWriter, repair
+from helpers import require_tool
 
 
 def noise(frames: int, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -27,7 +27,7 @@ def noise(frames: int, channels: int = 1, seed: int = 0) -> np.ndarray:
 
 def ffprobe_duration(path: Path) -> float:
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "stream=duration,sample_rate,channels",
+        [require_tool("ffprobe"), "-v", "error", "-show_entries", "stream=duration,sample_rate,channels",
          "-of", "json", str(path)], capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout)["streams"][0]["duration"])
 
@@ -70,9 +70,8 @@ def test_repair_after_crash_truncates_partial_frame_and_fixes_header(
     y, rate = sf.read(path, dtype="float32")
     assert rate == 16000 and np.array_equal(y, (x / 32768).astype("<f4"))
     assert abs(ffprobe_duration(path) - 1.0) < 1e-3
-    if shutil.which("soxi"):
-        out = subprocess.run(["soxi", "-s", str(path)], capture_output=True, text=True)
-        assert out.stdout.strip() == "16000"
+    out = subprocess.run([require_tool("soxi"), "-s", str(path)], capture_output=True, text=True)
+    assert out.stdout.strip() == "16000"
 
 
 def test_reopen_appends_after_repair(tmp_path: Path) -> None:

@@ -139,3 +139,20 @@ def require_tool(name: str) -> str:
             pytest.fail(f"{name} is required under CI=true (./run test installs it)")
         pytest.skip(f"{name} not installed")
     return path
+
+
+def ffprobe_duration(path: Path) -> float:
+    """Duration in seconds as ffprobe (an independent reader) sees the file."""
+    import json
+
+    out = subprocess.run(
+        [require_tool("ffprobe"), "-v", "error", "-show_entries", "stream=duration",
+         "-of", "json", str(path)], capture_output=True, text=True, check=True)
+    return float(json.loads(out.stdout)["streams"][0]["duration"])
+
+
+def soxi_frames(path: Path) -> int:
+    """Sample frames as sox's soxi sees the file."""
+    out = subprocess.run([require_tool("soxi"), "-s", str(path)], capture_output=True, text=True,
+                         check=True)
+    return int(out.stdout)

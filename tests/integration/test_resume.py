@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from earshot.client import Publisher, Reconnect
-from helpers import CutProxy, ServerProcess, require_tool
+from helpers import CutProxy, ServerProcess, ffprobe_duration, soxi_frames
 
 pytestmark = pytest.mark.slow
 
@@ -74,11 +72,8 @@ async def test_kill9_mid_stream_then_resume_keeps_every_sample(
     assert rec["state"] == "finished" and rec["frames"] == len(x)
     y, rate = sf.read(path, dtype="int16")
     assert rate == 48000 and np.array_equal(y, x)  # nothing lost, nothing duplicated
-    probe = subprocess.run([require_tool("ffprobe"), "-v", "error", "-show_entries", "stream=duration",
-                            "-of", "json", str(path)], capture_output=True, text=True, check=True)
-    assert abs(float(json.loads(probe.stdout)["streams"][0]["duration"]) - 3.0) < 1e-3
-    soxi = subprocess.run([require_tool("soxi"), "-s", str(path)], capture_output=True, text=True, check=True)
-    assert int(soxi.stdout) == len(x)
+    assert abs(ffprobe_duration(path) - 3.0) < 1e-3
+    assert soxi_frames(path) == len(x)
 
 
 async def test_archive_left_by_kill9_is_repaired_on_restart(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +14,13 @@ from earshot.errors import StorageError, StreamNotFound
 from earshot.storage.archive import Archive, finalize
 from earshot.storage.metadata import SqliteStore, StreamRecord
 from earshot.storage.wav import WavWriter, repair
-from helpers import require_tool
+from helpers import ffprobe_duration, soxi_frames
 
 
 def noise(frames: int, channels: int = 1, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((frames, channels)) * 6000).clip(-32768, 32767).astype("<i2")
     return x[:, 0] if channels == 1 else x
-
-
-def ffprobe_duration(path: Path) -> float:
-    out = subprocess.run(
-        [require_tool("ffprobe"), "-v", "error", "-show_entries", "stream=duration,sample_rate,channels",
-         "-of", "json", str(path)], capture_output=True, text=True, check=True)
-    return float(json.loads(out.stdout)["streams"][0]["duration"])
 
 
 def test_incremental_wav_is_readable_at_every_step(tmp_path: Path) -> None:
@@ -70,8 +61,7 @@ def test_repair_after_crash_truncates_partial_frame_and_fixes_header(
     y, rate = sf.read(path, dtype="float32")
     assert rate == 16000 and np.array_equal(y, (x / 32768).astype("<f4"))
     assert abs(ffprobe_duration(path) - 1.0) < 1e-3
-    out = subprocess.run([require_tool("soxi"), "-s", str(path)], capture_output=True, text=True)
-    assert out.stdout.strip() == "16000"
+    assert soxi_frames(path) == 16000
 
 
 def test_reopen_appends_after_repair(tmp_path: Path) -> None:

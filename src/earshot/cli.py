@@ -49,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     opts = env_overrides()
     for key in ("host", "port", "data_dir", "token", "archive_format", "ack_interval",
-                "max_message_bytes", "log_level"):
+                "max_message_bytes", "log_level", "max_lag", "drain_timeout"):
         value = getattr(args, key)
         if value is not None:
             opts[key] = value
@@ -232,22 +232,40 @@ def cmd_streams(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.markup import escape
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
     url = ws_url(args.url, "/ws/subscribe", stream=args.stream)
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
+    err = Console(stderr=True)
+    quiet_types = {"spectrogram"} | (set() if args.levels else {"level"})
 
     async def main() -> int:
+        board = TailBoard()
         try:
             async with connect(url, additional_headers=headers, max_size=None) as ws:
-                async for raw in ws:
-                    if isinstance(raw, bytes):
-                        continue
-                    event = json.loads(raw)
-                    if event.get("type") == "error":
-                        raise ClientError(event.get("message", "error"), code=event.get("code"))
-                    print(format_event(event), flush=True)
+                with Live(board, console=err, auto_refresh=err.is_terminal,
+                          refresh_per_second=10, transient=True) as live:
+                    async for raw in ws:
+                        if isinstance(raw, bytes):
+                            continue
+                        event = json.loads(raw)
+                        kind = event.get("type")
+                        if kind == "error" and "stream" not in event:
+                            raise ClientError(event.get("message", "error"),
+                                              code=event.get("code"))
+                        if kind == "subscribed":
+                            n = len(event["live"])
+                            err.print(f"watching {escape(args.stream)}: {n} live stream(s)")
+                            continue
+                        board.update(event)
+                        if kind not in quiet_types:
+                            print(format_event(event), flush=True)
+                        if err.is_terminal:
+                            live.refresh()
         except (OSError, InvalidHandshake) as exc:
             raise ClientError(f"cannot reach {url}: {exc}", code="unreachable") from None
         except ConnectionClosed:
@@ -255,6 +273,32 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run_client(main)
+
+
+class TailBoard:
+    """Per stream: a level bar and the speech state, drawn live on a terminal."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def update(self, event: dict[str, Any]) -> None:
+        sid = event.get("stream")
+        if not sid:
+            return
+        row = self.rows.setdefault(sid, {"db": -120.0, "speech": False, "t": 0.0})
+        kind = event.get("type")
+        if kind == "level":
+            row["db"], row["t"] = event["rms"], event["t"]
+        elif kind in ("speech_start", "speech_end"):
+            row["speech"] = kind == "speech_start"
+        elif kind == "stream_ended":
+            self.rows.pop(sid, None)
+
+    def __rich__(self) -> str:
+        return "\n".join(
+            f"{sid}  {level_bar(r['db'], r['t'], 30)}  "
+            f"{'[bold green]speech[/]' if r['speech'] else '[dim]silence[/]'}"
+            for sid, r in self.rows.items())
 
 
 def format_event(event: dict[str, Any]) -> str:
@@ -283,8 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fsync", action="store_true", help="fsync before every ack (power-loss safe)")
     s.add_argument("--ack-interval", type=float, help="seconds of audio per ack (default 0.1)")
     s.add_argument("--max-message-bytes", type=int, help="largest accepted message (1 MiB)")
-    s.add_argument("--processor", action="append",
-                   help="default processor for every stream (repeatable)")
+    s.add_argument("--processor", action="append", metavar="SPEC",
+                   help="offer this processor and run it on every stream by default "
+                        "(repeatable): a built-in (level, spectrogram, vad) or "
+                        "package.module:Class, with options: vad,threshold=0.6")
+    s.add_argument("--max-lag", type=float,
+                   help="seconds a processor may fall behind before it skips audio (10)")
+    s.add_argument("--drain-timeout", type=float,
+                   help="seconds processors get to finish after a stream stops (10)")
     s.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     s.set_defaults(func=cmd_serve)
 
@@ -330,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tail", help="print a stream's live events ('*' for all streams)")
     t.add_argument("stream")
     client_opts(t)
+    t.add_argument("--levels", action="store_true", help="also print every level event")
     t.set_defaults(func=cmd_tail)
     return p
 

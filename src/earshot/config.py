@@ -30,6 +30,8 @@ class Settings:
     max_message_bytes: int = 1 << 20
     compat: bool = True
     processors: tuple[str, ...] = field(default_factory=tuple)
+    max_lag: float = 10.0
+    drain_timeout: float = 10.0
     log_level: str = "info"
 
     def __post_init__(self) -> None:

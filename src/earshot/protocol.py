@@ -313,8 +313,11 @@ class IngestConnection:
         )
 
     # -- decisions of the I/O layer -------------------------------------------------------
-    def accept(self, stream: str, resume_token: str, held: int) -> list[Output]:
-        """The stream exists (created or resumed) and holds ``held`` frames."""
+    def accept(self, stream: str, resume_token: str, held: int,
+               **extra: Any) -> list[Output]:
+        """The stream exists (created or resumed) and holds ``held`` frames.
+
+        ``extra`` fields (e.g. the processors that will run) are added to ``ready``."""
         assert self.state is State.STARTING and self.start is not None
         start = self.start
         spec = start.spec
@@ -340,6 +343,7 @@ class IngestConnection:
                     "format": spec.format,
                     "rate": spec.rate,
                     "channels": spec.channels,
+                    **extra,
                 }
             )
         ]

@@ -2,29 +2,52 @@
 
 A slow subscriber never slows a publisher: when its queue is full the oldest item is dropped
 for that subscriber only, counted, and reported to it in a ``dropped`` event.
+
+Items are events (dicts) or, for subscribers that asked for audio, :class:`AudioItem`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 ALL = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class AudioItem:
+    """A stream's audio as archived: float32 (frames, channels) from frame ``offset``."""
+
+    stream: str
+    offset: int
+    rate: int
+    samples: np.ndarray
+
+    @property
+    def frames(self) -> int:
+        return int(self.samples.shape[0])
+
+
+Item = dict[str, Any] | AudioItem
 
 
 class Subscription:
     """One subscriber's view of the bus: ``async for item in sub``."""
 
-    def __init__(self, stream: str, *, maxsize: int = 1000) -> None:
+    def __init__(self, stream: str, *, audio: bool = False, maxsize: int = 1000) -> None:
         self.stream = stream
+        self.audio = audio
         self.maxsize = maxsize
         self.dropped = 0
-        self._items: deque[dict[str, Any]] = deque()
+        self._items: deque[Item] = deque()
         self._ready = asyncio.Event()
         self._closed = False
 
-    def offer(self, item: dict[str, Any]) -> None:
+    def offer(self, item: Item) -> None:
         """Queue without waiting; past ``maxsize`` the oldest item is dropped and counted."""
         if self._closed:
             return
@@ -38,7 +61,7 @@ class Subscription:
         self._closed = True
         self._ready.set()
 
-    async def get(self) -> dict[str, Any] | None:
+    async def get(self) -> Item | None:
         """The next item, or None once closed and drained."""
         while not self._items:
             if self._closed:
@@ -54,7 +77,7 @@ class Subscription:
     def __aiter__(self) -> Subscription:
         return self
 
-    async def __anext__(self) -> dict[str, Any]:
+    async def __anext__(self) -> Item:
         item = await self.get()
         if item is None:
             raise StopAsyncIteration
@@ -66,16 +89,19 @@ class MemoryBus:
 
     def __init__(self) -> None:
         self._subs: dict[str, set[Subscription]] = {}
+        self._audio_subs = 0
 
-    def subscribe(self, stream: str, *, maxsize: int = 1000) -> Subscription:
-        sub = Subscription(stream, maxsize=maxsize)
+    def subscribe(self, stream: str, *, audio: bool = False, maxsize: int = 1000) -> Subscription:
+        sub = Subscription(stream, audio=audio, maxsize=maxsize)
         self._subs.setdefault(stream, set()).add(sub)
+        self._audio_subs += audio
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.stream)
-        if subs is not None:
+        if subs is not None and sub in subs:
             subs.discard(sub)
+            self._audio_subs -= sub.audio
             if not subs:
                 del self._subs[sub.stream]
         sub.close()
@@ -83,7 +109,19 @@ class MemoryBus:
     def has_subscribers(self, stream: str) -> bool:
         return stream in self._subs or ALL in self._subs
 
+    def wants_audio(self, stream: str) -> bool:
+        """Whether anyone subscribed to this stream's audio (saves work when nobody did)."""
+        if not self._audio_subs:
+            return False
+        return any(s.audio for key in (stream, ALL) for s in self._subs.get(key, ()))
+
     def publish(self, stream: str, event: dict[str, Any]) -> None:
         for key in (stream, ALL):
             for sub in self._subs.get(key, ()):
                 sub.offer(event)
+
+    def publish_audio(self, item: AudioItem) -> None:
+        for key in (item.stream, ALL):
+            for sub in self._subs.get(key, ()):
+                if sub.audio:
+                    sub.offer(item)

@@ -287,10 +287,15 @@ class StreamingVad:
         min_speech_ms: float = 250.0,
         min_silence_ms: float = 300.0,
         pad_ms: float = 100.0,
+        refine_db: float | None = 35.0,
         model: SileroModel | None = None,
     ) -> None:
         if rate not in _GEOMETRY:
             raise ProcessorError(f"VAD needs 16000 or 8000 Hz audio, not {rate}")
+        self.refine_db = refine_db
+        # audio history for end refinement: the silence countdown plus a second of speech
+        self._hist_len = int(rate * (min_silence_ms / 1000 + 1.2))
+        self._hist = np.zeros(0, dtype=np.float32)
         if model is None:
             model = SileroModel(rate=rate)
         elif model.rate != rate:
@@ -330,8 +335,14 @@ class StreamingVad:
         n = data.size // self.window
         probs_offset = self._pos
         if n:
-            probs = self.model.score(data[: n * self.window].reshape(n, self.window))
-            events = self.segmenter.feed(probs, probs_offset)
+            scored = data[: n * self.window]
+            probs = self.model.score(scored.reshape(n, self.window))
+            audio = np.concatenate((self._hist, scored))
+            start = probs_offset - self._hist.size
+            events = [
+                self._refine(e, audio, start) for e in self.segmenter.feed(probs, probs_offset)
+            ]
+            self._hist = audio[-self._hist_len :]
         else:
             probs = np.zeros(0, dtype=np.float32)
             events = []
@@ -339,12 +350,40 @@ class StreamingVad:
         self._pos += n * self.window
         return VadResult(events, probs, probs_offset)
 
+    def _refine(self, event: VadEvent, audio: np.ndarray, audio_start: int) -> VadEvent:
+        """Move a speech end back to where the sound actually stops.
+
+        Silero's probability trails the audio: it stays high for a few windows after speech
+        ends (50-130 ms here). Within the last 256 ms before the reported end, the end is
+        moved back to the last 10 ms frame no more than ``refine_db`` below the loudest
+        frame of the preceding second; never later, never by more than 256 ms.
+        """
+        if event.kind != "speech_end" or not self.refine_db:
+            return event
+        pad = self.segmenter.pad
+        raw = event.offset - pad
+        f = self.rate // 100
+        lo = max(raw - self.rate, audio_start)
+        lo += (raw - lo) % f  # frames end exactly at `raw`
+        region = audio[lo - audio_start : raw - audio_start]
+        if region.size < f:
+            return event
+        frames = region[: region.size // f * f].reshape(-1, f)
+        db = 10 * np.log10(np.mean(np.square(frames, dtype=np.float64), axis=1) + 1e-12)
+        search = min(len(db), int(0.256 * self.rate) // f)
+        loud = np.nonzero(db[-search:] >= db.max() - self.refine_db)[0]
+        if not loud.size:
+            return event
+        new_raw = raw - (search - 1 - int(loud[-1])) * f
+        return VadEvent("speech_end", min(new_raw, raw) + pad, event.prob)
+
     def flush(self) -> list[VadEvent]:
         """End of stream: close any open segment and drop the partial window."""
         if self._pos is None:
             return []
         end = self._pos + self._buf.size
-        events = self.segmenter.flush(end)
+        hist_start = self._pos - self._hist.size
+        events = [self._refine(e, self._hist, hist_start) for e in self.segmenter.flush(end)]
         self._pos = end
         self._buf = np.zeros(0, dtype=np.float32)
         return events

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from earshot import __version__
 from earshot.bus import MemoryBus
 from earshot.config import Settings
+from earshot.processors.registry import Registry
 from earshot.server.auth import presented_token, token_ok
 from earshot.server.hub import Hub
 from earshot.server.ingest import IngestSession, refuse_unauthorized
 from earshot.server.metrics import Metrics
 from earshot.server.rest import api, ops
+from earshot.server.subscribe import subscribe
 from earshot.storage.metadata import SqliteStore
 
 log = logging.getLogger("earshot")
@@ -30,6 +31,7 @@ def capabilities(settings: Settings) -> dict[str, Any]:
     return {
         "archive_format": settings.archive_format,
         "auth": bool(settings.token),
+        "processors": sorted(Registry(settings.processors).offered),
         "asr": {
             "available": False,
             "reason": "speech-to-text is not configured: install 'earshot[asr]' and start "
@@ -40,11 +42,12 @@ def capabilities(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    registry = Registry(settings.processors)  # bad --processor specs fail here, at start
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = SqliteStore(settings.data_dir / "earshot.db")
-        hub = Hub(settings, store, app.state.metrics, app.state.bus)
+        hub = Hub(settings, store, app.state.metrics, app.state.bus, registry=registry)
         repaired = hub.recover()
         if repaired:
             log.warning("repaired %d archive(s) left open by a crash", len(repaired))
@@ -75,29 +78,10 @@ def create_app(settings: Settings) -> FastAPI:
         await IngestSession(ws, app.state.hub).run()
 
     @app.websocket("/ws/subscribe")
-    async def subscribe(ws: WebSocket) -> None:
+    async def subscribe_route(ws: WebSocket) -> None:
         if not token_ok(settings.token, presented_token(ws.headers, ws.query_params)):
             await refuse_unauthorized(ws)
             return
-        stream = ws.query_params.get("stream", "*")
-        await ws.accept()
-        bus: MemoryBus = app.state.bus
-        sub = bus.subscribe(stream)
-
-        async def pump() -> None:
-            async for event in sub:
-                await ws.send_text(json.dumps(event, separators=(",", ":")))
-
-        task = asyncio.create_task(pump())
-        try:
-            while True:  # we only read to notice the client leaving
-                msg = await ws.receive()
-                if msg["type"] == "websocket.disconnect":
-                    break
-        except WebSocketDisconnect:
-            pass
-        finally:
-            bus.unsubscribe(sub)
-            task.cancel()
+        await subscribe(ws, app.state.hub)
 
     return app

@@ -14,20 +14,25 @@ import hashlib
 import hmac
 import logging
 import secrets
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from earshot.audio import StreamSpec
-from earshot.bus import MemoryBus
+from earshot.audio import StreamSpec, decode, sanitize_f32
+from earshot.bus import AudioItem, MemoryBus
 from earshot.config import Settings
-from earshot.errors import ProtocolError, StorageError, StreamNotFound
+from earshot.errors import ProcessorError, ProtocolError, StorageError, StreamNotFound
+from earshot.pipeline import StreamPipeline
+from earshot.processors.base import Event, StreamInfo
+from earshot.processors.registry import Registry
 from earshot.protocol import Start
 from earshot.server.metrics import Metrics
+from earshot.storage import segments
 from earshot.storage.archive import Archive, ArchiveFormat, finalize
-from earshot.storage.metadata import MetadataStore, StreamRecord
+from earshot.storage.metadata import MetadataStore, SegmentRecord, StreamRecord
 from earshot.storage.wav import repair
 
 log = logging.getLogger("earshot.hub")
@@ -51,7 +56,9 @@ def hash_token(token: str) -> str:
 class Owner(Protocol):
     """The connection currently feeding a stream, as the hub sees it."""
 
-    async def send_json(self, message: dict[str, Any]) -> None: ...
+    def post(self, message: dict[str, Any]) -> None:
+        """Queue a message for the client, in order, without waiting."""
+
     async def kick(self, code: str, message: str) -> None: ...
 
 
@@ -72,6 +79,8 @@ class LiveStream:
     clipped: int = 0
     warned: set[str] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pipeline: StreamPipeline | None = None
+    detaching: asyncio.Event | None = None
 
     @property
     def id(self) -> str:
@@ -91,14 +100,17 @@ class Hub:
         metrics: Metrics,
         bus: MemoryBus,
         *,
+        registry: Registry | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
         self.bus = bus
+        self.registry = registry or Registry(settings.processors)
         self.clock = clock
         self.live: dict[str, LiveStream] = {}
+        self._background: set[asyncio.Task[Any]] = set()
         self.streams_dir = settings.data_dir / "streams"
         self.streams_dir.mkdir(parents=True, exist_ok=True)
 
@@ -129,10 +141,19 @@ class Hub:
         return repaired
 
     # -- start / resume -----------------------------------------------------------------
-    async def open(self, start: Start, owner: Owner) -> tuple[LiveStream, str]:
-        """Create or resume the stream a start asks for. Returns it and its resume token."""
+    async def open(self, start: Start, owner: Owner) -> tuple[LiveStream, str, list[Event]]:
+        """Create or resume the stream a start asks for.
+
+        Returns it, its resume token, and warnings for the client (e.g. processors refused).
+        """
         if start.resume is not None:
-            return await self._resume(start, owner)
+            live, token = await self._resume(start, owner)
+        else:
+            live, token = self._create(start, owner)
+        warnings = self._start_pipeline(live, start) if live.pipeline is None else []
+        return live, token, warnings
+
+    def _create(self, start: Start, owner: Owner) -> tuple[LiveStream, str]:
         spec = start.spec
         fmt: ArchiveFormat = self.settings.archive_format  # type: ignore[assignment]
         sid = new_stream_id()
@@ -167,6 +188,9 @@ class Hub:
                 f"resume asked for {spec.rate} Hz x{spec.channels}",
             )
         live = self.live.get(sid)
+        if live is not None and live.detaching is not None:
+            await live.detaching.wait()  # finishing a detach: resume from disk once done
+            live = self.live.get(sid)
         if live is not None:
             # The old connection has not noticed it is dead yet: it loses the stream.
             old = live.owner
@@ -205,6 +229,66 @@ class Hub:
             "format": live.spec.format, "offset": live.offset, "resumed": resumed,
         })
 
+    # -- processors and events ------------------------------------------------------------
+    def _start_pipeline(self, live: LiveStream, start: Start) -> list[Event]:
+        specs, problems = self.registry.for_start(start.processors)
+        warnings: list[Event] = [
+            {"type": "warning", "code": "processor_unavailable", "message": p} for p in problems]
+        procs = []
+        for spec in specs:
+            try:
+                procs.append(spec.make())
+            except ProcessorError as exc:
+                warnings.append({"type": "warning", "code": "processor_unavailable",
+                                 "message": str(exc)})
+        if procs:
+            rec = live.rec
+            live.pipeline = StreamPipeline(
+                StreamInfo(rec.id, rec.rate, rec.channels, rec.name), procs,
+                lambda events: self.emit(live, events), start_offset=live.offset,
+                max_lag=self.settings.max_lag)
+        return warnings
+
+    def emit(self, live: LiveStream, events: list[Event]) -> None:
+        """Deliver events of a stream: to its sender, to subscribers; cut VAD segments."""
+        sid = live.id
+        owner = live.owner
+        for e in events:
+            e["stream"] = sid
+            kind = e.get("type")
+            if kind == "lag":
+                self.metrics.processor_lag.labels(e.get("processor", "?")).observe(e["lag"])
+            elif kind == "dropped":
+                self.metrics.processor_dropped.labels(e.get("processor", "?")).inc(e["seconds"])
+            elif kind == "error":
+                self.metrics.errors.labels(e.get("code", "?")).inc()
+            if owner is not None:
+                owner.post(e)
+            self.bus.publish(sid, e)
+            if kind == "speech_end" and "start" in e and "end" in e:
+                seg = self._cut_segment(live, e)
+                if seg is not None:
+                    if owner is not None:
+                        owner.post(seg)
+                    self.bus.publish(sid, seg)
+
+    def _cut_segment(self, live: LiveStream, e: Event) -> Event | None:
+        rec = live.rec
+        try:
+            start = max(0, round(float(e["start"]) * rec.rate))
+            end = round(float(e["end"]) * rec.rate)
+            n = self.store.next_segment(rec.id)
+            rel = f"streams/{rec.id}.segments/{n:04d}.wav"
+            frames = segments.cut(live.archive.path, start, end,
+                                  self.settings.data_dir / rel)
+        except (OSError, StorageError, ValueError, TypeError) as exc:
+            log.warning("stream %s: cannot cut segment: %s", rec.id, exc)
+            return {"type": "error", "code": "segment_failed", "stream": rec.id,
+                    "t": e.get("t"), "message": f"cannot save the speech segment: {exc}"}
+        seg = SegmentRecord(rec.id, n, start, start + frames, rec.rate, rel, time.time())
+        self.store.add_segment(seg)
+        return {"type": "segment", "stream": rec.id, "t": e.get("t"), **seg.public()}
+
     # -- audio --------------------------------------------------------------------------
     def add_audio(self, live: LiveStream, data: bytes, frames: int) -> bool:
         """Queue whole frames; True when a flush (write + ack) is due."""
@@ -222,7 +306,17 @@ class Hub:
         if not frames:
             return 0
         nbytes = len(live.pending)
+        first = live.archive.frames
         result = live.archive.append(live.pending)
+        pipeline = live.pipeline
+        if pipeline is not None or self.bus.wants_audio(live.id):
+            spec = live.spec
+            samples = decode(live.pending, spec.format, spec.channels)
+            if spec.format == "f32" and (result.non_finite or result.clipped):
+                samples = sanitize_f32(samples).samples
+            if pipeline is not None:
+                pipeline.feed(samples, first)
+            self.bus.publish_audio(AudioItem(live.id, first, spec.rate, samples))
         live.pending.clear()
         live.pending_frames = 0
         self.metrics.frames_in.inc(frames)
@@ -250,10 +344,9 @@ class Hub:
             live.acked = offset
         self.metrics.acks.inc()
         self.metrics.ack_latency.observe(self.clock() - newest)
-        messages = [*self._fix_warnings(live), {"type": "ack", "offset": offset}]
-        with contextlib.suppress(Exception):
-            for m in messages:
-                await owner.send_json(m)
+        for m in self._fix_warnings(live):
+            owner.post(m)
+        owner.post({"type": "ack", "offset": offset})
 
     def _fix_warnings(self, live: LiveStream) -> list[dict[str, Any]]:
         """One warning per stream and kind the first time samples had to be fixed."""
@@ -292,16 +385,45 @@ class Hub:
 
     # -- end ----------------------------------------------------------------------------
     async def detach(self, live: LiveStream, owner: Owner, *, stopped: bool) -> int:
-        """The owner is done with the stream: stop it cleanly or leave it resumable."""
-        if live.owner is not owner:
+        """The owner is done with the stream: stop it cleanly or leave it resumable.
+
+        On a clean stop the processors get up to ``drain_timeout`` to finish (their last
+        events still reach the sender) before the archive is finalized. After a drop the
+        archive is closed at once and the processors finish in the background, so a resume
+        is never kept waiting by a slow processor.
+        """
+        if live.owner is not owner or live.detaching is not None:
             return live.offset  # superseded by a resume: the stream lives on
+        live.detaching = asyncio.Event()
+        try:
+            return await self._detach(live, stopped=stopped)
+        finally:
+            live.detaching.set()
+
+    async def _detach(self, live: LiveStream, *, stopped: bool) -> int:
         async with live.lock:
             self._write_pending(live)
+        finished = stopped or live.compat
+        pipeline, live.pipeline = live.pipeline, None
+        if pipeline is not None:
+            if finished:
+                late = await pipeline.close(self.settings.drain_timeout)
+                if late:
+                    self.emit(live, [{
+                        "type": "warning", "code": "processor_timeout",
+                        "t": live.offset / live.rec.rate,
+                        "message": f"{', '.join(late)} did not finish within "
+                                   f"{self.settings.drain_timeout:g} s of the stop; "
+                                   "their last events are lost"}])
+            else:
+                task = asyncio.create_task(pipeline.close(self.settings.drain_timeout))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+        async with live.lock:
             live.owner = None
             archive = live.archive
             archive.sync(self.settings.fsync)
             archive.close()
-            finished = stopped or live.compat
             rec = live.rec
             rec.frames = archive.frames
             fields: dict[str, Any] = {"frames": rec.frames}
@@ -331,6 +453,8 @@ class Hub:
                 with contextlib.suppress(Exception):
                     await owner.kick("shutting_down", "the server is shutting down; resume later")
                 await self.detach(live, owner, stopped=False)
+        if self._background:
+            await asyncio.wait(self._background, timeout=self.settings.drain_timeout)
 
     # -- REST helpers -------------------------------------------------------------------
     def record(self, stream_id: str) -> StreamRecord:
@@ -344,6 +468,9 @@ class Hub:
         if stream_id in self.live:
             raise StorageError(f"stream {stream_id} is live; stop it before deleting")
         rec = self.store.get(stream_id)
+        seg_dir = self.streams_dir / f"{rec.id}.segments"
+        if seg_dir.is_dir():
+            shutil.rmtree(seg_dir)
         for p in self.streams_dir.glob(f"{rec.id}.*"):
             p.unlink(missing_ok=True)
         self.store.delete(stream_id)

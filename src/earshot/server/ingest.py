@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+from collections import deque
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -26,6 +29,7 @@ from earshot.server.auth import presented_token, token_ok
 from earshot.server.hub import Hub, LiveStream
 
 log = logging.getLogger("earshot.ingest")
+OUTBOX_LIMIT = 10_000  # messages queued for a client that does not read
 
 
 class IngestSession:
@@ -39,6 +43,9 @@ class IngestSession:
         self.metrics = hub.metrics
         self.live: LiveStream | None = None
         self._closed = False
+        self._outbox: deque[str] = deque()
+        self._outbox_wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
         query = dict(ws.query_params)
         compat = None
         self._compat_error: ProtocolError | None = None
@@ -57,6 +64,7 @@ class IngestSession:
     async def run(self) -> None:
         ws = self.ws
         await ws.accept()
+        self._writer = asyncio.create_task(self._write_loop())
         if self._presented is not None and not self._authed:
             await self._emit(self.conn.fail("unauthorized", "wrong token"))
             return
@@ -94,6 +102,8 @@ class IngestSession:
             self._closed = True
             if self.live is not None:
                 await self.hub.detach(self.live, self, stopped=False)
+            if self._writer is not None:
+                self._writer.cancel()
 
     async def _emit(self, outs: list[Output]) -> None:
         for out in outs:
@@ -102,7 +112,7 @@ class IngestSession:
                 if self.hub.add_audio(self.live, out.data, out.frames):
                     await self.hub.flush(self.live)
             elif isinstance(out, Send):
-                await self.send_json(out.message)
+                self.post(out.message)
             elif isinstance(out, StartRequested):
                 await self._emit(await self._start(out))
             elif isinstance(out, StopRequested):
@@ -118,14 +128,16 @@ class IngestSession:
                 "this server needs a token: ?token=, 'Authorization: Bearer', or 'token' in start",
             )
         try:
-            live, token = await self.hub.open(start, self)
+            live, token, warnings = await self.hub.open(start, self)
         except ProtocolError as exc:
             return self.conn.refuse(exc.code, exc.message)
         except (StorageError, OSError) as exc:
             log.exception("cannot open stream")
             return self.conn.refuse("internal", f"cannot open the stream's archive: {exc}")
         self.live = live
-        return self.conn.accept(live.id, token, live.offset)
+        names = live.pipeline.names if live.pipeline is not None else []
+        return [*self.conn.accept(live.id, token, live.offset, processors=names),
+                *(Send(w) for w in warnings)]
 
     async def _stop(self) -> None:
         live = self.live
@@ -133,14 +145,15 @@ class IngestSession:
         await self.hub.flush(live)
         frames = await self.hub.detach(live, self, stopped=True)
         self.live = None
-        await self.send_json({
+        self.post({
             "type": "stopped", "stream": live.id, "offset": frames,
             "duration": frames / live.spec.rate,
         })
         await self._close(1000, "stopped")
 
     # -- Owner interface (used by the hub) ---------------------------------------------
-    async def send_json(self, message: dict[str, Any]) -> None:
+    def post(self, message: dict[str, Any]) -> None:
+        """Queue a message for the client; one writer task sends them in order."""
         if self._closed:
             return
         kind = message.get("type")
@@ -148,7 +161,30 @@ class IngestSession:
             self.metrics.errors.labels(message.get("code", "unknown")).inc()
         elif kind == "warning":
             self.metrics.warnings.labels(message.get("code", "unknown")).inc()
-        await self.ws.send_text(json.dumps(message, separators=(",", ":")))
+        if len(self._outbox) >= OUTBOX_LIMIT:
+            self._outbox.popleft()
+            self.metrics.outbox_dropped.inc()
+        self._outbox.append(json.dumps(message, separators=(",", ":")))
+        self._outbox_wake.set()
+
+    async def _write_loop(self) -> None:
+        out, wake = self._outbox, self._outbox_wake
+        try:
+            while True:
+                while out:
+                    await self.ws.send_text(out.popleft())
+                wake.clear()
+                await wake.wait()
+        except Exception:  # the client is gone; the receive loop notices
+            log.debug("writer stopped", exc_info=True)
+
+    async def _drain_outbox(self, timeout: float = 5.0) -> None:
+        async def drained() -> None:
+            while self._outbox and self._writer is not None and not self._writer.done():
+                await asyncio.sleep(0.005)
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(drained(), timeout)
 
     async def kick(self, code: str, message: str) -> None:
         await self._emit(self.conn.fail(code, message))
@@ -156,6 +192,7 @@ class IngestSession:
     async def _close(self, code: int, reason: str) -> None:
         if self._closed:
             return
+        await self._drain_outbox()
         self._closed = True
         try:
             await self.ws.close(code, reason)

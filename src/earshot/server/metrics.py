@@ -27,6 +27,15 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.processor_lag = Histogram(
+            "earshot_processor_lag_seconds", "Processor lag reports, in seconds of audio",
+            ["processor"], buckets=(0.5, 1, 2, 5, 10, 30, 60), registry=r)
+        self.processor_dropped = Counter(
+            "earshot_processor_dropped_seconds", "Audio skipped by lagging processors",
+            ["processor"], registry=r)
+        self.outbox_dropped = Counter(
+            "earshot_outbox_dropped", "Messages dropped for clients that do not read",
+            registry=r)
         self.ack_latency = Histogram(
             "earshot_ack_latency_seconds",
             "From receipt of the newest audio an ack covers to the ack being sent",

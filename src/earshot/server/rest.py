@@ -86,6 +86,25 @@ def get_audio(stream_id: str, hub: HubDep) -> FileResponse:
     return FileResponse(path, media_type=media, filename=filename)
 
 
+@api.get("/streams/{stream_id}/segments", summary="Speech segments found by the VAD")
+def list_segments(stream_id: str, hub: HubDep) -> dict[str, Any]:
+    rec = _record(hub, stream_id)
+    return {"stream": rec.id, "segments": [s.public() for s in hub.store.segments(rec.id)]}
+
+
+@api.get("/streams/{stream_id}/segments/{n}/audio", summary="One speech segment as WAV",
+         response_class=FileResponse)
+def get_segment_audio(stream_id: str, n: int, hub: HubDep) -> FileResponse:
+    rec = _record(hub, stream_id)
+    seg = next((s for s in hub.store.segments(rec.id) if s.n == n), None)
+    if seg is None:
+        raise HTTPException(404, f"stream {rec.id} has no segment {n}")
+    path = hub.settings.data_dir / seg.path
+    if not path.exists():
+        raise HTTPException(410, f"segment {n} of stream {rec.id} is gone")
+    return FileResponse(path, media_type="audio/wav", filename=f"{rec.id}-segment{n:04d}.wav")
+
+
 @api.delete("/streams/{stream_id}", status_code=204, summary="Delete a stream and its files")
 def delete_stream(stream_id: str, hub: HubDep) -> Response:
     rec = _record(hub, stream_id)

@@ -47,6 +47,24 @@ class StreamRecord:
         return d
 
 
+@dataclass(slots=True)
+class SegmentRecord:
+    stream: str
+    n: int
+    start: int  # frames, at the stream's rate
+    end: int
+    rate: int
+    path: str  # relative to the data directory
+    created: float
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "segment": self.n, "start": self.start / self.rate, "end": self.end / self.rate,
+            "duration": (self.end - self.start) / self.rate, "start_frame": self.start,
+            "end_frame": self.end, "url": f"/api/streams/{self.stream}/segments/{self.n}/audio",
+        }
+
+
 class MetadataStore(Protocol):
     def create(self, rec: StreamRecord) -> None: ...
     def get(self, stream_id: str) -> StreamRecord: ...
@@ -54,6 +72,9 @@ class MetadataStore(Protocol):
     def update(self, stream_id: str, **fields: Any) -> None: ...
     def delete(self, stream_id: str) -> None: ...
     def with_state(self, state: StreamState) -> list[StreamRecord]: ...
+    def add_segment(self, seg: SegmentRecord) -> None: ...
+    def segments(self, stream_id: str) -> list[SegmentRecord]: ...
+    def next_segment(self, stream_id: str) -> int: ...
     def close(self) -> None: ...
 
 
@@ -80,6 +101,16 @@ CREATE TABLE IF NOT EXISTS streams (
 );
 CREATE INDEX IF NOT EXISTS streams_created ON streams (created DESC);
 CREATE INDEX IF NOT EXISTS streams_state ON streams (state);
+CREATE TABLE IF NOT EXISTS segments (
+    stream TEXT NOT NULL REFERENCES streams(id) ON DELETE CASCADE,
+    n INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    "end" INTEGER NOT NULL,
+    rate INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (stream, n)
+);
 """
 
 
@@ -91,6 +122,7 @@ class SqliteStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
 
     def _row(self, row: tuple[Any, ...]) -> StreamRecord:
@@ -138,6 +170,23 @@ class SqliteStore:
     def with_state(self, state: StreamState) -> list[StreamRecord]:
         rows = self._query(f"SELECT {','.join(_COLUMNS)} FROM streams WHERE state=?", (state,))
         return [self._row(r) for r in rows]
+
+    def add_segment(self, seg: SegmentRecord) -> None:
+        self._query(
+            'INSERT INTO segments (stream, n, start, "end", rate, path, created) '
+            "VALUES (?,?,?,?,?,?,?)",
+            (seg.stream, seg.n, seg.start, seg.end, seg.rate, seg.path, seg.created),
+        )
+
+    def segments(self, stream_id: str) -> list[SegmentRecord]:
+        rows = self._query(
+            'SELECT stream, n, start, "end", rate, path, created FROM segments '
+            "WHERE stream=? ORDER BY n", (stream_id,))
+        return [SegmentRecord(*r) for r in rows]
+
+    def next_segment(self, stream_id: str) -> int:
+        row = self._query("SELECT MAX(n) FROM segments WHERE stream=?", (stream_id,))[0][0]
+        return 0 if row is None else int(row) + 1
 
     def close(self) -> None:
         with self._lock:

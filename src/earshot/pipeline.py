@@ -1,0 +1,332 @@
+"""Run a stream's processors: one resampler per needed rate, one bounded queue per processor.
+
+:class:`StreamPipeline` is fed the stream's audio (float32, native rate) as it is archived.
+It mixes down and resamples once per distinct (rate, mono) need with soxr's streaming
+resampler, then hands each processor its chunks through its own :class:`ProcessorRunner`:
+
+* batches — a runner takes everything queued and processes it in one go, off the event loop
+  (or on it, for processors marked ``inline``), never one thread hop per 20 ms frame;
+* lag — how far a processor is behind the audio fed, in seconds, reported in ``lag`` events;
+  past ``max_lag`` it drops its oldest queued audio (for itself only) and reports it in a
+  ``dropped`` event;
+* failure — a processor that raises gets one ``error`` event and is stopped for this stream;
+  the stream, its archive and the other processors go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import soxr
+
+from earshot.processors.base import Chunk, Event, Processor, StreamInfo
+
+log = logging.getLogger("earshot.pipeline")
+Publish = Callable[[list[Event]], None]
+
+_default_executor: ThreadPoolExecutor | None = None
+
+
+def default_executor() -> ThreadPoolExecutor:
+    global _default_executor
+    if _default_executor is None:
+        _default_executor = ThreadPoolExecutor(thread_name_prefix="earshot-proc")
+    return _default_executor
+
+
+class Converter:
+    """Mix-down and streaming resampling of one stream to one (rate, mono) variant."""
+
+    def __init__(self, in_rate: int, out_rate: int, channels: int, mono: bool,
+                 start_offset: int = 0) -> None:
+        self.in_rate, self.out_rate, self.mono = in_rate, out_rate, mono
+        self.offset = round(start_offset * out_rate / in_rate)
+        self.nch = nch = 1 if mono else channels
+        self._rs = None if in_rate == out_rate else soxr.ResampleStream(
+            in_rate, out_rate, nch, dtype="float32", quality="HQ")
+
+    def convert(self, samples: np.ndarray, last: bool = False) -> Chunk | None:
+        """samples: float32 (frames, channels) at the stream's rate."""
+        x = samples
+        if self.mono:
+            x = x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)
+        if self._rs is not None:
+            x = self._rs.resample_chunk(np.ascontiguousarray(x, dtype=np.float32), last=last)
+        if not len(x):
+            return None
+        chunk = Chunk(x, self.offset, self.out_rate)
+        self.offset += len(x)
+        return chunk
+
+    def tail(self) -> Chunk | None:
+        """What the resampler still holds, at the end of the stream."""
+        if self._rs is None:
+            return None
+        empty = np.zeros((0,) if self.nch == 1 else (0, self.nch), np.float32)
+        x = self._rs.resample_chunk(empty, last=True)
+        if not len(x):
+            return None
+        chunk = Chunk(x, self.offset, self.out_rate)
+        self.offset += len(x)
+        return chunk
+
+
+@dataclass(slots=True)
+class RunnerStats:
+    processed: int = 0  # frames processed (processor rate)
+    dropped: int = 0  # frames dropped for lag
+    busy: float = 0.0  # seconds spent in process()
+
+
+class ProcessorRunner:
+    """One processor on one stream: its own queue, batches, lag and drop accounting."""
+
+    def __init__(self, proc: Processor, rate: int, publish: Publish, *, max_lag: float,
+                 executor: Executor, lag_report: float = 1.0) -> None:
+        self.proc = proc
+        self.name = proc.name
+        self.rate = rate
+        self.publish = publish
+        self.max_lag_frames = int(max_lag * rate)
+        self.lag_report_frames = lag_report * rate
+        self.executor = executor
+        self.stats = RunnerStats()
+        self.failed = False
+        self._queue: deque[Chunk] = deque()
+        self._queued = 0
+        self._fed_end = 0  # end offset of the audio handed to this runner
+        self._done_end = 0  # end offset of the audio processed
+        self._drop_pending = 0
+        self._last_lag_report = -1.0
+        self._lagging = False
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def lag(self) -> float:
+        """Seconds of audio handed to this processor but not yet processed."""
+        return max(0, self._fed_end - self._done_end) / self.rate
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"earshot-proc-{self.name}")
+
+    def put(self, chunk: Chunk) -> None:
+        if self.failed:
+            return
+        if not self._queue and self._done_end < chunk.offset and not self._fed_end:
+            self._done_end = chunk.offset  # first chunk: nothing before it is owed
+        self._queue.append(chunk)
+        self._idle.clear()
+        self._queued += chunk.frames
+        self._fed_end = chunk.end
+        while self._queued > self.max_lag_frames and len(self._queue) > 1:
+            old = self._queue.popleft()
+            self._queued -= old.frames
+            self._drop_pending += old.frames
+            self._done_end = self._queue[0].offset
+        self._wake.set()
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+
+    async def idle(self) -> None:
+        """Wait until everything handed over so far is processed (or the processor failed)."""
+        while not self._idle.is_set() and not self.failed and self.task and not self.task.done():
+            await asyncio.wait({asyncio.ensure_future(self._idle.wait()), self.task},
+                               return_when=asyncio.FIRST_COMPLETED)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.failed:
+            if not self._queue:
+                self._idle.set()
+                if self._closing:
+                    break
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = list(self._queue)
+            self._queue.clear()
+            self._queued = 0
+            events = self._report_drops(batch[0])
+            try:
+                if self.proc.inline:
+                    produced = self._process(batch)
+                else:
+                    produced = await loop.run_in_executor(self.executor, self._process, batch)
+            except Exception as exc:
+                self._fail(exc, batch[0])
+                return
+            self._done_end = max(self._done_end, batch[-1].end)
+            events.extend(produced)
+            events.extend(self._report_lag())
+            if events:
+                self.publish(events)
+        if not self.failed:
+            try:
+                tail = self.proc.flush() if self.proc.inline else await loop.run_in_executor(
+                    self.executor, self.proc.flush)
+            except Exception as exc:
+                self._fail(exc, None)
+                return
+            if tail:
+                self.publish(self._stamp(tail))
+
+    def _process(self, batch: list[Chunk]) -> list[Event]:
+        t0 = time.perf_counter()
+        out: list[Event] = []
+        for chunk in _merge(batch):
+            produced = self.proc.process(chunk)
+            if produced:
+                out.extend(produced)
+            self.stats.processed += chunk.frames
+        self.stats.busy += time.perf_counter() - t0
+        return self._stamp(out)
+
+    def _stamp(self, events: Iterable[Event]) -> list[Event]:
+        out = []
+        for e in events:
+            e.setdefault("processor", self.name)
+            out.append(e)
+        return out
+
+    def _report_drops(self, first: Chunk) -> list[Event]:
+        if not self._drop_pending:
+            return []
+        n, self._drop_pending = self._drop_pending, 0
+        self.stats.dropped += n
+        return [{
+            "type": "dropped", "processor": self.name, "t": round(first.t, 6),
+            "frames": n, "seconds": round(n / self.rate, 3),
+            "total_seconds": round(self.stats.dropped / self.rate, 3),
+            "message": f"{self.name} fell more than {self.max_lag_frames / self.rate:g} s "
+                       f"behind; skipped {n / self.rate:.2f} s of audio for it only",
+        }]
+
+    def _report_lag(self) -> list[Event]:
+        """A ``lag`` event at most once a second while behind, and once when caught up."""
+        behind = self.lag * self.rate >= self.lag_report_frames
+        if behind:
+            now = time.monotonic()
+            if now - self._last_lag_report < 1.0:
+                return []
+            self._last_lag_report = now
+            self._lagging = True
+        elif self._lagging:
+            self._lagging = False
+        else:
+            return []
+        return [{"type": "lag", "processor": self.name, "t": round(self._done_end / self.rate, 6),
+                 "lag": round(self.lag, 3)}]
+
+    def _fail(self, exc: BaseException, chunk: Chunk | None) -> None:
+        self.failed = True
+        self._queue.clear()
+        self._idle.set()
+        log.warning("processor %s failed", self.name, exc_info=exc)
+        self.publish([{
+            "type": "error", "code": "processor_failed", "processor": self.name,
+            "t": round((chunk.t if chunk else self._done_end / self.rate), 6),
+            "message": f"{self.name} raised {type(exc).__name__}: {exc}; "
+                       "it is stopped for this stream (the stream goes on)",
+        }])
+
+
+def _merge(batch: list[Chunk]) -> list[Chunk]:
+    """Join consecutive chunks into as few as possible (one, unless audio was dropped)."""
+    runs: list[list[Chunk]] = [[batch[0]]]
+    for c in batch[1:]:
+        if c.offset == runs[-1][-1].end:
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    return [r[0] if len(r) == 1 else
+            Chunk(np.concatenate([c.samples for c in r]), r[0].offset, r[0].rate) for r in runs]
+
+
+class StreamPipeline:
+    """All processors of one stream."""
+
+    def __init__(self, info: StreamInfo, processors: list[Processor], publish: Publish, *,
+                 start_offset: int = 0, max_lag: float = 10.0, lag_report: float = 1.0,
+                 executor: Executor | None = None) -> None:
+        self.info = info
+        self.publish = publish
+        self.offset = start_offset
+        executor = executor or default_executor()
+        self.converters: dict[tuple[int, bool], Converter] = {}
+        self.runners: list[tuple[tuple[int, bool], ProcessorRunner]] = []
+        for proc in processors:
+            rate = proc.rate or info.rate
+            key = (rate, proc.mono or info.channels == 1)
+            try:
+                proc.start(info)
+            except Exception as exc:
+                log.warning("processor %s failed to start", proc.name, exc_info=exc)
+                publish([{"type": "error", "code": "processor_failed", "processor": proc.name,
+                          "t": round(start_offset / info.rate, 6),
+                          "message": f"{proc.name} failed to start: {type(exc).__name__}: "
+                                     f"{exc}; the stream goes on without it"}])
+                continue
+            if key not in self.converters:
+                self.converters[key] = Converter(info.rate, rate, info.channels, key[1],
+                                                 start_offset)
+            self.runners.append((key, ProcessorRunner(proc, rate, publish, max_lag=max_lag,
+                                                      executor=executor, lag_report=lag_report)))
+        for _, runner in self.runners:
+            runner.start()
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for _, r in self.runners]
+
+    def feed(self, samples: np.ndarray, offset: int) -> None:
+        """samples: float32 (frames, channels) at the stream's rate, starting at ``offset``."""
+        if offset != self.offset:
+            raise ValueError(f"pipeline at frame {self.offset} was fed frame {offset}")
+        self.offset += len(samples)
+        self._dispatch({key: conv.convert(samples) for key, conv in self.converters.items()})
+
+    async def idle(self) -> None:
+        """Wait until every processor has caught up with what was fed."""
+        for _, r in self.runners:
+            await r.idle()
+
+    def _dispatch(self, chunks: dict[tuple[int, bool], Chunk | None]) -> None:
+        for key, runner in self.runners:
+            chunk = chunks.get(key)
+            if chunk is not None:
+                runner.put(chunk)
+
+    async def close(self, timeout: float | None = 10.0) -> list[str]:
+        """Flush resamplers, let every processor finish and flush; returns the names of
+        processors that did not finish within ``timeout`` (they are cancelled)."""
+        tails = {key: conv.tail() for key, conv in self.converters.items()}
+        self._dispatch(tails)
+        for _, r in self.runners:
+            r.close()
+        tasks = [r.task for _, r in self.runners if r.task is not None]
+        if not tasks:
+            return []
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        late = []
+        for _, r in self.runners:
+            if r.task in pending:
+                r.task.cancel()
+                late.append(r.name)
+        for t in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        return late

@@ -1,0 +1,90 @@
+"""The processor API: what a stream processor is, what it receives and what it returns.
+
+A processor is a small class::
+
+    class Loudest(Processor):
+        name = "loudest"
+        rate = 16000          # resampled for you (None: the stream's own rate)
+
+        def process(self, chunk: Chunk) -> list[Event]:
+            peak = float(abs(chunk.samples).max(initial=0))
+            return [self.event("peak", chunk.t, value=peak)] if peak > 0.5 else []
+
+``process`` gets consecutive chunks (float32 samples, mono unless ``mono = False``) with
+their offset in the processor's own sample rate; ``flush`` is called once at the end of the
+stream. Events are plain JSON-able dicts stamped with ``t``, seconds of stream time; the
+runner adds ``stream`` and ``processor``. Processors run off the event loop, in batches,
+each on its own bounded queue: a slow or failing one never stalls capture or the others.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+Event = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """What a processor knows of the stream it runs on."""
+
+    id: str
+    rate: int  # the stream's native rate
+    channels: int
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Consecutive samples for a processor, in its own rate."""
+
+    samples: np.ndarray  # float32, (frames,) when mono else (frames, channels)
+    offset: int  # frame index of samples[0] since stream start, at ``rate``
+    rate: int
+
+    @property
+    def frames(self) -> int:
+        return int(self.samples.shape[0])
+
+    @property
+    def t(self) -> float:
+        """Stream time of the first sample, in seconds."""
+        return self.offset / self.rate
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.frames
+
+
+class Processor(ABC):
+    """Base class of stream processors. Override :meth:`process` (and maybe the rest)."""
+
+    #: short name, used in events, metrics and ``start`` messages
+    name: ClassVar[str] = "processor"
+    #: sample rate wanted (None: the stream's own); resampled once per rate per stream
+    rate: ClassVar[int | None] = None
+    #: mix down to mono (True) or keep the stream's channels (False)
+    mono: ClassVar[bool] = True
+    #: cheap processors (microseconds per chunk) run on the event loop, saving a thread hop
+    inline: ClassVar[bool] = False
+
+    def start(self, info: StreamInfo) -> None:
+        """Called once before the first chunk."""
+        self.info = info
+
+    @abstractmethod
+    def process(self, chunk: Chunk) -> Iterable[Event] | None:
+        """Consume one chunk; return the events it produced (or None)."""
+
+    def flush(self) -> Iterable[Event] | None:
+        """Called once at the end of the stream; return the last events."""
+        return None
+
+    def event(self, type: str, t: float, **fields: Any) -> Event:
+        """An event stamped at ``t`` seconds of stream time."""
+        return {"type": type, "t": round(t, 6), **fields}

@@ -1,0 +1,130 @@
+"""Finding processors by name or import path, with keyword options.
+
+A spec is a built-in name (``"level"``), an import path (``"mypkg.mod:MyVad"``), or either
+with options: ``{"name": "vad", "options": {"threshold": 0.6}}`` in a ``start`` message,
+``vad,threshold=0.6`` on the command line.
+
+Clients may only name processors the server offers: the built-ins and those given to
+``earshot serve --processor``. An import path from a client is never imported on its say-so.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from earshot.errors import ProcessorError
+from earshot.processors.base import Processor
+from earshot.processors.level import Level
+from earshot.processors.spectrogram import Spectrogram
+from earshot.processors.vad import Vad
+
+BUILTINS: dict[str, type[Processor]] = {"level": Level, "spectrogram": Spectrogram, "vad": Vad}
+
+
+@dataclass(frozen=True)
+class ProcessorSpec:
+    """A processor class and the options to build it with."""
+
+    cls: type[Processor]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    ref: str = ""  # how it was named: builtin name or import path
+
+    @property
+    def name(self) -> str:
+        return self.cls.name
+
+    def make(self) -> Processor:
+        try:
+            return self.cls(**self.options)
+        except TypeError as exc:
+            raise ProcessorError(f"bad options for processor {self.name!r}: {exc}") from None
+
+
+def import_processor(path: str) -> type[Processor]:
+    """``"package.module:Class"`` → the class, checked to be a Processor."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ProcessorError(f"processor path {path!r} must look like 'package.module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ProcessorError(f"cannot import {module_name!r} for processor {path!r}: {exc}") \
+            from None
+    obj = getattr(module, attr, None)
+    if not (inspect.isclass(obj) and issubclass(obj, Processor)):
+        raise ProcessorError(f"{path!r} is not a subclass of earshot.processors.Processor")
+    return obj
+
+
+def parse_cli_spec(text: str) -> tuple[str, dict[str, Any]]:
+    """``"vad,threshold=0.6,pad_ms=50"`` → ("vad", {"threshold": 0.6, "pad_ms": 50})."""
+    ref, *pairs = [p.strip() for p in text.split(",") if p.strip()]
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise ProcessorError(f"processor option {pair!r} must be key=value")
+        try:
+            options[key] = json.loads(raw)
+        except ValueError:
+            options[key] = raw
+    return ref, options
+
+
+def resolve(ref: str, options: Mapping[str, Any] | None = None, *,
+            allow_import: bool = True) -> ProcessorSpec:
+    if ref in BUILTINS:
+        cls = BUILTINS[ref]
+    elif ":" in ref and allow_import:
+        cls = import_processor(ref)
+    else:
+        raise ProcessorError(f"unknown processor {ref!r}; built-ins: {', '.join(BUILTINS)}")
+    spec = ProcessorSpec(cls, dict(options or {}), ref)
+    spec.make()  # fail now, not per stream, on bad options
+    return spec
+
+
+class Registry:
+    """The processors a server offers, and its defaults."""
+
+    def __init__(self, configured: list[str] | tuple[str, ...] = ()) -> None:
+        self.defaults: list[ProcessorSpec] = [resolve(*parse_cli_spec(c)) for c in configured]
+        self.offered: dict[str, type[Processor]] = dict(BUILTINS)
+        for spec in self.defaults:
+            self.offered[spec.ref] = spec.cls
+            self.offered.setdefault(spec.name, spec.cls)
+        if not configured:
+            self.defaults = [resolve("level")]
+
+    def for_start(self, requested: tuple[Any, ...] | None) -> tuple[list[ProcessorSpec],
+                                                                     list[str]]:
+        """Specs for a start's ``processors`` (None: the defaults), and problems found."""
+        if requested is None:
+            return list(self.defaults), []
+        specs, problems = [], []
+        for item in requested:
+            ref, options = (item, {}) if isinstance(item, str) else (
+                item.get("name", ""), item.get("options") or {})
+            cls = self.offered.get(ref)
+            if cls is None:
+                problems.append(f"processor {ref!r} is not offered by this server "
+                                f"(offered: {', '.join(sorted(self.offered))})")
+                continue
+            if not isinstance(options, dict):
+                problems.append(f"options of processor {ref!r} must be an object")
+                continue
+            default = next((s for s in self.defaults if s.ref == ref), None)
+            merged = {**(default.options if default else {}), **options}
+            spec = ProcessorSpec(cls, merged, ref)
+            try:
+                spec.make()
+            except ProcessorError as exc:
+                problems.append(str(exc))
+                continue
+            specs.append(spec)
+        return specs, problems

@@ -1,0 +1,52 @@
+"""``vad``: silero voice activity detection (onnxruntime, no torch), speech segments.
+
+Emits ``speech_start`` (``t`` = segment start) and ``speech_end`` (``t`` = segment end, with
+``start``, ``end`` and ``duration``), all in stream seconds. The server cuts each segment
+from the archive into its own file and announces it in a ``segment`` event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from earshot.dsp.vad import StreamingVad, VadEvent
+from earshot.processors.base import Chunk, Event, Processor
+
+
+class Vad(Processor):
+    name = "vad"
+    rate = 16000
+
+    def __init__(self, threshold: float = 0.5, min_speech_ms: float = 250.0,
+                 min_silence_ms: float = 300.0, pad_ms: float = 30.0,
+                 neg_threshold: float | None = None, refine_db: float | None = 35.0) -> None:
+        self.options: dict[str, Any] = dict(
+            threshold=threshold, neg_threshold=neg_threshold, min_speech_ms=min_speech_ms,
+            min_silence_ms=min_silence_ms, pad_ms=pad_ms, refine_db=refine_db)
+        self._vad: StreamingVad | None = None
+        self._start: int | None = None
+
+    def process(self, chunk: Chunk) -> list[Event]:
+        if self._vad is None:
+            self._vad = StreamingVad(chunk.rate, **self.options)
+        return self._events(self._vad.feed(chunk.samples, chunk.offset).events, chunk.rate)
+
+    def flush(self) -> list[Event]:
+        if self._vad is None:
+            return []
+        return self._events(self._vad.flush(), self._vad.rate)
+
+    def _events(self, events: list[VadEvent], rate: int) -> list[Event]:
+        out = []
+        for e in events:
+            if e.kind == "speech_start":
+                self._start = e.offset
+                out.append(self.event("speech_start", e.offset / rate, prob=round(e.prob, 3)))
+            else:
+                start = (self._start if self._start is not None else e.offset) / rate
+                end = e.offset / rate
+                out.append(self.event("speech_end", end, start=round(start, 6),
+                                      end=round(end, 6), duration=round(end - start, 6),
+                                      prob=round(e.prob, 3)))
+                self._start = None
+        return out

@@ -1,0 +1,123 @@
+"""``/ws/subscribe``: live events (and optionally audio) of one stream or all, and the way
+remote workers send their processors' events back.
+
+Server → subscriber:
+
+* ``{"type":"subscribed","stream":S,"audio":F|null,"live":[{stream info}...]}`` first;
+* every event of the stream(s), as JSON;
+* with ``audio=s16|f32``: for each archived batch a JSON header
+  ``{"type":"audio","stream":ID,"offset":N,"frames":M,"rate":R,"channels":C,"format":F}``
+  immediately followed by one binary message with those samples, interleaved little-endian.
+
+Subscriber → server (remote workers): ``{"type":"event","stream":ID,"events":[{...}, ...],
+"worker":"name"}``; the server fans these out like events of local processors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from earshot.audio import f32_to_s16
+from earshot.bus import ALL, AudioItem, MemoryBus
+from earshot.protocol import error_message
+from earshot.server.hub import Hub
+
+log = logging.getLogger("earshot.subscribe")
+RESERVED = frozenset({"ready", "ack", "stopped", "audio", "subscribed", "stream_started",
+                      "stream_ended", "segment", "pong"})
+MAX_EVENTS_PER_MESSAGE = 1000
+
+
+def stream_info(hub: Hub, stream: str) -> list[dict[str, Any]]:
+    lives = hub.live.values() if stream == ALL else [hub.live[stream]] if stream in hub.live \
+        else []
+    return [{"stream": lv.id, "name": lv.rec.name, "rate": lv.rec.rate,
+             "channels": lv.rec.channels, "offset": lv.offset} for lv in lives]
+
+
+async def subscribe(ws: WebSocket, hub: Hub) -> None:
+    stream = ws.query_params.get("stream", ALL)
+    audio = ws.query_params.get("audio")
+    await ws.accept()
+    if audio not in (None, "s16", "f32"):
+        await ws.send_text(json.dumps(error_message(
+            "unsupported_format", f"audio={audio!r}: use audio=s16 or audio=f32")))
+        await ws.close(4400, "unsupported audio format")
+        return
+    bus: MemoryBus = hub.bus
+    sub = bus.subscribe(stream, audio=audio is not None)
+    await ws.send_text(json.dumps({"type": "subscribed", "stream": stream, "audio": audio,
+                                   "live": stream_info(hub, stream)}))
+
+    async def pump() -> None:
+        async for item in sub:
+            if isinstance(item, AudioItem):
+                header, payload = audio_message(item, audio or "f32")
+                await ws.send_text(header)
+                await ws.send_bytes(payload)
+            else:
+                await ws.send_text(json.dumps(item, separators=(",", ":")))
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            msg = await ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                break
+            if msg.get("text") is not None:
+                reply = handle_worker_message(hub, msg["text"])
+                if reply is not None:
+                    await ws.send_text(json.dumps(reply))
+            elif msg.get("bytes") is not None:
+                await ws.send_text(json.dumps(error_message(
+                    "unexpected_binary", "subscribers send only JSON text messages")))
+    except WebSocketDisconnect:
+        pass
+    finally:
+        bus.unsubscribe(sub)
+        task.cancel()
+
+
+def audio_message(item: AudioItem, fmt: str) -> tuple[str, bytes]:
+    frames, channels = item.samples.shape
+    header = json.dumps({"type": "audio", "stream": item.stream, "offset": item.offset,
+                         "frames": frames, "rate": item.rate, "channels": channels,
+                         "format": fmt}, separators=(",", ":"))
+    if fmt == "s16":
+        return header, f32_to_s16(item.samples).samples.tobytes()
+    return header, item.samples.astype("<f4", copy=False).tobytes()
+
+
+def handle_worker_message(hub: Hub, text: str) -> dict[str, Any] | None:
+    """Validate events sent back by a remote worker and fan them out; None when fine."""
+    if len(text) > hub.settings.max_message_bytes:
+        return error_message("message_too_large", "event message too large")
+    try:
+        msg = json.loads(text)
+    except ValueError as exc:
+        return error_message("invalid_json", f"not valid JSON: {exc}")
+    if not isinstance(msg, dict) or msg.get("type") != "event":
+        return error_message("unknown_type", "subscribers may only send {'type': 'event', ...}")
+    events = msg.get("events")
+    if not isinstance(events, list) or len(events) > MAX_EVENTS_PER_MESSAGE:
+        return error_message("bad_event", f"'events' must be a list of at most "
+                                          f"{MAX_EVENTS_PER_MESSAGE} objects")
+    for e in events:
+        if not isinstance(e, dict) or not isinstance(e.get("type"), str):
+            return error_message("bad_event", "each event is an object with a string 'type'")
+        if e["type"] in RESERVED:
+            return error_message("bad_event", f"event type {e['type']!r} is reserved")
+    live = hub.live.get(str(msg.get("stream")))
+    if live is None:
+        return error_message("unknown_stream", f"stream {msg.get('stream')!r} is not live")
+    worker = msg.get("worker")
+    if isinstance(worker, str):
+        for e in events:
+            e["worker"] = worker[:100]
+    hub.emit(live, events)
+    return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -17,7 +18,13 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from earshot import __version__
-from earshot.errors import ClientError, ConfigError, EarshotError, MissingDependency
+from earshot.errors import (
+    ClientError,
+    ConfigError,
+    EarshotError,
+    MissingDependency,
+    ProcessorError,
+)
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED = 0, 1, 2, 3, 4
 DEFAULT_URL = "ws://127.0.0.1:8000/ws"
@@ -301,6 +308,32 @@ class TailBoard:
             for sid, r in self.rows.items())
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from earshot.client import Reconnect
+    from earshot.processors.registry import parse_cli_spec, resolve
+    from earshot.worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    ref, options = parse_cli_spec(args.processor)
+    spec = resolve(ref, options)  # raises ProcessorError → exit 2 with the reason
+
+    async def main() -> int:
+        worker = Worker(args.url, spec, stream=args.stream, token=args.token, name=args.name,
+                        reconnect=Reconnect(attempts=args.retries))
+        task = asyncio.ensure_future(worker.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return EXIT_OK
+
+    return _run_client(main)
+
+
 def format_event(event: dict[str, Any]) -> str:
     kind = event.get("type", "?")
     t = event.get("t")
@@ -382,6 +415,15 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts(t)
     t.add_argument("--levels", action="store_true", help="also print every level event")
     t.set_defaults(func=cmd_tail)
+    w = sub.add_parser("worker", help="run a processor on a server's live audio, remotely")
+    w.add_argument("processor", help="package.module:Class (or a built-in), with options: "
+                                     "mypkg.vad:MyVad,threshold=0.6")
+    client_opts(w)
+    w.add_argument("--stream", default="*", help="stream id, or * for every stream (default)")
+    w.add_argument("--name", help="worker name shown in its events")
+    w.add_argument("--retries", type=int, default=None,
+                   help="give up after this many failed reconnects (default: never)")
+    w.set_defaults(func=cmd_worker)
     return p
 
 
@@ -389,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, MissingDependency) as exc:
+    except (ConfigError, MissingDependency, ProcessorError) as exc:
         print(f"earshot: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except EarshotError as exc:

@@ -36,6 +36,7 @@ from earshot.sources import FileSource, MicSource
 
 log = logging.getLogger("earshot.client")
 _DONE = object()
+FATAL_CLOSE_CODES = frozenset({1008, 1009})  # plus every 44xx
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -330,30 +331,40 @@ class Publisher:
         self._emit(msg)
 
     async def _connected(self, ws: ClientConnection) -> bool:
-        """Run one connection; True when the stream was stopped (done)."""
+        """Run one connection; True when the stream was stopped (done).
+
+        Error events are passed on like any event (a processor failing is not the end);
+        the server's close code says whether the stream can go on: a 44xx or 1009 close is
+        final (with the error that preceded it), anything else means reconnect and resume.
+        """
         writer = asyncio.create_task(self._writer(ws))
+        last_error: dict[str, Any] = {}
         try:
-            async for raw in ws:
-                if isinstance(raw, bytes):
-                    continue
-                msg = json.loads(raw)
-                kind = msg.get("type")
-                if kind == "ack":
-                    self._trim(int(msg["offset"]))
-                elif kind == "stopped":
-                    self._trim(int(msg["offset"]))
-                    assert self._stopped is not None
-                    if not self._stopped.done():
-                        self._stopped.set_result(int(msg["offset"]))
+            with contextlib.suppress(ConnectionClosed):
+                async for raw in ws:
+                    if isinstance(raw, bytes):
+                        continue
+                    msg = json.loads(raw)
+                    kind = msg.get("type")
+                    if kind == "ack":
+                        self._trim(int(msg["offset"]))
+                        continue
+                    if kind == "stopped":
+                        self._trim(int(msg["offset"]))
+                        assert self._stopped is not None
+                        if not self._stopped.done():
+                            self._stopped.set_result(int(msg["offset"]))
+                        self._emit(msg)
+                        self._emit(_DONE)
+                        return True
+                    if kind == "error":
+                        last_error = msg
                     self._emit(msg)
-                    self._emit(_DONE)
-                    return True
-                elif kind == "error" and msg.get("code") not in RETRYABLE:
-                    self._emit(msg)
-                    raise _Fatal(msg.get("code", "error"), msg.get("message", ""))
-                else:
-                    self._emit(msg)
-            raise ConnectionError(f"connection closed ({ws.close_code} {ws.close_reason})")
+            code = ws.close_code
+            if code is not None and (4400 <= code < 4500 or code in FATAL_CLOSE_CODES):
+                raise _Fatal(last_error.get("code", str(code)),
+                             last_error.get("message") or ws.close_reason or "closed")
+            raise ConnectionError(f"connection closed ({code} {ws.close_reason})")
         finally:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -102,10 +102,11 @@ class ProcessorRunner:
         self.failed = False
         self._queue: deque[Chunk] = deque()
         self._queued = 0
-        self._fed_end = 0  # end offset of the audio handed to this runner
-        self._done_end = 0  # end offset of the audio processed
+        self._fed_end: int | None = None  # end offset of the audio handed to this runner
+        self._done_end = 0  # end offset of the audio processed most recently
         self._drop_pending = 0
         self._last_lag_report = -1.0
+        self._last_drop_report = -1.0
         self._lagging = False
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -115,7 +116,10 @@ class ProcessorRunner:
 
     @property
     def lag(self) -> float:
-        """Seconds of audio handed to this processor but not yet processed."""
+        """How far behind the live edge this processor's latest results are, in seconds of
+        audio (dropping a backlog does not hide it: results are still this late)."""
+        if self._fed_end is None:
+            return 0.0
         return max(0, self._fed_end - self._done_end) / self.rate
 
     def start(self) -> None:
@@ -124,7 +128,7 @@ class ProcessorRunner:
     def put(self, chunk: Chunk) -> None:
         if self.failed:
             return
-        if not self._queue and self._done_end < chunk.offset and not self._fed_end:
+        if self._fed_end is None:
             self._done_end = chunk.offset  # first chunk: nothing before it is owed
         self._queue.append(chunk)
         self._idle.clear()
@@ -134,8 +138,10 @@ class ProcessorRunner:
             old = self._queue.popleft()
             self._queued -= old.frames
             self._drop_pending += old.frames
-            self._done_end = self._queue[0].offset
         self._wake.set()
+        reports = self._report(chunk, time.monotonic())
+        if reports:
+            self.publish(reports)
 
     def close(self) -> None:
         self._closing = True
@@ -160,7 +166,7 @@ class ProcessorRunner:
             batch = list(self._queue)
             self._queue.clear()
             self._queued = 0
-            events = self._report_drops(batch[0])
+            events: list[Event] = []
             try:
                 if self.proc.inline:
                     produced = self._process(batch)
@@ -169,11 +175,12 @@ class ProcessorRunner:
             except Exception as exc:
                 self._fail(exc, batch[0])
                 return
-            self._done_end = max(self._done_end, batch[-1].end)
+            self._done_end = batch[-1].end
             events.extend(produced)
-            events.extend(self._report_lag())
             if events:
                 self.publish(events)
+        if self._drop_pending:
+            self.publish(self._report_drops(self._done_end))
         if not self.failed:
             try:
                 tail = self.proc.flush() if self.proc.inline else await loop.run_in_executor(
@@ -202,34 +209,36 @@ class ProcessorRunner:
             out.append(e)
         return out
 
-    def _report_drops(self, first: Chunk) -> list[Event]:
-        if not self._drop_pending:
-            return []
+    def _report(self, chunk: Chunk, now: float) -> list[Event]:
+        """Lag and drop reports, made as audio is handed over (so a processor stuck in a
+        long batch is still reported): at most once a second each, and once on catching up.
+        """
+        out: list[Event] = []
+        if self._drop_pending and now - self._last_drop_report >= 1.0:
+            self._last_drop_report = now
+            out.extend(self._report_drops(chunk.offset))
+        behind = self.lag * self.rate >= self.lag_report_frames
+        if behind and now - self._last_lag_report >= 1.0:
+            self._last_lag_report = now
+            self._lagging = True
+        elif not behind and self._lagging:
+            self._lagging = False
+        else:
+            return out
+        out.append({"type": "lag", "processor": self.name,
+                    "t": round(self._done_end / self.rate, 6), "lag": round(self.lag, 3)})
+        return out
+
+    def _report_drops(self, at: int) -> list[Event]:
         n, self._drop_pending = self._drop_pending, 0
         self.stats.dropped += n
         return [{
-            "type": "dropped", "processor": self.name, "t": round(first.t, 6),
+            "type": "dropped", "processor": self.name, "t": round(at / self.rate, 6),
             "frames": n, "seconds": round(n / self.rate, 3),
             "total_seconds": round(self.stats.dropped / self.rate, 3),
             "message": f"{self.name} fell more than {self.max_lag_frames / self.rate:g} s "
                        f"behind; skipped {n / self.rate:.2f} s of audio for it only",
         }]
-
-    def _report_lag(self) -> list[Event]:
-        """A ``lag`` event at most once a second while behind, and once when caught up."""
-        behind = self.lag * self.rate >= self.lag_report_frames
-        if behind:
-            now = time.monotonic()
-            if now - self._last_lag_report < 1.0:
-                return []
-            self._last_lag_report = now
-            self._lagging = True
-        elif self._lagging:
-            self._lagging = False
-        else:
-            return []
-        return [{"type": "lag", "processor": self.name, "t": round(self._done_end / self.rate, 6),
-                 "lag": round(self.lag, 3)}]
 
     def _fail(self, exc: BaseException, chunk: Chunk | None) -> None:
         self.failed = True

@@ -24,6 +24,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from earshot.audio import f32_to_s16
 from earshot.bus import ALL, AudioItem, MemoryBus
+from earshot.errors import StreamNotFound
 from earshot.protocol import error_message
 from earshot.server.hub import Hub
 
@@ -112,12 +113,20 @@ def handle_worker_message(hub: Hub, text: str) -> dict[str, Any] | None:
             return error_message("bad_event", "each event is an object with a string 'type'")
         if e["type"] in RESERVED:
             return error_message("bad_event", f"event type {e['type']!r} is reserved")
-    live = hub.live.get(str(msg.get("stream")))
-    if live is None:
-        return error_message("unknown_stream", f"stream {msg.get('stream')!r} is not live")
+    sid = str(msg.get("stream"))
     worker = msg.get("worker")
     if isinstance(worker, str):
         for e in events:
             e["worker"] = worker[:100]
-    hub.emit(live, events)
+    live = hub.live.get(sid)
+    if live is not None:
+        hub.emit(live, events)
+        return None
+    try:
+        hub.store.get(sid)
+    except StreamNotFound:
+        return error_message("unknown_stream", f"no stream {sid!r}")
+    for e in events:  # a worker's last events after the stream ended: subscribers only
+        e["stream"] = sid
+        hub.bus.publish(sid, e)
     return None

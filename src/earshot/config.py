@@ -62,8 +62,8 @@ def _convert(value: str, kind: Any) -> Any:
         return float(value)
     if kind in (Path, "Path"):
         return Path(value)
-    if "tuple" in str(kind):
-        return tuple(p.strip() for p in value.split(",") if p.strip())
+    if "tuple" in str(kind):  # lists are ';'-separated (',' carries processor options)
+        return tuple(p.strip() for p in value.split(";") if p.strip())
     return value
 
 

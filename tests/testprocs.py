@@ -42,5 +42,5 @@ class Boom(Processor):
 
     def process(self, chunk: Chunk) -> list[Event]:
         if chunk.t >= self.after:
-            raise RuntimeError("boom at %.2f s" % chunk.t)
+            raise RuntimeError(f"boom at {chunk.t:.2f} s")
         return []

@@ -237,7 +237,7 @@ async def test_subscriber_to_all_streams_sees_each_correctly_attributed(
 
 async def test_unknown_processor_is_a_warning_not_a_failure(shared_server: ServerProcess) -> None:
     x = np.zeros(1600, "<i2")
-    pub, events, _ = await stream_file(shared_server.url, x, 16000,
+    _, events, _ = await stream_file(shared_server.url, x, 16000,
                                        processors=["level", "os:system", "nope"],
                                        realtime=False)
     warns = [e for e in of(events, "warning") if e["code"] == "processor_unavailable"]

@@ -11,7 +11,7 @@ from helpers import FIXTURES, ROOT
 
 sys.path.insert(0, str(ROOT))
 
-from examples.melprint import SHADES, MelPrint  # noqa: E402
+from examples.melprint import SHADES, MelPrint
 
 
 def test_melprint_draws_speech_darker_than_silence(capsys: object) -> None:

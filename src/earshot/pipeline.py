@@ -123,13 +123,25 @@ class ProcessorRunner:
         return max(0, self._fed_end - self._done_end) / self.rate
 
     def start(self) -> None:
-        self.task = asyncio.create_task(self._run(), name=f"earshot-proc-{self.name}")
+        if not self.proc.inline:
+            self.task = asyncio.create_task(self._run(), name=f"earshot-proc-{self.name}")
 
     def put(self, chunk: Chunk) -> None:
         if self.failed:
             return
         if self._fed_end is None:
             self._done_end = chunk.offset  # first chunk: nothing before it is owed
+        if self.proc.inline:  # microseconds of work: do it now, no queue, no task switch
+            self._fed_end = chunk.end
+            try:
+                events = self._process([chunk])
+            except Exception as exc:
+                self._fail(exc, chunk)
+                return
+            self._done_end = chunk.end
+            if events:
+                self.publish(events)
+            return
         self._queue.append(chunk)
         self._idle.clear()
         self._queued += chunk.frames
@@ -146,6 +158,14 @@ class ProcessorRunner:
     def close(self) -> None:
         self._closing = True
         self._wake.set()
+        if self.proc.inline and not self.failed:
+            try:
+                tail = self.proc.flush()
+            except Exception as exc:
+                self._fail(exc, None)
+                return
+            if tail:
+                self.publish(self._stamp(tail))
 
     async def idle(self) -> None:
         """Wait until everything handed over so far is processed (or the processor failed)."""

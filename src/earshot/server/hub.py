@@ -330,18 +330,28 @@ class Hub:
         return frames
 
     async def flush(self, live: LiveStream) -> None:
-        """Write pending audio, then acknowledge everything durably written."""
+        """Write pending audio, then acknowledge everything durably written.
+
+        Without ``--fsync`` this never suspends (one ``os.write``, then the ack is queued),
+        so it needs no lock: nothing else can run on the loop in between.
+        """
+        if not self.settings.fsync:
+            self._write_pending(live)
+            self._ack(live, live.newest)
+            return
         async with live.lock:
             newest = live.newest
-            archive = live.archive
             self._write_pending(live)
-            if self.settings.fsync and not archive.writer.closed:
-                await asyncio.to_thread(archive.sync, True)
-            offset = archive.frames
-            owner = live.owner
-            if offset <= live.acked or owner is None:
-                return
-            live.acked = offset
+            if not live.archive.writer.closed:
+                await asyncio.to_thread(live.archive.sync, True)
+            self._ack(live, newest)
+
+    def _ack(self, live: LiveStream, newest: float) -> None:
+        offset = live.archive.frames
+        owner = live.owner
+        if offset <= live.acked or owner is None:
+            return
+        live.acked = offset
         self.metrics.acks.inc()
         self.metrics.ack_latency.observe(self.clock() - newest)
         for m in self._fix_warnings(live):

@@ -170,3 +170,17 @@ async def test_live_stream_cannot_be_deleted_and_is_downloadable(
         assert rec["state"] == "live" and rec["frames"] == 8000
         got = np.frombuffer(live.content[44:], "<i2")
         assert np.array_equal(got, x)  # header patched to what was on disk
+
+
+def test_sync_publisher_for_plain_scripts(shared_server: ServerProcess) -> None:
+    from earshot.client import SyncPublisher
+
+    x = (np.arange(16000) % 300 - 150).astype("<i2")
+    with SyncPublisher(shared_server.url, rate=16000, format="s16", name="sync",
+                       processors=["level"]) as pub:
+        for i in range(0, len(x), 1600):
+            pub.send(x[i:i + 1600])
+    assert pub.acked == len(x)
+    rec = httpx.get(f"{shared_server.http}/api/streams/{pub.stream_id}").json()
+    assert (rec["name"], rec["frames"], rec["state"]) == ("sync", len(x), "finished")
+    assert np.array_equal(sf.read(shared_server.data_dir / rec["path"], dtype="int16")[0], x)

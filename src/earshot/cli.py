@@ -83,7 +83,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not caps["asr"]["available"]:
         console.print(f"  speech-to-text: [yellow]unavailable[/] — {escape(caps['asr']['reason'])}")
     uvicorn.run(
+        # no permessage-deflate: browsers offer it, and compressing acks and deflating
+        # audio costs 30-80% more CPU for no gain on PCM (benchmarks/README)
         app, host=settings.host, port=settings.port, ws="websockets-sansio",
+        ws_per_message_deflate=False,
         ws_max_size=max(16 << 20, settings.max_message_bytes * 2), log_level=settings.log_level,
         lifespan="on",
     )

@@ -296,8 +296,11 @@ class Publisher:
         if self.processors is not None:
             start["processors"] = self.processors
         if self.stream_id is not None:
-            start.update(resume=self.stream_id, resume_token=self.resume_token,
-                         offset=self._base)
+            # No 'offset': we wait for 'ready' and resend from the server's own offset.
+            # (Declaring our last ack here would make the server skip frames it holds
+            # beyond that ack a second time.) A server holding less than it acknowledged
+            # is caught below as a gap.
+            start.update(resume=self.stream_id, resume_token=self.resume_token)
         await ws.send(json.dumps(start))
         deadline = time.monotonic() + self.open_timeout
         while True:

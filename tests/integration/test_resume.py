@@ -146,3 +146,24 @@ async def test_resume_supersedes_a_half_dead_connection(shared_server: ServerPro
 
 async def _collect(pub: Publisher) -> list[dict]:
     return [e async for e in pub.events()]
+
+
+async def test_resume_when_the_server_holds_more_than_was_acknowledged(
+        shared_server: ServerProcess) -> None:
+    """The ack for the last frames was lost with the connection: the client still holds
+    them, the server already has them. Nothing may be written twice or skipped."""
+    x = source(8000, seed=11)
+    first = await Publisher(shared_server.url, rate=8000, format="s16").start()
+    await first.send(x[:6000])
+    await first.wait_acked(timeout=10)
+    await first.close()
+    late = Publisher(shared_server.url, rate=8000, format="s16")
+    late.stream_id, late.resume_token = first.stream_id, first.resume_token
+    late._buf = bytearray(x[4000:6000].tobytes())  # it believes only 4000 were acked
+    late._base, late._total, late._sent = 4000, 6000, 4000
+    await late.start()
+    assert late.acked == 6000  # trimmed to what the server holds
+    await late.send(x[6000:])
+    assert await late.stop() == 8000
+    y = sf.read(archive(shared_server, first.stream_id)[0], dtype="int16")[0]
+    assert np.array_equal(y, x)

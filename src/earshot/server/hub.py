@@ -59,6 +59,9 @@ class Owner(Protocol):
     def post(self, message: dict[str, Any]) -> None:
         """Queue a message for the client, in order, without waiting."""
 
+    def post_text(self, text: str) -> None:
+        """Same, for a message already serialized (the ack on the hot path)."""
+
     async def kick(self, code: str, message: str) -> None: ...
 
 
@@ -305,20 +308,20 @@ class Hub:
         frames = live.pending_frames
         if not frames:
             return 0
-        nbytes = len(live.pending)
+        data, live.pending = live.pending, bytearray()  # views of `data` stay valid
+        live.pending_frames = 0
+        nbytes = len(data)
         first = live.archive.frames
-        result = live.archive.append(live.pending)
+        result = live.archive.append(data)
         pipeline = live.pipeline
         if pipeline is not None or self.bus.wants_audio(live.id):
             spec = live.spec
-            samples = decode(live.pending, spec.format, spec.channels)
+            samples = decode(data, spec.format, spec.channels)
             if spec.format == "f32" and (result.non_finite or result.clipped):
                 samples = sanitize_f32(samples).samples
             if pipeline is not None:
                 pipeline.feed(samples, first)
             self.bus.publish_audio(AudioItem(live.id, first, spec.rate, samples))
-        live.pending.clear()
-        live.pending_frames = 0
         self.metrics.frames_in.inc(frames)
         self.metrics.bytes_in.inc(nbytes)
         if result.non_finite:
@@ -356,7 +359,7 @@ class Hub:
         self.metrics.ack_latency.observe(self.clock() - newest)
         for m in self._fix_warnings(live):
             owner.post(m)
-        owner.post({"type": "ack", "offset": offset})
+        owner.post_text(f'{{"type":"ack","offset":{offset}}}')
 
     def _fix_warnings(self, live: LiveStream) -> list[dict[str, Any]]:
         """One warning per stream and kind the first time samples had to be fixed."""

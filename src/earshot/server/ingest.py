@@ -80,12 +80,15 @@ class IngestSession:
                         exc = self._compat_error
                         await self._emit(conn.fail(exc.code, exc.message))
                         break
+                    live = self.live
+                    if live is not None and live.owner is not self:
+                        break  # superseded by a resume: nothing more of ours goes in
                     outs = conn.receive_bytes(data)
                     # Hot path: the common case is exactly one AudioIn.
-                    if len(outs) == 1 and type(outs[0]) is AudioIn and self.live is not None:
+                    if len(outs) == 1 and type(outs[0]) is AudioIn and live is not None:
                         out = outs[0]
-                        if self.hub.add_audio(self.live, out.data, out.frames):
-                            await self.hub.flush(self.live)
+                        if self.hub.add_audio(live, out.data, out.frames):
+                            await self.hub.flush(live)
                         continue
                 else:
                     outs = conn.receive_text(msg.get("text") or "")
@@ -108,9 +111,12 @@ class IngestSession:
     async def _emit(self, outs: list[Output]) -> None:
         for out in outs:
             if isinstance(out, AudioIn):
-                assert self.live is not None
-                if self.hub.add_audio(self.live, out.data, out.frames):
-                    await self.hub.flush(self.live)
+                live = self.live
+                assert live is not None
+                if live.owner is not self:
+                    continue  # superseded
+                if self.hub.add_audio(live, out.data, out.frames):
+                    await self.hub.flush(live)
             elif isinstance(out, Send):
                 self.post(out.message)
             elif isinstance(out, StartRequested):
@@ -161,10 +167,15 @@ class IngestSession:
             self.metrics.errors.labels(message.get("code", "unknown")).inc()
         elif kind == "warning":
             self.metrics.warnings.labels(message.get("code", "unknown")).inc()
+        self.post_text(json.dumps(message, separators=(",", ":")))
+
+    def post_text(self, text: str) -> None:
+        if self._closed:
+            return
         if len(self._outbox) >= OUTBOX_LIMIT:
             self._outbox.popleft()
             self.metrics.outbox_dropped.inc()
-        self._outbox.append(json.dumps(message, separators=(",", ":")))
+        self._outbox.append(text)
         self._outbox_wake.set()
 
     async def _write_loop(self) -> None:

@@ -874,10 +874,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"warning: RLIMIT_NOFILE {nofile} < ~{need} needed; raise `ulimit -n`",
               file=sys.stderr)
     rate, fms_ms = args.rate, args.frame_ms
-    spf = int(round(rate * fms_ms / 1000.0))
+    spf = round(rate * fms_ms / 1000.0)
     if abs(spf - rate * fms_ms / 1000.0) > 1e-9:
         raise SystemExit("--frame-ms must be a whole number of samples at --rate")
-    due_frames = int(round(args.seconds * 1000.0 / fms_ms))
+    due_frames = round(args.seconds * 1000.0 / fms_ms)
     procs = args.procs or default_procs(args.streams, args.client)
     procs = max(1, min(procs, args.streams))
 

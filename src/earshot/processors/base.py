@@ -43,7 +43,7 @@ class StreamInfo:
 class Chunk:
     """Consecutive samples for a processor, in its own rate."""
 
-    samples: np.ndarray  # float32, (frames,) when mono else (frames, channels)
+    samples: np.ndarray  # float32, (frames,) when mono else (frames, channels); read-only
     offset: int  # frame index of samples[0] since stream start, at ``rate``
     rate: int
 

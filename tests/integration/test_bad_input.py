@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,6 +163,14 @@ async def test_auth(server_factory: Callable[..., ServerProcess]) -> None:
     assert httpx.get(f"{base}/api/streams/{pub.stream_id}/audio?token=s3cret").status_code == 200
     assert httpx.get(f"{base}/metrics").status_code == 401
     assert httpx.get(f"{base}/healthz").json()["auth"] is True
+    # the command line says so, with exit code 4 (refused)
+    wav = server.data_dir.parent / "auth.wav"
+    sf.write(wav, np.zeros(800, "<i2"), 8000, subtype="PCM_16")
+    cli = [sys.executable, "-m", "earshot.cli", "send", str(wav), "--url", server.url, "-q"]
+    out = subprocess.run([*cli, "--token", "nope"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 4 and "unauthorized" in out.stderr
+    out = subprocess.run([*cli, "--token", "s3cret"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
     # subscribe needs it too
     events, code = await exchange(server.url.replace("/ws", "/ws/subscribe"), [])
     assert codes(events) == ["unauthorized"] and code == 4401

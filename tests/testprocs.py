@@ -44,3 +44,23 @@ class Boom(Processor):
         if chunk.t >= self.after:
             raise RuntimeError(f"boom at {chunk.t:.2f} s")
         return []
+
+
+class SlowEngine:
+    """A speech-to-text engine double: takes ``delay`` seconds per decode (given as the
+    model name, e.g. ``--asr-model 1.5``) and 'transcribes' the audio's duration."""
+
+    name = "slow-test"
+
+    def __init__(self, cfg: object) -> None:
+        self.delay = float(cfg.model)  # type: ignore[attr-defined]
+        self.calls = 0
+
+    def transcribe(self, audio: np.ndarray, *, final: bool) -> object:
+        from earshot.asr.engine import Transcription, Word
+
+        self.calls += 1
+        time.sleep(self.delay)
+        dur = len(audio) / 16000
+        words = (Word("words", 0.0, dur / 2, 0.9), Word(f"{dur:.2f}", dur / 2, dur, 0.8))
+        return Transcription(text=f"words {dur:.2f}", words=words, language="en", duration=dur)

@@ -52,11 +52,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from earshot.config import Settings, env_overrides
-    from earshot.server.app import capabilities, create_app
+    from earshot.server.app import create_app
 
     opts = env_overrides()
     for key in ("host", "port", "data_dir", "token", "archive_format", "ack_interval",
-                "max_message_bytes", "log_level", "max_lag", "drain_timeout"):
+                "max_message_bytes", "log_level", "max_lag", "drain_timeout", "asr_model",
+                "asr_engine", "asr_device", "asr_compute_type", "asr_language",
+                "asr_beam_size", "asr_workers", "asr_threads"):
         value = getattr(args, key)
         if value is not None:
             opts[key] = value
@@ -68,19 +70,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         opts["processors"] = tuple(args.processor)
     settings = Settings(**opts)
     settings.check_exposure()
-    app = create_app(settings)
     from rich.console import Console
     from rich.markup import escape
 
     console = Console(stderr=True)
-    caps = capabilities(settings)
+    if settings.asr_model:
+        console.print(f"loading speech-to-text model {escape(settings.asr_model)} …")
+    app = create_app(settings)
+    caps = app.state.capabilities
     console.print(
         f"[bold]earshot {__version__}[/] on http://{settings.host}:{settings.port} "
         f"— ingest ws://{settings.host}:{settings.port}/ws, data in {settings.data_dir.resolve()}"
     )
     console.print(f"  archive: {settings.archive_format}; auth: "
                   f"{'token' if settings.token else 'none (loopback only)'}")
-    if not caps["asr"]["available"]:
+    console.print(f"  processors: {', '.join(caps['processors'])} "
+                  f"(default: {', '.join(caps['default_processors']) or 'none'})")
+    if caps["asr"]["available"]:
+        console.print(f"  speech-to-text: [green]{escape(str(settings.asr_model))}[/] "
+                      f"({settings.asr_engine}, {settings.asr_device})")
+    else:
         console.print(f"  speech-to-text: [yellow]unavailable[/] — {escape(caps['asr']['reason'])}")
     uvicorn.run(
         # no permessage-deflate: browsers offer it, and compressing acks and deflating
@@ -372,6 +381,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drain-timeout", type=float,
                    help="seconds processors get to finish after a stream stops (10)")
     s.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    a = s.add_argument_group("speech-to-text (pip install 'earshot[asr]')")
+    a.add_argument("--asr-model", help="faster-whisper model name (downloaded on first use "
+                                       "where there is internet) or local model directory")
+    a.add_argument("--asr-engine", help="faster-whisper (default) or package.module:Class")
+    a.add_argument("--asr-device", choices=["cpu", "cuda", "auto"], help="default cpu")
+    a.add_argument("--asr-compute-type", help="e.g. int8, float16 (default: the model's)")
+    a.add_argument("--asr-language", help="e.g. en (default: detect)")
+    a.add_argument("--asr-beam-size", type=int, help="beam size for finals (default 5)")
+    a.add_argument("--asr-workers", type=int, help="decoding threads (default 1)")
+    a.add_argument("--asr-threads", type=int, help="CPU threads per decode (0: library default)")
     s.set_defaults(func=cmd_serve)
 
     def client_opts(c: argparse.ArgumentParser) -> None:

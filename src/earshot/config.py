@@ -32,6 +32,14 @@ class Settings:
     processors: tuple[str, ...] = field(default_factory=tuple)
     max_lag: float = 10.0
     drain_timeout: float = 10.0
+    asr_model: str | None = None
+    asr_engine: str = "faster-whisper"
+    asr_device: str = "cpu"
+    asr_compute_type: str = "default"
+    asr_language: str | None = None
+    asr_beam_size: int = 5
+    asr_workers: int = 1
+    asr_threads: int = 0
     log_level: str = "info"
 
     def __post_init__(self) -> None:

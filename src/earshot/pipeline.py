@@ -113,6 +113,13 @@ class ProcessorRunner:
         self._idle.set()
         self._closing = False
         self.task: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+
+        def sink(events: list[Event]) -> None:  # Processor.emit, from any thread
+            if not self.failed and events:
+                loop.call_soon_threadsafe(self.publish, self._stamp(events))
+
+        proc._sink = sink  # type: ignore[attr-defined]
 
     @property
     def lag(self) -> float:
@@ -300,6 +307,8 @@ class StreamPipeline:
         for proc in processors:
             rate = proc.rate or info.rate
             key = (rate, proc.mono or info.channels == 1)
+            runner = ProcessorRunner(proc, rate, publish, max_lag=max_lag, executor=executor,
+                                     lag_report=lag_report)
             try:
                 proc.start(info)
             except Exception as exc:
@@ -312,8 +321,7 @@ class StreamPipeline:
             if key not in self.converters:
                 self.converters[key] = Converter(info.rate, rate, info.channels, key[1],
                                                  start_offset)
-            self.runners.append((key, ProcessorRunner(proc, rate, publish, max_lag=max_lag,
-                                                      executor=executor, lag_report=lag_report)))
+            self.runners.append((key, runner))
         for _, runner in self.runners:
             runner.start()
 

@@ -88,3 +88,13 @@ class Processor(ABC):
     def event(self, type: str, t: float, **fields: Any) -> Event:
         """An event stamped at ``t`` seconds of stream time."""
         return {"type": type, "t": round(t, 6), **fields}
+
+    def emit(self, events: Iterable[Event]) -> None:
+        """Publish events produced later or elsewhere (a result from a worker thread, say).
+
+        Safe to call from any thread; the runner sets this up before :meth:`start`.
+        """
+        sink = getattr(self, "_sink", None)
+        if sink is None:
+            raise RuntimeError(f"processor {self.name!r} is not attached to a runner")
+        sink(list(events))

@@ -90,11 +90,29 @@ def resolve(ref: str, options: Mapping[str, Any] | None = None, *,
 
 
 class Registry:
-    """The processors a server offers, and its defaults."""
+    """The processors a server offers, and its defaults.
 
-    def __init__(self, configured: list[str] | tuple[str, ...] = ()) -> None:
-        self.defaults: list[ProcessorSpec] = [resolve(*parse_cli_spec(c)) for c in configured]
-        self.offered: dict[str, type[Processor]] = dict(BUILTINS)
+    ``extra`` adds processors that need the server's resources (``asr`` with its shared
+    model); ``unavailable`` names processors that exist but cannot run here, with why.
+    """
+
+    def __init__(self, configured: list[str] | tuple[str, ...] = (), *,
+                 extra: dict[str, type[Processor]] | None = None,
+                 unavailable: dict[str, str] | None = None) -> None:
+        self.unavailable = dict(unavailable or {})
+        known = {**BUILTINS, **(extra or {})}
+        self.defaults: list[ProcessorSpec] = []
+        for c in configured:
+            ref, options = parse_cli_spec(c)
+            if ref in self.unavailable:
+                raise ProcessorError(f"cannot offer {ref!r}: {self.unavailable[ref]}")
+            if ref in known:
+                spec = ProcessorSpec(known[ref], options, ref)
+                spec.make()
+            else:
+                spec = resolve(ref, options)
+            self.defaults.append(spec)
+        self.offered: dict[str, type[Processor]] = known
         for spec in self.defaults:
             self.offered[spec.ref] = spec.cls
             self.offered.setdefault(spec.name, spec.cls)
@@ -111,6 +129,9 @@ class Registry:
             ref, options = (item, {}) if isinstance(item, str) else (
                 item.get("name", ""), item.get("options") or {})
             cls = self.offered.get(ref)
+            if cls is None and ref in self.unavailable:
+                problems.append(f"processor {ref!r} is unavailable: {self.unavailable[ref]}")
+                continue
             if cls is None:
                 problems.append(f"processor {ref!r} is not offered by this server "
                                 f"(offered: {', '.join(sorted(self.offered))})")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from starlette.websockets import WebSocket
@@ -14,6 +15,8 @@ from starlette.websockets import WebSocket
 from earshot import __version__
 from earshot.bus import MemoryBus
 from earshot.config import Settings
+from earshot.errors import ConfigError
+from earshot.processors.asr import Asr
 from earshot.processors.registry import Registry
 from earshot.server.auth import presented_token, token_ok
 from earshot.server.hub import Hub
@@ -23,26 +26,70 @@ from earshot.server.rest import api, ops
 from earshot.server.subscribe import subscribe
 from earshot.storage.metadata import SqliteStore
 
+if TYPE_CHECKING:
+    from earshot.asr.scheduler import AsrScheduler
+
 log = logging.getLogger("earshot")
 
 
-def capabilities(settings: Settings) -> dict[str, Any]:
+ASR_HINT = ("speech-to-text is not configured: install 'earshot[asr]' and start the server "
+            "with --asr-model NAME_OR_PATH")
+
+
+def load_asr(settings: Settings, metrics: Metrics | None = None) -> AsrScheduler | None:
+    """The shared speech-to-text model and its scheduler, if a model is configured.
+
+    ``--asr-engine`` is ``faster-whisper`` or the import path of another engine class
+    (constructed with an :class:`~earshot.asr.engine.EngineConfig`).
+    """
+    if not settings.asr_model:
+        return None
+    from earshot.asr.engine import EngineConfig, load_engine
+    from earshot.asr.scheduler import AsrScheduler
+
+    cfg = EngineConfig(model=settings.asr_model, device=settings.asr_device,
+                       compute_type=settings.asr_compute_type, language=settings.asr_language,
+                       beam_size=settings.asr_beam_size, threads=settings.asr_threads)
+    if settings.asr_engine == "faster-whisper":
+        engine = load_engine(cfg)
+    else:
+        module, _, attr = settings.asr_engine.partition(":")
+        try:
+            engine = getattr(importlib.import_module(module), attr)(cfg)
+        except (ImportError, AttributeError, TypeError) as exc:
+            raise ConfigError(f"cannot load speech-to-text engine {settings.asr_engine!r}: "
+                              f"{exc}") from None
+    return AsrScheduler(engine, workers=settings.asr_workers,
+                        observe=metrics.observe_asr if metrics is not None else None)
+
+
+def capabilities(settings: Settings, registry: Registry) -> dict[str, Any]:
     """What this server can do, reported by /healthz (and the CLI at start-up)."""
+    asr: dict[str, Any] = {"available": "asr" in registry.offered}
+    if asr["available"]:
+        asr.update(model=settings.asr_model, engine=settings.asr_engine)
+    else:
+        asr["reason"] = registry.unavailable.get("asr", ASR_HINT)
     return {
         "archive_format": settings.archive_format,
         "auth": bool(settings.token),
-        "processors": sorted(Registry(settings.processors).offered),
-        "asr": {
-            "available": False,
-            "reason": "speech-to-text is not configured: install 'earshot[asr]' and start "
-            "the server with --asr-model NAME_OR_PATH",
-        },
+        "processors": sorted(registry.offered),
+        "default_processors": [s.ref for s in registry.defaults],
+        "asr": asr,
     }
 
 
 def create_app(settings: Settings) -> FastAPI:
+    """The application. Loads the speech-to-text model (if configured) and checks every
+    ``--processor`` now, so a misconfiguration fails at start with a clear message."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    registry = Registry(settings.processors)  # bad --processor specs fail here, at start
+    metrics = Metrics()
+    scheduler = load_asr(settings, metrics)
+    if scheduler is not None:
+        registry = Registry(settings.processors,
+                            extra={"asr": type("Asr", (Asr,), {"scheduler": scheduler})})
+    else:
+        registry = Registry(settings.processors, unavailable={"asr": ASR_HINT})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,6 +105,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             ticker.cancel()
             await hub.shutdown()
+            if scheduler is not None:
+                scheduler.close()
             store.close()
 
     app = FastAPI(
@@ -67,9 +116,9 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.metrics = Metrics()
+    app.state.metrics = metrics
     app.state.bus = MemoryBus()
-    app.state.capabilities = capabilities(settings)
+    app.state.capabilities = capabilities(settings, registry)
     app.include_router(api)
     app.include_router(ops)
 

@@ -268,6 +268,11 @@ class Hub:
             if owner is not None:
                 owner.post(e)
             self.bus.publish(sid, e)
+            if kind == "transcript" and e.get("final"):
+                try:
+                    self.store.add_transcript(sid, e)
+                except (KeyError, TypeError, ValueError) as exc:
+                    log.warning("stream %s: malformed final transcript: %s", sid, exc)
             if kind == "speech_end" and "start" in e and "end" in e:
                 seg = self._cut_segment(live, e)
                 if seg is not None:

@@ -36,9 +36,26 @@ class Metrics:
         self.outbox_dropped = Counter(
             "earshot_outbox_dropped", "Messages dropped for clients that do not read",
             registry=r)
+        self.asr_wait = Histogram(
+            "earshot_asr_queue_wait_seconds", "Speech-to-text jobs: time in the queue",
+            ["kind"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10), registry=r)
+        self.asr_infer = Histogram(
+            "earshot_asr_inference_seconds", "Speech-to-text jobs: decoding time",
+            ["kind"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10), registry=r)
+        self.asr_skipped = Counter(
+            "earshot_asr_skipped_interims", "Interim decodes skipped as stale", registry=r)
         self.ack_latency = Histogram(
             "earshot_ack_latency_seconds",
             "From receipt of the newest audio an ack covers to the ack being sent",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )
+
+    def observe_asr(self, result: object, skipped: bool) -> None:
+        """Scheduler hook (called on its worker threads; prometheus metrics are thread-safe)."""
+        if skipped:
+            self.asr_skipped.inc()
+            return
+        kind = "final" if result.request.final else "interim"  # type: ignore[attr-defined]
+        self.asr_wait.labels(kind).observe(result.wait)  # type: ignore[attr-defined]
+        self.asr_infer.labels(kind).observe(result.infer)  # type: ignore[attr-defined]

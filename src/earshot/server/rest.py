@@ -105,6 +105,24 @@ def get_segment_audio(stream_id: str, n: int, hub: HubDep) -> FileResponse:
     return FileResponse(path, media_type="audio/wav", filename=f"{rec.id}-segment{n:04d}.wav")
 
 
+@api.get("/streams/{stream_id}/transcript",
+         summary="Final transcripts: JSON, or ?format=srt|vtt|txt",
+         responses={200: {"content": {"application/json": {}, "application/x-subrip": {},
+                                      "text/vtt": {}, "text/plain": {}}}})
+def get_transcript(stream_id: str, hub: HubDep,
+                   format: Annotated[str, Query(pattern="^(json|srt|vtt|txt)$")] = "json"
+                   ) -> Response:
+    from earshot.asr.export import FORMATS
+
+    rec = _record(hub, stream_id)
+    media, render = FORMATS[format]
+    body = render(hub.store.transcripts(rec.id))
+    headers = {}
+    if format != "json":
+        headers["Content-Disposition"] = f'attachment; filename="{rec.id}.{format}"'
+    return Response(body, media_type=media, headers=headers)
+
+
 @api.delete("/streams/{stream_id}", status_code=204, summary="Delete a stream and its files")
 def delete_stream(stream_id: str, hub: HubDep) -> Response:
     rec = _record(hub, stream_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -75,6 +76,8 @@ class MetadataStore(Protocol):
     def add_segment(self, seg: SegmentRecord) -> None: ...
     def segments(self, stream_id: str) -> list[SegmentRecord]: ...
     def next_segment(self, stream_id: str) -> int: ...
+    def add_transcript(self, stream_id: str, final: dict[str, Any]) -> None: ...
+    def transcripts(self, stream_id: str) -> list[dict[str, Any]]: ...
     def close(self) -> None: ...
 
 
@@ -110,6 +113,16 @@ CREATE TABLE IF NOT EXISTS segments (
     path TEXT NOT NULL,
     created REAL NOT NULL,
     PRIMARY KEY (stream, n)
+);
+CREATE TABLE IF NOT EXISTS transcripts (
+    stream TEXT NOT NULL REFERENCES streams(id) ON DELETE CASCADE,
+    segment INTEGER NOT NULL,
+    start REAL NOT NULL,
+    "end" REAL NOT NULL,
+    text TEXT NOT NULL,
+    words TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (stream, segment)
 );
 """
 
@@ -187,6 +200,21 @@ class SqliteStore:
     def next_segment(self, stream_id: str) -> int:
         row = self._query("SELECT MAX(n) FROM segments WHERE stream=?", (stream_id,))[0][0]
         return 0 if row is None else int(row) + 1
+
+    def add_transcript(self, stream_id: str, final: dict[str, Any]) -> None:
+        """Store a final transcript (a later final of the same segment replaces it)."""
+        self._query(
+            'INSERT OR REPLACE INTO transcripts (stream, segment, start, "end", text, words, '
+            "created) VALUES (?,?,?,?,?,?,?)",
+            (stream_id, int(final["segment"]), float(final["start"]), float(final["end"]),
+             str(final["text"]), json.dumps(final.get("words", [])), time.time()))
+
+    def transcripts(self, stream_id: str) -> list[dict[str, Any]]:
+        rows = self._query(
+            'SELECT segment, start, "end", text, words FROM transcripts WHERE stream=? '
+            "ORDER BY start, segment", (stream_id,))
+        return [{"segment": r[0], "start": r[1], "end": r[2], "text": r[3],
+                 "words": json.loads(r[4])} for r in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,1 @@
+"""Speech-to-text: engines, the streaming decode policy and scheduler, transcript export."""

@@ -1,0 +1,145 @@
+"""``asr``: live speech-to-text — interim hypotheses while someone speaks, one final per
+utterance with word timestamps, all stamped in stream time.
+
+Utterances come from a silero VAD (the same one as the ``vad`` processor). While speech goes
+on, the utterance so far is decoded every ``interim_interval`` seconds; words two consecutive
+hypotheses agree on become the ``stable`` prefix. When the utterance ends, the whole of it is
+decoded once more for the final. Decoding runs on the server's shared
+:class:`~earshot.asr.scheduler.AsrScheduler`, never in this processor's own thread, so a slow
+model delays transcripts, never audio, levels or speech events.
+
+Event::
+
+    {"type": "transcript", "final": false, "text": "hello wor", "stable": "hello",
+     "start": 1.02, "end": 2.50, "segment": 0,
+     "words": [{"w": "hello", "start": 1.05, "end": 1.40, "p": 0.93}, ...]}
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar
+
+from earshot.asr.policy import RATE, DecodeRequest, LocalAgreement, UtterancePolicy
+from earshot.asr.scheduler import AsrScheduler, JobResult
+from earshot.dsp.vad import StreamingVad
+from earshot.errors import ProcessorError
+from earshot.processors.base import Chunk, Event, Processor, StreamInfo
+
+
+class Asr(Processor):
+    name = "asr"
+    rate = RATE
+    #: set by the server when a model is configured (one model for every stream)
+    scheduler: ClassVar[AsrScheduler | None] = None
+
+    def __init__(self, interim_interval: float = 0.5, max_utterance: float = 30.0,
+                 threshold: float = 0.5, min_silence_ms: float = 300.0,
+                 min_speech_ms: float = 250.0, pad_ms: float = 30.0,
+                 lag_warning: float = 2.0, final_timeout: float = 60.0) -> None:
+        if self.scheduler is None:
+            raise ProcessorError("speech-to-text is not configured: install 'earshot[asr]' "
+                                 "and start the server with --asr-model NAME_OR_PATH")
+        self.vad_options: dict[str, Any] = dict(
+            threshold=threshold, min_silence_ms=min_silence_ms, min_speech_ms=min_speech_ms,
+            pad_ms=pad_ms)
+        self.policy = UtterancePolicy(interim_interval=interim_interval,
+                                      max_utterance=max_utterance)
+        self.lag_warning = lag_warning
+        self.final_timeout = final_timeout
+        self._vad: StreamingVad | None = None
+        self._agree: dict[int, LocalAgreement] = {}
+        self._finalized: set[int] = set()
+        self._cond = threading.Condition()
+        self._finals_out = 0  # finals asked for, not yet delivered
+        self._shown_version = 0  # newest interim delivered (several workers may race)
+        self._last_lag_warning = -1e9
+
+    def start(self, info: StreamInfo) -> None:
+        super().start(info)
+        self.stream = info.id
+
+    def process(self, chunk: Chunk) -> list[Event]:
+        if self._vad is None:
+            self._vad = StreamingVad(chunk.rate, **self.vad_options)
+        found = self._vad.feed(chunk.samples, chunk.offset).events
+        requests = self.policy.feed(chunk.samples, chunk.offset)
+        for e in found:
+            if e.kind == "speech_start":
+                requests += self.policy.speech_start(e.offset)
+            else:
+                requests += self.policy.speech_end(e.offset)
+        for r in requests:
+            self._submit(r)
+        return []
+
+    def flush(self) -> list[Event]:
+        if self._vad is not None:
+            for e in self._vad.flush():
+                if e.kind == "speech_end":
+                    for r in self.policy.speech_end(e.offset):
+                        self._submit(r)
+        for r in self.policy.flush():
+            self._submit(r)
+        with self._cond:  # the stream ends: wait for its finals (the runner bounds this)
+            self._cond.wait_for(lambda: self._finals_out == 0, self.final_timeout)
+        assert self.scheduler is not None
+        self.scheduler.forget(self.stream)
+        return []
+
+    def _submit(self, request: DecodeRequest) -> None:
+        assert self.scheduler is not None
+        if request.final:
+            with self._cond:
+                self._finals_out += 1
+        self.scheduler.submit(self.stream, request, self._done)
+
+    def _done(self, result: JobResult) -> None:
+        """On a scheduler thread: turn a decode into events."""
+        req = result.request
+        try:
+            events = self._events(result)
+        finally:
+            if req.final:
+                with self._cond:
+                    self._finals_out -= 1
+                    self._cond.notify_all()
+        if events:
+            self.emit(events)
+
+    def _events(self, result: JobResult) -> list[Event]:
+        req, tr = result.request, result.transcription
+        out: list[Event] = []
+        if result.wait >= self.lag_warning and req.end / RATE - self._last_lag_warning >= 1.0:
+            self._last_lag_warning = req.end / RATE
+            out.append(self.event("lag", req.end / RATE, lag=round(result.wait, 3),
+                                  message=f"speech-to-text is {result.wait:.1f} s behind"))
+        if req.final:
+            self._finalized.add(req.segment)
+            self._agree.pop(req.segment, None)
+        elif req.segment in self._finalized or tr is None or req.version < self._shown_version:
+            return out  # stale: its utterance has a final, it was skipped, or a newer one won
+        else:
+            self._shown_version = req.version
+        if result.error is not None:
+            out.append(self.event("error", req.start / RATE, code="asr_failed",
+                                  segment=req.segment, message=result.error))
+            return out
+        if tr is None:
+            return out
+        offset = req.start / RATE
+        words = [{"w": w.w, "start": round(offset + w.start, 3),
+                  "end": round(offset + w.end, 3), "p": round(w.p, 3)} for w in tr.words]
+        event = self.event("transcript", offset, final=req.final, text=tr.text,
+                           start=round(offset, 3), end=round(req.end / RATE, 3),
+                           segment=req.segment, words=words)
+        if not req.final:
+            stable, _ = self._agree.setdefault(req.segment, LocalAgreement()).update(
+                [w["w"] for w in words])
+            event["stable"] = " ".join(stable)
+        else:
+            event["stable"] = tr.text
+            if tr.language:
+                event["language"] = tr.language
+        out.append(event)
+        return out

@@ -59,6 +59,7 @@ class EngineConfig:
     language: str | None = None  # None: detect (multilingual models)
     beam_size: int = 5  # beam width of final decodes
     threads: int = 0  # CPU threads per decode; 0 = the library's default
+    workers: int = 1  # decodes the engine may run at the same time
 
     def __post_init__(self) -> None:
         if not self.model or not self.model.strip():

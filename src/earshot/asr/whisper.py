@@ -117,7 +117,8 @@ class FasterWhisperEngine:
             quiet.setLevel(logging.WARNING)
         try:
             model = fw.WhisperModel(model_arg, device=cfg.device,
-                                    compute_type=cfg.compute_type, cpu_threads=cfg.threads)
+                                    compute_type=cfg.compute_type, cpu_threads=cfg.threads,
+                                    num_workers=max(1, cfg.workers))
         except Exception as exc:  # ValueError, RuntimeError, OSError, Hub errors, ...
             raise ConfigError(
                 f"cannot load speech-to-text model {cfg.model!r} (device {cfg.device}, "

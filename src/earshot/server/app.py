@@ -49,7 +49,8 @@ def load_asr(settings: Settings, metrics: Metrics | None = None) -> AsrScheduler
 
     cfg = EngineConfig(model=settings.asr_model, device=settings.asr_device,
                        compute_type=settings.asr_compute_type, language=settings.asr_language,
-                       beam_size=settings.asr_beam_size, threads=settings.asr_threads)
+                       beam_size=settings.asr_beam_size, threads=settings.asr_threads,
+                       workers=settings.asr_workers)
     if settings.asr_engine == "faster-whisper":
         engine = load_engine(cfg)
     else:

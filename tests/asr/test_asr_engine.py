@@ -143,7 +143,7 @@ def test_arguments_and_guards(fake_fw: type[FakeWhisperModel]) -> None:
     assert isinstance(engine, Engine) and engine.name == "faster-whisper"
     model = fake_fw.instances[-1]
     assert model.args == ("tiny.en", {"device": "cpu", "compute_type": "int8",
-                                      "cpu_threads": 3})
+                                      "cpu_threads": 3, "num_workers": 1})
 
     audio = np.zeros(40000, np.float64)  # 2.5 s, not float32: converted
     tr = engine.transcribe(audio, final=True)

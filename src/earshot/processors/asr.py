@@ -11,8 +11,10 @@ model delays transcripts, never audio, levels or speech events.
 Event::
 
     {"type": "transcript", "final": false, "text": "hello wor", "stable": "hello",
-     "start": 1.02, "end": 2.50, "segment": 0,
+     "start": 1.02, "end": 2.50, "segment": 0, "queue": 0.01, "decode": 0.12,
      "words": [{"w": "hello", "start": 1.05, "end": 1.40, "p": 0.93}, ...]}
+
+``queue`` and ``decode`` are the seconds the decode waited for the model and took.
 """
 
 from __future__ import annotations
@@ -132,7 +134,8 @@ class Asr(Processor):
                   "end": round(offset + w.end, 3), "p": round(w.p, 3)} for w in tr.words]
         event = self.event("transcript", offset, final=req.final, text=tr.text,
                            start=round(offset, 3), end=round(req.end / RATE, 3),
-                           segment=req.segment, words=words)
+                           segment=req.segment, words=words,
+                           queue=round(result.wait, 4), decode=round(result.infer, 4))
         if not req.final:
             stable, _ = self._agree.setdefault(req.segment, LocalAgreement()).update(
                 [w["w"] for w in words])

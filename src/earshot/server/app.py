@@ -7,9 +7,12 @@ import contextlib
 import importlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from earshot import __version__
@@ -122,6 +125,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.capabilities = capabilities(settings, registry)
     app.include_router(api)
     app.include_router(ops)
+
+    web = Path(__file__).resolve().parent.parent / "web"
+    app.mount("/web", StaticFiles(directory=web), name="web")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(web / "index.html", media_type="text/html")
 
     @app.websocket("/ws")
     async def ingest(ws: WebSocket) -> None:

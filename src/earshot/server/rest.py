@@ -14,6 +14,7 @@ from earshot.errors import StorageError, StreamNotFound
 from earshot.server.auth import presented_token, token_ok
 from earshot.server.hub import Hub
 from earshot.storage.archive import MEDIA_TYPES
+from earshot.storage.peaks import peaks
 
 STREAM_ID = re.compile(r"^[0-9a-z]{6,40}$")
 
@@ -84,6 +85,21 @@ def get_audio(stream_id: str, hub: HubDep) -> FileResponse:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", rec.name or "")[:60].strip("._")
     filename = f"{stem + '-' if stem else ''}{rec.id}{path.suffix}"
     return FileResponse(path, media_type=media, filename=filename)
+
+
+@api.get("/streams/{stream_id}/peaks", summary="Waveform peaks for drawing: min/max per column")
+def get_peaks(stream_id: str, hub: HubDep,
+              width: Annotated[int, Query(ge=1, le=4000)] = 800) -> dict[str, Any]:
+    rec = _record(hub, stream_id)
+    live = hub.live.get(rec.id)
+    if live is not None:
+        live.archive.sync()
+    path = hub.path_of(rec)
+    if not path.exists():
+        raise HTTPException(410, f"the archive of stream {rec.id} is gone")
+    lo, hi, frames = peaks(path, width)
+    return {"stream": rec.id, "width": width, "duration": frames / rec.rate,
+            "min": lo, "max": hi}
 
 
 @api.get("/streams/{stream_id}/segments", summary="Speech segments found by the VAD")

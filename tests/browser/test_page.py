@@ -1,0 +1,271 @@
+"""The page in real headless Chromium, with a fake microphone playing the speech fixture."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from helpers import FIXTURES, ROOT, ServerProcess
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+TRUTH = json.loads((FIXTURES / "speech_16k.json").read_text())["speech"]
+
+
+def _require_browser() -> Any:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("playwright is required under CI=true (./run test installs it)")
+        pytest.skip("playwright not installed")
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is required under CI=true (./run test installs it)")
+        pytest.skip("chromium not installed")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_playwright = _require_browser()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={FIXTURES / 'speech_48k.wav'}%noloop",
+            "--autoplay-policy=no-user-gesture-required",
+        ])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page_factory(browser: Any) -> Iterator[Callable[[str], Any]]:
+    contexts = []
+
+    def open_page(url: str) -> Any:
+        ctx = browser.new_context()
+        contexts.append(ctx)
+        page = ctx.new_page()
+        page.on("console", lambda m: print(f"[console.{m.type}] {m.text}"))
+        page.on("pageerror", lambda e: print(f"[pageerror] {e}"))
+        page.goto(url)
+        page.wait_for_function("window.earshotApp && window.earshotApp.ready")
+        return page
+
+    yield open_page
+    for ctx in contexts:
+        ctx.close()
+
+
+def shot(page: Any, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def best_alignment(y: np.ndarray, x: np.ndarray) -> tuple[int, float]:
+    """Lag of y against x and the normalized correlation there (FFT cross-correlation)."""
+    n = 1 << int(np.ceil(np.log2(len(x) + len(y))))
+    c = np.fft.irfft(np.fft.rfft(y, n) * np.conj(np.fft.rfft(x, n)), n)
+    lag = int(np.argmax(c))
+    if lag > n // 2:
+        lag -= n
+    a, b = (y[lag:], x) if lag >= 0 else (y, x[-lag:])
+    m = min(len(a), len(b))
+    a, b = a[:m], b[:m]
+    return lag, float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+def source_at(rate: int) -> np.ndarray:
+    """The fake microphone's file at the page's AudioContext rate (44.1 kHz in headless
+    Chromium: the page records at the context's native rate, the browser resamples)."""
+    import soxr
+
+    x, xr = sf.read(FIXTURES / "speech_48k.wav", dtype="float32")
+    return x if xr == rate else soxr.resample(x, xr, rate).astype(np.float32)
+
+
+def archive(server: ServerProcess, stream: str) -> tuple[np.ndarray, int, dict]:
+    rec = httpx.get(f"{server.http}/api/streams/{stream}").json()
+    y, rate = sf.read(server.data_dir / rec["path"], dtype="float32")
+    return y, rate, rec
+
+
+def test_record_live_views_and_library(shared_server: ServerProcess,
+                                       page_factory: Callable[[str], Any]) -> None:
+    page = page_factory(shared_server.http + "/#record")
+    labels = page.eval_on_selector_all("#device option", "os => os.map(o => o.textContent)")
+    assert labels and all(labels)
+    page.click("#record")
+    page.wait_for_function("window.earshotApp.recorder?.state === 'recording'")
+    # live views move while the speech plays
+    page.wait_for_function("document.querySelector('#speech').textContent === 'speech'",
+                           timeout=10000)
+    labels = page.eval_on_selector_all("#device option", "os => os.map(o => o.textContent)")
+    assert any("fake" in s.lower() or "default" in s.lower() for s in labels), labels
+    level_px = page.evaluate("""() => {
+        const c = document.querySelector('#level');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let colored = 0;
+        for (let i = 0; i < d.length; i += 4)
+          if (!(d[i] === 229 && d[i+1] === 231 && d[i+2] === 235)) colored++;
+        return colored; }""")
+    spec_px = page.evaluate("""() => {
+        const c = document.querySelector('#spectrogram');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let lit = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] + d[i+1] + d[i+2] > 60) lit++;
+        return lit; }""")
+    assert level_px > 100 and spec_px > 500
+    shot(page, "record-view")
+    time.sleep(2.0)
+    page.click("#record")
+    page.wait_for_function("window.earshotApp.lastStopped !== null", timeout=30000)
+    stopped = page.evaluate("({...window.earshotApp.lastStopped, "
+                            "frames: window.earshotApp.recorder.frames, "
+                            "rate: window.earshotApp.recorder.rate})")
+    y, rate, rec = archive(shared_server, stopped["stream"])
+    assert rate == stopped["rate"] and len(y) == stopped["frames"] == stopped["offset"]
+    assert rec["format"] == "s16" and rec["channels"] == 1
+    x = source_at(rate)
+    lag, corr = best_alignment(y, x[: len(y) + rate])
+    assert corr >= 0.99, (lag, corr)
+
+    # the take in the library: player with the right duration, waveform, delete
+    page.goto(shared_server.http + "/#recordings")
+    item = page.locator(f"li.recording[data-stream='{stopped['stream']}']")
+    item.wait_for()
+    duration = page.evaluate(f"""async () => {{
+        const a = document.querySelector("li[data-stream='{stopped['stream']}'] audio");
+        if (!(a.duration > 0)) await new Promise(r => a.addEventListener('loadedmetadata', r,
+                                                                          {{once: true}}));
+        return a.duration; }}""")
+    assert abs(duration - len(y) / rate) < 0.05
+    page.wait_for_function(f"""() => {{
+        const c = document.querySelector("li[data-stream='{stopped['stream']}'] canvas");
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        for (let i = 0; i < d.length; i += 4) if (d[i+3] > 0) return true;
+        return false; }}""")
+    shot(page, "recordings-view")
+    path = shared_server.data_dir / rec["path"]
+    assert path.exists()
+    page.on("dialog", lambda d: d.accept())
+    item.locator("button.delete").click()
+    item.wait_for(state="detached")
+    assert httpx.get(f"{shared_server.http}/api/streams/{stopped['stream']}").status_code == 404
+    assert not path.exists()
+
+
+def test_server_restart_mid_recording_leaves_no_gap(server_factory: Callable[..., Any],
+                                                    page_factory: Callable[[str], Any]) -> None:
+    server = server_factory()
+    page = page_factory(server.http + "/#record")
+    page.click("#record")
+    page.wait_for_function("window.earshotApp.recorder?.state === 'recording'")
+    time.sleep(1.5)
+    server.kill9()
+    time.sleep(1.0)  # the page keeps capturing into its buffer meanwhile
+    server.start()
+    page.wait_for_function("window.earshotApp.recorder.reconnects >= 1", timeout=20000)
+    time.sleep(1.0)
+    page.click("#record")
+    page.wait_for_function("window.earshotApp.lastStopped !== null", timeout=30000)
+    stopped = page.evaluate("({...window.earshotApp.lastStopped, "
+                            "frames: window.earshotApp.recorder.frames, "
+                            "rate: window.earshotApp.recorder.rate})")
+    y, rate, rec = archive(server, stopped["stream"])
+    frame = int(rate * 0.02)
+    assert abs(len(y) - stopped["frames"]) <= frame  # the archive holds what was captured
+    assert rec["state"] == "finished"
+    x = source_at(rate)
+    _, corr = best_alignment(y, x[: len(y) + rate])
+    assert corr >= 0.99  # no hole: the audio still lines up with the source as one piece
+
+
+def test_dashboard_shows_two_live_streams(shared_server: ServerProcess,
+                                          page_factory: Callable[[str], Any]) -> None:
+    import threading
+
+    from earshot.client import SyncPublisher
+
+    dash = page_factory(shared_server.http + "/#dashboard")
+    rec_page = page_factory(shared_server.http + "/#record")
+    rec_page.click("#record")
+    rec_page.wait_for_function("window.earshotApp.recorder?.state === 'recording'")
+    stop = threading.Event()
+
+    def python_client() -> None:
+        t = np.arange(1600) / 16000
+        tone = (np.sin(2 * np.pi * 330 * t) * 12000).astype("<i2")
+        with SyncPublisher(shared_server.url, rate=16000, format="s16", name="python") as pub:
+            while not stop.is_set():
+                pub.send(tone)
+                time.sleep(0.1)
+
+    th = threading.Thread(target=python_client)
+    th.start()
+    try:
+        dash.wait_for_function("""() => {
+            const rows = [...document.querySelectorAll('#dashboard tbody tr')];
+            return rows.length >= 2 && rows.every(r => +r.dataset.rms > -100); }""",
+                               timeout=15000)
+        names = dash.eval_on_selector_all("#dashboard tbody tr .name",
+                                          "els => els.map(e => e.textContent)")
+        assert "python" in names
+        levels = dash.eval_on_selector_all("#dashboard tbody tr",
+                                           "rs => rs.map(r => +r.dataset.rms)")
+        assert all(v > -100 for v in levels), levels
+        shot(dash, "dashboard-view")
+    finally:
+        stop.set()
+        th.join(10)
+        rec_page.click("#record")
+        rec_page.wait_for_function("window.earshotApp.lastStopped !== null", timeout=30000)
+
+
+def _shim_events(server: ServerProcess, browser: Any) -> list:
+    """Run the shipped example page (web/speech.html) and return the events it logged."""
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.goto(server.http + "/web/speech.html?autostart=1&interim=1")
+    page.wait_for_function("window.done === true", timeout=30000)
+    log = page.evaluate("window.log")
+    shot(page, "speech-example")
+    ctx.close()
+    return log
+
+
+def test_speech_recognition_shim_events_in_order(shared_server: ServerProcess,
+                                                 browser: Any) -> None:
+    log = _shim_events(shared_server, browser)
+    kinds = [e["type"] for e in log]
+    assert [k for k in kinds if k in {"start", "speechstart", "speechend", "end"}] == [
+        "start", "speechstart", "speechend", "end"], kinds
+    assert "error" not in kinds
+
+
+def test_speech_recognition_shim_results_with_a_model(server_factory: Callable[..., Any],
+                                                      browser: Any) -> None:
+    server = server_factory("--asr-model", str(FIXTURES / "tiny-whisper"), "--asr-language", "en")
+    log = _shim_events(server, browser)
+    kinds = [e["type"] for e in log]
+    assert kinds[0] == "start" and kinds[-1] == "end" and "error" not in kinds, kinds
+    results = [e for e in log if e["type"] == "result"]
+    assert results and results[-1]["final"] is True and results[-1]["index"] == 0
+    assert any(not r["final"] for r in results)  # interim results came first
+    assert kinds.index("speechstart") < kinds.index("result")

@@ -1,0 +1,1 @@
+"""Compressed wire formats: Opus packets in and out (PyAV imported lazily)."""

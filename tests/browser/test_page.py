@@ -91,6 +91,15 @@ def best_alignment(y: np.ndarray, x: np.ndarray) -> tuple[int, float]:
     return lag, float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
+def stop_recording(page: Any) -> dict:
+    """Press Stop; return the server's 'stopped' with the page's captured frames and rate."""
+    page.click("#record")
+    page.wait_for_function("window.earshotApp.lastStopped !== null", timeout=30000)
+    return page.evaluate("({...window.earshotApp.lastStopped, "
+                         "frames: window.earshotApp.recorder.frames, "
+                         "rate: window.earshotApp.recorder.rate})")
+
+
 def source_at(rate: int) -> np.ndarray:
     """The fake microphone's file at the page's AudioContext rate (44.1 kHz in headless
     Chromium: the page records at the context's native rate, the browser resamples)."""
@@ -134,11 +143,7 @@ def test_record_live_views_and_library(shared_server: ServerProcess,
     assert level_px > 100 and spec_px > 500
     shot(page, "record-view")
     time.sleep(2.0)
-    page.click("#record")
-    page.wait_for_function("window.earshotApp.lastStopped !== null", timeout=30000)
-    stopped = page.evaluate("({...window.earshotApp.lastStopped, "
-                            "frames: window.earshotApp.recorder.frames, "
-                            "rate: window.earshotApp.recorder.rate})")
+    stopped = stop_recording(page)
     y, rate, rec = archive(shared_server, stopped["stream"])
     assert rate == stopped["rate"] and len(y) == stopped["frames"] == stopped["offset"]
     assert rec["format"] == "s16" and rec["channels"] == 1
@@ -183,11 +188,7 @@ def test_server_restart_mid_recording_leaves_no_gap(server_factory: Callable[...
     server.start()
     page.wait_for_function("window.earshotApp.recorder.reconnects >= 1", timeout=20000)
     time.sleep(1.0)
-    page.click("#record")
-    page.wait_for_function("window.earshotApp.lastStopped !== null", timeout=30000)
-    stopped = page.evaluate("({...window.earshotApp.lastStopped, "
-                            "frames: window.earshotApp.recorder.frames, "
-                            "rate: window.earshotApp.recorder.rate})")
+    stopped = stop_recording(page)
     y, rate, rec = archive(server, stopped["stream"])
     frame = int(rate * 0.02)
     assert abs(len(y) - stopped["frames"]) <= frame  # the archive holds what was captured
@@ -234,8 +235,7 @@ def test_dashboard_shows_two_live_streams(shared_server: ServerProcess,
     finally:
         stop.set()
         th.join(10)
-        rec_page.click("#record")
-        rec_page.wait_for_function("window.earshotApp.lastStopped !== null", timeout=30000)
+        stop_recording(rec_page)
 
 
 def _shim_events(server: ServerProcess, browser: Any) -> list:

@@ -18,6 +18,8 @@ import numpy as np
 
 SampleFormat = Literal["s16", "f32"]
 SAMPLE_FORMATS: tuple[SampleFormat, ...] = ("s16", "f32")
+WireFormat = Literal["s16", "f32", "opus"]
+WIRE_FORMATS: tuple[WireFormat, ...] = ("s16", "f32", "opus")
 BYTES_PER_SAMPLE: dict[str, int] = {"s16": 2, "f32": 4}
 WIRE_DTYPE: dict[str, np.dtype] = {"s16": np.dtype("<i2"), "f32": np.dtype("<f4")}
 
@@ -28,14 +30,19 @@ S16_SCALE = 32768.0
 class StreamSpec:
     """What one stream's audio looks like on the wire."""
 
-    format: SampleFormat
+    format: WireFormat
     rate: int
     channels: int
 
     @property
     def frame_bytes(self) -> int:
-        """Bytes per sample frame (one sample of every channel)."""
-        return BYTES_PER_SAMPLE[self.format] * self.channels
+        """Bytes per sample frame (one sample of every channel); 0 for packets (opus)."""
+        return BYTES_PER_SAMPLE.get(self.format, 0) * self.channels
+
+    @property
+    def pcm(self) -> StreamSpec:
+        """The PCM form of this stream as archived: Opus is decoded to s16 on arrival."""
+        return StreamSpec("s16", self.rate, self.channels) if self.format == "opus" else self
 
     def frames_to_seconds(self, frames: int) -> float:
         return frames / self.rate

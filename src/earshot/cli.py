@@ -148,7 +148,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             task = progress.add_task(source.info.label, total=total)
             result = await publish(
                 args.url, source, name=args.name, token=args.token,
-                processors=args.processors,
+                processors=args.processors, codec=args.codec, bitrate=args.bitrate,
                 reconnect=Reconnect(attempts=args.retries),
                 on_block=lambda pub, _b: progress.update(task, completed=pub.offset),
             )
@@ -189,6 +189,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
             task = asyncio.ensure_future(publish(
                 args.url, source, name=args.name, token=args.token, processors=args.processors,
+                codec=args.codec, bitrate=args.bitrate,
                 reconnect=Reconnect(attempts=None), on_block=on_block,
             ))
             loop = asyncio.get_running_loop()
@@ -346,6 +347,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return _run_client(main)
 
 
+def cmd_listen(args: argparse.Namespace) -> int:
+    from earshot.listen import Listener
+
+    async def main() -> int:
+        listener = Listener(args.url, args.stream, codec=args.codec, token=args.token,
+                            out=args.out, play=args.out is None or args.play,
+                            seconds=args.seconds)
+        stats = await listener.run()
+        s = stats.summary()
+        print(f"listened to {s['seconds']:.2f} s of {s['stream']}: delay p50 "
+              f"{s['delay_p50_ms']:.0f} ms, p99 {s['delay_p99_ms']:.0f} ms; concealed "
+              f"{s['concealed_ms']:.0f} ms; {s['bytes_in']} bytes received", file=sys.stderr)
+        return EXIT_OK
+
+    return _run_client(main)
+
+
 def format_event(event: dict[str, Any]) -> str:
     kind = event.get("type", "?")
     t = event.get("t")
@@ -367,8 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--token", help="require this bearer token on every request")
     s.add_argument("--no-auth", action="store_true",
                    help="allow listening beyond loopback without a token")
-    s.add_argument("--archive-format", choices=["wav", "wav-f32", "flac"],
-                   help="archive encoding (default wav = PCM16)")
+    s.add_argument("--archive-format", choices=["wav", "wav-f32", "flac", "ogg"],
+                   help="archive encoding (default wav = PCM16; ogg = Ogg Opus)")
     s.add_argument("--fsync", action="store_true", help="fsync before every ack (power-loss safe)")
     s.add_argument("--ack-interval", type=float, help="seconds of audio per ack (default 0.1)")
     s.add_argument("--max-message-bytes", type=int, help="largest accepted message (1 MiB)")
@@ -398,6 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"server ingest URL (default {DEFAULT_URL}, or EARSHOT_URL)")
         c.add_argument("--token", default=_env("token"), help="bearer token (or EARSHOT_TOKEN)")
 
+    def codec_opts(c: argparse.ArgumentParser) -> None:
+        c.add_argument("--codec", choices=["pcm", "opus"], default="pcm",
+                       help="pcm (lossless, default) or opus (~30 kbit/s; 8/12/16/24/48 kHz)")
+        c.add_argument("--bitrate", type=int, default=32000, help="opus bitrate (32000)")
+
     c = sub.add_parser("send", help="send a sound file as a stream")
     c.add_argument("file", type=Path)
     client_opts(c)
@@ -410,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name", help="stream name (default: the file name)")
     c.add_argument("--processors", nargs="*", help="processors to run on the stream")
     c.add_argument("--retries", type=int, default=30, help="reconnect attempts (default 30)")
+    codec_opts(c)
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_send)
 
@@ -423,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--name", help="stream name")
     m.add_argument("--processors", nargs="*", help="processors to run on the stream")
     m.add_argument("--file", type=Path, help="play this file in real time instead of a mic")
+    codec_opts(m)
     m.add_argument("-q", "--quiet", action="store_true", help="no level bar")
     m.set_defaults(func=cmd_stream)
 
@@ -437,6 +462,16 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts(t)
     t.add_argument("--levels", action="store_true", help="also print every level event")
     t.set_defaults(func=cmd_tail)
+    li = sub.add_parser("listen", help="hear a live stream (jitter buffer), or record it")
+    li.add_argument("stream")
+    client_opts(li)
+    li.add_argument("--out", type=Path, help="write what is heard to this WAV file")
+    li.add_argument("--play", action="store_true", help="also play it with --out")
+    li.add_argument("--codec", choices=["pcm", "opus"], default="pcm",
+                    help="what to receive: pcm (default) or opus (~30 kbit/s)")
+    li.add_argument("--seconds", type=float, help="stop after this much audio")
+    li.set_defaults(func=cmd_listen)
+
     w = sub.add_parser("worker", help="run a processor on a server's live audio, remotely")
     w.add_argument("processor", help="package.module:Class (or a built-in), with options: "
                                      "mypkg.vad:MyVad,threshold=0.6")

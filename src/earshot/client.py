@@ -20,6 +20,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,7 @@ class Publisher:
         self.name = name
         self.processors = processors
         self.token = token
-        self.frame_bytes = BYTES_PER_SAMPLE[format] * channels
+        self.frame_bytes = BYTES_PER_SAMPLE.get(format, 2) * channels
         self.buffer_frames = int(buffer_seconds * rate)
         self.max_message_frames = max_message_frames or max(1, (256 * 1024) // self.frame_bytes)
         self.reconnect = reconnect or Reconnect()
@@ -176,6 +177,7 @@ class Publisher:
         """Send ``stop`` once every frame is delivered; return the final frame count."""
         if self._task is None or self._stopped is None:
             raise ClientError("stop() before start()")
+        self._before_stop()
         self._stopping = True
         self._wake.set()
         try:
@@ -301,6 +303,7 @@ class Publisher:
             # beyond that ack a second time.) A server holding less than it acknowledged
             # is caught below as a gap.
             start.update(resume=self.stream_id, resume_token=self.resume_token)
+        start.update(self._start_fields())
         await ws.send(json.dumps(start))
         deadline = time.monotonic() + self.open_timeout
         while True:
@@ -326,8 +329,7 @@ class Publisher:
             raise _Fatal("gap", f"server holds {held} frames but had acknowledged {self._base}")
         if held > self._total:
             raise _Fatal("ahead", f"server holds {held} frames but only {self._total} were sent")
-        self._trim(held)
-        self._sent = held
+        self._resume_from(held)
         self.stream_id = msg["stream"]
         self.resume_token = msg["resume_token"]
         self._ready.set()
@@ -373,18 +375,38 @@ class Publisher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
 
-    async def _writer(self, ws: ClientConnection) -> None:
+    # -- hooks for other wire formats (see OpusPublisher) ---------------------------------
+    def _before_stop(self) -> None:
+        """Last chance to queue audio (an encoder's tail) before ``stop``."""
+    def _start_fields(self) -> dict[str, Any]:
+        """Extra fields of ``start``."""
+        return {}
+
+    def _resume_from(self, held: int) -> None:
+        """After ``ready``: continue sending from the server's offset."""
+        self._trim(held)
+        self._sent = held
+
+    def _next_message(self) -> bytes | None:
+        """The next binary message to send (advancing ``_sent``), or None when all is sent."""
+        if self._sent >= self._total:
+            return None
         fb = self.frame_bytes
+        start = (self._sent - self._base) * fb
+        n = min(self._total - self._sent, self.max_message_frames)
+        self._sent += n
+        return bytes(self._buf[start : start + n * fb])
+
+    def _stop_message(self) -> str:
+        return '{"type":"stop"}'
+
+    async def _writer(self, ws: ClientConnection) -> None:
         stop_sent = False
         while True:
-            while self._sent < self._total:
-                start = (self._sent - self._base) * fb
-                n = min(self._total - self._sent, self.max_message_frames)
-                chunk = bytes(self._buf[start : start + n * fb])
-                self._sent += n
+            while (chunk := self._next_message()) is not None:
                 await ws.send(chunk)
             if self._stopping and not stop_sent:
-                await ws.send('{"type":"stop"}')
+                await ws.send(self._stop_message())
                 stop_sent = True
             self._wake.clear()
             if self._sent >= self._total and (stop_sent or not self._stopping):
@@ -393,6 +415,89 @@ class Publisher:
     def _trim(self, offset: int) -> None:
         if offset > self._base:
             del self._buf[: (offset - self._base) * self.frame_bytes]
+            self._base = offset
+            self._space.set()
+
+
+class OpusPublisher(Publisher):
+    """A :class:`Publisher` that sends Opus packets (about 30 kbit/s instead of 768 for
+    48 kHz f32). Same API; ``send`` takes PCM arrays and encodes them.
+
+    Offsets stay in samples of the stream: packet ``i`` starts at ``D_i - pre_skip`` (the
+    encoder's lookahead), which the server's decoder drops, so stream sample ``k`` is the
+    ``k``-th sample given to :meth:`send`. Unacknowledged packets are kept whole; after a
+    drop the publisher resends from its last ack (always a packet boundary) and says so in
+    ``start.offset``, and the server's fresh decoder drops what it already holds.
+    """
+
+    def __init__(self, url: str, *, rate: int, channels: int = 1, bitrate: int = 32000,
+                 frame_ms: float = 20.0, **kwargs: Any) -> None:
+        from earshot.codec.opus import OpusEncoder
+
+        kwargs.pop("format", None)
+        super().__init__(url, rate=rate, channels=channels, format="opus", **kwargs)  # type: ignore[arg-type]
+        self.encoder = OpusEncoder(rate, channels, frame_ms=frame_ms, bitrate=bitrate)
+        self.pre_skip = self.encoder.pre_skip
+        self._packets: deque[tuple[int, int, bytes]] = deque()  # (offset, frames, packet)
+        self._decoded = -self.pre_skip  # stream offset of the next packet
+        self._given = 0  # samples handed to send(): the true length
+        self.bytes_sent = 0
+
+    @property
+    def offset(self) -> int:
+        return self._given
+
+    async def send(self, audio: np.ndarray | bytes | bytearray | memoryview) -> None:
+        self._raise_if_failed()
+        if self._stopping:
+            raise ClientError("send() after stop()")
+        if not isinstance(audio, np.ndarray):
+            raise ClientError("an Opus publisher takes numpy arrays of samples")
+        x = audio.astype(np.float32) / 32768.0 if audio.dtype == np.int16 else audio
+        while self.unacked > self.buffer_frames and self.unacked > 0:
+            self._space.clear()
+            await self._wait(self._space.wait())
+        self._given += len(x)
+        self._queue(self.encoder.encode(x))
+
+    def _queue(self, packets: list[bytes]) -> None:
+        from earshot.codec.opus import packet_samples
+
+        for p in packets:
+            n = packet_samples(p, self.rate)
+            self._packets.append((self._decoded, n, p))
+            self._decoded += n
+        self._total = max(0, self._decoded)
+        self._wake.set()
+
+    def _before_stop(self) -> None:
+        if not self._stopping:
+            self._queue(self.encoder.flush())
+
+    def _start_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"pre_skip": self.pre_skip}
+        if self.stream_id is not None:
+            fields["offset"] = self._base  # we resend every packet from our last ack on
+        return fields
+
+    def _resume_from(self, held: int) -> None:
+        self._sent = self._base  # the server's decoder drops [base, held)
+
+    def _next_message(self) -> bytes | None:
+        for offset, n, packet in self._packets:
+            if offset + n > self._sent:
+                self._sent = offset + n
+                self.bytes_sent += len(packet)
+                return packet
+        return None
+
+    def _stop_message(self) -> str:
+        return json.dumps({"type": "stop", "length": self._given})
+
+    def _trim(self, offset: int) -> None:
+        if offset > self._base:
+            while self._packets and self._packets[0][0] + self._packets[0][1] <= offset:
+                self._packets.popleft()
             self._base = offset
             self._space.set()
 
@@ -408,14 +513,29 @@ async def publish(
     reconnect: Reconnect | None = None,
     on_block: Callable[[Publisher, np.ndarray], None] | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    codec: str = "pcm",
+    bitrate: int = 32000,
 ) -> dict[str, Any]:
     """Stream a source to the server until it ends (or the task is cancelled, e.g. Ctrl-C,
-    which still stops the stream cleanly). Returns the stream's summary."""
+    which still stops the stream cleanly). Returns the stream's summary.
+
+    ``codec="opus"`` sends Opus packets at ``bitrate`` (the source's rate must be one of
+    Opus's: 8, 12, 16, 24 or 48 kHz)."""
     info = source.info
-    pub = Publisher(url, rate=info.rate, channels=info.channels, format=info.format,
-                    name=name or info.label or None, token=token, processors=processors,
-                    reconnect=reconnect,
-                    client_info={"agent": "earshot-python", "source": info.label})
+    common: dict[str, Any] = dict(
+        rate=info.rate, channels=info.channels, name=name or info.label or None, token=token,
+        processors=processors, reconnect=reconnect,
+        client_info={"agent": "earshot-python", "source": info.label, "codec": codec})
+    pub: Publisher
+    if codec == "opus":
+        from earshot.codec.opus import OPUS_RATES
+
+        if info.rate not in OPUS_RATES or info.channels > 2:
+            raise ClientError(f"opus needs mono or stereo at {OPUS_RATES} Hz; "
+                              f"{info.label} is {info.rate} Hz x{info.channels}: send PCM")
+        pub = OpusPublisher(url, bitrate=bitrate, **common)
+    else:
+        pub = Publisher(url, format=info.format, **common)
     await pub.start()
     watcher = None
     if on_event is not None:
@@ -440,7 +560,8 @@ async def publish(
         if watcher is not None:
             watcher.cancel()
     return {"stream": pub.stream_id, "frames": frames, "rate": info.rate,
-            "channels": info.channels, "format": info.format, "reconnects": pub.reconnects}
+            "channels": info.channels, "format": pub.format, "reconnects": pub.reconnects,
+            "bytes_sent": getattr(pub, "bytes_sent", None)}
 
 
 async def send_file(

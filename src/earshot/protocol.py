@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from earshot.audio import SAMPLE_FORMATS, StreamSpec
+from earshot.audio import WIRE_FORMATS, StreamSpec
 from earshot.errors import ProtocolError
 
 # WebSocket close codes. 1000/1009/1011 are RFC 6455; 44xx mirror HTTP statuses.
@@ -41,6 +41,7 @@ CLOSE_CONFLICT = 4409
 #: error code → close code, for errors after which the connection cannot go on.
 FATAL_CLOSE: dict[str, int] = {
     "not_started": CLOSE_BAD_REQUEST,
+    "bad_opus": CLOSE_BAD_REQUEST,
     "gap": CLOSE_BAD_REQUEST,
     "resume_mismatch": CLOSE_BAD_REQUEST,
     "message_too_large": CLOSE_TOO_BIG,
@@ -82,11 +83,16 @@ class Start:
     offset: int | None = None
     compat: bool = False
     client: Mapping[str, Any] = field(default_factory=dict)
+    pre_skip: int = 0  # opus: the encoder's lookahead, in samples at the stream rate
+    archive: str | None = None  # archive format for this stream (default: the server's)
 
 
 @dataclass(frozen=True, slots=True)
 class Stop:
-    """A parsed ``stop`` message."""
+    """A parsed ``stop`` message; ``length`` (optional) is the true length in frames, so the
+    server can trim an encoder's end padding (at most 200 ms)."""
+
+    length: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +123,7 @@ class AudioIn:
 
 @dataclass(frozen=True, slots=True)
 class StopRequested:
-    pass
+    length: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,11 +159,18 @@ def _str_field(obj: Mapping[str, Any], key: str) -> str | None:
 
 def validate_spec(fmt: Any, rate: Any, channels: Any, limits: Limits) -> StreamSpec:
     """Check a format/rate/channels triple against the limits; raise ProtocolError if not."""
-    if fmt not in SAMPLE_FORMATS:
+    if fmt not in WIRE_FORMATS:
         raise ProtocolError(
             "unsupported_format",
-            f"format {fmt!r} is not supported; use one of {', '.join(SAMPLE_FORMATS)}",
+            f"format {fmt!r} is not supported; use one of {', '.join(WIRE_FORMATS)}",
         )
+    if fmt == "opus":
+        from earshot.codec.opus import OPUS_RATES
+
+        if rate not in OPUS_RATES:
+            raise ProtocolError("unsupported_rate", f"opus runs at {OPUS_RATES} Hz, not {rate}")
+        if channels not in (1, 2):
+            raise ProtocolError("unsupported_channels", "opus streams are mono or stereo")
     if not limits.min_rate <= rate <= limits.max_rate:
         raise ProtocolError(
             "unsupported_rate",
@@ -196,6 +209,15 @@ def parse_start(obj: Mapping[str, Any], limits: Limits) -> Start:
     client = obj.get("client") or {}
     if not isinstance(client, dict):
         raise ProtocolError("bad_start", "'client' must be an object")
+    pre_skip = _int_field(obj, "pre_skip", 0) or 0
+    if not 0 <= pre_skip <= spec.rate:
+        raise ProtocolError("bad_start", "'pre_skip' must be between 0 and one second")
+    archive = _str_field(obj, "archive")
+    if archive is not None:
+        from earshot.storage.archive import ARCHIVE_FORMATS
+
+        if archive not in ARCHIVE_FORMATS:
+            raise ProtocolError("bad_start", f"'archive' must be one of {ARCHIVE_FORMATS}")
     return Start(
         spec=spec,
         name=name,
@@ -205,6 +227,8 @@ def parse_start(obj: Mapping[str, Any], limits: Limits) -> Start:
         token=_str_field(obj, "token"),
         offset=offset,
         client=client,
+        pre_skip=pre_skip,
+        archive=archive,
     )
 
 
@@ -220,7 +244,11 @@ def parse_message(text: str, limits: Limits) -> Message:
     if kind == "start":
         return parse_start(obj, limits)
     if kind == "stop":
-        return Stop()
+        length = obj.get("length")
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int)
+                                   or length < 0):
+            raise ProtocolError("bad_stop", "'length' must be a non-negative integer")
+        return Stop(length)
     if kind == "ping":
         return Ping(obj.get("id"))
     raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
@@ -286,7 +314,7 @@ class IngestConnection:
             if self._remainder:
                 out.append(Send(self._partial_warning()))
                 self._remainder = b""
-            out.append(StopRequested())
+            out.append(StopRequested(msg.length))
             return out
         return [Send(error_message("not_started", "'stop' before a successful 'start'"))]
 
@@ -330,7 +358,7 @@ class IngestConnection:
         self.spec = spec
         self._frame_bytes = spec.frame_bytes
         self.offset = held
-        if start.offset is not None:
+        if start.offset is not None:  # (opus: the decoder drops the overlap instead)
             self._skip_bytes = (held - start.offset) * spec.frame_bytes
         self.state = State.STREAMING
         out: list[Output] = [
@@ -371,6 +399,15 @@ class IngestConnection:
 
     # -- helpers --------------------------------------------------------------------------
     def _audio(self, data: bytes) -> list[Output]:
+        if self._frame_bytes == 0:  # opus: one whole packet per message
+            from earshot.codec.opus import packet_samples
+
+            try:
+                frames = packet_samples(data, self.spec.rate)  # type: ignore[union-attr]
+            except ProtocolError as exc:
+                return self._fatal(exc.code, exc.message)
+            self.offset += frames
+            return [AudioIn(bytes(data), frames)]
         if self._skip_bytes:
             skip = min(self._skip_bytes, len(data))
             self._skip_bytes -= skip

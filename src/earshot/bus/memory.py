@@ -20,16 +20,23 @@ ALL = "*"
 
 @dataclass(frozen=True, slots=True)
 class AudioItem:
-    """A stream's audio as archived: float32 (frames, channels) from frame ``offset``."""
+    """A stream's audio as archived: float32 (frames, channels) from frame ``offset``;
+    or, for Opus listeners, ``packets`` of (offset, frames, packet) with the encoder's
+    ``pre_skip``."""
 
     stream: str
     offset: int
     rate: int
-    samples: np.ndarray
+    samples: np.ndarray | None
+    packets: tuple[tuple[int, int, bytes], ...] = ()
+    channels: int = 1
+    pre_skip: int = 0
 
     @property
     def frames(self) -> int:
-        return int(self.samples.shape[0])
+        if self.samples is not None:
+            return int(self.samples.shape[0])
+        return sum(n for _, n, _ in self.packets)
 
 
 Item = dict[str, Any] | AudioItem
@@ -38,9 +45,9 @@ Item = dict[str, Any] | AudioItem
 class Subscription:
     """One subscriber's view of the bus: ``async for item in sub``."""
 
-    def __init__(self, stream: str, *, audio: bool = False, maxsize: int = 1000) -> None:
+    def __init__(self, stream: str, *, audio: str | None = None, maxsize: int = 1000) -> None:
         self.stream = stream
-        self.audio = audio
+        self.audio = audio  # None (events only), "s16", "f32" or "opus"
         self.maxsize = maxsize
         self.dropped = 0
         self._items: deque[Item] = deque()
@@ -91,17 +98,18 @@ class MemoryBus:
         self._subs: dict[str, set[Subscription]] = {}
         self._audio_subs = 0
 
-    def subscribe(self, stream: str, *, audio: bool = False, maxsize: int = 1000) -> Subscription:
+    def subscribe(self, stream: str, *, audio: str | None = None,
+                  maxsize: int = 1000) -> Subscription:
         sub = Subscription(stream, audio=audio, maxsize=maxsize)
         self._subs.setdefault(stream, set()).add(sub)
-        self._audio_subs += audio
+        self._audio_subs += sub.audio is not None
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.stream)
         if subs is not None and sub in subs:
             subs.discard(sub)
-            self._audio_subs -= sub.audio
+            self._audio_subs -= sub.audio is not None
             if not subs:
                 del self._subs[sub.stream]
         sub.close()
@@ -109,11 +117,13 @@ class MemoryBus:
     def has_subscribers(self, stream: str) -> bool:
         return stream in self._subs or ALL in self._subs
 
-    def wants_audio(self, stream: str) -> bool:
-        """Whether anyone subscribed to this stream's audio (saves work when nobody did)."""
+    def wants_audio(self, stream: str, *, opus: bool | None = None) -> bool:
+        """Whether anyone subscribed to this stream's audio (``opus``: in that form, or
+        not); saves the work when nobody did."""
         if not self._audio_subs:
             return False
-        return any(s.audio for key in (stream, ALL) for s in self._subs.get(key, ()))
+        return any(s.audio is not None and (opus is None or (s.audio == "opus") == opus)
+                   for key in (stream, ALL) for s in self._subs.get(key, ()))
 
     def publish(self, stream: str, event: dict[str, Any]) -> None:
         for key in (stream, ALL):
@@ -121,7 +131,9 @@ class MemoryBus:
                 sub.offer(event)
 
     def publish_audio(self, item: AudioItem) -> None:
+        """To PCM listeners (an item with samples) or Opus listeners (one with packets)."""
+        opus = item.samples is None
         for key in (item.stream, ALL):
             for sub in self._subs.get(key, ()):
-                if sub.audio:
+                if sub.audio is not None and (sub.audio == "opus") == opus:
                     sub.offer(item)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from earshot.audio import StreamSpec, decode, sanitize_f32
+from earshot.audio import StreamSpec, decode, f32_to_s16, sanitize_f32
 from earshot.bus import AudioItem, MemoryBus
 from earshot.config import Settings
 from earshot.errors import ProcessorError, ProtocolError, StorageError, StreamNotFound
@@ -31,7 +31,7 @@ from earshot.processors.registry import Registry
 from earshot.protocol import Start
 from earshot.server.metrics import Metrics
 from earshot.storage import segments
-from earshot.storage.archive import Archive, ArchiveFormat, finalize
+from earshot.storage.archive import FINAL_SUFFIX, Archive, ArchiveFormat, finalize
 from earshot.storage.metadata import MetadataStore, SegmentRecord, StreamRecord
 from earshot.storage.wav import repair
 
@@ -84,6 +84,8 @@ class LiveStream:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pipeline: StreamPipeline | None = None
     detaching: asyncio.Event | None = None
+    decoder: Any = None  # OpusDecoder for opus streams: packets become s16 on arrival
+    relay: list[Any] | None = None  # [OpusEncoder, next input offset, next packet offset]
 
     @property
     def id(self) -> str:
@@ -130,8 +132,8 @@ class Hub:
             try:
                 frames = repair(path)
             except (OSError, StorageError) as exc:
-                done = path.with_suffix(".flac")
-                if rec.archive_format == "flac" and done.exists():
+                done = path.with_suffix(FINAL_SUFFIX.get(rec.archive_format, ".wav"))
+                if done != path and done.exists():
                     self.store.update(rec.id, state="finished", path=str(done.relative_to(
                         self.settings.data_dir)))
                     continue
@@ -158,18 +160,19 @@ class Hub:
 
     def _create(self, start: Start, owner: Owner) -> tuple[LiveStream, str]:
         spec = start.spec
-        fmt: ArchiveFormat = self.settings.archive_format  # type: ignore[assignment]
+        fmt: ArchiveFormat = (start.archive or self.settings.archive_format)  # type: ignore[assignment]
         sid = new_stream_id()
         token = secrets.token_urlsafe(18)
         rel = f"streams/{sid}.wav"
-        archive = Archive.create(self.settings.data_dir / rel, spec, fmt)
+        archive = Archive.create(self.settings.data_dir / rel, spec.pcm, fmt)
         rec = StreamRecord(
             id=sid, name=start.name, created=time.time(), format=spec.format,
             archive_format=fmt, rate=spec.rate, channels=spec.channels, path=rel,
             token_hash=hash_token(token), client=dict(start.client),
         )
         self.store.create(rec)
-        live = LiveStream(rec, spec, archive, start.compat, owner, header_synced=self.clock())
+        live = LiveStream(rec, spec.pcm, archive, start.compat, owner,
+                          header_synced=self.clock(), decoder=_decoder(spec, start.pre_skip))
         self._attach(live, resumed=False)
         return live, token
 
@@ -203,17 +206,19 @@ class Hub:
             if old is not None:
                 with contextlib.suppress(Exception):
                     await old.kick("superseded", "this stream was resumed by another connection")
-            live.spec = spec  # the wire format may differ after a resume
-            live.archive.spec = spec
+            live.spec = spec.pcm  # the wire format may differ after a resume
+            live.archive.spec = spec.pcm
+            live.decoder = _decoder(spec, _resume_skip(spec, start, live.offset))
             self.metrics.streams_started.labels("resume").inc()
             self._announce(live, resumed=True)
             return live, token
-        archive = Archive.reopen(self.path_of(rec), spec, rec.archive_format)  # type: ignore[arg-type]
+        archive = Archive.reopen(self.path_of(rec), spec.pcm, rec.archive_format)  # type: ignore[arg-type]
         rec.state = "live"
         rec.frames = archive.frames
         rec.format = spec.format
         self.store.update(sid, state="live", frames=archive.frames, format=spec.format)
-        live = LiveStream(rec, spec, archive, False, owner, header_synced=self.clock())
+        live = LiveStream(rec, spec.pcm, archive, False, owner, header_synced=self.clock(),
+                          decoder=_decoder(spec, _resume_skip(spec, start, archive.frames)))
         self._attach(live, resumed=True)
         return live, token
 
@@ -299,7 +304,15 @@ class Hub:
 
     # -- audio --------------------------------------------------------------------------
     def add_audio(self, live: LiveStream, data: bytes, frames: int) -> bool:
-        """Queue whole frames; True when a flush (write + ack) is due."""
+        """Queue whole frames (or one Opus packet); True when a flush (write + ack) is due.
+
+        Raises :class:`ProtocolError` (``bad_opus``) for a packet libopus cannot decode.
+        """
+        if live.decoder is not None:
+            pcm = live.decoder.decode(data)
+            data, frames = f32_to_s16(pcm).samples.tobytes(), len(pcm)
+            if not frames:
+                return False
         now = self.clock()
         if not live.pending_frames:
             live.pending_since = now
@@ -326,7 +339,11 @@ class Hub:
                 samples = sanitize_f32(samples).samples
             if pipeline is not None:
                 pipeline.feed(samples, first)
-            self.bus.publish_audio(AudioItem(live.id, first, spec.rate, samples))
+            if self.bus.wants_audio(live.id, opus=False):
+                self.bus.publish_audio(AudioItem(live.id, first, spec.rate, samples,
+                                                 channels=spec.channels))
+            if self.bus.wants_audio(live.id, opus=True):
+                self._relay_opus(live, samples, first)
         self.metrics.frames_in.inc(frames)
         self.metrics.bytes_in.inc(nbytes)
         if result.non_finite:
@@ -336,6 +353,28 @@ class Hub:
             live.clipped += result.clipped
             self.metrics.samples_fixed.labels("clipped").inc(result.clipped)
         return frames
+
+    def _relay_opus(self, live: LiveStream, samples: Any, first: int) -> None:
+        """Encode once per stream for every Opus listener (started when the first asks)."""
+        from earshot.codec.opus import OPUS_RATES, OpusEncoder, packet_samples
+
+        spec = live.spec
+        if spec.rate not in OPUS_RATES or spec.channels > 2:
+            return  # documented: Opus relay needs an Opus rate; PCM listeners still work
+        if live.relay is None or live.relay[1] != first:
+            enc = OpusEncoder(spec.rate, spec.channels, bitrate=32000)
+            live.relay = [enc, first, first - enc.pre_skip]
+        enc, _, pos = live.relay
+        packets = []
+        for p in enc.encode(samples):
+            n = packet_samples(p, spec.rate)
+            packets.append((pos, n, p))
+            pos += n
+        live.relay[1] = first + len(samples)
+        live.relay[2] = pos
+        if packets:
+            self.bus.publish_audio(AudioItem(live.id, packets[0][0], spec.rate, None,
+                                             tuple(packets), spec.channels, enc.pre_skip))
 
     async def flush(self, live: LiveStream) -> None:
         """Write pending audio, then acknowledge everything durably written.
@@ -402,7 +441,8 @@ class Hub:
                 log.exception("ticker")
 
     # -- end ----------------------------------------------------------------------------
-    async def detach(self, live: LiveStream, owner: Owner, *, stopped: bool) -> int:
+    async def detach(self, live: LiveStream, owner: Owner, *, stopped: bool,
+                     length: int | None = None) -> int:
         """The owner is done with the stream: stop it cleanly or leave it resumable.
 
         On a clean stop the processors get up to ``drain_timeout`` to finish (their last
@@ -414,13 +454,15 @@ class Hub:
             return live.offset  # superseded by a resume: the stream lives on
         live.detaching = asyncio.Event()
         try:
-            return await self._detach(live, stopped=stopped)
+            return await self._detach(live, stopped=stopped, length=length)
         finally:
             live.detaching.set()
 
-    async def _detach(self, live: LiveStream, *, stopped: bool) -> int:
+    async def _detach(self, live: LiveStream, *, stopped: bool, length: int | None) -> int:
         async with live.lock:
             self._write_pending(live)
+            if stopped and length is not None:
+                self._trim_tail(live, length)
         finished = stopped or live.compat
         pipeline, live.pipeline = live.pipeline, None
         if pipeline is not None:
@@ -464,6 +506,17 @@ class Hub:
         })
         return rec.frames
 
+    def _trim_tail(self, live: LiveStream, length: int) -> None:
+        """Cut an encoder's end padding (``stop`` with ``length``); at most 200 ms."""
+        extra = live.archive.frames - length
+        if 0 < extra <= live.rec.rate // 5:
+            live.archive.writer.truncate(length)
+        elif extra > 0:
+            self.emit(live, [{"type": "warning", "code": "length_ignored",
+                              "t": live.offset / live.rec.rate,
+                              "message": f"stop asked to cut {extra} frames; only an "
+                                         "encoder's padding (at most 200 ms) is cut"}])
+
     async def shutdown(self) -> None:
         for live in list(self.live.values()):
             owner = live.owner
@@ -492,3 +545,23 @@ class Hub:
         for p in self.streams_dir.glob(f"{rec.id}.*"):
             p.unlink(missing_ok=True)
         self.store.delete(stream_id)
+
+
+def _decoder(spec: StreamSpec, pre_skip: int) -> Any:
+    """An Opus decoder for opus streams (None for PCM)."""
+    if spec.format != "opus":
+        return None
+    from earshot.codec.opus import OpusDecoder
+
+    return OpusDecoder(spec.rate, spec.channels, pre_skip=pre_skip)
+
+
+def _resume_skip(spec: StreamSpec, start: Start, held: int) -> int:
+    """Opus resume: the client resends packets from ``start.offset`` (a packet boundary at
+    or before ``held``); a fresh decoder drops the ``held - offset`` samples already held."""
+    if spec.format != "opus" or start.offset is None:
+        return 0
+    if start.offset > held:
+        raise ProtocolError("gap", f"the server holds {held} frames but the client would "
+                                   f"continue at {start.offset}")
+    return held - start.offset

@@ -87,7 +87,12 @@ class IngestSession:
                     # Hot path: the common case is exactly one AudioIn.
                     if len(outs) == 1 and type(outs[0]) is AudioIn and live is not None:
                         out = outs[0]
-                        if self.hub.add_audio(live, out.data, out.frames):
+                        try:
+                            due = self.hub.add_audio(live, out.data, out.frames)
+                        except ProtocolError as exc:  # an Opus packet libopus rejects
+                            await self._emit(conn.fail(exc.code, exc.message))
+                            break
+                        if due:
                             await self.hub.flush(live)
                         continue
                 else:
@@ -115,14 +120,19 @@ class IngestSession:
                 assert live is not None
                 if live.owner is not self:
                     continue  # superseded
-                if self.hub.add_audio(live, out.data, out.frames):
+                try:
+                    due = self.hub.add_audio(live, out.data, out.frames)
+                except ProtocolError as exc:
+                    await self._emit(self.conn.fail(exc.code, exc.message))
+                    return
+                if due:
                     await self.hub.flush(live)
             elif isinstance(out, Send):
                 self.post(out.message)
             elif isinstance(out, StartRequested):
                 await self._emit(await self._start(out))
             elif isinstance(out, StopRequested):
-                await self._stop()
+                await self._stop(out.length)
             elif isinstance(out, Close):
                 await self._close(out.code, out.reason)
 
@@ -145,11 +155,11 @@ class IngestSession:
         return [*self.conn.accept(live.id, token, live.offset, processors=names),
                 *(Send(w) for w in warnings)]
 
-    async def _stop(self) -> None:
+    async def _stop(self, length: int | None = None) -> None:
         live = self.live
         assert live is not None
         await self.hub.flush(live)
-        frames = await self.hub.detach(live, self, stopped=True)
+        frames = await self.hub.detach(live, self, stopped=True, length=length)
         self.live = None
         self.post({
             "type": "stopped", "stream": live.id, "offset": frames,

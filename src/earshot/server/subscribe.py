@@ -45,22 +45,22 @@ async def subscribe(ws: WebSocket, hub: Hub) -> None:
     stream = ws.query_params.get("stream", ALL)
     audio = ws.query_params.get("audio")
     await ws.accept()
-    if audio not in (None, "s16", "f32"):
+    if audio not in (None, "s16", "f32", "opus"):
         await ws.send_text(json.dumps(error_message(
-            "unsupported_format", f"audio={audio!r}: use audio=s16 or audio=f32")))
+            "unsupported_format", f"audio={audio!r}: use audio=s16, f32 or opus")))
         await ws.close(4400, "unsupported audio format")
         return
     bus: MemoryBus = hub.bus
-    sub = bus.subscribe(stream, audio=audio is not None)
+    sub = bus.subscribe(stream, audio=audio)
     await ws.send_text(json.dumps({"type": "subscribed", "stream": stream, "audio": audio,
                                    "live": stream_info(hub, stream)}))
 
     async def pump() -> None:
         async for item in sub:
             if isinstance(item, AudioItem):
-                header, payload = audio_message(item, audio or "f32")
-                await ws.send_text(header)
-                await ws.send_bytes(payload)
+                for header, payload in audio_messages(item, audio or "f32"):
+                    await ws.send_text(header)
+                    await ws.send_bytes(payload)
             else:
                 await ws.send_text(json.dumps(item, separators=(",", ":")))
 
@@ -84,14 +84,21 @@ async def subscribe(ws: WebSocket, hub: Hub) -> None:
         task.cancel()
 
 
-def audio_message(item: AudioItem, fmt: str) -> tuple[str, bytes]:
+def audio_messages(item: AudioItem, fmt: str) -> list[tuple[str, bytes]]:
+    """(JSON header, binary payload) pairs: one per PCM batch, one per Opus packet."""
+    if item.samples is None:
+        return [(json.dumps({"type": "audio", "stream": item.stream, "offset": off,
+                             "frames": n, "rate": item.rate, "channels": item.channels,
+                             "format": "opus", "pre_skip": item.pre_skip},
+                            separators=(",", ":")), packet)
+                for off, n, packet in item.packets]
     frames, channels = item.samples.shape
     header = json.dumps({"type": "audio", "stream": item.stream, "offset": item.offset,
                          "frames": frames, "rate": item.rate, "channels": channels,
                          "format": fmt}, separators=(",", ":"))
     if fmt == "s16":
-        return header, f32_to_s16(item.samples).samples.tobytes()
-    return header, item.samples.astype("<f4", copy=False).tobytes()
+        return [(header, f32_to_s16(item.samples).samples.tobytes())]
+    return [(header, item.samples.astype("<f4", copy=False).tobytes())]
 
 
 def handle_worker_message(hub: Hub, text: str) -> dict[str, Any] | None:

@@ -8,6 +8,8 @@ Archive formats:
   saturation to ±1.0).
 * ``flac`` — written as PCM16 WAV while live (crash-safe) and losslessly converted to FLAC
   when the stream finishes.
+* ``ogg`` — Ogg Opus (lossy, about 30x smaller): PCM16 WAV while live, encoded at 32 kbit/s
+  when the stream finishes (at 48 kHz if the stream's rate is not an Opus rate).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from earshot.audio import StreamSpec, f32_to_s16, s16_to_f32, sanitize_f32
 from earshot.errors import StorageError
 from earshot.storage.wav import WavEncoding, WavWriter
 
-ArchiveFormat = Literal["wav", "wav-f32", "flac"]
-ARCHIVE_FORMATS: tuple[ArchiveFormat, ...] = ("wav", "wav-f32", "flac")
-MEDIA_TYPES = {".wav": "audio/wav", ".flac": "audio/flac"}
+ArchiveFormat = Literal["wav", "wav-f32", "flac", "ogg"]
+ARCHIVE_FORMATS: tuple[ArchiveFormat, ...] = ("wav", "wav-f32", "flac", "ogg")
+MEDIA_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg"}
+FINAL_SUFFIX = {"flac": ".flac", "ogg": ".ogg"}
 
 
 @dataclass(slots=True)
@@ -105,9 +108,11 @@ class Archive:
 def finalize(path: Path, fmt: ArchiveFormat) -> Path:
     """Turn a closed live WAV into its final form; returns the final path.
 
-    For FLAC, converts block by block (never the whole file in memory), then replaces
-    the WAV atomically. Other formats are already final.
+    For FLAC and Ogg Opus, converts block by block (never the whole file in memory), then
+    replaces the WAV atomically. Other formats are already final.
     """
+    if fmt == "ogg":
+        return _to_ogg(path)
     if fmt != "flac":
         return path
     target = path.with_suffix(".flac")
@@ -118,6 +123,39 @@ def finalize(path: Path, fmt: ArchiveFormat) -> Path:
     ) as dst:
         for block in src.blocks(blocksize=65536, dtype="int16", always_2d=True):
             dst.write(block)
+    os.replace(tmp, target)
+    path.unlink()
+    return target
+
+
+def _to_ogg(path: Path) -> Path:
+    from earshot.codec.opus import OPUS_RATES
+    from earshot.storage.oggopus import OggOpusWriter
+
+    target = path.with_suffix(".ogg")
+    tmp = path.with_suffix(".ogg.part")
+    tmp.unlink(missing_ok=True)
+    with sf.SoundFile(path) as src:
+        rate, channels = src.samplerate, min(src.channels, 2)
+        out_rate = rate if rate in OPUS_RATES else 48000
+        resampler = None
+        if out_rate != rate:
+            import soxr
+
+            resampler = soxr.ResampleStream(rate, out_rate, channels, dtype="float32")
+        writer = OggOpusWriter(tmp, out_rate, channels)
+        total = 0
+        for block in src.blocks(blocksize=65536, dtype="float32", always_2d=True):
+            x = block[:, :channels]
+            if resampler is not None:
+                x = resampler.resample_chunk(x)
+            writer.write(x)
+            total += len(x)
+        if resampler is not None:
+            tail = resampler.resample_chunk(np.zeros((0, channels), np.float32), last=True)
+            writer.write(tail)
+            total += len(tail)
+        writer.close(length=total)
     os.replace(tmp, target)
     path.unlink()
     return target

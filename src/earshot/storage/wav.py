@@ -141,6 +141,15 @@ class WavWriter:
             n += os.write(self._fd, bytes(data[n:]))
         self.frames += len(data) // fb
 
+    def truncate(self, frames: int) -> None:
+        """Cut the file back to ``frames`` (never grows it)."""
+        if frames >= self.frames:
+            return
+        os.ftruncate(self._fd, self.layout.data_start + frames * self.layout.frame_bytes)
+        os.lseek(self._fd, 0, os.SEEK_END)
+        self.frames = frames
+        self.sync_header()
+
     def sync_header(self) -> None:
         """Patch the RIFF, fact and data sizes to the frames written so far."""
         if self._synced_frames == self.frames or self._fd < 0:

@@ -269,3 +269,39 @@ def test_speech_recognition_shim_results_with_a_model(server_factory: Callable[.
     assert results and results[-1]["final"] is True and results[-1]["index"] == 0
     assert any(not r["final"] for r in results)  # interim results came first
     assert kinds.index("speechstart") < kinds.index("result")
+
+
+def test_page_sends_opus_when_supported_and_listen_plays(shared_server: ServerProcess,
+                                                         page_factory: Callable[[str], Any]
+                                                         ) -> None:
+    page = page_factory(shared_server.http + "/#record")
+    supported = page.evaluate("""async () => {
+        const m = await import('/web/earshot.js');
+        const ctx = new AudioContext(); const rate = ctx.sampleRate; await ctx.close();
+        return m.opusSupported(rate); }""")
+    assert page.eval_on_selector("#codec", "s => s.value") == "pcm"  # lossless by default
+    page.click("summary")  # Options
+    page.select_option("#codec", "auto")  # Opus where WebCodecs can
+    page.click("#record")
+    page.wait_for_function("window.earshotApp.recorder?.state === 'recording'")
+    wire = page.evaluate("window.earshotApp.recorder.wire")
+    assert wire == ("opus" if supported else "s16")
+    sid = page.evaluate("window.earshotApp.recorder.stream")
+    # someone listens on the dashboard while the take goes on
+    dash = page_factory(shared_server.http + "/#dashboard")
+    dash.click(f"tr[data-stream='{sid}'] button.listen")
+    dash.wait_for_function("window.earshotApp.listener && "
+                           "window.earshotApp.listener.stats.played > 8000", timeout=15000)
+    played = dash.evaluate("window.earshotApp.listener.stats")
+    assert played["received"] >= played["played"] > 8000
+    time.sleep(1.0)
+    stopped = stop_recording(page)
+    y, rate, rec = archive(shared_server, sid)
+    assert rec["format"] == wire
+    assert len(y) == stopped["offset"]
+    captured = page.evaluate("window.earshotApp.recorder.seconds")
+    assert abs(len(y) / rate - captured) < 0.05  # the take is as long as what was captured
+    if wire == "opus":
+        assert rate == 48000  # Opus runs at 48 kHz whatever the capture rate
+    _, corr = best_alignment(y, source_at(rate)[: len(y) + rate])
+    assert corr >= 0.9

@@ -1,5 +1,5 @@
 // The earshot page: record, recordings library, live dashboard. Uses earshot.js only.
-import { Recorder, defaultServer, explain } from "./earshot.js";
+import { Listener, Recorder, defaultServer, explain } from "./earshot.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const store = {
@@ -98,7 +98,7 @@ async function toggleRecording() {
     server: defaultServer(), token: token() || null, deviceId: $("#device").value || null,
     processors: processorsWanted(), name: $("#name").value.trim() || null,
     echoCancellation: $("#opt-ec").checked, noiseSuppression: $("#opt-ns").checked,
-    autoGainControl: $("#opt-agc").checked,
+    autoGainControl: $("#opt-agc").checked, codec: $("#codec").value,
   });
   app.recorder = rec;
   rec.addEventListener("level", (e) => drawLevel(e.detail));
@@ -108,8 +108,8 @@ async function toggleRecording() {
   rec.addEventListener("transcript", (e) => showTranscript(e.detail));
   rec.addEventListener("reconnecting", (e) =>
     status(`connection lost — reconnecting (attempt ${e.detail.attempt})…`));
-  rec.addEventListener("ready", (e) => status(`recording ${e.detail.stream}` +
-                                              (e.detail.offset ? ` (resumed at ${e.detail.offset})` : "")));
+  rec.addEventListener("ready", (e) => status(`recording ${e.detail.stream} (${e.detail.format})` +
+                                              (e.detail.offset ? `, resumed at ${e.detail.offset}` : "")));
   rec.addEventListener("error", (e) => showError(e.detail.message));
   rec.addEventListener("warning", (e) => console.warn("earshot:", e.detail.message));
   button.disabled = true;
@@ -286,8 +286,10 @@ function openDashboard() {
     tr.dataset.stream = info.stream;
     tr.innerHTML = `<td><code></code></td><td class="name"></td>
       <td><canvas width="200" height="14"></canvas></td><td class="speech-cell">silence</td>
-      <td class="t">0.0 s</td>`;
+      <td class="t">0.0 s</td><td><button type="button" class="listen">Listen</button>
+      <span class="heard"></span></td>`;
     $("code", tr).textContent = info.stream;
+    $(".listen", tr).addEventListener("click", () => toggleListen(info.stream, tr));
     $(".name", tr).textContent = info.name || "";
     body.append(tr);
     rows.set(info.stream, tr);
@@ -319,11 +321,32 @@ function openDashboard() {
     if (location.hash === "#dashboard") openDashboard(); }, 1000); };
 }
 
+async function toggleListen(stream, tr) {
+  const button = $(".listen", tr);
+  if (app.listener && app.listener.streamId === stream) {
+    app.listener.stop();
+    app.listener = null;
+    button.textContent = "Listen";
+    return;
+  }
+  if (app.listener) app.listener.stop();
+  const listener = new Listener(stream, { token: token() || null });
+  app.listener = listener;
+  button.textContent = "Stop";
+  listener.addEventListener("stats", (e) => {
+    $(".heard", tr).textContent = `${(e.detail.played / listener.context.sampleRate).toFixed(1)} s`;
+  });
+  listener.addEventListener("ended", () => { button.textContent = "Listen"; });
+  await listener.start();
+}
+
 // -- start-up -----------------------------------------------------------------------------
 async function init() {
   $("#token").value = store.get("token");
   $("#token").addEventListener("change", () => store.set("token", token()));
   $("#device").addEventListener("change", () => store.set("device", $("#device").value));
+  $("#codec").value = store.get("codec", "pcm");
+  $("#codec").addEventListener("change", () => store.set("codec", $("#codec").value));
   $("#refresh-devices").addEventListener("click", fillDevices);
   $("#record").addEventListener("click", toggleRecording);
   $("#prev-page").addEventListener("click", () => { app.page = Math.max(0, app.page - 1); loadRecordings(); });

@@ -60,6 +60,8 @@ export class Recorder extends EventTarget {
     };
     this.name = options.name || null;
     this.frameMs = options.frameMs || 20;
+    this.codec = options.codec || "auto"; // auto (Opus where WebCodecs can), opus, pcm
+    this.bitrate = options.bitrate || 32000;
     this.maxBufferSeconds = options.maxBufferSeconds || 600;
     this.state = "idle"; // idle | starting | recording | stopping | stopped | failed
     this.stream = null;
@@ -89,7 +91,10 @@ export class Recorder extends EventTarget {
 
   get frames() { return this._total; }
   get acked() { return this._acked; }
-  get seconds() { return this.rate ? this._total / this.rate : 0; }
+  get seconds() {
+    if (this._encoder) return this._captured / this.rate;
+    return this.rate ? this._total / this.rate : 0;
+  }
 
   async start() {
     if (this.state === "starting" || this.state === "recording" || this.state === "stopping")
@@ -108,6 +113,12 @@ export class Recorder extends EventTarget {
     }
     this.context = new AudioContext(); // the device's native rate: no resampling here
     this.rate = this.context.sampleRate;
+    // choose the codec before any frame can arrive
+    this.wire = (this.codec !== "pcm" && await opusSupported(this.rate, this.bitrate)) ? "opus"
+                                                                                       : "s16";
+    if (this.codec === "opus" && this.wire !== "opus") this._emit("warning", {
+      code: "opus_unsupported", message: "this browser cannot encode Opus; sending PCM" });
+    if (this.wire === "opus") this._startEncoder();
     await this.context.audioWorklet.addModule(WORKLET_URL);
     this.source = this.context.createMediaStreamSource(this.media);
     this.node = new AudioWorkletNode(this.context, "earshot-capture", {
@@ -115,7 +126,11 @@ export class Recorder extends EventTarget {
       processorOptions: { frameMs: this.frameMs },
     });
     this.node.port.onmessage = (e) => {
-      if (e.data === "end") { this._captureDone = true; this._pump(); }
+      if (e.data === "end") {
+        const done = () => { this._captureDone = true; this._pump(); };
+        if (this._encoder) this._encoder.flush().then(done, done);
+        else done();
+      }
       else this._onFrame(new Int16Array(e.data));
     };
     const mute = this.context.createGain(); // keep the graph pulled without playing anything
@@ -155,8 +170,47 @@ export class Recorder extends EventTarget {
 
   _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
 
+  _startEncoder() {
+    // Opus runs at 48 kHz whatever the capture rate: the stream is 48 kHz, offsets count
+    // 48 kHz samples, and every packet is kept until acknowledged (packets are not split).
+    this.streamRate = 48000;
+    this._captured = 0; // capture-rate frames given to the encoder
+    this._preSkip = 312; // libopus lookahead (6.5 ms at 48 kHz); OpusHead's value if given
+    this._decoded = null; // stream offset of the next packet: -preSkip, set on first output
+    this._encoder = new AudioEncoder({
+      output: (chunk, meta) => this._onPacket(chunk, meta),
+      error: (e) => this._fail(new EarshotError(`Opus encoder: ${e.message}`, "encoder")),
+    });
+    this._encoder.configure({ codec: "opus", sampleRate: this.rate, numberOfChannels: 1,
+                              bitrate: this.bitrate });
+  }
+
+  _onPacket(chunk, meta) {
+    const desc = meta && meta.decoderConfig && meta.decoderConfig.description;
+    if (desc && this._decoded === null) {
+      const head = new Uint8Array(desc instanceof ArrayBuffer ? desc : desc.buffer);
+      if (head.length >= 12) this._preSkip = head[10] | (head[11] << 8);
+    }
+    if (this._decoded === null) this._decoded = -this._preSkip;
+    const data = new Uint8Array(chunk.byteLength);
+    chunk.copyTo(data);
+    const frames = Math.round((chunk.duration || 20000) * 48 / 1000);
+    this._chunks.push({ offset: this._decoded, data, frames });
+    this._decoded += frames;
+    this._total = Math.max(0, this._decoded);
+    this._pump();
+  }
+
   _onFrame(data) {
     if (!["starting", "recording", "stopping"].includes(this.state)) return;
+    if (this._encoder) {
+      const f32 = Float32Array.from(data, (v) => v / 32768);
+      this._encoder.encode(new AudioData({
+        format: "f32", sampleRate: this.rate, numberOfChannels: 1, numberOfFrames: f32.length,
+        timestamp: Math.round(this._captured * 1e6 / this.rate), data: f32 }));
+      this._captured += f32.length;
+      return;
+    }
     if ((this._total - this._acked) / (this.rate || 48000) > this.maxBufferSeconds) {
       this._emit("overflow", { frames: data.length }); // never happens unless offline for long
       return;
@@ -170,14 +224,17 @@ export class Recorder extends EventTarget {
     const ws = this._ws;
     if (!ws || ws.readyState !== WebSocket.OPEN || !this._ready) return;
     for (const c of this._chunks) {
-      const end = c.offset + c.data.length;
+      const end = c.offset + (c.frames || c.data.length);
       if (end <= this._sent) continue;
-      ws.send(c.offset < this._sent ? c.data.subarray(this._sent - c.offset) : c.data);
+      if (c.frames) ws.send(c.data); // an Opus packet: whole
+      else ws.send(c.offset < this._sent ? c.data.subarray(this._sent - c.offset) : c.data);
       this._sent = end;
     }
     if (this.state === "stopping" && this._captureDone && !this._stopSent &&
         this._sent === this._total) {
-      ws.send(JSON.stringify({ type: "stop" }));
+      const stop = { type: "stop" };
+      if (this._encoder) stop.length = Math.round(this._captured * 48000 / this.rate);
+      ws.send(JSON.stringify(stop));
       this._stopSent = true;
     }
   }
@@ -185,7 +242,8 @@ export class Recorder extends EventTarget {
   _trim(offset) {
     if (offset <= this._acked) return;
     this._acked = offset;
-    while (this._chunks.length && this._chunks[0].offset + this._chunks[0].data.length <= offset)
+    while (this._chunks.length &&
+           this._chunks[0].offset + (this._chunks[0].frames || this._chunks[0].data.length) <= offset)
       this._chunks.shift();
   }
 
@@ -205,8 +263,12 @@ export class Recorder extends EventTarget {
       this._stopSent = false;
       let ready = false;
       ws.onopen = () => {
-        const start = { type: "start", format: "s16", rate: this.rate, channels: 1,
+        const opus = this.wire === "opus";
+        const start = { type: "start", format: opus ? "opus" : "s16",
+                        rate: opus ? this.streamRate : this.rate, channels: 1,
                         client: { agent: "earshot.js", userAgent: navigator.userAgent } };
+        if (opus) start.pre_skip = this._preSkip;
+        if (opus && this.stream) start.offset = this._acked; // resend whole packets from there
         if (this.name) start.name = this.name;
         if (this.processors) start.processors = this.processors;
         if (this.stream) { start.resume = this.stream; start.resume_token = this.resumeToken; }
@@ -230,8 +292,8 @@ export class Recorder extends EventTarget {
             this._attempt = 0;
             this.stream = msg.stream;
             this.resumeToken = msg.resume_token;
-            this._trim(msg.offset);
-            this._sent = msg.offset;
+            if (this.wire === "opus") this._sent = this._acked; // the server drops the overlap
+            else { this._trim(msg.offset); this._sent = msg.offset; }
             this._ready = true;
             this._emit("ready", msg);
             resolve(msg);
@@ -300,6 +362,101 @@ export class Recorder extends EventTarget {
 
   _release() {
     if (this.context && this.context.state !== "closed") this.context.close();
+  }
+}
+
+/** Whether this browser can encode Opus with WebCodecs at this capture rate. */
+export async function opusSupported(sampleRate, bitrate = 32000) {
+  if (typeof AudioEncoder === "undefined" || typeof AudioData === "undefined") return false;
+  try {
+    const r = await AudioEncoder.isConfigSupported({ codec: "opus", sampleRate,
+                                                     numberOfChannels: 1, bitrate });
+    return !!r.supported;
+  } catch {
+    return false;
+  }
+}
+
+const PLAYER = `
+class EarshotPlayer extends AudioWorkletProcessor {
+  constructor() {
+    super();
+    this.queue = []; this.head = 0; this.buffered = 0; this.started = false;
+    this.received = 0; this.played = 0; this.underruns = 0; this.ticks = 0;
+    this.prebuffer = Math.round(sampleRate * 0.1);
+    this.port.onmessage = (e) => { const x = e.data; this.queue.push(x);
+      this.buffered += x.length; this.received += x.length; };
+  }
+  process(inputs, outputs) {
+    const out = outputs[0][0];
+    if (!this.started && this.buffered >= this.prebuffer) this.started = true;
+    for (let i = 0; i < out.length; i++) {
+      if (!this.started || this.buffered === 0) { out[i] = 0; continue; }
+      const cur = this.queue[0];
+      out[i] = cur[this.head++] / 32768; this.buffered--; this.played++;
+      if (this.head >= cur.length) { this.queue.shift(); this.head = 0; }
+    }
+    if (this.started && this.buffered === 0) { this.underruns++; this.started = false; }
+    if (++this.ticks % 100 === 0) this.port.postMessage({ received: this.received,
+      played: this.played, underruns: this.underruns, buffered: this.buffered });
+    return true;
+  }
+}
+registerProcessor("earshot-player", EarshotPlayer);`;
+
+/**
+ * Hear a live stream: subscribes to its audio (16-bit PCM) and plays it through an
+ * AudioWorklet with a 100 ms cushion (re-buffering after an underrun). Events: "stats"
+ * ({received, played, underruns, buffered} samples), "ended", "error".
+ */
+export class Listener extends EventTarget {
+  constructor(stream, options = {}) {
+    super();
+    this.streamId = stream;
+    this.server = options.server || defaultServer();
+    this.token = options.token || null;
+    this.stats = { received: 0, played: 0, underruns: 0, buffered: 0 };
+  }
+
+  async start() {
+    const q = new URLSearchParams({ stream: this.streamId, audio: "s16" });
+    if (this.token) q.set("token", this.token);
+    this.ws = new WebSocket(`${this.server}/ws/subscribe?${q}`);
+    this.ws.binaryType = "arraybuffer";
+    let header = null;
+    this.ws.onmessage = async (e) => {
+      if (typeof e.data !== "string") {
+        if (header && this.node) this.node.port.postMessage(new Int16Array(e.data));
+        header = null;
+        return;
+      }
+      const msg = JSON.parse(e.data);
+      if (msg.type === "audio") {
+        header = msg;
+        if (!this.context) await this._open(msg.rate);
+      } else if (msg.type === "stream_ended" && msg.stream === this.streamId) {
+        this.dispatchEvent(new CustomEvent("ended", { detail: msg }));
+      } else if (msg.type === "error" && !msg.stream) {
+        this.dispatchEvent(new CustomEvent("error", { detail: msg }));
+      }
+    };
+  }
+
+  async _open(rate) {
+    this.context = new AudioContext({ sampleRate: rate });
+    const url = URL.createObjectURL(new Blob([PLAYER], { type: "text/javascript" }));
+    await this.context.audioWorklet.addModule(url);
+    this.node = new AudioWorkletNode(this.context, "earshot-player", { outputChannelCount: [1] });
+    this.node.port.onmessage = (e) => {
+      this.stats = e.data;
+      this.dispatchEvent(new CustomEvent("stats", { detail: e.data }));
+    };
+    this.node.connect(this.context.destination);
+  }
+
+  stop() {
+    if (this.ws) this.ws.close();
+    if (this.context) this.context.close();
   }
 }
 
@@ -432,4 +589,5 @@ export class SpeechRecognition extends EventTarget {
   }
 }
 
-export default { Recorder, SpeechRecognition, defaultServer, explain, EarshotError };
+export default { Recorder, Listener, SpeechRecognition, defaultServer, explain, opusSupported,
+                 EarshotError };

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -156,3 +157,18 @@ def soxi_frames(path: Path) -> int:
     out = subprocess.run([require_tool("soxi"), "-s", str(path)], capture_output=True, text=True,
                          check=True)
     return int(out.stdout)
+
+
+def best_alignment(y: Any, x: Any) -> tuple[int, float]:
+    """Lag of y against x and the normalized correlation there (FFT cross-correlation)."""
+    import numpy as np
+
+    n = 1 << int(np.ceil(np.log2(len(x) + len(y))))
+    c = np.fft.irfft(np.fft.rfft(y, n) * np.conj(np.fft.rfft(x, n)), n)
+    lag = int(np.argmax(c))
+    if lag > n // 2:
+        lag -= n
+    a, b = (y[lag:], x) if lag >= 0 else (y, x[-lag:])
+    m = min(len(a), len(b))
+    a, b = a[:m], b[:m]
+    return lag, float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from earshot.errors import ClientError
 from earshot.jitter import JitterBuffer
+from earshot.subscriber import messages
 
 
 @dataclass
@@ -98,19 +98,13 @@ class Listener:
         return self.stats
 
     async def _receive(self, ws: Any) -> None:
-        header: dict[str, Any] | None = None
-        async for raw in ws:
-            if isinstance(raw, bytes):
-                if header is not None:
-                    self.stats.bytes_in += len(raw)
-                    self._audio(header, raw, time.monotonic())
-                    header = None
+        async for msg, payload in messages(ws):
+            if payload is not None:
+                self.stats.bytes_in += len(payload)
+                self._audio(msg, payload, time.monotonic())
                 continue
-            msg = json.loads(raw)
             kind = msg.get("type")
-            if kind == "audio":
-                header = msg
-            elif kind == "error" and "stream" not in msg:
+            if kind == "error" and "stream" not in msg:
                 raise ClientError(msg.get("message", "refused"), code=msg.get("code"))
             elif kind == "stream_ended":
                 self._ended.set()

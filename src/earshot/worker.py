@@ -29,6 +29,7 @@ from earshot.errors import ClientError
 from earshot.pipeline import StreamPipeline
 from earshot.processors.base import Event, StreamInfo
 from earshot.processors.registry import ProcessorSpec
+from earshot.subscriber import messages
 
 log = logging.getLogger("earshot.worker")
 
@@ -78,19 +79,13 @@ class Worker:
 
     async def _serve(self, ws: ClientConnection) -> None:
         sender = asyncio.create_task(self._send_loop(ws))
-        header: dict[str, Any] | None = None
         try:
-            async for raw in ws:
-                if isinstance(raw, bytes):
-                    if header is not None:
-                        self._audio(header, raw)
-                        header = None
+            async for msg, payload in messages(ws):
+                if payload is not None:
+                    self._audio(msg, payload)
                     continue
-                msg = json.loads(raw)
                 kind = msg.get("type")
-                if kind == "audio":
-                    header = msg
-                elif kind == "subscribed":
+                if kind == "subscribed":
                     self.connected.set()
                     log.info("worker %s attached to %s", self.name, self.stream)
                 elif kind == "stream_ended":

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers import FIXTURES, ROOT, ServerProcess
+from helpers import FIXTURES, ROOT, ServerProcess, best_alignment
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -76,19 +76,6 @@ def shot(page: Any, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
-
-
-def best_alignment(y: np.ndarray, x: np.ndarray) -> tuple[int, float]:
-    """Lag of y against x and the normalized correlation there (FFT cross-correlation)."""
-    n = 1 << int(np.ceil(np.log2(len(x) + len(y))))
-    c = np.fft.irfft(np.fft.rfft(y, n) * np.conj(np.fft.rfft(x, n)), n)
-    lag = int(np.argmax(c))
-    if lag > n // 2:
-        lag -= n
-    a, b = (y[lag:], x) if lag >= 0 else (y, x[-lag:])
-    m = min(len(a), len(b))
-    a, b = a[:m], b[:m]
-    return lag, float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
 def stop_recording(page: Any) -> dict:

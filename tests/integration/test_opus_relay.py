@@ -17,7 +17,7 @@ import soundfile as sf
 from websockets.asyncio.client import connect
 
 from earshot.client import OpusPublisher, Reconnect, send_file
-from helpers import FIXTURES, ServerProcess, ffprobe_duration
+from helpers import FIXTURES, ServerProcess, best_alignment, ffprobe_duration
 
 pytestmark = pytest.mark.slow
 
@@ -182,8 +182,10 @@ def test_earshot_listen_writes_what_it_hears(shared_server: ServerProcess, tmp_p
     assert res.returncode == 0, res.stderr
     assert "delay p50" in res.stderr
     y = sf.read(out, dtype="float32")[0]
-    assert len(x) / 16000 - 2.0 < len(y) / 16000 <= len(x) / 16000 + 0.3
-    # what was heard is the end of the source (joined late), continuous
-    tail = x[len(x) - len(y) + 16000: len(x) - 8000]
-    seg = y[16000: 16000 + len(tail)]
-    assert max(best_lag(seg, tail, max_lag=4000)[1], 0) >= 0.8
+    # it joined a little late (process start-up) and heard the rest of the stream
+    assert len(x) / 16000 - 4.0 < len(y) / 16000 <= len(x) / 16000 + 1.0
+    # what was heard is the source: a second of it, found in the source (wherever the
+    # jitter buffer's stretches put it), matches
+    seg = y[len(y) // 2: len(y) // 2 + 16000]
+    lag, corr = best_alignment(seg, x)
+    assert corr >= 0.8 and 0 <= -lag < len(x), (lag, corr)

@@ -496,6 +496,12 @@ class Scheduler:
                     await asyncio.wait_for(self.wake.wait(), 0.05)
 
 
+def settle(settled: Any) -> None:
+    """Count one stream as settled (started or failed) in the shared counter."""
+    with settled.get_lock():
+        settled.value += 1
+
+
 async def raw_worker(cfg: dict[str, Any], states: list[StreamState], settled: Any) -> None:
     loop = asyncio.get_running_loop()
     url = urlsplit(cfg["url"])
@@ -514,10 +520,6 @@ async def raw_worker(cfg: dict[str, Any], states: list[StreamState], settled: An
     sched = Scheduler(frame, fms, on_deadline)
     stop_sched = asyncio.Event()
     sched_task = asyncio.create_task(sched.run(stop_sched))
-
-    def settle() -> None:
-        with settled.get_lock():
-            settled.value += 1
 
     async def one(st: StreamState) -> None:
         await asyncio.sleep(max(0.0, st.start_at - time.monotonic()))
@@ -545,7 +547,7 @@ async def raw_worker(cfg: dict[str, Any], states: list[StreamState], settled: An
             ok = False
             if st.failure is None:
                 st.failure = f"connect:{type(exc).__name__}:{str(exc)[:60]}"
-        settle()
+        settle(settled)
         if not ok or client is None:
             if st.failure is None:
                 st.failure = "start_refused"
@@ -582,10 +584,6 @@ async def websockets_worker(cfg: dict[str, Any], states: list[StreamState], sett
     payload = audio_payload(cfg["spf"], cfg["channels"], cfg["rate"])
     headers = {"Authorization": f"Bearer {cfg['token']}"} if cfg.get("token") else None
 
-    def settle() -> None:
-        with settled.get_lock():
-            settled.value += 1
-
     async def one(st: StreamState) -> None:
         await asyncio.sleep(max(0.0, st.start_at - time.monotonic()))
         t_conn = time.monotonic()
@@ -598,7 +596,7 @@ async def websockets_worker(cfg: dict[str, Any], states: list[StreamState], sett
                 await ws.send(json.dumps(start_message(cfg, st.idx)))
                 msg = json.loads(await asyncio.wait_for(ws.recv(), cfg["connect_timeout"]))
                 st.on_json(msg, time.monotonic())
-                settle()
+                settle(settled)
                 settled_here = True
                 if msg.get("type") != "ready":
                     if st.failure is None:
@@ -650,7 +648,7 @@ async def websockets_worker(cfg: dict[str, Any], states: list[StreamState], sett
                 st.failure = f"{type(exc).__name__}:{str(exc)[:60]}"
         finally:
             if not settled_here:
-                settle()
+                settle(settled)
             st.done = True
 
     await asyncio.gather(*(one(st) for st in states))

@@ -44,12 +44,6 @@ class StreamSpec:
         """The PCM form of this stream as archived: Opus is decoded to s16 on arrival."""
         return StreamSpec("s16", self.rate, self.channels) if self.format == "opus" else self
 
-    def frames_to_seconds(self, frames: int) -> float:
-        return frames / self.rate
-
-    def seconds_to_frames(self, seconds: float) -> int:
-        return round(seconds * self.rate)
-
 
 @dataclass(frozen=True, slots=True)
 class Sanitized:

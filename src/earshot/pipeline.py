@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import soxr
 
+from earshot.audio import to_mono
 from earshot.processors.base import Chunk, Event, Processor, StreamInfo
 
 log = logging.getLogger("earshot.pipeline")
@@ -57,7 +58,7 @@ class Converter:
         """samples: float32 (frames, channels) at the stream's rate."""
         x = samples
         if self.mono:
-            x = x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)
+            x = to_mono(x)
         if self._rs is not None:
             x = self._rs.resample_chunk(np.ascontiguousarray(x, dtype=np.float32), last=last)
         if not len(x):

@@ -114,9 +114,6 @@ class MemoryBus:
                 del self._subs[sub.stream]
         sub.close()
 
-    def has_subscribers(self, stream: str) -> bool:
-        return stream in self._subs or ALL in self._subs
-
     def wants_audio(self, stream: str, *, opus: bool | None = None) -> bool:
         """Whether anyone subscribed to this stream's audio (``opus``: in that form, or
         not); saves the work when nobody did."""

@@ -332,17 +332,19 @@ class Hub:
         first = live.archive.frames
         result = live.archive.append(data)
         pipeline = live.pipeline
-        if pipeline is not None or self.bus.wants_audio(live.id):
+        pcm_listeners = self.bus.wants_audio(live.id, opus=False)
+        opus_listeners = self.bus.wants_audio(live.id, opus=True)
+        if pipeline is not None or pcm_listeners or opus_listeners:
             spec = live.spec
             samples = decode(data, spec.format, spec.channels)
             if spec.format == "f32" and (result.non_finite or result.clipped):
                 samples = sanitize_f32(samples).samples
             if pipeline is not None:
                 pipeline.feed(samples, first)
-            if self.bus.wants_audio(live.id, opus=False):
+            if pcm_listeners:
                 self.bus.publish_audio(AudioItem(live.id, first, spec.rate, samples,
                                                  channels=spec.channels))
-            if self.bus.wants_audio(live.id, opus=True):
+            if opus_listeners:
                 self._relay_opus(live, samples, first)
         self.metrics.frames_in.inc(frames)
         self.metrics.bytes_in.inc(nbytes)

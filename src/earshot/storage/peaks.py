@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from earshot.audio import to_mono
+
 
 def peaks(path: Path, width: int, *, block: int = 1 << 16) -> tuple[list[float], list[float],
                                                                      int]:
@@ -17,7 +19,7 @@ def peaks(path: Path, width: int, *, block: int = 1 << 16) -> tuple[list[float],
         frames = f.frames
         pos = 0
         for data in f.blocks(blocksize=block, dtype="float32", always_2d=True):
-            x = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+            x = to_mono(data)
             cols = (np.arange(pos, pos + len(x), dtype=np.int64) * width) // max(frames, 1)
             starts = np.concatenate(([0], np.flatnonzero(np.diff(cols)) + 1))
             ids = cols[starts]

@@ -20,6 +20,9 @@ SampleFormat = Literal["s16", "f32"]
 SAMPLE_FORMATS: tuple[SampleFormat, ...] = ("s16", "f32")
 WireFormat = Literal["s16", "f32", "opus"]
 WIRE_FORMATS: tuple[WireFormat, ...] = ("s16", "f32", "opus")
+# How a stream is archived (the writers live in earshot.storage.archive).
+ArchiveFormat = Literal["wav", "wav-f32", "flac", "ogg"]
+ARCHIVE_FORMATS: tuple[ArchiveFormat, ...] = ("wav", "wav-f32", "flac", "ogg")
 BYTES_PER_SAMPLE: dict[str, int] = {"s16": 2, "f32": 4}
 WIRE_DTYPE: dict[str, np.dtype] = {"s16": np.dtype("<i2"), "f32": np.dtype("<f4")}
 

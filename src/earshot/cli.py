@@ -15,7 +15,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from earshot import __version__
 from earshot.errors import (
@@ -25,26 +24,13 @@ from earshot.errors import (
     MissingDependency,
     ProcessorError,
 )
+from earshot.urls import DEFAULT_URL, http_base, ws_url
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED = 0, 1, 2, 3, 4
-DEFAULT_URL = "ws://127.0.0.1:8000/ws"
 
 
 def _env(name: str, default: Any = None) -> Any:
     return os.environ.get("EARSHOT_" + name.upper(), default)
-
-
-def http_base(url: str) -> str:
-    """ws://host:port/ws → http://host:port"""
-    parts = urlsplit(url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, "", "", ""))
-
-
-def ws_url(url: str, path: str, **query: str) -> str:
-    parts = urlsplit(url)
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
 
 
 # -- serve --------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from earshot.audio import ARCHIVE_FORMATS
 from earshot.errors import ConfigError
-from earshot.storage.archive import ARCHIVE_FORMATS
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 

@@ -68,7 +68,7 @@ class Listener:
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-        from earshot.cli import ws_url
+        from earshot.urls import ws_url
 
         url = ws_url(self.url, "/ws/subscribe", stream=self.stream,
                      audio="opus" if self.codec == "opus" else "s16")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from earshot.audio import WIRE_FORMATS, StreamSpec
+from earshot.audio import ARCHIVE_FORMATS, WIRE_FORMATS, StreamSpec
 from earshot.errors import ProtocolError
 
 # WebSocket close codes. 1000/1009/1011 are RFC 6455; 44xx mirror HTTP statuses.
@@ -213,11 +213,8 @@ def parse_start(obj: Mapping[str, Any], limits: Limits) -> Start:
     if not 0 <= pre_skip <= spec.rate:
         raise ProtocolError("bad_start", "'pre_skip' must be between 0 and one second")
     archive = _str_field(obj, "archive")
-    if archive is not None:
-        from earshot.storage.archive import ARCHIVE_FORMATS
-
-        if archive not in ARCHIVE_FORMATS:
-            raise ProtocolError("bad_start", f"'archive' must be one of {ARCHIVE_FORMATS}")
+    if archive is not None and archive not in ARCHIVE_FORMATS:
+        raise ProtocolError("bad_start", f"'archive' must be one of {ARCHIVE_FORMATS}")
     return Start(
         spec=spec,
         name=name,

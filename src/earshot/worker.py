@@ -50,7 +50,7 @@ class Worker:
         self._out: asyncio.Queue[str] = asyncio.Queue()
 
     def subscribe_url(self) -> str:
-        from earshot.cli import ws_url
+        from earshot.urls import ws_url
 
         return ws_url(self.url, "/ws/subscribe", stream=self.stream, audio="f32")
 

@@ -17,17 +17,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import soundfile as sf
 
-from earshot.audio import StreamSpec, f32_to_s16, s16_to_f32, sanitize_f32
+from earshot.audio import (
+    ArchiveFormat,
+    StreamSpec,
+    f32_to_s16,
+    s16_to_f32,
+    sanitize_f32,
+)
 from earshot.errors import StorageError
 from earshot.storage.wav import WavEncoding, WavWriter
 
-ArchiveFormat = Literal["wav", "wav-f32", "flac", "ogg"]
-ARCHIVE_FORMATS: tuple[ArchiveFormat, ...] = ("wav", "wav-f32", "flac", "ogg")
 MEDIA_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg"}
 FINAL_SUFFIX = {"flac": ".flac", "ogg": ".ogg"}
 

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+
+from earshot.client import Publisher
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -172,3 +175,34 @@ def best_alignment(y: Any, x: Any) -> tuple[int, float]:
     m = min(len(a), len(b))
     a, b = a[:m], b[:m]
     return lag, float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+async def stream_file(url: str, samples: np.ndarray, rate: int, *, processors: list | None,
+                      realtime: bool, block_s: float = 0.02, **kw: object) -> tuple[
+                          Publisher, list[dict], list[float]]:
+    """Publish samples; return the publisher, every event and its arrival (monotonic) time."""
+    events: list[dict] = []
+    arrived: list[float] = []
+    pub = Publisher(url, rate=rate, format="s16", processors=processors, **kw)  # type: ignore[arg-type]
+
+    async def collect() -> None:
+        async for e in pub.events():
+            events.append(e)
+            arrived.append(time.monotonic())
+
+    await pub.start()
+    task = asyncio.create_task(collect())
+    block = int(rate * block_s)
+    t0 = time.monotonic()
+    pub.t0 = t0  # type: ignore[attr-defined]
+    for i in range(0, len(samples), block):
+        await pub.send(samples[i:i + block])
+        if realtime:
+            await asyncio.sleep(max(0, t0 + (i + block) / rate - time.monotonic()))
+    await pub.stop(timeout=60)
+    await task
+    return pub, events, arrived
+
+
+def of(events: list[dict], kind: str) -> list[dict]:
+    return [e for e in events if e.get("type") == kind]

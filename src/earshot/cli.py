@@ -44,7 +44,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for key in ("host", "port", "data_dir", "token", "archive_format", "ack_interval",
                 "max_message_bytes", "log_level", "max_lag", "drain_timeout", "asr_model",
                 "asr_engine", "asr_device", "asr_compute_type", "asr_language",
-                "asr_beam_size", "asr_workers", "asr_threads"):
+                "asr_beam_size", "asr_workers", "asr_threads", "bus", "bus_retention",
+                "processes"):
         value = getattr(args, key)
         if value is not None:
             opts[key] = value
@@ -307,6 +308,30 @@ class TailBoard:
             for sid, r in self.rows.items())
 
 
+def _run_log_worker(args: argparse.Namespace, specs: list[Any]) -> int:
+    import signal
+
+    from earshot.bus.consumer import LogWorker
+    from earshot.bus.redis import _redis_module
+
+    _redis_module()
+    if not 0.5 <= args.lease_ttl <= 600:
+        raise ConfigError("--lease-ttl must be between 0.5 and 600 seconds")
+
+    async def main() -> int:
+        worker = LogWorker(args.bus, specs, name=args.name, lease_ttl=args.lease_ttl,
+                           start_from=args.start_from)
+        task = asyncio.ensure_future(worker.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return EXIT_OK
+
+    return _run_client(main)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     import logging
     import signal
@@ -316,8 +341,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from earshot.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    ref, options = parse_cli_spec(args.processor)
-    spec = resolve(ref, options)  # raises ProcessorError → exit 2 with the reason
+    specs = [resolve(*parse_cli_spec(p)) for p in args.processor]  # ProcessorError → 2
+    if args.bus:
+        return _run_log_worker(args, specs)
+    if len(specs) > 1:
+        raise ConfigError("one processor per worker with --url; several need --bus")
+    spec = specs[0]
 
     async def main() -> int:
         worker = Worker(args.url, spec, stream=args.stream, token=args.token, name=args.name,
@@ -395,6 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--asr-beam-size", type=int, help="beam size for finals (default 5)")
     a.add_argument("--asr-workers", type=int, help="decoding threads (default 1)")
     a.add_argument("--asr-threads", type=int, help="CPU threads per decode (0: library default)")
+    b = s.add_argument_group("scale-out (pip install 'earshot[redis]')")
+    b.add_argument("--bus", help="redis://HOST:PORT/DB: put audio and events on Redis Streams; "
+                                 "processors then run in `earshot worker --bus` processes")
+    b.add_argument("--bus-retention", type=float,
+                   help="seconds of audio kept on the Redis log (default 60)")
+    b.add_argument("--processes", type=int,
+                   help="gateway processes sharing the port (needs --bus; default 1)")
     s.set_defaults(func=cmd_serve)
 
     def client_opts(c: argparse.ArgumentParser) -> None:
@@ -458,9 +494,19 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--seconds", type=float, help="stop after this much audio")
     li.set_defaults(func=cmd_listen)
 
-    w = sub.add_parser("worker", help="run a processor on a server's live audio, remotely")
-    w.add_argument("processor", help="package.module:Class (or a built-in), with options: "
-                                     "mypkg.vad:MyVad,threshold=0.6")
+    w = sub.add_parser("worker", help="run processors on live audio: from the Redis log "
+                                      "(--bus), or from one server (--url)")
+    w.add_argument("processor", nargs="+",
+                   help="built-in name or package.module:Class, with options: "
+                        "mypkg.vad:MyVad,threshold=0.6 (several with --bus)")
+    w.add_argument("--bus", default=_env("bus"),
+                   help="redis://HOST:PORT/DB: consume the cluster's audio log in consumer "
+                        "groups, one per processor kind (or EARSHOT_BUS)")
+    w.add_argument("--from", dest="start_from", choices=["latest", "oldest"],
+                   default="latest", help="with --bus, a new processor kind starts at the "
+                   "live edge (default) or at the oldest entry still on the log")
+    w.add_argument("--lease-ttl", type=float, default=3.0,
+                   help="with --bus, seconds before a dead worker's streams are taken over")
     client_opts(w)
     w.add_argument("--stream", default="*", help="stream id, or * for every stream (default)")
     w.add_argument("--name", help="worker name shown in its events")

@@ -41,6 +41,9 @@ class Settings:
     asr_workers: int = 1
     asr_threads: int = 0
     log_level: str = "info"
+    bus: str | None = None  # None: in-process; redis://host:port/db: Redis Streams
+    bus_retention: float = 60.0  # seconds of audio kept on the Redis log
+    processes: int = 1  # gateway processes (needs a shared bus)
 
     def __post_init__(self) -> None:
         if self.archive_format not in ARCHIVE_FORMATS:
@@ -49,6 +52,15 @@ class Settings:
             )
         if not 0.005 <= self.ack_interval <= 5:
             raise ConfigError("ack interval must be between 0.005 and 5 seconds")
+        if self.bus is not None and not self.bus.startswith(("redis://", "rediss://",
+                                                            "unix://")):
+            raise ConfigError(f"--bus {self.bus!r}: use redis://HOST:PORT/DB")
+        if not 1 <= self.bus_retention <= 7 * 86400:
+            raise ConfigError("bus retention must be between 1 second and 7 days")
+        if not 1 <= self.processes <= 64:
+            raise ConfigError("--processes must be between 1 and 64")
+        if self.processes > 1 and self.bus is None:
+            raise ConfigError("--processes needs a shared bus: add --bus redis://HOST:PORT/DB")
         if self.max_message_bytes < 1024:
             raise ConfigError("max message size must be at least 1024 bytes")
 

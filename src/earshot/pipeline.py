@@ -105,6 +105,7 @@ class ProcessorRunner:
         self._queued = 0
         self._fed_end: int | None = None  # end offset of the audio handed to this runner
         self._done_end = 0  # end offset of the audio processed most recently
+        self.safe_end = 0  # a fresh processor started here finds the same from then on
         self._drop_pending = 0
         self._last_lag_report = -1.0
         self._last_drop_report = -1.0
@@ -139,6 +140,7 @@ class ProcessorRunner:
             return
         if self._fed_end is None:
             self._done_end = chunk.offset  # first chunk: nothing before it is owed
+            self.safe_end = chunk.offset
         if self.proc.inline:  # microseconds of work: do it now, no queue, no task switch
             self._fed_end = chunk.end
             try:
@@ -147,6 +149,7 @@ class ProcessorRunner:
                 self._fail(exc, chunk)
                 return
             self._done_end = chunk.end
+            self._update_safe()
             if events:
                 self.publish(events)
             return
@@ -204,6 +207,7 @@ class ProcessorRunner:
                 self._fail(exc, batch[0])
                 return
             self._done_end = batch[-1].end
+            self._update_safe()
             events.extend(produced)
             if events:
                 self.publish(events)
@@ -218,6 +222,12 @@ class ProcessorRunner:
                 return
             if tail:
                 self.publish(self._stamp(tail))
+
+    def _update_safe(self) -> None:
+        """Called on the loop between batches (the processor is not running then)."""
+        cp = self.proc.checkpoint()
+        self.safe_end = self._done_end if cp is None else max(self.safe_end,
+                                                               min(cp, self._done_end))
 
     def _process(self, batch: list[Chunk]) -> list[Event]:
         t0 = time.perf_counter()
@@ -336,6 +346,17 @@ class StreamPipeline:
             raise ValueError(f"pipeline at frame {self.offset} was fed frame {offset}")
         self.offset += len(samples)
         self._dispatch({key: conv.convert(samples) for key, conv in self.converters.items()})
+
+    def checkpoint(self) -> int:
+        """The stream frame from which fresh processors would find the same events as
+        these will from now on: everything before it may be forgotten (acknowledged on a
+        log). Bounded by what each processor has processed and by what it still holds
+        (:meth:`Processor.checkpoint`, e.g. the start of an utterance in progress)."""
+        safe = self.offset
+        for _, r in self.runners:
+            if not r.failed and r._fed_end is not None:
+                safe = min(safe, r.safe_end * self.info.rate // r.rate)
+        return safe
 
     async def idle(self) -> None:
         """Wait until every processor has caught up with what was fed."""

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,43 +18,11 @@ import pytest
 import soundfile as sf
 from websockets.asyncio.client import connect
 
-from earshot.client import Publisher
-from helpers import FIXTURES, ROOT, ServerProcess
+from helpers import FIXTURES, ROOT, ServerProcess, of, stream_file
 
 pytestmark = pytest.mark.slow
 TESTS_ENV = {"PYTHONPATH": str(ROOT / "tests")}
 TRUTH = json.loads((FIXTURES / "speech_16k.json").read_text())["speech"]
-
-
-async def stream_file(url: str, samples: np.ndarray, rate: int, *, processors: list | None,
-                      realtime: bool, block_s: float = 0.02, **kw: object) -> tuple[
-                          Publisher, list[dict], list[float]]:
-    """Publish samples; return the publisher, every event and its arrival (monotonic) time."""
-    events: list[dict] = []
-    arrived: list[float] = []
-    pub = Publisher(url, rate=rate, format="s16", processors=processors, **kw)  # type: ignore[arg-type]
-
-    async def collect() -> None:
-        async for e in pub.events():
-            events.append(e)
-            arrived.append(time.monotonic())
-
-    await pub.start()
-    task = asyncio.create_task(collect())
-    block = int(rate * block_s)
-    t0 = time.monotonic()
-    pub.t0 = t0  # type: ignore[attr-defined]
-    for i in range(0, len(samples), block):
-        await pub.send(samples[i:i + block])
-        if realtime:
-            await asyncio.sleep(max(0, t0 + (i + block) / rate - time.monotonic()))
-    await pub.stop(timeout=60)
-    await task
-    return pub, events, arrived
-
-
-def of(events: list[dict], kind: str) -> list[dict]:
-    return [e for e in events if e.get("type") == kind]
 
 
 @pytest.mark.parametrize("rate", [48000, 16000])

@@ -92,11 +92,43 @@ class Subscription:
 
 
 class MemoryBus:
-    """Publish/subscribe by stream id, in one process."""
+    """Publish/subscribe by stream id, in one process (the default bus: processors run in
+    the gateway, so there is no audio log, and every stream is owned here)."""
+
+    remote = False
+    on_job: Any = None  # jobs come only from a shared bus
 
     def __init__(self) -> None:
         self._subs: dict[str, set[Subscription]] = {}
         self._audio_subs = 0
+
+    # -- the cluster side of the Bus interface: nothing to do in one process -------------
+    async def start(self, on_events: Any = None, on_release: Any = None) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def append(self, batch: Any) -> None:
+        return None
+
+    def log_start(self, stream: str, **info: Any) -> None:
+        return None
+
+    def log_end(self, stream: str, **info: Any) -> None:
+        return None
+
+    async def acquire(self, stream: str) -> None:
+        return None
+
+    async def release(self, stream: str) -> None:
+        return None
+
+    async def held_elsewhere(self, stream: str) -> bool:
+        return False
+
+    def health(self) -> dict[str, Any]:
+        return {"kind": "memory", "state": "ok"}
 
     def subscribe(self, stream: str, *, audio: str | None = None,
                   maxsize: int = 1000) -> Subscription:

@@ -85,6 +85,17 @@ class Processor(ABC):
         """Called once at the end of the stream; return the last events."""
         return None
 
+    def checkpoint(self) -> int | None:
+        """The earliest offset (in this processor's rate) that a fresh instance would need
+        to find again what this one still holds — e.g. the start of an utterance in
+        progress; None: nothing is held beyond what was processed.
+
+        On the Redis bus a worker acknowledges audio only up to here, so that the worker
+        taking a stream over replays from a point where a new instance gives the same
+        results. Called between batches, never concurrently with :meth:`process`.
+        """
+        return None
+
     def event(self, type: str, t: float, **fields: Any) -> Event:
         """An event stamped at ``t`` seconds of stream time."""
         return {"type": type, "t": round(t, 6), **fields}

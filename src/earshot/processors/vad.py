@@ -25,11 +25,25 @@ class Vad(Processor):
             min_silence_ms=min_silence_ms, pad_ms=pad_ms, refine_db=refine_db)
         self._vad: StreamingVad | None = None
         self._start: int | None = None
+        self._processed = 0
 
     def process(self, chunk: Chunk) -> list[Event]:
         if self._vad is None:
             self._vad = StreamingVad(chunk.rate, **self.options)
+        self._processed = chunk.end
         return self._events(self._vad.feed(chunk.samples, chunk.offset).events, chunk.rate)
+
+    #: silence kept before the checkpoint: a fresh VAD settles, and speech just begun
+    #: (not yet min_speech_ms long) is found again from there
+    CONTEXT_S = 1.0
+
+    def checkpoint(self) -> int | None:
+        if self._vad is None:
+            return None
+        ctx = int(self.CONTEXT_S * self._vad.rate)
+        if self._start is not None:  # in speech: replay from before its start
+            return max(0, self._start - ctx)
+        return max(0, self._processed - ctx)
 
     def flush(self) -> list[Event]:
         if self._vad is None:

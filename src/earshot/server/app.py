@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket
 
 from earshot import __version__
 from earshot.bus import MemoryBus
+from earshot.bus.base import Bus
 from earshot.config import Settings
 from earshot.errors import ConfigError
 from earshot.processors.asr import Asr
@@ -83,6 +84,16 @@ def capabilities(settings: Settings, registry: Registry) -> dict[str, Any]:
     }
 
 
+def make_bus(settings: Settings) -> Bus:
+    """The in-process bus, or Redis Streams with ``--bus redis://…``."""
+    if settings.bus is None:
+        return MemoryBus()
+    from earshot.bus.redis import RedisStreamsBus, _redis_module
+
+    _redis_module()  # a missing extra fails at start, with how to install it
+    return RedisStreamsBus(settings.bus, retention=settings.bus_retention)
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The application. Loads the speech-to-text model (if configured) and checks every
     ``--processor`` now, so a misconfiguration fails at start with a clear message."""
@@ -98,8 +109,11 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = SqliteStore(settings.data_dir / "earshot.db")
-        hub = Hub(settings, store, app.state.metrics, app.state.bus, registry=registry)
-        repaired = hub.recover()
+        bus = app.state.bus
+        hub = Hub(settings, store, app.state.metrics, bus, registry=registry)
+        await bus.start(hub.on_bus_events, hub.on_bus_release)
+        bus.on_job = hub.on_bus_job
+        repaired = await hub.recover()
         if repaired:
             log.warning("repaired %d archive(s) left open by a crash", len(repaired))
         app.state.hub = hub
@@ -109,6 +123,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             ticker.cancel()
             await hub.shutdown()
+            await bus.close()
             if scheduler is not None:
                 scheduler.close()
             store.close()
@@ -121,7 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.bus = MemoryBus()
+    app.state.bus = make_bus(settings)
     app.state.capabilities = capabilities(settings, registry)
     app.include_router(api)
     app.include_router(ops)

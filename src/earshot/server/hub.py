@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from earshot.audio import StreamSpec, decode, f32_to_s16, sanitize_f32
-from earshot.bus import AudioItem, MemoryBus
+from earshot.bus import AudioItem
+from earshot.bus.base import Bus, LogAudio
 from earshot.config import Settings
 from earshot.errors import ProcessorError, ProtocolError, StorageError, StreamNotFound
 from earshot.pipeline import StreamPipeline
@@ -85,6 +86,10 @@ class LiveStream:
     pipeline: StreamPipeline | None = None
     detaching: asyncio.Event | None = None
     decoder: Any = None  # OpusDecoder for opus streams: packets become s16 on arrival
+    processors: list[str] = field(default_factory=list)  # names told to the client
+    done: set[str] = field(default_factory=set)  # remote processors done with the stream
+    done_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    cuts: set[asyncio.Task[None]] = field(default_factory=set)  # segment cuts under way
     relay: list[Any] | None = None  # [OpusEncoder, next input offset, next packet offset]
 
     @property
@@ -103,7 +108,7 @@ class Hub:
         settings: Settings,
         store: MetadataStore,
         metrics: Metrics,
-        bus: MemoryBus,
+        bus: Bus,
         *,
         registry: Registry | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -124,10 +129,14 @@ class Hub:
         return self.settings.data_dir / rec.path
 
     # -- recovery -----------------------------------------------------------------------
-    def recover(self) -> list[str]:
-        """Repair every archive a crash left open; those streams become resumable."""
+    async def recover(self) -> list[str]:
+        """Repair every archive a crash left open; those streams become resumable.
+
+        On a shared bus, streams another live gateway holds are left alone."""
         repaired = []
         for rec in self.store.with_state("live"):
+            if await self.bus.held_elsewhere(rec.id):
+                continue
             path = self.path_of(rec)
             try:
                 frames = repair(path)
@@ -155,7 +164,13 @@ class Hub:
             live, token = await self._resume(start, owner)
         else:
             live, token = self._create(start, owner)
-        warnings = self._start_pipeline(live, start) if live.pipeline is None else []
+        warnings: list[Event] = []
+        if self.bus.remote:
+            if not live.processors:
+                warnings = self._remote_processors(live, start)
+        elif live.pipeline is None:
+            warnings = self._start_pipeline(live, start)
+        await self.bus.acquire(live.id)
         return live, token, warnings
 
     def _create(self, start: Start, owner: Owner) -> tuple[LiveStream, str]:
@@ -193,6 +208,10 @@ class Hub:
                 f"stream {sid} is {rec.rate} Hz x{rec.channels}; "
                 f"resume asked for {spec.rate} Hz x{spec.channels}",
             )
+        live = self.live.get(sid)
+        if live is None and self.bus.remote and not await self.bus.take_over(sid):
+            raise ProtocolError("stream_busy", f"stream {sid} is held by another gateway "
+                                "that did not let go; try again")
         live = self.live.get(sid)
         if live is not None and live.detaching is not None:
             await live.detaching.wait()  # finishing a detach: resume from disk once done
@@ -255,7 +274,127 @@ class Hub:
                 StreamInfo(rec.id, rec.rate, rec.channels, rec.name), procs,
                 lambda events: self.emit(live, events), start_offset=live.offset,
                 max_lag=self.settings.max_lag)
+            live.processors = live.pipeline.names
         return warnings
+
+    def _remote_processors(self, live: LiveStream, start: Start) -> list[Event]:
+        """On a shared bus the workers run the processors: name them on the log."""
+        warnings: list[Event] = []
+        if start.processors is None:
+            names = [s.ref for s in self.registry.defaults]
+        else:
+            names = []
+            for item in start.processors:
+                ref = item if isinstance(item, str) else str(item.get("name", ""))
+                if ref in self.registry.offered or ref in self.registry.unavailable:
+                    names.append(ref)
+                else:
+                    warnings.append({"type": "warning", "code": "processor_unavailable",
+                                     "message": f"processor {ref!r} is not offered by this "
+                                                f"server (offered: "
+                                                f"{', '.join(sorted(self.registry.offered))})"})
+        live.processors = names
+        rec = live.rec
+        self.bus.log_start(live.id, rate=rec.rate, channels=rec.channels, offset=live.offset,
+                           processors=",".join(names))
+        return warnings
+
+    def on_bus_events(self, sid: str, events: list[Event]) -> None:
+        """Events from the bus (workers, other gateways): to this stream's sender, if here;
+        the speech segments of the streams held here are cut here."""
+        live = self.live.get(sid)
+        if live is None:
+            return
+        owner = live.owner
+        for e in events:
+            kind = e.get("type")
+            if kind in ("stream_started", "stream_ended"):
+                continue
+            if kind == "processed":
+                live.done.add(str(e.get("processor")))
+                live.done_changed.set()
+                continue
+            self._count(e)
+            if owner is not None:
+                owner.post(e)
+            if kind == "speech_end" and "start" in e and "end" in e:
+                task = asyncio.create_task(self._cut_once(sid, e))
+                live.cuts.add(task)
+                task.add_done_callback(live.cuts.discard)
+
+    async def _await_workers(self, live: LiveStream) -> None:
+        """A clean stop on a shared bus: wait (up to ``drain_timeout``) until every worker
+        processing the stream has flushed, so its last events reach the sender first."""
+        bus: Any = self.bus
+        wanted = set()
+        for kind in live.processors:
+            if await bus.live_workers(kind):
+                wanted.add(kind)
+        deadline = self.clock() + self.settings.drain_timeout
+        while not wanted <= live.done and self.clock() < deadline:
+            live.done_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(live.done_changed.wait(), deadline - self.clock())
+        late = sorted(wanted - live.done)
+        if late:
+            self.emit(live, [{
+                "type": "warning", "code": "processor_timeout",
+                "t": live.offset / live.rec.rate,
+                "message": f"{', '.join(late)} did not finish within "
+                           f"{self.settings.drain_timeout:g} s of the stop; "
+                           "their last events may come after it"}])
+        if live.cuts:
+            await asyncio.wait(set(live.cuts), timeout=self.settings.drain_timeout)
+
+    async def on_bus_release(self, sid: str) -> None:
+        """Another gateway is resuming this stream: our connection to it is stale."""
+        live = self.live.get(sid)
+        if live is None or live.owner is None:
+            return
+        owner = live.owner
+        with contextlib.suppress(Exception):
+            await owner.kick("superseded", "this stream was resumed on another gateway")
+        await self.detach(live, owner, stopped=False)
+
+    async def on_bus_job(self, sid: str, e: Event) -> None:
+        """Once per event, on one gateway: cut a segment, or store a final transcript."""
+        kind = e.get("type")
+        if kind == "transcript" and e.get("final"):
+            self._store_transcript(sid, e)
+            return
+        if kind == "speech_end" and "start" in e and "end" in e:
+            await self._cut_once(sid, e)
+
+    async def _cut_once(self, sid: str, e: Event) -> None:
+        """Cut a segment a worker found, once in the cluster: by the gateway holding the
+        stream as the event arrives, else by the job (after ``job_delay``) on any."""
+        bus: Any = self.bus
+        if not await bus.claim_once(f"seg:{sid}:{e.get('processor')}:{e['end']}"):
+            return  # cut already
+        try:
+            rec = self.store.get(sid)
+        except StreamNotFound:
+            return
+        live = self.live.get(sid)
+        seg = self._cut(rec, self.path_of(rec), e)
+        if live is not None and live.owner is not None:
+            live.owner.post(seg)
+        self.bus.publish(sid, seg)
+
+    def _count(self, e: Event) -> None:
+        kind = e.get("type")
+        if kind == "lag":
+            self.metrics.processor_lag.labels(e.get("processor", "?")).observe(e["lag"])
+        elif kind == "dropped":
+            self.metrics.processor_dropped.labels(e.get("processor", "?")).inc(e["seconds"])
+        elif kind == "error":
+            self.metrics.errors.labels(e.get("code", "?")).inc()
+
+    def _store_transcript(self, sid: str, e: Event) -> None:
+        try:
+            self.store.add_transcript(sid, e)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("stream %s: malformed final transcript: %s", sid, exc)
 
     def emit(self, live: LiveStream, events: list[Event]) -> None:
         """Deliver events of a stream: to its sender, to subscribers; cut VAD segments."""
@@ -264,36 +403,26 @@ class Hub:
         for e in events:
             e["stream"] = sid
             kind = e.get("type")
-            if kind == "lag":
-                self.metrics.processor_lag.labels(e.get("processor", "?")).observe(e["lag"])
-            elif kind == "dropped":
-                self.metrics.processor_dropped.labels(e.get("processor", "?")).inc(e["seconds"])
-            elif kind == "error":
-                self.metrics.errors.labels(e.get("code", "?")).inc()
+            self._count(e)
             if owner is not None:
                 owner.post(e)
             self.bus.publish(sid, e)
             if kind == "transcript" and e.get("final"):
-                try:
-                    self.store.add_transcript(sid, e)
-                except (KeyError, TypeError, ValueError) as exc:
-                    log.warning("stream %s: malformed final transcript: %s", sid, exc)
+                self._store_transcript(sid, e)
             if kind == "speech_end" and "start" in e and "end" in e:
-                seg = self._cut_segment(live, e)
-                if seg is not None:
-                    if owner is not None:
-                        owner.post(seg)
-                    self.bus.publish(sid, seg)
+                seg = self._cut(live.rec, live.archive.path, e)
+                if owner is not None:
+                    owner.post(seg)
+                self.bus.publish(sid, seg)
 
-    def _cut_segment(self, live: LiveStream, e: Event) -> Event | None:
-        rec = live.rec
+    def _cut(self, rec: StreamRecord, archive: Path, e: Event) -> Event:
+        """Cut the segment a ``speech_end`` names from the archive; its event (or an error)."""
         try:
             start = max(0, round(float(e["start"]) * rec.rate))
             end = round(float(e["end"]) * rec.rate)
             n = self.store.next_segment(rec.id)
             rel = f"streams/{rec.id}.segments/{n:04d}.wav"
-            frames = segments.cut(live.archive.path, start, end,
-                                  self.settings.data_dir / rel)
+            frames = segments.cut(archive, start, end, self.settings.data_dir / rel)
         except (OSError, StorageError, ValueError, TypeError) as exc:
             log.warning("stream %s: cannot cut segment: %s", rec.id, exc)
             return {"type": "error", "code": "segment_failed", "stream": rec.id,
@@ -331,6 +460,12 @@ class Hub:
         nbytes = len(data)
         first = live.archive.frames
         result = live.archive.append(data)
+        bus = self.bus
+        if bus.remote:
+            rec = live.rec
+            bus.append(LogAudio(live.id, first, frames, rec.rate, rec.channels,
+                                live.archive.sample_format, result.written,
+                                ",".join(live.processors)))
         pipeline = live.pipeline
         pcm_listeners = self.bus.wants_audio(live.id, opus=False)
         opus_listeners = self.bus.wants_audio(live.id, opus=True)
@@ -466,6 +601,12 @@ class Hub:
             if stopped and length is not None:
                 self._trim_tail(live, length)
         finished = stopped or live.compat
+        if self.bus.remote:
+            self.bus.log_end(live.id, offset=live.offset,
+                             state="finished" if finished else "interrupted",
+                             processors=",".join(live.processors))
+            if finished:
+                await self._await_workers(live)
         pipeline, live.pipeline = live.pipeline, None
         if pipeline is not None:
             if finished:
@@ -502,6 +643,7 @@ class Hub:
             self.store.update(rec.id, **fields)
             self.live.pop(rec.id, None)
             self.metrics.streams_active.set(len(self.live))
+        await self.bus.release(rec.id)
         self.bus.publish(rec.id, {
             "type": "stream_ended", "stream": rec.id, "t": rec.frames / rec.rate,
             "state": rec.state, "frames": rec.frames,

@@ -151,8 +151,7 @@ class IngestSession:
             log.exception("cannot open stream")
             return self.conn.refuse("internal", f"cannot open the stream's archive: {exc}")
         self.live = live
-        names = live.pipeline.names if live.pipeline is not None else []
-        return [*self.conn.accept(live.id, token, live.offset, processors=names),
+        return [*self.conn.accept(live.id, token, live.offset, processors=live.processors),
                 *(Send(w) for w in warnings)]
 
     async def _stop(self, length: int | None = None) -> None:

@@ -152,7 +152,10 @@ def delete_stream(stream_id: str, hub: HubDep) -> Response:
 @ops.get("/healthz", summary="Liveness and capabilities")
 def healthz(request: Request, hub: HubDep) -> dict[str, Any]:
     caps: dict[str, Any] = request.app.state.capabilities
-    return {"status": "ok", "version": __version__, "live_streams": len(hub.live), **caps}
+    bus = hub.bus.health()
+    status = "ok" if bus["state"] == "ok" else "degraded"
+    return {"status": status, "version": __version__, "live_streams": len(hub.live),
+            "bus": bus, **caps}
 
 
 @ops.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_token)])

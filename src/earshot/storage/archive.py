@@ -40,6 +40,7 @@ class AppendResult:
     frames: int
     non_finite: int = 0
     clipped: int = 0
+    written: bytes | bytearray = b""  # the bytes appended, in the archive's encoding
 
 
 def encoding_for(fmt: ArchiveFormat) -> WavEncoding:
@@ -78,6 +79,12 @@ class Archive:
         return self.writer.frames
 
     @property
+    def sample_format(self) -> str:
+        """How the archived samples are laid out: ``s16`` or ``f32`` (little-endian,
+        interleaved): the layout of :attr:`AppendResult.written`."""
+        return "s16" if self._encoding == "pcm16" else "f32"
+
+    @property
     def path(self) -> Path:
         return self.writer.path
 
@@ -88,6 +95,7 @@ class Archive:
         result = AppendResult(frames)
         if wire == "s16" and self._encoding == "pcm16":
             self.writer.write(data)
+            result.written = data
             return result
         if wire == "s16":
             out = s16_to_f32(np.frombuffer(data, "<i2")).astype("<f4")
@@ -96,7 +104,8 @@ class Archive:
             fixed = f32_to_s16(x) if self._encoding == "pcm16" else sanitize_f32(x)
             out = fixed.samples
             result.non_finite, result.clipped = fixed.non_finite, fixed.clipped
-        self.writer.write(out.tobytes())
+        result.written = out.tobytes()
+        self.writer.write(result.written)
         return result
 
     def sync(self, fsync: bool = False) -> None:

@@ -83,8 +83,9 @@ class ServerProcess:
 class CutProxy:
     """A TCP proxy on a free port; :meth:`cut` severs every connection through it at once."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, *fallbacks: int) -> None:
         self.target_port = target_port
+        self.targets = (target_port, *fallbacks)  # tried in order (a failover balancer)
         self.port = free_port()
         self.server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -112,9 +113,13 @@ class CutProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        try:
-            ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
+        for port in self.targets:
+            try:
+                ur, uw = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except OSError:
+                continue
+        else:
             writer.close()
             return
         self._writers |= {writer, uw}

@@ -212,6 +212,44 @@ def _http(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
     return r.json()
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """POST /api/streams/ID/replay: a processor over a finished stream's archive."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    url = (f"{http_base(args.url)}/api/streams/{urllib.parse.quote(args.stream)}/replay?"
+           + urllib.parse.urlencode({"processor": args.processor}))
+    req = urllib.request.Request(url, method="POST")
+    if args.token:
+        req.add_header("Authorization", f"Bearer {args.token}")
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout) as r:
+            result = json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read()).get("detail")
+        except ValueError:
+            detail = exc.reason
+        print(f"earshot replay: HTTP {exc.code}: {detail}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"earshot replay: cannot reach {http_base(args.url)}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    for e in result["events"]:
+        if e.get("type") not in ("level", "spectrogram") or args.all:
+            print(format_event(e))
+    kinds: dict[str, int] = {}
+    for e in result["events"]:
+        kinds[e.get("type", "?")] = kinds.get(e.get("type", "?"), 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no events"
+    print(f"replayed {args.stream} through {args.processor}: {summary}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_streams(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -493,6 +531,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="what to receive: pcm (default) or opus (~30 kbit/s)")
     li.add_argument("--seconds", type=float, help="stop after this much audio")
     li.set_defaults(func=cmd_listen)
+
+    rp = sub.add_parser("replay", help="run a processor over a finished stream's archive; "
+                                       "its events are published and stored like live ones")
+    rp.add_argument("stream")
+    rp.add_argument("--processor", required=True, help="e.g. vad (a processor the server "
+                                                       "offers)")
+    client_opts(rp)
+    rp.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    rp.add_argument("--all", action="store_true", help="also print level/spectrogram events")
+    rp.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (600)")
+    rp.set_defaults(func=cmd_replay)
 
     w = sub.add_parser("worker", help="run processors on live audio: from the Redis log "
                                       "(--bus), or from one server (--url)")

@@ -26,6 +26,7 @@ class Vad(Processor):
         self._vad: StreamingVad | None = None
         self._start: int | None = None
         self._processed = 0
+        self._last_end = 0  # end of the last utterance (a fresh VAD may start there)
 
     def process(self, chunk: Chunk) -> list[Event]:
         if self._vad is None:
@@ -43,7 +44,7 @@ class Vad(Processor):
         ctx = int(self.CONTEXT_S * self._vad.rate)
         if self._start is not None:  # in speech: replay from before its start
             return max(0, self._start - ctx)
-        return max(0, self._processed - ctx)
+        return max(0, self._last_end, self._processed - ctx)
 
     def flush(self) -> list[Event]:
         if self._vad is None:
@@ -63,4 +64,5 @@ class Vad(Processor):
                                       end=round(end, 6), duration=round(end - start, 6),
                                       prob=round(e.prob, 3)))
                 self._start = None
+                self._last_end = e.offset
         return out

@@ -376,7 +376,7 @@ class Hub:
         except StreamNotFound:
             return
         live = self.live.get(sid)
-        seg = self._cut(rec, self.path_of(rec), e)
+        seg = self.cut(rec, self.path_of(rec), e)
         if live is not None and live.owner is not None:
             live.owner.post(seg)
         self.bus.publish(sid, seg)
@@ -410,12 +410,12 @@ class Hub:
             if kind == "transcript" and e.get("final"):
                 self._store_transcript(sid, e)
             if kind == "speech_end" and "start" in e and "end" in e:
-                seg = self._cut(live.rec, live.archive.path, e)
+                seg = self.cut(live.rec, live.archive.path, e)
                 if owner is not None:
                     owner.post(seg)
                 self.bus.publish(sid, seg)
 
-    def _cut(self, rec: StreamRecord, archive: Path, e: Event) -> Event:
+    def cut(self, rec: StreamRecord, archive: Path, e: Event) -> Event:
         """Cut the segment a ``speech_end`` names from the archive; its event (or an error)."""
         try:
             start = max(0, round(float(e["start"]) * rec.rate))

@@ -139,6 +139,23 @@ def get_transcript(stream_id: str, hub: HubDep,
     return Response(body, media_type=media, headers=headers)
 
 
+@api.post("/streams/{stream_id}/replay",
+          summary="Run a processor over a finished stream's archive; its events and segments")
+async def replay_stream(stream_id: str, hub: HubDep,
+                        processor: Annotated[str, Query(min_length=1, max_length=200)]
+                        ) -> dict[str, Any]:
+    from earshot.errors import ProcessorError
+    from earshot.server.replay import replay
+
+    rec = _record(hub, stream_id)
+    try:
+        return await replay(hub, rec.id, processor)
+    except ProcessorError as exc:
+        raise HTTPException(400, str(exc)) from None
+    except StorageError as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
 @api.delete("/streams/{stream_id}", status_code=204, summary="Delete a stream and its files")
 def delete_stream(stream_id: str, hub: HubDep) -> Response:
     rec = _record(hub, stream_id)

@@ -72,7 +72,7 @@ class WorkerProcess:
     """``earshot worker --bus URL KIND...`` in a subprocess."""
 
     def __init__(self, bus: str, kinds: list[str], log: Path, name: str,
-                 lease_ttl: float = 2.0) -> None:
+                 lease_ttl: float = 3.0) -> None:
         self.cmd = [sys.executable, "-m", "earshot.cli", "worker", *kinds, "--bus", bus,
                     "--name", name, "--lease-ttl", str(lease_ttl)]
         self.log = log

@@ -21,7 +21,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def start(bus: str, *kinds: str, name: str, lease_ttl: float = 2.0) -> WorkerProcess:
+    def start(bus: str, *kinds: str, name: str, lease_ttl: float = 3.0) -> WorkerProcess:
         w = WorkerProcess(bus, list(kinds), tmp_path / f"worker-{name}.log", name, lease_ttl)
         started.append(w.start())
         return w

@@ -40,7 +40,7 @@ def archive(gw: ServerProcess, sid: str) -> np.ndarray:
 def check_phrases(events: list[dict], *, tolerance: float = 0.15) -> None:
     """Exactly one speech_start, speech_end and segment per phrase of the fixture."""
     starts, ends = of(events, "speech_start"), of(events, "speech_end")
-    segs = of(events, "segment")
+    segs = sorted(of(events, "segment"), key=lambda s: s["start_frame"])  # cut in parallel
     assert len(ends) == len(segs) == len(TRUTH), [(e["type"], e.get("t")) for e in events
                                                    if e["type"] != "level"]
     assert len(starts) == len(TRUTH)
@@ -114,8 +114,8 @@ async def test_a_killed_worker_s_streams_are_taken_over(
     bus = redis_server.url
     gw = ServerProcess(tmp_path / "data", "--bus", bus).start()
     try:
-        doomed = workers(bus, "vad", name="vad-1", lease_ttl=2.0)
-        workers(bus, "vad", name="vad-2", lease_ttl=2.0)
+        doomed = workers(bus, "vad", name="vad-1", lease_ttl=3.0)
+        workers(bus, "vad", name="vad-2", lease_ttl=3.0)
         r = redis_server.client()
         await asyncio.to_thread(wait_balanced, r, "vad", 2)
         streams = [asyncio.create_task(stream_file(

@@ -46,6 +46,22 @@ from earshot.processors.registry import ProcessorSpec
 log = logging.getLogger("earshot.worker")
 
 
+#: renew leases held by ARGV[1] (or free ones), in one round trip; 1 per key kept, else 0
+RENEW = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local holder = redis.call('GET', key)
+  if holder == ARGV[1] or not holder then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+
 def plan(partitions: int, holders: dict[int, str | None], live: Iterable[str], me: str,
          busy: dict[int, int] | None = None) -> tuple[list[int], list[int]]:
     """Which partitions to try to take and which to give back, for a fair share.
@@ -109,6 +125,7 @@ class KindConsumer:
         self._wake = asyncio.Event()
         self.takeovers = 0
         self.balanced = asyncio.Event()
+        self._renew = redis.register_script(RENEW)
         self._send_wake = asyncio.Event()
 
     # -- leases -----------------------------------------------------------------------------
@@ -131,12 +148,19 @@ class KindConsumer:
         _, _, live_raw, lease_raw = await pipe.execute()
         live = [w.decode() for w in live_raw]
         holders = {p: (h.decode() if h else None) for p, h in enumerate(lease_raw)}
-        for p in list(self.held):  # renew, or notice a lease lost (we were too slow)
-            if holders.get(p) == self.name and await r.set(k.lease(self.kind, p), self.name,
-                                                           xx=True, px=ttl_ms):
-                continue
-            log.warning("%s %s: lost partition %d", self.name, self.kind, p)
-            self._drop_partition(p)
+        if self.held:  # renew all at once; a lease that expired unclaimed is kept too
+            mine = sorted(self.held)
+            kept = await self._renew(keys=[k.lease(self.kind, p) for p in mine],
+                                     args=[self.name, ttl_ms])
+            for p, ok in zip(mine, kept, strict=True):
+                if ok:
+                    holders[p] = self.name
+                    continue
+                holder = (await r.get(k.lease(self.kind, p)) or b"?").decode()
+                log.warning("%s %s: lost partition %d to %s", self.name, self.kind, p,
+                            holder)
+                self._drop_partition(p)
+                holders[p] = holder
         busy: dict[int, int] = {}
         for s in self.streams.values():
             busy[s.partition] = busy.get(s.partition, 0) + 1
@@ -212,6 +236,8 @@ class KindConsumer:
             if p not in self.held:
                 continue  # given away while we waited
             for entry_id, fields in entries:
+                if p not in self.held:
+                    break  # given away meanwhile: the next holder reads these
                 await self._handle(p, entry_id, fields)
         self._checkpoint()
 
@@ -232,6 +258,8 @@ class KindConsumer:
             cursor, entries, *_ = await self.redis.xautoclaim(
                 key, self.group, self.name, min_idle_time=0, start_id=start, count=200)
             for entry_id, fields in entries:
+                if p not in self.held:
+                    return
                 if fields:
                     await self._handle(p, entry_id, fields)
                 else:  # trimmed meanwhile: nothing to replay
@@ -335,41 +363,48 @@ class KindConsumer:
         self._send_wake.set()
 
     async def send_loop(self) -> None:
+        """Everything queued goes out in one MULTI/EXEC: events with the dedup state they
+        leave, jobs, then the acks they allow — in order, all or nothing."""
         while True:
             if not self._outbox:
                 self._send_wake.clear()
                 await self._send_wake.wait()
                 continue
-            kind, item = self._outbox[0]
+            batch = [self._outbox[i] for i in range(min(len(self._outbox), 500))]
             try:
-                if kind == "events":
-                    await self._send_events(*item)
-                else:
-                    p, ids = item
-                    await self.redis.xack(self.keys.audio(p), self.group, *ids)
+                await self._send(batch)
             except Exception as exc:
                 log.warning("%s %s: publish: %s (retrying)", self.name, self.kind, exc)
                 await asyncio.sleep(0.5)
                 continue
-            self._outbox.popleft()
+            for _ in batch:
+                self._outbox.popleft()
 
-    async def _send_events(self, sid: str, events: list[Event],
-                           state: dict[str, Any] | None) -> None:
+    async def _send(self, batch: list[tuple[str, Any]]) -> None:
         k = self.keys
         minid = f"{int((time.time() - 3600) * 1000)}-0"
         pipe = self.redis.pipeline(transaction=True)
-        if state is not None:
-            pipe.hset(k.dedup(sid), self.kind, json.dumps(state))
+        states: dict[str, dict[str, Any]] = {}
+        for kind, item in batch:
+            if kind == "ack":
+                p, ids = item
+                pipe.xack(k.audio(p), self.group, *ids)
+                continue
+            sid, events, state = item
+            if state is not None:
+                states[sid] = state
+                pipe.hset(k.dedup(sid), self.kind, json.dumps(state))
+            pipe.xadd(k.events, {"stream": sid, "origin": self.name,
+                                 "events": json.dumps(events, separators=(",", ":"))},
+                      minid=minid, approximate=True)
+            for e in events:
+                if e.get("type") == "speech_end" or (e.get("type") == "transcript"
+                                                     and e.get("final")):
+                    pipe.xadd(k.jobs, {"stream": sid,
+                                       "event": json.dumps(e, separators=(",", ":"))},
+                              minid=minid, approximate=True)
+        for sid in states:
             pipe.expire(k.dedup(sid), 7 * 86400)
-        pipe.xadd(k.events, {"stream": sid, "origin": self.name,
-                             "events": json.dumps(events, separators=(",", ":"))},
-                  minid=minid, approximate=True)
-        for e in events:
-            if e.get("type") == "speech_end" or (e.get("type") == "transcript"
-                                                 and e.get("final")):
-                pipe.xadd(k.jobs, {"stream": sid,
-                                   "event": json.dumps(e, separators=(",", ":"))},
-                          minid=minid, approximate=True)
         await pipe.execute()
 
 

@@ -227,7 +227,9 @@ class KindConsumer:
         for p in sorted(self._fresh):
             await self._claim_pending(p)
             self._fresh.discard(p)
-        held = sorted(self.held)
+        held = sorted(self.held - self._fresh)  # taken meanwhile: claimed first, next time
+        if not held:
+            return
         got = await self.redis.xreadgroup(self.group, self.name,
                                           {self.keys.audio(p): ">" for p in held},
                                           count=200, block=200)

@@ -78,10 +78,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
                       f"({settings.asr_engine}, {settings.asr_device})")
     else:
         console.print(f"  speech-to-text: [yellow]unavailable[/] — {escape(caps['asr']['reason'])}")
+    target: Any = app
+    if settings.processes > 1:  # the supervisor binds the port; each process a gateway
+        from earshot.config import settings_to_json
+        from earshot.server.app import SETTINGS_ENV
+
+        os.environ[SETTINGS_ENV] = settings_to_json(settings)
+        target = "earshot.server.app:app_from_env"
+        console.print(f"  gateways: {settings.processes} processes on one port")
     uvicorn.run(
         # no permessage-deflate: browsers offer it, and compressing acks and deflating
         # audio costs 30-80% more CPU for no gain on PCM (benchmarks/README)
-        app, host=settings.host, port=settings.port, ws="websockets-sansio",
+        target, factory=settings.processes > 1, workers=settings.processes,
+        host=settings.host, port=settings.port, ws="websockets-sansio",
         ws_per_message_deflate=False,
         ws_max_size=max(16 << 20, settings.max_message_bytes * 2), log_level=settings.log_level,
         lifespan="on",

@@ -99,3 +99,28 @@ def env_overrides(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             except ValueError as exc:
                 raise ConfigError(f"{key}={env[key]!r}: {exc}") from None
     return out
+
+
+def settings_to_json(settings: Settings) -> str:
+    """For the gateway processes of ``--processes N``, which rebuild the same Settings."""
+    import json
+
+    out = {}
+    for f in fields(Settings):
+        v = getattr(settings, f.name)
+        out[f.name] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+    return json.dumps(out)
+
+
+def settings_from_json(text: str) -> Settings:
+    import json
+
+    raw = json.loads(text)
+    kinds = {f.name: f.type for f in fields(Settings)}
+    for name, value in list(raw.items()):
+        kind = str(kinds.get(name))
+        if value is not None and "Path" in kind:
+            raw[name] = Path(value)
+        elif isinstance(value, list):
+            raw[name] = tuple(value)
+    return Settings(**raw)

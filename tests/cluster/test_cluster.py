@@ -143,6 +143,11 @@ async def test_a_killed_worker_s_streams_are_taken_over(
                 assert set(by) == {"vad-2"}, by
         assert taken, "no stream was on the killed worker (10 streams on 16 partitions)"
         assert int(r.hget("earshot:stats", "takeovers:vad") or 0) >= 1
+        await asyncio.sleep(1.5)  # the gateway refreshes what it shows every 1.25 s
+        metrics = httpx.get(f"{gw.http}/metrics").text
+        assert "earshot_bus_up 1.0" in metrics
+        takeovers = re.search(r'earshot_bus_takeovers_total\{processor="vad"\} (\S+)', metrics)
+        assert takeovers and float(takeovers.group(1)) >= 1, metrics
     finally:
         gw.stop()
 
@@ -261,5 +266,32 @@ async def test_the_readme_redis_consumer_reads_the_archived_samples(
             exec(readme_consumer(), scope)
         assert np.array_equal(scope["audio"], SPEECH)
         assert scope["rate"] == RATE
+    finally:
+        gw.stop()
+
+
+async def test_processes_two_gateways_on_one_port(tmp_path: Path,
+                                                  redis_server: RedisServer) -> None:
+    gw = ServerProcess(tmp_path / "data", "--bus", redis_server.url, "--processes", "2")
+    gw.start(timeout=60)
+    try:
+        names = set()
+        for _ in range(40):
+            with httpx.Client() as c:  # a new connection each time
+                names.add(c.get(f"{gw.http}/healthz").json()["bus"]["gateway"])
+            if len(names) == 2:
+                break
+        assert len(names) == 2, names
+        async with CutProxy(gw.port) as proxy:  # resumes land on either process
+            streams = [asyncio.create_task(stream_file(
+                proxy.url, SPEECH, RATE, processors=[], realtime=True, block_s=0.1,
+                reconnect=Reconnect(initial=0.1, maximum=0.5))) for _ in range(6)]
+            for _ in range(3):
+                await asyncio.sleep(2.0)
+                proxy.cut()
+            results = await asyncio.gather(*streams)
+        for pub, _, _ in results:
+            assert pub.reconnects >= 3
+            assert np.array_equal(archive(gw, pub.stream_id), SPEECH)
     finally:
         gw.stop()

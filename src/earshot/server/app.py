@@ -137,6 +137,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.bus = make_bus(settings)
+    if app.state.bus.remote:
+        from earshot.server.metrics import BusCollector
+
+        metrics.registry.register(BusCollector(app.state.bus))  # type: ignore[arg-type]
     app.state.capabilities = capabilities(settings, registry)
     app.include_router(api)
     app.include_router(ops)
@@ -160,3 +164,15 @@ def create_app(settings: Settings) -> FastAPI:
         await subscribe(ws, app.state.hub)
 
     return app
+
+
+SETTINGS_ENV = "EARSHOT_SETTINGS_JSON"
+
+
+def app_from_env() -> FastAPI:
+    """The app factory of each gateway process under ``earshot serve --processes N``."""
+    import os
+
+    from earshot.config import settings_from_json
+
+    return create_app(settings_from_json(os.environ[SETTINGS_ENV]))

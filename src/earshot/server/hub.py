@@ -1,9 +1,12 @@
-"""The live streams of one server: create, resume, write, acknowledge, detach, recover.
+"""The live streams of one gateway: create, resume, feed, detach, recover.
 
-Audio of a stream is batched in memory only until the next ack is due (``ack_interval``
-seconds of audio, or that long in wall time for a trickling client), then written to the
-archive with one ``os.write`` and acknowledged. So per audio message the hot path is one
-``bytearray.extend``; conversion, the write syscall and the JSON ack happen once per batch.
+The hub owns the registry of live streams and their life cycle. Each live stream's
+archive and acknowledgements belong to its :class:`~earshot.server.writer.StreamWriter`
+(a core without sockets, time passed in); where its events go is the
+:class:`~earshot.server.router.EventRouter`'s business; the audio itself goes to the
+stream's processors (in-process bus), onto the log (Redis bus), and to relay listeners
+(:class:`~earshot.server.relay.OpusRelay` for Opus). Nothing outside reads the hub's dict:
+REST and subscribers ask the hub's methods, which answer on the event loop.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from earshot.audio import StreamSpec, decode, f32_to_s16, sanitize_f32
-from earshot.bus import AudioItem
+from earshot.audio import StreamSpec, decode, sanitize_f32
+from earshot.bus import ALL, AudioItem
 from earshot.bus.base import Bus, LogAudio
 from earshot.config import Settings
 from earshot.errors import ProcessorError, ProtocolError, StorageError, StreamNotFound
@@ -31,10 +34,14 @@ from earshot.processors.base import Event, StreamInfo
 from earshot.processors.registry import Registry
 from earshot.protocol import Start
 from earshot.server.metrics import Metrics
-from earshot.storage import segments
+from earshot.server.relay import OpusRelay
+from earshot.server.router import EventRouter, Owner
+from earshot.server.writer import StreamWriter, Written
 from earshot.storage.archive import FINAL_SUFFIX, Archive, ArchiveFormat, finalize
-from earshot.storage.metadata import MetadataStore, SegmentRecord, StreamRecord
+from earshot.storage.metadata import MetadataStore, StreamRecord
 from earshot.storage.wav import repair
+
+__all__ = ["Hub", "LiveStream", "Owner", "hash_token", "new_stream_id"]
 
 log = logging.getLogger("earshot.hub")
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -54,52 +61,36 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class Owner(Protocol):
-    """The connection currently feeding a stream, as the hub sees it."""
-
-    def post(self, message: dict[str, Any]) -> None:
-        """Queue a message for the client, in order, without waiting."""
-
-    def post_text(self, text: str) -> None:
-        """Same, for a message already serialized (the ack on the hot path)."""
-
-    async def kick(self, code: str, message: str) -> None: ...
-
-
 @dataclass(eq=False)
 class LiveStream:
     rec: StreamRecord
-    spec: StreamSpec
-    archive: Archive
+    writer: StreamWriter
     compat: bool
     owner: Owner | None = None
-    pending: bytearray = field(default_factory=bytearray)
-    pending_frames: int = 0
-    pending_since: float = 0.0
-    newest: float = 0.0
-    acked: int = 0
-    header_synced: float = 0.0
-    non_finite: int = 0
-    clipped: int = 0
-    warned: set[str] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pipeline: StreamPipeline | None = None
     detaching: asyncio.Event | None = None
-    decoder: Any = None  # OpusDecoder for opus streams: packets become s16 on arrival
+    relay: OpusRelay | None = None
     processors: list[str] = field(default_factory=list)  # names told to the client
     done: set[str] = field(default_factory=set)  # remote processors done with the stream
     done_changed: asyncio.Event = field(default_factory=asyncio.Event)
-    cuts: set[asyncio.Task[None]] = field(default_factory=set)  # segment cuts under way
-    relay: list[Any] | None = None  # [OpusEncoder, next input offset, next packet offset]
 
     @property
     def id(self) -> str:
         return self.rec.id
 
     @property
+    def archive(self) -> Archive:
+        return self.writer.archive
+
+    @property
+    def spec(self) -> StreamSpec:
+        return self.writer.spec
+
+    @property
     def offset(self) -> int:
         """Frames received: written to the archive plus pending."""
-        return self.archive.frames + self.pending_frames
+        return self.writer.offset
 
 
 class Hub:
@@ -120,13 +111,56 @@ class Hub:
         self.registry = registry or Registry(settings.processors)
         self.clock = clock
         self.live: dict[str, LiveStream] = {}
+        self.router = EventRouter(store, bus, metrics, settings.data_dir, self.owner_of,
+                                  self._processed)
         self._background: set[asyncio.Task[Any]] = set()
         self.streams_dir = settings.data_dir / "streams"
         self.streams_dir.mkdir(parents=True, exist_ok=True)
 
-    # -- paths --------------------------------------------------------------------------
+    # -- what others may ask (on the event loop) ----------------------------------------
+    def owner_of(self, stream_id: str) -> Owner | None:
+        live = self.live.get(stream_id)
+        return live.owner if live is not None else None
+
     def path_of(self, rec: StreamRecord) -> Path:
         return self.settings.data_dir / rec.path
+
+    def is_live(self, stream_id: str) -> bool:
+        return stream_id in self.live
+
+    def live_info(self, stream: str) -> list[dict[str, Any]]:
+        """The live streams a subscriber of ``stream`` (an id or ``*``) is told about: here,
+        or in the whole cluster on a shared bus (from the store)."""
+        if self.bus.remote:
+            recs = self.store.with_state("live")
+            held = {s: lv.offset for s, lv in self.live.items()}
+            return [{"stream": r.id, "name": r.name, "rate": r.rate, "channels": r.channels,
+                     "offset": held.get(r.id, r.frames)} for r in recs
+                    if stream in (ALL, r.id)]
+        lives = self.live.values() if stream == ALL else [self.live[stream]] \
+            if stream in self.live else []
+        return [{"stream": lv.id, "name": lv.rec.name, "rate": lv.rec.rate,
+                 "channels": lv.rec.channels, "offset": lv.offset} for lv in lives]
+
+    def record(self, stream_id: str) -> StreamRecord:
+        """A stream's record, with the frames archived so far if it is live here."""
+        live = self.live.get(stream_id)
+        if live is not None:
+            live.rec.frames = live.archive.frames
+            return live.rec
+        return self.store.get(stream_id)
+
+    def sync_archive(self, stream_id: str) -> None:
+        """Make a live archive's header match what is on disk (before serving the file)."""
+        live = self.live.get(stream_id)
+        if live is not None:
+            live.archive.sync()
+
+    def from_worker(self, stream_id: str, events: list[Event]) -> bool:
+        """Events a remote WebSocket worker sends back; False for an unknown stream."""
+        live = self.live.get(stream_id)
+        return self.router.from_worker(stream_id, events, live.rec if live else None,
+                                       live.archive.path if live else None)
 
     # -- recovery -----------------------------------------------------------------------
     async def recover(self) -> list[str]:
@@ -173,6 +207,12 @@ class Hub:
         await self.bus.acquire(live.id)
         return live, token, warnings
 
+    def _writer(self, archive: Archive, spec: StreamSpec, pre_skip: int) -> StreamWriter:
+        s = self.settings
+        return StreamWriter(archive, ack_interval=s.ack_interval,
+                            header_interval=s.header_interval, now=self.clock(),
+                            decoder=_decoder(spec, pre_skip))
+
     def _create(self, start: Start, owner: Owner) -> tuple[LiveStream, str]:
         spec = start.spec
         fmt: ArchiveFormat = (start.archive or self.settings.archive_format)  # type: ignore[assignment]
@@ -186,8 +226,7 @@ class Hub:
             token_hash=hash_token(token), client=dict(start.client),
         )
         self.store.create(rec)
-        live = LiveStream(rec, spec.pcm, archive, start.compat, owner,
-                          header_synced=self.clock(), decoder=_decoder(spec, start.pre_skip))
+        live = LiveStream(rec, self._writer(archive, spec, start.pre_skip), start.compat, owner)
         self._attach(live, resumed=False)
         return live, token
 
@@ -208,8 +247,7 @@ class Hub:
                 f"stream {sid} is {rec.rate} Hz x{rec.channels}; "
                 f"resume asked for {spec.rate} Hz x{spec.channels}",
             )
-        live = self.live.get(sid)
-        if live is None and self.bus.remote and not await self.bus.take_over(sid):
+        if sid not in self.live and self.bus.remote and not await self.bus.take_over(sid):
             raise ProtocolError("stream_busy", f"stream {sid} is held by another gateway "
                                 "that did not let go; try again")
         live = self.live.get(sid)
@@ -220,14 +258,14 @@ class Hub:
             # The old connection has not noticed it is dead yet: it loses the stream.
             old = live.owner
             async with live.lock:
-                self._write_pending(live)
+                self._write(live)
                 live.owner = owner
             if old is not None:
                 with contextlib.suppress(Exception):
                     await old.kick("superseded", "this stream was resumed by another connection")
-            live.spec = spec.pcm  # the wire format may differ after a resume
-            live.archive.spec = spec.pcm
-            live.decoder = _decoder(spec, _resume_skip(spec, start, live.offset))
+            # the wire format may differ after a resume
+            live.writer.reformat(spec.pcm, _decoder(spec, _resume_skip(spec, start,
+                                                                       live.offset)))
             self.metrics.streams_started.labels("resume").inc()
             self._announce(live, resumed=True)
             return live, token
@@ -236,14 +274,13 @@ class Hub:
         rec.frames = archive.frames
         rec.format = spec.format
         self.store.update(sid, state="live", frames=archive.frames, format=spec.format)
-        live = LiveStream(rec, spec.pcm, archive, False, owner, header_synced=self.clock(),
-                          decoder=_decoder(spec, _resume_skip(spec, start, archive.frames)))
+        writer = self._writer(archive, spec, _resume_skip(spec, start, archive.frames))
+        live = LiveStream(rec, writer, False, owner)
         self._attach(live, resumed=True)
         return live, token
 
     def _attach(self, live: LiveStream, *, resumed: bool) -> None:
         self.live[live.id] = live
-        live.acked = live.archive.frames
         self.metrics.streams_active.set(len(self.live))
         self.metrics.streams_started.labels("resume" if resumed else "new").inc()
         self._announce(live, resumed=resumed)
@@ -256,7 +293,7 @@ class Hub:
             "format": live.spec.format, "offset": live.offset, "resumed": resumed,
         })
 
-    # -- processors and events ------------------------------------------------------------
+    # -- processors -------------------------------------------------------------------------
     def _start_pipeline(self, live: LiveStream, start: Start) -> list[Event]:
         specs, problems = self.registry.for_start(start.processors)
         warnings: list[Event] = [
@@ -299,52 +336,22 @@ class Hub:
                            processors=",".join(names))
         return warnings
 
-    def on_bus_events(self, sid: str, events: list[Event]) -> None:
-        """Events from the bus (workers, other gateways): to this stream's sender, if here;
-        the speech segments of the streams held here are cut here."""
-        live = self.live.get(sid)
-        if live is None:
-            return
-        owner = live.owner
-        for e in events:
-            kind = e.get("type")
-            if kind in ("stream_started", "stream_ended"):
-                continue
-            if kind == "processed":
-                live.done.add(str(e.get("processor")))
-                live.done_changed.set()
-                continue
-            self._count(e)
-            if owner is not None:
-                owner.post(e)
-            if kind == "speech_end" and "start" in e and "end" in e:
-                task = asyncio.create_task(self._cut_once(sid, e))
-                live.cuts.add(task)
-                task.add_done_callback(live.cuts.discard)
+    def emit(self, live: LiveStream, events: list[Event]) -> None:
+        """Events of a stream held here (its processors, the hub's own warnings)."""
+        self.router.emit(live.rec, live.archive.path, events)
 
-    async def _await_workers(self, live: LiveStream) -> None:
-        """A clean stop on a shared bus: wait (up to ``drain_timeout``) until every worker
-        processing the stream has flushed, so its last events reach the sender first."""
-        bus: Any = self.bus
-        wanted = set()
-        for kind in live.processors:
-            if await bus.live_workers(kind):
-                wanted.add(kind)
-        deadline = self.clock() + self.settings.drain_timeout
-        while not wanted <= live.done and self.clock() < deadline:
-            live.done_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(live.done_changed.wait(), deadline - self.clock())
-        late = sorted(wanted - live.done)
-        if late:
-            self.emit(live, [{
-                "type": "warning", "code": "processor_timeout",
-                "t": live.offset / live.rec.rate,
-                "message": f"{', '.join(late)} did not finish within "
-                           f"{self.settings.drain_timeout:g} s of the stop; "
-                           "their last events may come after it"}])
-        if live.cuts:
-            await asyncio.wait(set(live.cuts), timeout=self.settings.drain_timeout)
+    # -- the bus's callbacks ------------------------------------------------------------------
+    def on_bus_events(self, sid: str, events: list[Event]) -> None:
+        self.router.from_bus(sid, events)
+
+    async def on_bus_job(self, sid: str, e: Event) -> None:
+        await self.router.job(sid, e)
+
+    def _processed(self, sid: str, processor: str) -> None:
+        live = self.live.get(sid)
+        if live is not None:
+            live.done.add(processor)
+            live.done_changed.set()
 
     async def on_bus_release(self, sid: str) -> None:
         """Another gateway is resuming this stream: our connection to it is stale."""
@@ -356,162 +363,53 @@ class Hub:
             await owner.kick("superseded", "this stream was resumed on another gateway")
         await self.detach(live, owner, stopped=False)
 
-    async def on_bus_job(self, sid: str, e: Event) -> None:
-        """Once per event, on one gateway: cut a segment, or store a final transcript."""
-        kind = e.get("type")
-        if kind == "transcript" and e.get("final"):
-            self._store_transcript(sid, e)
-            return
-        if kind == "speech_end" and "start" in e and "end" in e:
-            await self._cut_once(sid, e)
-
-    async def _cut_once(self, sid: str, e: Event) -> None:
-        """Cut a segment a worker found, once in the cluster: by the gateway holding the
-        stream as the event arrives, else by the job (after ``job_delay``) on any."""
-        bus: Any = self.bus
-        if not await bus.claim_once(f"seg:{sid}:{e.get('processor')}:{e['end']}"):
-            return  # cut already
-        try:
-            rec = self.store.get(sid)
-        except StreamNotFound:
-            return
-        live = self.live.get(sid)
-        seg = self.cut(rec, self.path_of(rec), e)
-        if live is not None and live.owner is not None:
-            live.owner.post(seg)
-        self.bus.publish(sid, seg)
-
-    def _count(self, e: Event) -> None:
-        kind = e.get("type")
-        if kind == "lag":
-            self.metrics.processor_lag.labels(e.get("processor", "?")).observe(e["lag"])
-        elif kind == "dropped":
-            self.metrics.processor_dropped.labels(e.get("processor", "?")).inc(e["seconds"])
-        elif kind == "error":
-            self.metrics.errors.labels(e.get("code", "?")).inc()
-
-    def _store_transcript(self, sid: str, e: Event) -> None:
-        try:
-            self.store.add_transcript(sid, e)
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("stream %s: malformed final transcript: %s", sid, exc)
-
-    def emit(self, live: LiveStream, events: list[Event]) -> None:
-        """Deliver events of a stream: to its sender, to subscribers; cut VAD segments."""
-        sid = live.id
-        owner = live.owner
-        for e in events:
-            e["stream"] = sid
-            kind = e.get("type")
-            self._count(e)
-            if owner is not None:
-                owner.post(e)
-            self.bus.publish(sid, e)
-            if kind == "transcript" and e.get("final"):
-                self._store_transcript(sid, e)
-            if kind == "speech_end" and "start" in e and "end" in e:
-                seg = self.cut(live.rec, live.archive.path, e)
-                if owner is not None:
-                    owner.post(seg)
-                self.bus.publish(sid, seg)
-
-    def cut(self, rec: StreamRecord, archive: Path, e: Event) -> Event:
-        """Cut the segment a ``speech_end`` names from the archive; its event (or an error)."""
-        try:
-            start = max(0, round(float(e["start"]) * rec.rate))
-            end = round(float(e["end"]) * rec.rate)
-            n = self.store.next_segment(rec.id)
-            rel = f"streams/{rec.id}.segments/{n:04d}.wav"
-            frames = segments.cut(archive, start, end, self.settings.data_dir / rel)
-        except (OSError, StorageError, ValueError, TypeError) as exc:
-            log.warning("stream %s: cannot cut segment: %s", rec.id, exc)
-            return {"type": "error", "code": "segment_failed", "stream": rec.id,
-                    "t": e.get("t"), "message": f"cannot save the speech segment: {exc}"}
-        seg = SegmentRecord(rec.id, n, start, start + frames, rec.rate, rel, time.time())
-        self.store.add_segment(seg)
-        return {"type": "segment", "stream": rec.id, "t": e.get("t"), **seg.public()}
-
     # -- audio --------------------------------------------------------------------------
     def add_audio(self, live: LiveStream, data: bytes, frames: int) -> bool:
         """Queue whole frames (or one Opus packet); True when a flush (write + ack) is due.
 
         Raises :class:`ProtocolError` (``bad_opus``) for a packet libopus cannot decode.
         """
-        if live.decoder is not None:
-            pcm = live.decoder.decode(data)
-            data, frames = f32_to_s16(pcm).samples.tobytes(), len(pcm)
-            if not frames:
-                return False
-        now = self.clock()
-        if not live.pending_frames:
-            live.pending_since = now
-        live.newest = now
-        live.pending += data
-        live.pending_frames += frames
-        return live.pending_frames >= live.spec.rate * self.settings.ack_interval
+        return live.writer.add(data, frames, self.clock())
 
-    def _write_pending(self, live: LiveStream) -> int:
-        """Write what is pending to the archive (synchronously). Returns frames written."""
-        frames = live.pending_frames
-        if not frames:
-            return 0
-        data, live.pending = live.pending, bytearray()  # views of `data` stay valid
-        live.pending_frames = 0
-        nbytes = len(data)
-        first = live.archive.frames
-        result = live.archive.append(data)
+    def _write(self, live: LiveStream) -> Written | None:
+        """Write what is pending (synchronously), and hand the batch on: onto the log, to
+        the processors, to relay listeners."""
+        w = live.writer.write()
+        if w is None:
+            return None
         bus = self.bus
+        rec = live.rec
         if bus.remote:
-            rec = live.rec
-            bus.append(LogAudio(live.id, first, frames, rec.rate, rec.channels,
-                                live.archive.sample_format, result.written,
+            bus.append(LogAudio(live.id, w.first, w.frames, rec.rate, rec.channels,
+                                live.archive.sample_format, w.result.written,
                                 ",".join(live.processors)))
         pipeline = live.pipeline
-        pcm_listeners = self.bus.wants_audio(live.id, opus=False)
-        opus_listeners = self.bus.wants_audio(live.id, opus=True)
+        pcm_listeners = bus.wants_audio(live.id, opus=False)
+        opus_listeners = bus.wants_audio(live.id, opus=True)
         if pipeline is not None or pcm_listeners or opus_listeners:
             spec = live.spec
-            samples = decode(data, spec.format, spec.channels)
-            if spec.format == "f32" and (result.non_finite or result.clipped):
+            samples = decode(w.data, spec.format, spec.channels)
+            if spec.format == "f32" and (w.result.non_finite or w.result.clipped):
                 samples = sanitize_f32(samples).samples
             if pipeline is not None:
-                pipeline.feed(samples, first)
+                pipeline.feed(samples, w.first)
             if pcm_listeners:
-                self.bus.publish_audio(AudioItem(live.id, first, spec.rate, samples,
-                                                 channels=spec.channels))
-            if opus_listeners:
-                self._relay_opus(live, samples, first)
-        self.metrics.frames_in.inc(frames)
-        self.metrics.bytes_in.inc(nbytes)
-        if result.non_finite:
-            live.non_finite += result.non_finite
-            self.metrics.samples_fixed.labels("non_finite").inc(result.non_finite)
-        if result.clipped:
-            live.clipped += result.clipped
-            self.metrics.samples_fixed.labels("clipped").inc(result.clipped)
-        return frames
-
-    def _relay_opus(self, live: LiveStream, samples: Any, first: int) -> None:
-        """Encode once per stream for every Opus listener (started when the first asks)."""
-        from earshot.codec.opus import OPUS_RATES, OpusEncoder, packet_samples
-
-        spec = live.spec
-        if spec.rate not in OPUS_RATES or spec.channels > 2:
-            return  # documented: Opus relay needs an Opus rate; PCM listeners still work
-        if live.relay is None or live.relay[1] != first:
-            enc = OpusEncoder(spec.rate, spec.channels, bitrate=32000)
-            live.relay = [enc, first, first - enc.pre_skip]
-        enc, _, pos = live.relay
-        packets = []
-        for p in enc.encode(samples):
-            n = packet_samples(p, spec.rate)
-            packets.append((pos, n, p))
-            pos += n
-        live.relay[1] = first + len(samples)
-        live.relay[2] = pos
-        if packets:
-            self.bus.publish_audio(AudioItem(live.id, packets[0][0], spec.rate, None,
-                                             tuple(packets), spec.channels, enc.pre_skip))
+                bus.publish_audio(AudioItem(live.id, w.first, spec.rate, samples,
+                                            channels=spec.channels))
+            if opus_listeners and OpusRelay.supports(spec.rate, spec.channels):
+                # documented: Opus relay needs an Opus rate; PCM listeners still work
+                if live.relay is None:
+                    live.relay = OpusRelay(live.id, spec.rate, spec.channels)
+                item = live.relay.encode(samples, w.first)
+                if item is not None:
+                    bus.publish_audio(item)
+        self.metrics.frames_in.inc(w.frames)
+        self.metrics.bytes_in.inc(w.nbytes)
+        if w.result.non_finite:
+            self.metrics.samples_fixed.labels("non_finite").inc(w.result.non_finite)
+        if w.result.clipped:
+            self.metrics.samples_fixed.labels("clipped").inc(w.result.clipped)
+        return w
 
     async def flush(self, live: LiveStream) -> None:
         """Write pending audio, then acknowledge everything durably written.
@@ -520,53 +418,36 @@ class Hub:
         so it needs no lock: nothing else can run on the loop in between.
         """
         if not self.settings.fsync:
-            self._write_pending(live)
-            self._ack(live, live.newest)
+            self._write(live)
+            self._ack(live, live.writer.newest)
             return
         async with live.lock:
-            newest = live.newest
-            self._write_pending(live)
+            newest = live.writer.newest
+            self._write(live)
             if not live.archive.writer.closed:
                 await asyncio.to_thread(live.archive.sync, True)
             self._ack(live, newest)
 
     def _ack(self, live: LiveStream, newest: float) -> None:
-        offset = live.archive.frames
         owner = live.owner
-        if offset <= live.acked or owner is None:
+        if owner is None:
             return
-        live.acked = offset
+        offset = live.writer.take_ack()
+        if offset is None:
+            return
         self.metrics.acks.inc()
         self.metrics.ack_latency.observe(self.clock() - newest)
-        for m in self._fix_warnings(live):
+        for m in live.writer.warnings():
             owner.post(m)
         owner.post_text(f'{{"type":"ack","offset":{offset}}}')
-
-    def _fix_warnings(self, live: LiveStream) -> list[dict[str, Any]]:
-        """One warning per stream and kind the first time samples had to be fixed."""
-        out = []
-        for code, count, what in (
-            ("non_finite", live.non_finite, "non-finite samples (NaN/Inf) were written as 0"),
-            ("clipped", live.clipped, "samples beyond ±1.0 were saturated"),
-        ):
-            if count and code not in live.warned:
-                live.warned.add(code)
-                out.append({
-                    "type": "warning", "code": code, "count": count,
-                    "message": f"{count} {what}; later ones are counted in /metrics only",
-                })
-        return out
 
     async def tick(self) -> None:
         """Flush streams whose oldest pending audio waited an ack interval; sync headers."""
         now = self.clock()
-        due = self.settings.ack_interval
         for live in list(self.live.values()):
-            if live.pending_frames and now - live.pending_since >= due:
+            if live.writer.flush_due(now):
                 await self.flush(live)
-            if now - live.header_synced >= self.settings.header_interval:
-                live.archive.sync()
-                live.header_synced = now
+            live.writer.sync_header_if_due(now)
 
     async def run_ticker(self) -> None:
         period = min(self.settings.ack_interval / 2, 0.05)
@@ -597,9 +478,14 @@ class Hub:
 
     async def _detach(self, live: LiveStream, *, stopped: bool, length: int | None) -> int:
         async with live.lock:
-            self._write_pending(live)
+            self._write(live)
             if stopped and length is not None:
-                self._trim_tail(live, length)
+                extra = live.writer.trim_tail(length, limit=live.rec.rate // 5)
+                if extra:
+                    self.emit(live, [{"type": "warning", "code": "length_ignored",
+                                      "t": live.offset / live.rec.rate,
+                                      "message": f"stop asked to cut {extra} frames; only an "
+                                                 "encoder's padding (at most 200 ms) is cut"}])
         finished = stopped or live.compat
         if self.bus.remote:
             self.bus.log_end(live.id, offset=live.offset,
@@ -650,16 +536,28 @@ class Hub:
         })
         return rec.frames
 
-    def _trim_tail(self, live: LiveStream, length: int) -> None:
-        """Cut an encoder's end padding (``stop`` with ``length``); at most 200 ms."""
-        extra = live.archive.frames - length
-        if 0 < extra <= live.rec.rate // 5:
-            live.archive.writer.truncate(length)
-        elif extra > 0:
-            self.emit(live, [{"type": "warning", "code": "length_ignored",
-                              "t": live.offset / live.rec.rate,
-                              "message": f"stop asked to cut {extra} frames; only an "
-                                         "encoder's padding (at most 200 ms) is cut"}])
+    async def _await_workers(self, live: LiveStream) -> None:
+        """A clean stop on a shared bus: wait (up to ``drain_timeout``) until every worker
+        processing the stream has flushed, so its last events reach the sender first."""
+        bus: Any = self.bus
+        wanted = set()
+        for kind in live.processors:
+            if await bus.live_workers(kind):
+                wanted.add(kind)
+        deadline = self.clock() + self.settings.drain_timeout
+        while not wanted <= live.done and self.clock() < deadline:
+            live.done_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(live.done_changed.wait(), deadline - self.clock())
+        late = sorted(wanted - live.done)
+        if late:
+            self.emit(live, [{
+                "type": "warning", "code": "processor_timeout",
+                "t": live.offset / live.rec.rate,
+                "message": f"{', '.join(late)} did not finish within "
+                           f"{self.settings.drain_timeout:g} s of the stop; "
+                           "their last events may come after it"}])
+        await self.router.settle(live.id, self.settings.drain_timeout)
 
     async def shutdown(self) -> None:
         for live in list(self.live.values()):
@@ -670,14 +568,6 @@ class Hub:
                 await self.detach(live, owner, stopped=False)
         if self._background:
             await asyncio.wait(self._background, timeout=self.settings.drain_timeout)
-
-    # -- REST helpers -------------------------------------------------------------------
-    def record(self, stream_id: str) -> StreamRecord:
-        live = self.live.get(stream_id)
-        if live is not None:
-            live.rec.frames = live.archive.frames
-            return live.rec
-        return self.store.get(stream_id)
 
     def delete(self, stream_id: str) -> None:
         if stream_id in self.live:

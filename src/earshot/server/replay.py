@@ -27,7 +27,7 @@ BLOCK_S = 1.0
 
 async def replay(hub: Hub, stream_id: str, processor: str) -> dict[str, Any]:
     rec = hub.store.get(stream_id)
-    if stream_id in hub.live or rec.state == "live":
+    if hub.is_live(stream_id) or rec.state == "live":
         raise StorageError(f"stream {stream_id} is live; replay runs on finished streams")
     specs, problems = hub.registry.for_start((processor,))
     if problems or not specs:
@@ -59,7 +59,7 @@ async def replay(hub: Hub, stream_id: str, processor: str) -> dict[str, Any]:
             start, end = round(float(e["start"]) * rec.rate), round(float(e["end"]) * rec.rate)
             known = existing.get((start, end))
             seg = ({"type": "segment", "stream": rec.id, "t": e.get("t"), **known.public()}
-                   if known is not None else await asyncio.to_thread(hub.cut, rec, path, e))
+                   if known is not None else await asyncio.to_thread(hub.router.cut, rec, path, e))
             seg["replay"] = True
             segments.append(seg)
             events.append(seg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Annotated, Any
 
@@ -46,14 +47,14 @@ def _record(hub: Hub, stream_id: str) -> Any:
 
 
 @api.get("/streams", summary="List streams, newest first")
-def list_streams(
+async def list_streams(
     request: Request,
     hub: HubDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
     records, total = hub.store.list(limit=limit, offset=offset)
-    items = [hub.record(r.id).public() if r.id in hub.live else r.public() for r in records]
+    items = [hub.record(r.id).public() if hub.is_live(r.id) else r.public() for r in records]
     nxt = None
     if offset + limit < total:
         nxt = str(request.url.include_query_params(limit=limit, offset=offset + limit))
@@ -61,7 +62,7 @@ def list_streams(
 
 
 @api.get("/streams/{stream_id}", summary="One stream's metadata")
-def get_stream(stream_id: str, hub: HubDep) -> dict[str, Any]:
+async def get_stream(stream_id: str, hub: HubDep) -> dict[str, Any]:
     rec = _record(hub, stream_id)
     out: dict[str, Any] = rec.public()
     out["audio_url"] = f"/api/streams/{rec.id}/audio"
@@ -73,11 +74,9 @@ def get_stream(stream_id: str, hub: HubDep) -> dict[str, Any]:
     summary="The stream's archive (WAV, or FLAC when so configured); supports HTTP Range",
     response_class=FileResponse,
 )
-def get_audio(stream_id: str, hub: HubDep) -> FileResponse:
+async def get_audio(stream_id: str, hub: HubDep) -> FileResponse:
     rec = _record(hub, stream_id)
-    live = hub.live.get(rec.id)
-    if live is not None:
-        live.archive.sync()  # make the header match what is on disk right now
+    hub.sync_archive(rec.id)  # make the header match what is on disk right now
     path = hub.path_of(rec)
     if not path.exists():
         raise HTTPException(410, f"the archive of stream {rec.id} is gone")
@@ -88,16 +87,14 @@ def get_audio(stream_id: str, hub: HubDep) -> FileResponse:
 
 
 @api.get("/streams/{stream_id}/peaks", summary="Waveform peaks for drawing: min/max per column")
-def get_peaks(stream_id: str, hub: HubDep,
-              width: Annotated[int, Query(ge=1, le=4000)] = 800) -> dict[str, Any]:
+async def get_peaks(stream_id: str, hub: HubDep,
+                    width: Annotated[int, Query(ge=1, le=4000)] = 800) -> dict[str, Any]:
     rec = _record(hub, stream_id)
-    live = hub.live.get(rec.id)
-    if live is not None:
-        live.archive.sync()
+    hub.sync_archive(rec.id)
     path = hub.path_of(rec)
     if not path.exists():
         raise HTTPException(410, f"the archive of stream {rec.id} is gone")
-    lo, hi, frames = peaks(path, width)
+    lo, hi, frames = await asyncio.to_thread(peaks, path, width)
     return {"stream": rec.id, "width": width, "duration": frames / rec.rate,
             "min": lo, "max": hi}
 
@@ -157,7 +154,7 @@ async def replay_stream(stream_id: str, hub: HubDep,
 
 
 @api.delete("/streams/{stream_id}", status_code=204, summary="Delete a stream and its files")
-def delete_stream(stream_id: str, hub: HubDep) -> Response:
+async def delete_stream(stream_id: str, hub: HubDep) -> Response:
     rec = _record(hub, stream_id)
     try:
         hub.delete(rec.id)
@@ -167,11 +164,11 @@ def delete_stream(stream_id: str, hub: HubDep) -> Response:
 
 
 @ops.get("/healthz", summary="Liveness and capabilities")
-def healthz(request: Request, hub: HubDep) -> dict[str, Any]:
+async def healthz(request: Request, hub: HubDep) -> dict[str, Any]:
     caps: dict[str, Any] = request.app.state.capabilities
     bus = hub.bus.health()
     status = "ok" if bus["state"] == "ok" else "degraded"
-    return {"status": status, "version": __version__, "live_streams": len(hub.live),
+    return {"status": status, "version": __version__, "live_streams": len(hub.live_info("*")),
             "bus": bus, **caps}
 
 

@@ -24,7 +24,6 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from earshot.audio import f32_to_s16
 from earshot.bus import ALL, AudioItem, MemoryBus
-from earshot.errors import StreamNotFound
 from earshot.protocol import error_message
 from earshot.server.hub import Hub
 
@@ -32,13 +31,6 @@ log = logging.getLogger("earshot.subscribe")
 RESERVED = frozenset({"ready", "ack", "stopped", "audio", "subscribed", "stream_started",
                       "stream_ended", "segment", "pong"})
 MAX_EVENTS_PER_MESSAGE = 1000
-
-
-def stream_info(hub: Hub, stream: str) -> list[dict[str, Any]]:
-    lives = hub.live.values() if stream == ALL else [hub.live[stream]] if stream in hub.live \
-        else []
-    return [{"stream": lv.id, "name": lv.rec.name, "rate": lv.rec.rate,
-             "channels": lv.rec.channels, "offset": lv.offset} for lv in lives]
 
 
 async def subscribe(ws: WebSocket, hub: Hub) -> None:
@@ -53,7 +45,7 @@ async def subscribe(ws: WebSocket, hub: Hub) -> None:
     bus: MemoryBus = hub.bus
     sub = bus.subscribe(stream, audio=audio)
     await ws.send_text(json.dumps({"type": "subscribed", "stream": stream, "audio": audio,
-                                   "live": stream_info(hub, stream)}))
+                                   "live": hub.live_info(stream)}))
 
     async def pump() -> None:
         async for item in sub:
@@ -125,15 +117,6 @@ def handle_worker_message(hub: Hub, text: str) -> dict[str, Any] | None:
     if isinstance(worker, str):
         for e in events:
             e["worker"] = worker[:100]
-    live = hub.live.get(sid)
-    if live is not None:
-        hub.emit(live, events)
-        return None
-    try:
-        hub.store.get(sid)
-    except StreamNotFound:
+    if not hub.from_worker(sid, events):
         return error_message("unknown_stream", f"no stream {sid!r}")
-    for e in events:  # a worker's last events after the stream ended: subscribers only
-        e["stream"] = sid
-        hub.bus.publish(sid, e)
     return None

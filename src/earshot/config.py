@@ -40,6 +40,7 @@ class Settings:
     asr_beam_size: int = 5
     asr_workers: int = 1
     asr_threads: int = 0
+    db: str | None = None  # metadata: postgresql://… or an SQLite path (<data_dir>/earshot.db)
     log_level: str = "info"
 
     def __post_init__(self) -> None:

@@ -27,7 +27,7 @@ from earshot.server.ingest import IngestSession, refuse_unauthorized
 from earshot.server.metrics import Metrics
 from earshot.server.rest import api, ops
 from earshot.server.subscribe import subscribe
-from earshot.storage.metadata import SqliteStore
+from earshot.storage.metadata import open_store
 
 if TYPE_CHECKING:
     from earshot.asr.scheduler import AsrScheduler
@@ -95,9 +95,10 @@ def create_app(settings: Settings) -> FastAPI:
     else:
         registry = Registry(settings.processors, unavailable={"asr": ASR_HINT})
 
+    store = open_store(settings.db or settings.data_dir / "earshot.db")  # ConfigError now
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = SqliteStore(settings.data_dir / "earshot.db")
         hub = Hub(settings, store, app.state.metrics, app.state.bus, registry=registry)
         repaired = hub.recover()
         if repaired:

@@ -290,7 +290,7 @@ class Hub:
         try:
             start = max(0, round(float(e["start"]) * rec.rate))
             end = round(float(e["end"]) * rec.rate)
-            n = self.store.next_segment(rec.id)
+            n = self.store.allocate_segment(rec.id)
             rel = f"streams/{rec.id}.segments/{n:04d}.wav"
             frames = segments.cut(live.archive.path, start, end,
                                   self.settings.data_dir / rel)

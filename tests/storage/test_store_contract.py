@@ -117,3 +117,24 @@ def test_transcripts_are_idempotent_by_segment(store: MetadataStore) -> None:
         store.add_transcript("t", {"segment": "x", "start": 0, "end": 1, "text": ""})
     store.delete("t")
     assert store.transcripts("t") == []
+
+
+def test_postgres_store_reconnects_after_its_connections_are_killed(pg_url: str) -> None:
+    """What a PostgreSQL restart does to a gateway's pool: every server process serving it
+    is terminated; the next calls get checked, fresh connections and succeed."""
+    import psycopg
+
+    from earshot.storage.metadata import open_store
+
+    store = open_store(pg_url)
+    store.create(record("r"))
+    assert store.allocate_segment("r") == 0
+    dbname = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,)).fetchone()
+    assert killed is not None and killed[0] >= 1
+    assert store.allocate_segment("r") == 1
+    assert store.get("r").id == "r"
+    store.close()

@@ -65,10 +65,13 @@ class PostgresStore:
     """Metadata in a PostgreSQL database; migrations are applied on opening.
 
     ``min_size``/``max_size`` bound the pool per process: calls are short, so a few
-    connections serve a gateway's event loop and its REST thread pool.
+    connections serve a gateway's event loop and its REST thread pool. ``check``: test
+    each connection with an empty query as it leaves the pool (one more round trip), so
+    that connections a server restart broke are replaced instead of failing a call.
     """
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 4) -> None:
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 4,
+                 check: bool = True) -> None:
         self.url = url
         self.where = describe(url)
         try:
@@ -87,7 +90,7 @@ class PostgresStore:
         self._pool = ConnectionPool(
             url, min_size=min_size, max_size=max_size, open=True, timeout=POOL_TIMEOUT,
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
-            check=ConnectionPool.check_connection,  # survive a server restart
+            check=ConnectionPool.check_connection if check else None,
             name=f"earshot-{self.where}")
 
     # -- plumbing --------------------------------------------------------------------------

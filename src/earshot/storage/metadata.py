@@ -174,9 +174,11 @@ class SqliteStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self.migrated = migrate_sqlite(self._db)
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             self._db.close()
-            raise StorageError(f"cannot open SQLite database {self.path}: {exc}") from None
+            if isinstance(exc, sqlite3.Error):
+                raise StorageError(f"cannot open SQLite database {self.path}: {exc}") from None
+            raise
 
     def _row(self, row: tuple[Any, ...]) -> StreamRecord:
         d = dict(zip(_COLUMNS, row, strict=True))

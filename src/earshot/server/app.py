@@ -87,6 +87,8 @@ def create_app(settings: Settings) -> FastAPI:
     """The application. Loads the speech-to-text model (if configured) and checks every
     ``--processor`` now, so a misconfiguration fails at start with a clear message."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = settings.db or settings.data_dir / "earshot.db"
+    open_store(db).close()  # a bad --db fails here, before listening, with a clear message
     metrics = Metrics()
     scheduler = load_asr(settings, metrics)
     if scheduler is not None:
@@ -95,10 +97,9 @@ def create_app(settings: Settings) -> FastAPI:
     else:
         registry = Registry(settings.processors, unavailable={"asr": ASR_HINT})
 
-    store = open_store(settings.db or settings.data_dir / "earshot.db")  # ConfigError now
-
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = open_store(db)  # opened in the serving process (never across a fork)
         hub = Hub(settings, store, app.state.metrics, app.state.bus, registry=registry)
         repaired = hub.recover()
         if repaired:

@@ -81,13 +81,13 @@ def test_settings_db_from_the_environment() -> None:
 
 
 def test_serve_refuses_a_bad_db_before_listening(tmp_path: Path) -> None:
+    """One line and exit code 2 (the other bad values are checked in-process above)."""
     port = free_port()
-    for db, message in [("mysql://x/y", "unsupported database URL"),
-                        (f"postgresql://127.0.0.1:{port}/earshot",
-                         f"cannot connect to PostgreSQL at 127.0.0.1:{port}/earshot")]:
-        r = subprocess.run(
-            [sys.executable, "-m", "earshot.cli", "serve", "--port", str(free_port()),
-             "--data-dir", str(tmp_path / "d"), "--db", db],
-            capture_output=True, text=True, timeout=60)
-        assert r.returncode == 2, r.stderr
-        assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "earshot.cli", "serve", "--port", str(free_port()),
+         "--data-dir", str(tmp_path / "d"), "--db", f"postgresql://127.0.0.1:{port}/earshot"],
+        capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith(f"earshot: cannot connect to PostgreSQL at 127.0.0.1:{port}/"
+                               "earshot: "), r.stderr
+    assert "Traceback" not in r.stderr

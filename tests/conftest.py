@@ -9,6 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import ServerProcess
+from pg import pg_database, pg_url  # noqa: F401  (PostgreSQL fixtures, tests/pg.py)
 
 
 @pytest.fixture(scope="session")

@@ -55,6 +55,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         opts["fsync"] = True
     if args.processor:
         opts["processors"] = tuple(args.processor)
+    if args.db is not None:
+        opts["db"] = args.db
     settings = Settings(**opts)
     settings.check_exposure()
     from rich.console import Console
@@ -461,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drain-timeout", type=float,
                    help="seconds processors get to finish after a stream stops (10)")
     s.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    s.add_argument("--db", metavar="URL",
+                   help="metadata database: postgresql://user@host/dbname (pip install "
+                        "'earshot[postgres]') or an SQLite path (default DATA_DIR/earshot.db)")
     a = s.add_argument_group("speech-to-text (pip install 'earshot[asr]')")
     a.add_argument("--asr-model", help="faster-whisper model name (downloaded on first use "
                                        "where there is internet) or local model directory")

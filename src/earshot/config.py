@@ -40,6 +40,7 @@ class Settings:
     asr_beam_size: int = 5
     asr_workers: int = 1
     asr_threads: int = 0
+    db: str | None = None  # metadata: postgresql://… or an SQLite path (<data_dir>/earshot.db)
     log_level: str = "info"
     bus: str | None = None  # None: in-process; redis://host:port/db: Redis Streams
     bus_retention: float = 60.0  # seconds of audio kept on the Redis log

@@ -25,6 +25,11 @@ class StreamNotFound(StorageError):
     """No stream with that id."""
 
 
+class DuplicateStream(StorageError):
+    """A stream with that id exists already (ids are unique by the database); retry with
+    a new id."""
+
+
 class ConfigError(EarshotError):
     """Invalid configuration (options, environment variables, processor specs)."""
 

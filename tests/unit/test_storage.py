@@ -1,4 +1,5 @@
-"""Archive writer, crash repair and the metadata store, checked with independent readers."""
+"""Archive writer and crash repair, checked with independent readers (the metadata stores:
+tests/storage)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import pytest
 import soundfile as sf
 
 from earshot.audio import StreamSpec
-from earshot.errors import StorageError, StreamNotFound
+from earshot.errors import StorageError
 from earshot.storage.archive import Archive, finalize
-from earshot.storage.metadata import SqliteStore, StreamRecord
 from earshot.storage.wav import WavWriter, repair
 from helpers import ffprobe_duration, soxi_frames
 
@@ -109,25 +109,3 @@ def test_reopen_refuses_a_different_layout(tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         Archive.reopen(tmp_path / "m.wav", StreamSpec("s16", 48000, 1), "wav")
 
-
-def test_sqlite_store(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "m.db")
-    for i in range(5):
-        store.create(StreamRecord(id=f"id{i}", name=f"n{i}", created=100.0 + i, format="s16",
-                                  archive_format="wav", rate=16000, channels=1,
-                                  path=f"streams/id{i}.wav", token_hash="h",
-                                  client={"agent": "t"}))
-    page, total = store.list(limit=2, offset=1)
-    assert total == 5 and [r.id for r in page] == ["id3", "id2"]
-    store.update("id1", frames=32000, state="finished")
-    rec = store.get("id1")
-    assert (rec.frames, rec.state, rec.duration, rec.client) == (32000, "finished", 2.0,
-                                                                 {"agent": "t"})
-    assert "token_hash" not in rec.public()
-    assert {r.id for r in store.with_state("live")} == {"id0", "id2", "id3", "id4"}
-    store.delete("id1")
-    with pytest.raises(StreamNotFound):
-        store.get("id1")
-    with pytest.raises(ValueError):
-        store.update("id0", bogus=1)
-    store.close()

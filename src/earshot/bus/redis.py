@@ -318,11 +318,6 @@ class RedisStreamsBus(MemoryBus):
         except Exception:
             log.exception("bus: job failed")
 
-    async def claim_once(self, key: str, ttl: float = 86400.0) -> bool:
-        """True the first time any process claims ``key`` (idempotent side effects)."""
-        return bool(await self.redis.set(f"{self.keys.prefix}claim:{key}", self.name,
-                                          nx=True, px=int(ttl * 1000)))
-
     # -- ownership of live streams ---------------------------------------------------------
     async def acquire(self, stream: str) -> None:
         self._held.add(stream)

@@ -28,7 +28,7 @@ from earshot.server.ingest import IngestSession, refuse_unauthorized
 from earshot.server.metrics import Metrics
 from earshot.server.rest import api, ops
 from earshot.server.subscribe import subscribe
-from earshot.storage.metadata import SqliteStore
+from earshot.storage.metadata import open_store
 
 if TYPE_CHECKING:
     from earshot.asr.scheduler import AsrScheduler
@@ -98,6 +98,8 @@ def create_app(settings: Settings) -> FastAPI:
     """The application. Loads the speech-to-text model (if configured) and checks every
     ``--processor`` now, so a misconfiguration fails at start with a clear message."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = settings.db or settings.data_dir / "earshot.db"
+    open_store(db).close()  # a bad --db fails here, before listening, with a clear message
     metrics = Metrics()
     scheduler = load_asr(settings, metrics)
     if scheduler is not None:
@@ -108,7 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = SqliteStore(settings.data_dir / "earshot.db")
+        store = open_store(db)  # opened in the serving process (never across a fork)
         bus = app.state.bus
         hub = Hub(settings, store, app.state.metrics, bus, registry=registry)
         await bus.start(hub.on_bus_events, hub.on_bus_release)

@@ -96,7 +96,7 @@ class EventRouter:
         try:
             start = max(0, round(float(e["start"]) * rec.rate))
             end = round(float(e["end"]) * rec.rate)
-            n = self.store.next_segment(rec.id)
+            n = self.store.allocate_segment(rec.id)
             rel = f"streams/{rec.id}.segments/{n:04d}.wav"
             frames = segments.cut(archive, start, end, self.data_dir / rel)
         except (OSError, StorageError, ValueError, TypeError) as exc:
@@ -146,8 +146,9 @@ class EventRouter:
             await self.cut_once(sid, e)
 
     async def cut_once(self, sid: str, e: Event) -> None:
-        bus: Any = self.bus
-        if not await bus.claim_once(f"seg:{sid}:{e.get('processor')}:{e['end']}"):
+        """Cut the segment of a worker's ``speech_end``, once in the cluster: the event's
+        identity is claimed in the metadata store first."""
+        if not self.store.claim_event(sid, f"segment:{e.get('processor')}:{e['end']}"):
             return  # cut already
         try:
             rec = self.store.get(sid)

@@ -158,6 +158,20 @@ async def run_streams(url: str, n: int, seconds: float) -> tuple[list[float], fl
     return lat, seconds
 
 
+def _child(url: str, n: int, seconds: float) -> list[float]:
+    return asyncio.run(run_streams(url, n, seconds))[0]
+
+
+def spread(url: str, n: int, seconds: float, procs: int) -> list[float]:
+    """The streams over ``procs`` client processes, so the client is not what is measured."""
+    import multiprocessing as mp
+
+    counts = [n // procs + (i < n % procs) for i in range(procs)]
+    with mp.get_context("spawn").Pool(procs) as pool:
+        parts = pool.starmap(_child, [(url, k, seconds) for k in counts if k])
+    return [x for part in parts for x in part]
+
+
 def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
@@ -173,8 +187,8 @@ def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
                                                    ("worker", c.worker_pid),
                                                    ("redis", c.redis_pid))}
             t0 = time.monotonic()
-            lat, _ = asyncio.run(run_streams(f"ws://127.0.0.1:{c.port}/ws", args.streams,
-                                             args.seconds))
+            lat = spread(f"ws://127.0.0.1:{c.port}/ws", args.streams, args.seconds,
+                         args.client_procs)
             wall = time.monotonic() - t0
             cpu = {k: (cpu_seconds(p) - cpu0[k]) / wall * 100 / args.streams
                    for k, p in (("gateway", c.gateway_pid), ("worker", c.worker_pid),
@@ -229,6 +243,7 @@ def main() -> int:
     ap.add_argument("what", choices=["latency", "capacity"])
     ap.add_argument("--streams", default="100")
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--client-procs", type=int, default=4, help="load client processes")
     args = ap.parse_args()
     if args.what == "latency":
         args.streams = int(args.streams)

@@ -142,7 +142,7 @@ def create_app(settings: Settings) -> FastAPI:
     if app.state.bus.remote:
         from earshot.server.metrics import BusCollector
 
-        metrics.registry.register(BusCollector(app.state.bus))  # type: ignore[arg-type]
+        metrics.registry.register(BusCollector(app.state.bus, settings.ack_interval))  # type: ignore[arg-type]
     app.state.capabilities = capabilities(settings, registry)
     app.include_router(api)
     app.include_router(ops)

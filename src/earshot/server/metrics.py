@@ -68,8 +68,9 @@ class BusCollector:
     """The Redis bus as Prometheus sees it, from what the bus last read (every 1.25 s):
     no Redis call at scrape time."""
 
-    def __init__(self, bus: object) -> None:
+    def __init__(self, bus: object, seconds_per_entry: float) -> None:
         self.bus = bus
+        self.seconds_per_entry = seconds_per_entry  # one log entry is one ack batch
 
     def describe(self) -> list[object]:
         return []
@@ -93,11 +94,17 @@ class BusCollector:
         pending = GaugeMetricFamily("earshot_bus_group_pending_entries",
                                     "Log entries read but not yet acknowledged",
                                     labels=["processor"])
+        behind = GaugeMetricFamily("earshot_bus_group_lag_seconds",
+                                   "How far a processor kind is behind the log, in seconds "
+                                   "of audio (unread plus unacknowledged entries)",
+                                   labels=["processor"])
         for kind, g in sorted((stats.get("groups") or {}).items()):
             lag.add_metric([kind], g["lag"])
             pending.add_metric([kind], g["pending"])
+            behind.add_metric([kind], (g["lag"] + g["pending"]) * self.seconds_per_entry)
         yield lag
         yield pending
+        yield behind
         takeovers = CounterMetricFamily("earshot_bus_takeovers",
                                         "Partitions taken over from a worker that stopped",
                                         labels=["processor"])

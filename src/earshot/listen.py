@@ -219,14 +219,13 @@ class Listener:
         while True:
             k += 1
             await asyncio.sleep(max(0.0, t0 + k * period - time.monotonic()))
-            out = jb.pop(time.monotonic())
-            st = jb.stats
             if self._ended.is_set():  # no more is coming: play out what is buffered, now
-                for rest in [out, *jb.drain()]:
-                    if rest.kind == "audio" or rest.media_offset is not None:  # no stretches
-                        self._play(rest)
+                for rest in jb.drain():
+                    self._play(rest)
                 self._update_stats()
                 return
+            out = jb.pop(time.monotonic())
+            st = jb.stats
             if out.kind == "waiting":
                 continue
             self.stats.delays.append(st.delay)

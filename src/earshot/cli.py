@@ -74,6 +74,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from earshot.netcheck import check_bindable
 
     check_bindable(settings.host, settings.port)  # before announcing anything
+    if settings.archive_format == "ogg":  # encoded at stop: fail now, not per stream
+        from earshot.codec.opus import import_av
+
+        import_av()  # MissingDependency → exit 2 with the install hint
     console = _console(stderr=True)
     if settings.asr_model:
         console.print(f"loading speech-to-text model {escape(settings.asr_model)} …")

@@ -80,11 +80,15 @@ def test_send_streams_and_the_download(plain: PlainInstall, tour_server: ServerP
     assert np.array_equal(sf.read(tmp_path / "dl" / f"take-{sid}.wav", dtype="int16")[0], x)
 
 
-def test_send_of_a_missing_file(plain: PlainInstall, tour_env: dict[str, str]) -> None:
+def test_send_errors_say_what_is_wrong(plain: PlainInstall, tour_env: dict[str, str],
+                                       tmp_path: Path) -> None:
     out = plain.run("send", "/no/such.wav", env=tour_env)
     assert out.returncode == 1
     assert "cannot read /no/such.wav: the file does not exist" in out.stderr
     assert "System error" not in out.stderr and "Traceback" not in out.stderr
+    noise(tmp_path / "o.wav", 0.1)
+    opus = plain.run("send", str(tmp_path / "o.wav"), "--codec", "opus", env=tour_env)
+    assert opus.returncode == 2 and "needs PyAV" in opus.stderr, opus.stderr  # the opus extra
 
 
 def test_listen_records_every_frame_of_a_live_send(plain: PlainInstall,
@@ -212,6 +216,10 @@ def test_serve_refuses_bad_settings_before_announcing(plain: PlainInstall,
     assert f"cannot listen on 127.0.0.1:{tour_server.port}: Address already in use" \
         in busy.stderr
     assert "earshot 0.1.0 on" not in busy.stderr and "startup complete" not in busy.stderr
+    ogg = plain.run("serve", "--archive-format", "ogg", "--port", str(free_port()),
+                    "--data-dir", str(tmp_path / "d"), timeout=60)
+    assert ogg.returncode == 2 and "needs PyAV" in ogg.stderr, ogg.stderr
+    assert "earshot 0.1.0 on" not in ogg.stderr
     # and a real start's banner is not hard-wrapped in a log: the data path is on its line
     data = str(tour_server.data_dir.resolve())
     assert any(line.endswith(f"data in {data}") for line in

@@ -194,7 +194,6 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.live import Live
     from rich.text import Text
 
@@ -215,7 +214,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
             source: Any = FileSource(args.file, realtime=True)
         else:
             source = MicSource(device=args.device, rate=args.rate, channels=args.channels)
-        console = Console(stderr=True)
+        console = _console(stderr=True)  # no 80-column wrap in a pipe
         console.print(f"streaming {source.info.label} at {source.info.rate} Hz — Ctrl-C to stop")
         with Live(console=console, transient=True, refresh_per_second=12,
                   auto_refresh=not args.quiet) as live:

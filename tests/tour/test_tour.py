@@ -102,10 +102,15 @@ def test_listen_records_every_frame_of_a_live_send(plain: PlainInstall,
         sid = sent_id(send.next(30))  # printed at ready, while the stream is live
         state = httpx.get(f"{tour_server.http}/api/streams/{sid}", headers=AUTH).json()
         assert state["state"] == "live" and state["frames"] < len(x)
-        heard = plain.run("listen", sid, "--out", str(tmp_path / "heard.wav"), env=tour_env)
-        assert heard.returncode == 0, heard.stderr
-        assert send.until(lambda line: "archived" in line) == \
-            f"stream {sid}: {len(x)} frames (8.01 s) archived\n"
+        with Lines(plain.popen("tail", sid, env=tour_env)) as tail:  # until it finishes
+            heard = plain.run("listen", sid, "--out", str(tmp_path / "heard.wav"),
+                              env=tour_env)
+            assert heard.returncode == 0, heard.stderr
+            assert send.until(lambda line: "archived" in line) == \
+                f"stream {sid}: {len(x)} frames (8.01 s) archived\n"
+            ended = tail.until(lambda line: "stream_ended" in line)
+            assert ended.startswith(f"{sid}     8.010s stream_ended   ")
+            assert tail.proc.wait(30) == 0 and tail.next() == ""
     y = sf.read(tmp_path / "heard.wav", dtype="int16")[0]
     first = len(x) - len(y)
     assert 0 <= first < len(x) - 8000, "heard less than half a second"

@@ -161,3 +161,13 @@ def test_recording_fills_what_the_relay_dropped(tmp_path: Path) -> None:
     y = sf.read(tmp_path / "r.wav", dtype="int16")[0]
     assert np.array_equal(y[:1600], x[:1600]) and not y[1600:1920].any()
     assert np.array_equal(y[1920:], x[1920:]) and listener.stats.concealed_ms == 20
+
+
+def test_recording_stops_at_seconds(tmp_path: Path) -> None:
+    x = np.arange(1, 3201, dtype=np.int16)
+    listener = Listener("ws://127.0.0.1:1/ws", "s", out=tmp_path / "r.wav", seconds=0.05)
+    listener._audio({"type": "audio", "offset": 0, "frames": 3200, "rate": 16000,
+                     "channels": 1, "format": "s16"}, x.tobytes(), 0.0)
+    listener._close_sinks()
+    assert listener._ended.is_set()
+    assert np.array_equal(sf.read(tmp_path / "r.wav", dtype="int16")[0], x[:800])

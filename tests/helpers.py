@@ -39,6 +39,8 @@ class ServerProcess:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"server-{self.port}.log"
+        self.command = [sys.executable, "-m", "earshot.cli"]  # or another install's earshot
+        self.cwd: Path | None = None
 
     @property
     def url(self) -> str:
@@ -49,10 +51,11 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
-        cmd = [sys.executable, "-m", "earshot.cli", "serve", "--port", str(self.port),
+        cmd = [*self.command, "serve", "--port", str(self.port),
                "--data-dir", str(self.data_dir), "--log-level", "warning", *self.args]
         logf = open(self.log, "ab")  # noqa: SIM115 - the child keeps it
-        self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=self.env)
+        self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=self.env,
+                                     cwd=self.cwd)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

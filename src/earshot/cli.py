@@ -24,6 +24,19 @@ from earshot.errors import (
     MissingDependency,
     ProcessorError,
 )
+from earshot.ranges import (
+    CHANNELS,
+    COUNT,
+    OPUS_BITRATE,
+    PORT,
+    POSITIVE_INT,
+    SAMPLE_RATE,
+    SECONDS,
+    SECONDS_OR_ZERO,
+    Range,
+    server_url,
+)
+from earshot.term import console as _console
 from earshot.urls import DEFAULT_URL, http_base, ws_url
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED = 0, 1, 2, 3, 4
@@ -59,10 +72,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         opts["db"] = args.db
     settings = Settings(**opts)
     settings.check_exposure()
-    from rich.console import Console
     from rich.markup import escape
 
-    console = Console(stderr=True)
+    from earshot.netcheck import check_bindable
+
+    check_bindable(settings.host, settings.port)  # before announcing anything
+    if settings.archive_format == "ogg":  # encoded at stop: fail now, not per stream
+        from earshot.codec.opus import import_av
+
+        import_av()  # MissingDependency → exit 2 with the install hint
+    console = _console(stderr=True)
     if settings.asr_model:
         console.print(f"loading speech-to-text model {escape(settings.asr_model)} …")
     app = create_app(settings)
@@ -102,10 +121,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # -- send / stream ------------------------------------------------------------------------
 def _run_client(coro_factory: Callable[[], Any]) -> int:
-    from rich.console import Console
     from rich.markup import escape
 
-    err = Console(stderr=True)
+    err = _console(stderr=True)
     try:
         return int(asyncio.run(coro_factory()) or 0)
     except KeyboardInterrupt:
@@ -124,14 +142,25 @@ def exit_code(exc: ClientError) -> int:
     return EXIT_REFUSED if exc.code else EXIT_FAIL
 
 
-def _summary(args: argparse.Namespace, result: dict[str, Any]) -> None:
+def _summary(args: argparse.Namespace, result: dict[str, Any], *,
+             announced: bool = False) -> None:
     base = http_base(args.url)
     secs = result["frames"] / result["rate"]
     print(f"stream {result['stream']}: {result['frames']} frames ({secs:.2f} s) archived")
-    print(f"audio: {base}/api/streams/{result['stream']}/audio")
+    if not announced:  # else the URL was printed when the stream started
+        print(f"audio: {base}/api/streams/{result['stream']}/audio")
+
+
+def _announce(args: argparse.Namespace, stream_id: str, what: str,
+              write: Callable[[str], None]) -> None:
+    """The stream id and its archive URL, as soon as the server is ready, so that ``listen``
+    and ``tail`` can be used on the stream while it is being sent."""
+    write(f"stream {stream_id}: {what}")
+    write(f"audio: {http_base(args.url)}/api/streams/{stream_id}/audio")
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from earshot.client import Reconnect, publish
@@ -140,25 +169,45 @@ def cmd_send(args: argparse.Namespace) -> int:
     async def main() -> int:
         source = FileSource(args.file, realtime=args.realtime, format=args.format)
         total = source.info.frames or 0
+        err = _console(stderr=True)
+        # the bar lives on stderr, and only on a terminal: stdout carries just the results
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                       TextColumn("{task.percentage:>5.1f}%"), TimeRemainingColumn(),
-                      transient=True, disable=args.quiet) as progress:
-            task = progress.add_task(source.info.label, total=total)
+                      console=err, transient=True, redirect_stdout=False,
+                      redirect_stderr=False, disable=args.quiet or not err.is_terminal,
+                      ) as progress:
+            task = progress.add_task(escape(source.info.label), total=total)
+
+            def write(line: str) -> None:
+                if progress.live.is_started and sys.stdout.isatty():  # above the live bar
+                    progress.console.print(line, markup=False, highlight=False)
+                else:
+                    print(line, flush=True)
+
+            announced = False
+
+            def on_block(pub: Any, _block: Any) -> None:
+                nonlocal announced
+                if not announced and pub.stream_id is not None:
+                    announced = True
+                    _announce(args, pub.stream_id, f"sending {source.info.label} "
+                              f"({total / source.info.rate:.2f} s)", write)
+                progress.update(task, completed=pub.offset)
+
             result = await publish(
                 args.url, source, name=args.name, token=args.token,
                 processors=args.processors, codec=args.codec, bitrate=args.bitrate,
-                reconnect=Reconnect(attempts=args.retries),
-                on_block=lambda pub, _b: progress.update(task, completed=pub.offset),
+                reconnect=Reconnect(attempts=args.retries), on_block=on_block,
             )
-        _summary(args, result)
+        _summary(args, result, announced=announced)
         return EXIT_OK
 
     return _run_client(main)
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.live import Live
+    from rich.text import Text
 
     from earshot.client import Reconnect, publish
     from earshot.sources import FileSource, MicSource, block_level_db, list_devices
@@ -177,13 +226,14 @@ def cmd_stream(args: argparse.Namespace) -> int:
             source: Any = FileSource(args.file, realtime=True)
         else:
             source = MicSource(device=args.device, rate=args.rate, channels=args.channels)
-        console = Console(stderr=True)
+        console = _console(stderr=True)  # no 80-column wrap in a pipe
         console.print(f"streaming {source.info.label} at {source.info.rate} Hz — Ctrl-C to stop")
         with Live(console=console, transient=True, refresh_per_second=12,
                   auto_refresh=not args.quiet) as live:
             def on_block(pub: Any, block: Any) -> None:
                 if not args.quiet:
-                    live.update(level_bar(block_level_db(block), pub.offset / source.info.rate))
+                    live.update(Text(level_bar(block_level_db(block),  # text, not markup
+                                               pub.offset / source.info.rate)))
 
             task = asyncio.ensure_future(publish(
                 args.url, source, name=args.name, token=args.token, processors=args.processors,
@@ -209,44 +259,24 @@ def level_bar(db: float, seconds: float, width: int = 40) -> str:
 
 # -- streams / tail -----------------------------------------------------------------------
 def _http(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
-    import httpx
+    from earshot.rest_client import request_json  # the standard library: no extra needed
 
-    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    try:
-        r = httpx.request(method, http_base(args.url) + path, headers=headers, timeout=10, **kw)
-    except httpx.TransportError as exc:
-        msg = f"cannot reach {http_base(args.url)}: {exc}"
-        raise ClientError(msg, code="unreachable") from None
-    if r.status_code >= 400:
-        detail = r.json().get("detail") if "json" in r.headers.get("content-type", "") else r.text
-        raise ClientError(f"HTTP {r.status_code}: {detail}", code=str(r.status_code))
-    return r.json()
+    return request_json(args.url, path, token=args.token, method=method, **kw)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """POST /api/streams/ID/replay: a processor over a finished stream's archive."""
-    import urllib.error
-    import urllib.parse
-    import urllib.request
+    from urllib.parse import quote
 
-    url = (f"{http_base(args.url)}/api/streams/{urllib.parse.quote(args.stream)}/replay?"
-           + urllib.parse.urlencode({"processor": args.processor}))
-    req = urllib.request.Request(url, method="POST")
-    if args.token:
-        req.add_header("Authorization", f"Bearer {args.token}")
+    from earshot.rest_client import request_json
+
     try:
-        with urllib.request.urlopen(req, timeout=args.timeout) as r:
-            result = json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            detail = json.loads(exc.read()).get("detail")
-        except ValueError:
-            detail = exc.reason
-        print(f"earshot replay: HTTP {exc.code}: {detail}", file=sys.stderr)
-        return EXIT_REFUSED
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"earshot replay: cannot reach {http_base(args.url)}: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        result = request_json(args.url, f"/api/streams/{quote(args.stream)}/replay",
+                              token=args.token, method="POST",
+                              params={"processor": args.processor}, timeout=args.timeout)
+    except ClientError as exc:
+        print(f"earshot replay: {exc}", file=sys.stderr)
+        return exit_code(exc)
     if args.json:
         print(json.dumps(result, indent=2))
         return EXIT_OK
@@ -262,7 +292,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_streams(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     try:
@@ -283,12 +312,11 @@ def cmd_streams(args: argparse.Namespace) -> int:
         created = dt.datetime.fromtimestamp(s["created"]).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(s["id"], s["name"] or "", s["state"], str(s["rate"]), str(s["channels"]),
                       f"{s['duration']:.2f} s", created)
-    Console().print(table)
+    _console().print(table)
     return EXIT_OK
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.live import Live
     from rich.markup import escape
     from websockets.asyncio.client import connect
@@ -296,8 +324,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
     url = ws_url(args.url, "/ws/subscribe", stream=args.stream)
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
-    err = Console(stderr=True)
+    err = _console(stderr=True)
     quiet_types = {"spectrogram"} | (set() if args.levels else {"level"})
+    one = args.stream != "*"
 
     async def main() -> int:
         board = TailBoard()
@@ -314,14 +343,24 @@ def cmd_tail(args: argparse.Namespace) -> int:
                             raise ClientError(event.get("message", "error"),
                                               code=event.get("code"))
                         if kind == "subscribed":
-                            n = len(event["live"])
-                            err.print(f"watching {escape(args.stream)}: {n} live stream(s)")
+                            live_ids = {s["stream"] for s in event["live"]}
+                            if one and args.stream not in live_ids:
+                                # subscribed first, so nothing is missed if it goes live now
+                                done = await asyncio.to_thread(_tail_not_live, args, err)
+                                if done is not None:
+                                    return done
+                                continue
+                            what = f"{len(live_ids)} live stream(s)" if not one else "live"
+                            err.print(f"watching {escape(args.stream)}: {what}")
                             continue
                         board.update(event)
                         if kind not in quiet_types:
                             print(format_event(event), flush=True)
                         if err.is_terminal:
                             live.refresh()
+                        if one and kind == "stream_ended" and event.get("state") == "finished":
+                            err.print(f"stream {escape(args.stream)} finished")
+                            return EXIT_OK
         except (OSError, InvalidHandshake) as exc:
             raise ClientError(f"cannot reach {url}: {exc}", code="unreachable") from None
         except ConnectionClosed:
@@ -329,6 +368,61 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run_client(main)
+
+
+def _tail_not_live(args: argparse.Namespace, err: Any) -> int | None:
+    """``tail ID`` of a stream that is not live: unknown (an error, exit 4), finished (print
+    what is stored of its events, exit 0), or interrupted (None: keep waiting for a resume)."""
+    from rich.markup import escape
+
+    sid = args.stream
+    try:
+        rec = _http(args, "GET", f"/api/streams/{urllib_quote(sid)}")
+    except ClientError as exc:
+        if exc.code == "404":
+            raise ClientError(f"no stream {sid!r} on {http_base(args.url)} (earshot streams "
+                              "lists them)", code="unknown_stream") from None
+        raise
+    state = rec.get("state")
+    if state == "live":  # it went live between the subscription and this question
+        err.print(f"watching {escape(sid)}: live")
+        return None
+    if state != "finished":
+        err.print(f"stream {escape(sid)} is {escape(str(state))}, not live: waiting for it to "
+                  "be resumed (Ctrl-C to stop)")
+        return None
+    stored = _stored_events(args, sid)
+    summary = f"stream {escape(sid)} is finished ({rec.get('duration', 0):.2f} s)"
+    if not stored:
+        err.print(f"{summary}; nothing of its events is stored (no speech segments, no "
+                  "transcripts). Its audio: "
+                  f"{escape(http_base(args.url))}/api/streams/{escape(sid)}/audio")
+        return EXIT_OK
+    err.print(f"{summary}; its stored events:")
+    for event in stored:
+        print(format_event(event), flush=True)
+    return EXIT_OK
+
+
+def _stored_events(args: argparse.Namespace, sid: str) -> list[dict[str, Any]]:
+    """What the server keeps of a finished stream's events: speech segments and final
+    transcripts, as the events that announced them, in stream time."""
+    q = urllib_quote(sid)
+    events: list[dict[str, Any]] = [
+        {"type": "segment", "stream": sid, "t": seg["end"], **seg}
+        for seg in _http(args, "GET", f"/api/streams/{q}/segments").get("segments", [])]
+    events += [
+        {"type": "transcript", "stream": sid, "t": f.get("end"), "final": True,
+         "segment": f.get("segment"), "start": f.get("start"), "end": f.get("end"),
+         "text": f.get("text")}
+        for f in _http(args, "GET", f"/api/streams/{q}/transcript")]
+    return sorted(events, key=lambda e: (e["t"] or 0.0, e["type"]))
+
+
+def urllib_quote(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
 
 
 class TailBoard:
@@ -350,10 +444,13 @@ class TailBoard:
         elif kind == "stream_ended":
             self.rows.pop(sid, None)
 
-    def __rich__(self) -> str:
-        return "\n".join(
-            f"{sid}  {level_bar(r['db'], r['t'], 30)}  "
-            f"{'[bold green]speech[/]' if r['speech'] else '[dim]silence[/]'}"
+    def __rich__(self) -> Any:
+        from rich.text import Text
+
+        # the bar is plain text: "[####...]" would be taken for a markup tag and vanish
+        return Text("\n").join(
+            Text.assemble(f"{sid}  {level_bar(r['db'], r['t'], 30)}  ",
+                          ("speech", "bold green") if r["speech"] else ("silence", "dim"))
             for sid, r in self.rows.items())
 
 
@@ -420,6 +517,14 @@ def cmd_listen(args: argparse.Namespace) -> int:
                             seconds=args.seconds)
         stats = await listener.run()
         s = stats.summary()
+        if s["recorded"]:  # --out alone: every frame from the first heard to the end
+            start = (s["first_offset"] or 0) / max(s["rate"], 1)
+            print(f"recorded {s['seconds']:.2f} s of {s['stream']} (from {start:.2f} s into "
+                  f"it) to {args.out}: concealed {s['concealed_ms']:.0f} ms (audio the relay "
+                  f"dropped); arrival delay p50 {s['delay_p50_ms']:.0f} ms, p99 "
+                  f"{s['delay_p99_ms']:.0f} ms; {s['bytes_in']} bytes received",
+                  file=sys.stderr)
+            return EXIT_OK
         print(f"listened to {s['seconds']:.2f} s of {s['stream']}: delay p50 "
               f"{s['delay_p50_ms']:.0f} ms, p99 {s['delay_p99_ms']:.0f} ms; concealed "
               f"{s['concealed_ms']:.0f} ms; {s['bytes_in']} bytes received", file=sys.stderr)
@@ -444,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the server (options also from EARSHOT_* variables)")
     s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    s.add_argument("--port", type=int, help="port (default 8000)")
+    s.add_argument("--port", type=PORT, help="port (default 8000)")
     s.add_argument("--data-dir", type=Path, help="archives and metadata (default ./earshot-data)")
     s.add_argument("--token", help="require this bearer token on every request")
     s.add_argument("--no-auth", action="store_true",
@@ -452,15 +557,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--archive-format", choices=["wav", "wav-f32", "flac", "ogg"],
                    help="archive encoding (default wav = PCM16; ogg = Ogg Opus)")
     s.add_argument("--fsync", action="store_true", help="fsync before every ack (power-loss safe)")
-    s.add_argument("--ack-interval", type=float, help="seconds of audio per ack (default 0.1)")
-    s.add_argument("--max-message-bytes", type=int, help="largest accepted message (1 MiB)")
+    s.add_argument("--ack-interval", type=Range(float, 0.005, 5, unit="seconds"),
+                   help="seconds of audio per ack (default 0.1)")
+    s.add_argument("--max-message-bytes", type=Range(int, 1024),
+                   help="largest accepted message (1 MiB)")
     s.add_argument("--processor", action="append", metavar="SPEC",
                    help="offer this processor and run it on every stream by default "
                         "(repeatable): a built-in (level, spectrogram, vad) or "
                         "package.module:Class, with options: vad,threshold=0.6")
-    s.add_argument("--max-lag", type=float,
+    s.add_argument("--max-lag", type=SECONDS,
                    help="seconds a processor may fall behind before it skips audio (10)")
-    s.add_argument("--drain-timeout", type=float,
+    s.add_argument("--drain-timeout", type=SECONDS_OR_ZERO,
                    help="seconds processors get to finish after a stream stops (10)")
     s.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     s.add_argument("--db", metavar="URL",
@@ -473,27 +580,29 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--asr-device", choices=["cpu", "cuda", "auto"], help="default cpu")
     a.add_argument("--asr-compute-type", help="e.g. int8, float16 (default: the model's)")
     a.add_argument("--asr-language", help="e.g. en (default: detect)")
-    a.add_argument("--asr-beam-size", type=int, help="beam size for finals (default 5)")
-    a.add_argument("--asr-workers", type=int, help="decoding threads (default 1)")
-    a.add_argument("--asr-threads", type=int, help="CPU threads per decode (0: library default)")
+    a.add_argument("--asr-beam-size", type=POSITIVE_INT, help="beam size for finals (default 5)")
+    a.add_argument("--asr-workers", type=POSITIVE_INT, help="decoding threads (default 1)")
+    a.add_argument("--asr-threads", type=COUNT,
+                   help="CPU threads per decode (0: library default)")
     b = s.add_argument_group("scale-out (pip install 'earshot[redis]')")
     b.add_argument("--bus", help="redis://HOST:PORT/DB: put audio and events on Redis Streams; "
                                  "processors then run in `earshot worker --bus` processes")
-    b.add_argument("--bus-retention", type=float,
+    b.add_argument("--bus-retention", type=SECONDS,
                    help="seconds of audio kept on the Redis log (default 60)")
-    b.add_argument("--processes", type=int,
+    b.add_argument("--processes", type=POSITIVE_INT,
                    help="gateway processes sharing the port (needs --bus; default 1)")
     s.set_defaults(func=cmd_serve)
 
     def client_opts(c: argparse.ArgumentParser) -> None:
-        c.add_argument("--url", default=_env("url", DEFAULT_URL),
+        c.add_argument("--url", default=_env("url", DEFAULT_URL), type=server_url,
                        help=f"server ingest URL (default {DEFAULT_URL}, or EARSHOT_URL)")
         c.add_argument("--token", default=_env("token"), help="bearer token (or EARSHOT_TOKEN)")
 
     def codec_opts(c: argparse.ArgumentParser) -> None:
         c.add_argument("--codec", choices=["pcm", "opus"], default="pcm",
                        help="pcm (lossless, default) or opus (~30 kbit/s; 8/12/16/24/48 kHz)")
-        c.add_argument("--bitrate", type=int, default=32000, help="opus bitrate (32000)")
+        c.add_argument("--bitrate", type=OPUS_BITRATE, default=32000,
+                       help="opus bitrate (32000)")
 
     c = sub.add_parser("send", help="send a sound file as a stream")
     c.add_argument("file", type=Path)
@@ -506,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wire format (default: s16 for 16-bit files, else f32)")
     c.add_argument("--name", help="stream name (default: the file name)")
     c.add_argument("--processors", nargs="*", help="processors to run on the stream")
-    c.add_argument("--retries", type=int, default=30, help="reconnect attempts (default 30)")
+    c.add_argument("--retries", type=COUNT, default=30, help="reconnect attempts (default 30)")
     codec_opts(c)
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_send)
@@ -516,8 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", type=lambda v: int(v) if v.isdigit() else v,
                    help="input device index or name")
     m.add_argument("--list-devices", action="store_true", help="list input devices and exit")
-    m.add_argument("--rate", type=int, help="sample rate (default: the device's)")
-    m.add_argument("--channels", type=int, default=1)
+    m.add_argument("--rate", type=SAMPLE_RATE, help="sample rate (default: the device's)")
+    m.add_argument("--channels", type=CHANNELS, default=1)
     m.add_argument("--name", help="stream name")
     m.add_argument("--processors", nargs="*", help="processors to run on the stream")
     m.add_argument("--file", type=Path, help="play this file in real time instead of a mic")
@@ -527,7 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("streams", help="list streams")
     client_opts(ls)
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--limit", type=Range(int, 1, 500), default=50,
+                    help="how many, newest first (default 50, at most 500)")
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(func=cmd_streams)
 
@@ -539,11 +649,12 @@ def build_parser() -> argparse.ArgumentParser:
     li = sub.add_parser("listen", help="hear a live stream (jitter buffer), or record it")
     li.add_argument("stream")
     client_opts(li)
-    li.add_argument("--out", type=Path, help="write what is heard to this WAV file")
+    li.add_argument("--out", type=Path, help="record to this WAV file: every frame from now to "
+                                             "the stream's end (with --play: what is heard)")
     li.add_argument("--play", action="store_true", help="also play it with --out")
     li.add_argument("--codec", choices=["pcm", "opus"], default="pcm",
                     help="what to receive: pcm (default) or opus (~30 kbit/s)")
-    li.add_argument("--seconds", type=float, help="stop after this much audio")
+    li.add_argument("--seconds", type=SECONDS, help="stop after this much audio")
     li.set_defaults(func=cmd_listen)
 
     rp = sub.add_parser("replay", help="run a processor over a finished stream's archive; "
@@ -554,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts(rp)
     rp.add_argument("--json", action="store_true", help="print the whole result as JSON")
     rp.add_argument("--all", action="store_true", help="also print level/spectrogram events")
-    rp.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (600)")
+    rp.add_argument("--timeout", type=SECONDS, default=600.0, help="seconds to wait (600)")
     rp.set_defaults(func=cmd_replay)
 
     w = sub.add_parser("worker", help="run processors on live audio: from the Redis log "
@@ -568,12 +679,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--from", dest="start_from", choices=["latest", "oldest"],
                    default="latest", help="with --bus, a new processor kind starts at the "
                    "live edge (default) or at the oldest entry still on the log")
-    w.add_argument("--lease-ttl", type=float, default=3.0,
+    w.add_argument("--lease-ttl", type=SECONDS, default=3.0,
                    help="with --bus, seconds before a dead worker's streams are taken over")
     client_opts(w)
     w.add_argument("--stream", default="*", help="stream id, or * for every stream (default)")
     w.add_argument("--name", help="worker name shown in its events")
-    w.add_argument("--retries", type=int, default=None,
+    w.add_argument("--retries", type=COUNT, default=None,
                    help="give up after this many failed reconnects (default: never)")
     w.set_defaults(func=cmd_worker)
     return p

@@ -10,8 +10,21 @@ from typing import Any
 
 from earshot.audio import ARCHIVE_FORMATS
 from earshot.errors import ConfigError
+from earshot.ranges import COUNT, PORT, POSITIVE_INT, SECONDS, SECONDS_OR_ZERO, Range
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+# Allowed values of numeric settings (the command line checks the same ranges); a field
+# added later gets its range here.
+RANGES: dict[str, Range] = {
+    "port": PORT,
+    "header_interval": SECONDS,
+    "max_lag": SECONDS,
+    "drain_timeout": SECONDS_OR_ZERO,
+    "asr_beam_size": POSITIVE_INT,
+    "asr_workers": POSITIVE_INT,
+    "asr_threads": COUNT,
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +77,12 @@ class Settings:
             raise ConfigError("--processes needs a shared bus: add --bus redis://HOST:PORT/DB")
         if self.max_message_bytes < 1024:
             raise ConfigError("max message size must be at least 1024 bytes")
+        for name, allowed in RANGES.items():
+            problem = allowed.problem(getattr(self, name))
+            if problem is not None:
+                raise ConfigError(f"{name.replace('_', ' ')} {problem}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
 
     def check_exposure(self) -> None:
         """Refuse to listen beyond loopback without a token unless --no-auth was given."""

@@ -323,6 +323,32 @@ class JitterBuffer:
         self._held += 1
         return Playout(out, frame, None, "concealed", None, skipped)
 
+    def drain(self) -> list[Playout]:
+        """The end of the stream: every buffered frame at once, in order, without waiting
+        for the clock or a target delay (no stretch, no acceleration). Frames missing between
+        buffered packets come as ``"concealed"`` (lost). The buffer is empty afterwards."""
+        outs: list[Playout] = []
+        if not self._buf:
+            return outs
+        frame = self._frame
+        pos = self._pos if self._running and self._pos is not None else min(self._buf)
+        out = self._out if self._out is not None else pos
+        end = max(self._buf) + frame
+        while pos < end:
+            if pos in self._buf:
+                outs.append(Playout(out, frame, self._buf.pop(pos), "audio", pos))
+                self._played += 1
+            else:
+                outs.append(Playout(out, frame, None, "concealed", pos))
+                self._lost += 1
+            self._remember(pos)
+            pos += frame
+            out += frame
+        self._pos, self._out = pos, out
+        self._running = False
+        self._holds = 0
+        return outs
+
     # -- state -----------------------------------------------------------------------------
 
     @property

@@ -36,6 +36,13 @@ class FileSource:
         import soundfile as sf
 
         self.path = Path(path)
+        try:  # say "does not exist" rather than libsndfile's "System error."
+            with open(self.path, "rb"):
+                pass
+        except FileNotFoundError:
+            raise ClientError(f"cannot read {self.path}: the file does not exist") from None
+        except OSError as exc:
+            raise ClientError(f"cannot read {self.path}: {exc.strerror or exc}") from None
         try:
             info = sf.info(str(self.path))
         except (sf.LibsndfileError, RuntimeError) as exc:

@@ -183,7 +183,7 @@ def test_empty_and_bad_audio(fake_fw: type[FakeWhisperModel]) -> None:
 
 def test_load_errors_are_config_errors(fake_fw: type[FakeWhisperModel]) -> None:
     with pytest.raises(ConfigError, match=r"'broken'.*Unable to open file 'model\.bin'.*"
-                                          r"give a faster-whisper model name") as info:
+                                          r"could not be downloaded.*give that directory") as info:
         load_engine(EngineConfig(model="broken"))
     assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="device 'tpu' is not one of auto, cpu, cuda"):

@@ -122,7 +122,11 @@ class FasterWhisperEngine:
         except Exception as exc:  # ValueError, RuntimeError, OSError, Hub errors, ...
             raise ConfigError(
                 f"cannot load speech-to-text model {cfg.model!r} (device {cfg.device}, "
-                f"compute type {cfg.compute_type}): {_one_line(exc)}; {MODEL_HINT}"
+                f"compute type {cfg.compute_type}): {_one_line(exc)}; a model name is "
+                "downloaded from the Hugging Face Hub on first use, which needs internet: if "
+                "it could not be downloaded, fetch the faster-whisper model where there is "
+                "internet, copy its directory (model.bin, tokenizer.json, ...) here and give "
+                "that directory instead, e.g. --asr-model ./models/faster-whisper-small.en"
             ) from exc
         languages = list(model.supported_languages)
         if cfg.language is not None and cfg.language not in languages:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,10 +48,19 @@ class ProcessorSpec:
 
 
 def import_processor(path: str) -> type[Processor]:
-    """``"package.module:Class"`` → the class, checked to be a Processor."""
+    """``"package.module:Class"`` → the class, checked to be a Processor.
+
+    Modules are also looked for in the current directory, as uvicorn does for app specs, so
+    ``earshot serve --processor examples.melprint:MelPrint`` works from a checkout (the
+    ``earshot`` script's own directory is on the path, not the one it was run from). Only
+    paths given by whoever runs the server or worker get here, never a client's.
+    """
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ProcessorError(f"processor path {path!r} must look like 'package.module:Class'")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -23,6 +23,7 @@ from earshot.errors import ConfigError
 from earshot.processors.asr import Asr
 from earshot.processors.registry import Registry
 from earshot.server.auth import presented_token, token_ok
+from earshot.server.docs import add_docs
 from earshot.server.hub import Hub
 from earshot.server.ingest import IngestSession, refuse_unauthorized
 from earshot.server.metrics import Metrics
@@ -135,7 +136,10 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         summary="Self-hosted real-time audio server",
         lifespan=lifespan,
+        docs_url=None,  # served by add_docs, with local assets instead of a CDN's
+        redoc_url=None,
     )
+    add_docs(app)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.bus = make_bus(settings)

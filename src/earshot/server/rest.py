@@ -81,7 +81,7 @@ async def get_audio(stream_id: str, hub: HubDep) -> FileResponse:
     if not path.exists():
         raise HTTPException(410, f"the archive of stream {rec.id} is gone")
     media = MEDIA_TYPES.get(path.suffix, "application/octet-stream")
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", rec.name or "")[:60].strip("._")
+    stem = re.sub(r"(?a)[^\w.-]+", "_", re.sub(r"\.\w{1,5}$", "", rec.name or ""))[:60].strip("._")
     filename = f"{stem + '-' if stem else ''}{rec.id}{path.suffix}"
     return FileResponse(path, media_type=media, filename=filename)
 

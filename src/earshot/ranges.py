@@ -1,0 +1,104 @@
+"""Allowed ranges of numeric options, checked the same way on the command line and in
+:class:`earshot.config.Settings` (so ``--port 80000`` and ``EARSHOT_PORT=80000`` fail alike).
+
+A :class:`Range` is also an argparse ``type``::
+
+    parser.add_argument("--port", type=PORT)               # 1..65535
+    parser.add_argument("--gain", type=Range(float, 0, 4))  # a float in [0, 4]
+
+so a bad value is refused by argparse with the reason (``argument --port: must be an integer
+from 1 to 65535, not 80000``), exit code 2, before anything starts. :func:`server_url` does
+the same for ``--url``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+
+@dataclass(frozen=True)
+class Range:
+    """Numbers of ``kind`` (int or float) between ``lo`` and ``hi`` (either may be None).
+
+    ``lo_open``: ``lo`` itself is excluded ("above 0"). ``unit`` is only for messages.
+    Floats must be finite.
+    """
+
+    kind: type = int
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    unit: str = ""
+
+    def describe(self) -> str:
+        noun = "an integer" if self.kind is int else "a number"
+        unit = f" {self.unit}" if self.unit else ""
+        lo, hi = _fmt(self.lo), _fmt(self.hi)
+        if self.lo is not None and self.hi is not None and not self.lo_open:
+            return f"{noun} from {lo} to {hi}{unit}"
+        if self.lo is not None and self.hi is not None:
+            return f"{noun} above {lo} and at most {hi}{unit}"
+        if self.lo is not None:
+            return f"{noun} {'above' if self.lo_open else 'of at least'} {lo}{unit}"
+        if self.hi is not None:
+            return f"{noun} of at most {hi}{unit}"
+        return noun + unit
+
+    def problem(self, value: object) -> str | None:
+        """Why ``value`` is out of range ("must be ..., not ..."), or None when it is fine."""
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and self.kind is int:
+            ok = isinstance(value, int) or float(value).is_integer()  # type: ignore[arg-type]
+        if ok:
+            x = float(value)  # type: ignore[arg-type]
+            ok = math.isfinite(x) and (
+                self.lo is None or (x > self.lo if self.lo_open else x >= self.lo)) and (
+                self.hi is None or x <= self.hi)
+        return None if ok else f"must be {self.describe()}, not {value!r}"
+
+    def parse(self, text: str) -> int | float:
+        """``text`` as a number in range; ValueError with the reason otherwise."""
+        try:
+            value: int | float = self.kind(text.strip())
+        except ValueError:
+            raise ValueError(f"must be {self.describe()}, not {text!r}") from None
+        problem = self.problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    def __call__(self, text: str) -> int | float:  # argparse type
+        try:
+            return self.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:g}"
+
+
+PORT = Range(int, 1, 65535)
+POSITIVE_INT = Range(int, 1)
+COUNT = Range(int, 0)  # retries, threads: 0 allowed
+SECONDS = Range(float, 0, lo_open=True, unit="seconds")  # a duration that must pass
+SECONDS_OR_ZERO = Range(float, 0, unit="seconds")
+SAMPLE_RATE = Range(int, 8000, 192000, unit="Hz")  # what the server accepts
+CHANNELS = Range(int, 1, 8)
+OPUS_BITRATE = Range(int, 6000, 510000, unit="bit/s")  # libopus' range
+
+
+def server_url(text: str) -> str:
+    """argparse type for ``--url``: ws://, wss://, http:// or https:// with a host."""
+    parts = urlsplit(text.strip())
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad or out-of-range port
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} has a bad port: {exc}") from None
+    if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a server URL: give ws://HOST:PORT/ws (or http://HOST:PORT)")
+    return text.strip()

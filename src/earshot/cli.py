@@ -54,6 +54,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         opts["fsync"] = True
     if args.processor:
         opts["processors"] = tuple(args.processor)
+    if args.web_origins is not None:
+        opts["web_origins"] = (args.web_origins,)
     settings = Settings(**opts)
     settings.check_exposure()
     from rich.console import Console
@@ -385,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drain-timeout", type=float,
                    help="seconds processors get to finish after a stream stops (10)")
     s.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    s.add_argument("--web-origins", metavar="ORIGINS",
+                   help="sites allowed to import /web/earshot.js: '*' (default), 'none', or "
+                        "comma-separated origins such as https://app.example.com")
     a = s.add_argument_group("speech-to-text (pip install 'earshot[asr]')")
     a.add_argument("--asr-model", help="faster-whisper model name (downloaded on first use "
                                        "where there is internet) or local model directory")

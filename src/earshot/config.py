@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -41,6 +42,7 @@ class Settings:
     asr_workers: int = 1
     asr_threads: int = 0
     log_level: str = "info"
+    web_origins: tuple[str, ...] = ("*",)  # CORS for /web/* (earshot.js on other sites)
 
     def __post_init__(self) -> None:
         if self.archive_format not in ARCHIVE_FORMATS:
@@ -51,6 +53,7 @@ class Settings:
             raise ConfigError("ack interval must be between 0.005 and 5 seconds")
         if self.max_message_bytes < 1024:
             raise ConfigError("max message size must be at least 1024 bytes")
+        object.__setattr__(self, "web_origins", web_origins(self.web_origins))
 
     def check_exposure(self) -> None:
         """Refuse to listen beyond loopback without a token unless --no-auth was given."""
@@ -59,6 +62,22 @@ class Settings:
                 f"refusing to listen on {self.host} without a token: set --token "
                 "(or EARSHOT_TOKEN), or pass --no-auth to run open on purpose"
             )
+
+
+def web_origins(values: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
+    """Origins allowed to load ``/web/*`` (comma or ``;`` separated): ``*`` for any, ``none``
+    for no other site, else ``scheme://host[:port]`` each."""
+    items = [values] if isinstance(values, str) else list(values)
+    out: list[str] = []
+    for item in items:
+        out += [p.strip() for p in re.split(r"[,;\s]+", item) if p.strip()]
+    if out in (["none"], []):
+        return ()
+    for origin in out:
+        if origin != "*" and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s?#]+", origin):
+            raise ConfigError(f"web origin {origin!r} is not '*', 'none' or "
+                              "scheme://host[:port] (no path, no trailing slash)")
+    return ("*",) if "*" in out else tuple(dict.fromkeys(out))
 
 
 def _convert(value: str, kind: Any) -> Any:

@@ -2,80 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from browserlib import shot
 
-from helpers import FIXTURES, ROOT, ServerProcess, best_alignment
+from helpers import FIXTURES, ServerProcess, best_alignment
 
 pytestmark = pytest.mark.slow
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = ROOT / "test-artifacts"
-TRUTH = json.loads((FIXTURES / "speech_16k.json").read_text())["speech"]
-
-
-def _require_browser() -> Any:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("playwright is required under CI=true (./run test installs it)")
-        pytest.skip("playwright not installed")
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is required under CI=true (./run test installs it)")
-        pytest.skip("chromium not installed")
-    return sync_playwright
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_playwright = _require_browser()
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={FIXTURES / 'speech_48k.wav'}%noloop",
-            "--autoplay-policy=no-user-gesture-required",
-        ])
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page_factory(browser: Any) -> Iterator[Callable[[str], Any]]:
-    contexts = []
-
-    def open_page(url: str) -> Any:
-        ctx = browser.new_context()
-        contexts.append(ctx)
-        page = ctx.new_page()
-        page.on("console", lambda m: print(f"[console.{m.type}] {m.text}"))
-        page.on("pageerror", lambda e: print(f"[pageerror] {e}"))
-        page.goto(url)
-        page.wait_for_function("window.earshotApp && window.earshotApp.ready")
-        return page
-
-    yield open_page
-    for ctx in contexts:
-        ctx.close()
-
-
-def shot(page: Any, name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    return path
 
 
 def stop_recording(page: Any) -> dict:
@@ -237,13 +176,14 @@ def _shim_events(server: ServerProcess, browser: Any) -> list:
     return log
 
 
-def test_speech_recognition_shim_events_in_order(shared_server: ServerProcess,
-                                                 browser: Any) -> None:
+def test_speech_recognition_shim_says_when_the_server_has_no_speech_to_text(
+        shared_server: ServerProcess, browser: Any) -> None:
     log = _shim_events(shared_server, browser)
     kinds = [e["type"] for e in log]
-    assert [k for k in kinds if k in {"start", "speechstart", "speechend", "end"}] == [
-        "start", "speechstart", "speechend", "end"], kinds
-    assert "error" not in kinds
+    errors = [e for e in log if e["type"] == "error"]
+    assert len(errors) == 1 and errors[0]["error"] == "service-not-allowed", log
+    assert "speech-to-text" in errors[0]["message"]
+    assert kinds[-1] == "end" and "result" not in kinds, kinds
 
 
 def test_speech_recognition_shim_results_with_a_model(server_factory: Callable[..., Any],

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
-from fastapi.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from earshot import __version__
@@ -26,6 +25,7 @@ from earshot.server.hub import Hub
 from earshot.server.ingest import IngestSession, refuse_unauthorized
 from earshot.server.metrics import Metrics
 from earshot.server.rest import api, ops
+from earshot.server.static import CorsStaticFiles
 from earshot.server.subscribe import subscribe
 from earshot.storage.metadata import SqliteStore
 
@@ -127,7 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(ops)
 
     web = Path(__file__).resolve().parent.parent / "web"
-    app.mount("/web", StaticFiles(directory=web), name="web")
+    app.mount("/web", CorsStaticFiles(directory=web, origins=settings.web_origins), name="web")
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

@@ -179,3 +179,77 @@ def test_dictation_page_single_utterance_ends_after_the_first_final(
     print(f"single utterance: {finals[0]['text']!r}, WER {score:.3f}")
     assert score <= 0.5, finals[0]  # one short sentence: a word or two off at most
     assert words(page.inner_text("#final-text")) == words(finals[0]["text"])
+
+
+RUN = """async ([url, options, action]) => {
+    const { SpeechRecognition } = await import(url);
+    const r = new SpeechRecognition(options.ctor || {});
+    Object.assign(r, options.props || {});
+    const log = [];
+    const done = new Promise((resolve) => {
+      for (const t of ["start", "audiostart", "soundstart", "speechstart", "result", "nomatch",
+                       "speechend", "soundend", "audioend", "error", "end"])
+        r.addEventListener(t, (e) => {
+          log.push(t === "error" ? { type: t, error: e.error, message: e.message } : { type: t });
+          if (t === "audiostart" && action === "abort") r.abort();
+          if (t === "end") resolve();
+        });
+    });
+    r.start();
+    let again = null;
+    try { r.start(); } catch (e) { again = e.name; }
+    await done;
+    return { log, again };
+}"""
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("unreachable", "network"),
+    ("no-such-microphone", "audio-capture"),
+    ("wrong-token", "service-not-allowed"),
+    ("abort", "aborted"),
+    ("silence", "no-speech"),
+])
+def test_errors_have_the_standard_codes(case: str, expected: str, speech_browser: Any,
+                                        other_site: str, asr_server: ServerProcess,
+                                        server_factory: Any) -> None:
+    url = f"{asr_server.http}/web/earshot.js"
+    options: dict[str, Any] = {}
+    if case == "unreachable":
+        options["ctor"] = {"server": f"ws://127.0.0.1:{free_port()}"}
+    elif case == "no-such-microphone":
+        options["ctor"] = {"deviceId": "no-such-device"}
+    elif case == "wrong-token":
+        url = f"{server_factory('--token', 'right').http}/web/earshot.js"
+        options["ctor"] = {"token": "wrong"}
+    elif case == "silence":  # the reading starts with 0.8 s of silence
+        options["ctor"] = {"noSpeechTimeout": 300}
+    page = open_site(speech_browser, other_site)
+    out = page.evaluate(RUN, [url, options, "abort" if case == "abort" else None])
+    log = out["log"]
+    assert out["again"] == "InvalidStateError"  # start() twice
+    errors = [e for e in log if e["type"] == "error"]
+    assert [e["error"] for e in errors] == [expected], log
+    assert errors[0]["message"], log
+    k = kinds(log)
+    assert k[-1] == "end" and k.count("end") == 1 and "result" not in k, k
+    if "audiostart" in k:
+        assert k.index("audiostart") < k.index("audioend") < k.index("end"), k
+
+
+def test_microphone_permission_denied_is_not_allowed(speech_browser: Any,
+                                                     asr_server: ServerProcess,
+                                                     other_site: str) -> None:
+    from browserlib import CHROMIUM
+
+    # no --use-fake-ui-for-media-stream: headless Chromium refuses the permission prompt
+    b = speech_browser.browser_type.launch(executable_path=CHROMIUM, headless=True, args=[
+        "--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream"])
+    try:
+        page = open_site(b, other_site)
+        out = page.evaluate(RUN, [f"{asr_server.http}/web/earshot.js", {}, None])
+    finally:
+        b.close()
+    assert [e.get("error") for e in out["log"] if e["type"] == "error"] == ["not-allowed"], out
+    assert "permission" in out["log"][0]["message"].lower()
+    assert kinds(out["log"]) == ["error", "end"]

@@ -221,8 +221,18 @@ def test_page_sends_opus_when_supported_and_listen_plays(shared_server: ServerPr
                            "window.earshotApp.listener.stats.played > 8000", timeout=15000)
     played = dash.evaluate("window.earshotApp.listener.stats")
     assert played["received"] >= played["played"] > 8000
+    # the jitter buffer of earshot listen: playing, with a bounded delay
+    assert played["started"] and 0.0 < played["delay"] <= 1.0, played
     time.sleep(1.0)
     stopped = stop_recording(page)
+    # every sample reached the listener, the last partial frame included
+    dash.wait_for_function(f"window.earshotApp.listener.end >= {stopped['offset']}",
+                           timeout=10000)
+    end = dash.evaluate("window.earshotApp.listener.end")
+    if wire == "opus":  # the relay decodes whole packets: the last one's padding comes too
+        assert stopped["offset"] <= end < stopped["offset"] + 960
+    else:
+        assert end == stopped["offset"]
     y, rate, rec = archive(shared_server, sid)
     assert rec["format"] == wire
     assert len(y) == stopped["offset"]

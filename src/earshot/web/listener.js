@@ -8,7 +8,8 @@
 // frames by offset (a gap starts a new run; the buffer conceals what is missing), and plays
 // them through player-worklet.js, where the audio clock pops one frame every 20 ms.
 // Events: "stats" ({received, played, output, underruns, buffered} in samples; delay,
-// targetDelay in seconds; concealedMs, late, lossRate), "ended", "error".
+// targetDelay in seconds; concealedMs, late, lossRate), "ended", "error". `end` is the
+// stream offset just past the last sample received.
 
 import { defaultServer, emit } from "./common.js";
 import { Subscription } from "./subscribe.js";
@@ -30,6 +31,7 @@ export class Listener extends EventTarget {
     this._pending = null; // Int16Array not yet a whole frame
     this._pendingOffset = 0;
     this._frame = 0;
+    this.end = 0; // stream offset just past the last sample received
   }
 
   async start() {
@@ -57,6 +59,7 @@ export class Listener extends EventTarget {
     if (h.channels > 1) x = downmix(x, h.channels);
     this._frame = this._frame || Math.round(h.rate * this.frameMs / 1000);
     const offset = h.offset;
+    this.end = Math.max(this.end, offset + x.length);
     if (!this._pending || offset !== this._pendingOffset + this._pending.length) {
       this._pending = x; // the start, or after a gap
       this._pendingOffset = offset;

@@ -34,7 +34,7 @@ class Settings:
     max_lag: float = 10.0
     drain_timeout: float = 10.0
     asr_model: str | None = None
-    asr_engine: str = "faster-whisper"
+    asr_engine: str | None = None  # None: pocketsphinx, or faster-whisper given a model
     asr_device: str = "cpu"
     asr_compute_type: str = "default"
     asr_language: str | None = None

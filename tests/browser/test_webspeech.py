@@ -30,13 +30,7 @@ from helpers import FIXTURES, ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent
-READING = Path(os.environ.get("EARSHOT_TEST_READING", FIXTURES / "reading_16k.wav"))
-
-
-def engine_args() -> tuple[list[str], dict[str, str]]:
-    """Server options for a real English recogniser (pocketsphinx)."""
-    return (["--asr-model", "en-us", "--asr-engine", "ps_engine:Engine"],
-            {"PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+READING = FIXTURES / "reading_16k.wav"  # Festival HTS voice, text in reading_16k.json
 
 
 def words(text: str) -> list[str]:
@@ -76,9 +70,8 @@ def speech_browser(tmp_path_factory: pytest.TempPathFactory, truth: list[str]) -
 
 @pytest.fixture(scope="module")
 def asr_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    args, env = engine_args()
-    srv = ServerProcess(tmp_path_factory.mktemp("asr") / "data", *args, env=env).start(
-        timeout=60)
+    # the default install: speech-to-text out of the box (pocketsphinx), no model options
+    srv = ServerProcess(tmp_path_factory.mktemp("asr") / "data").start(timeout=60)
     yield srv
     srv.stop()
 
@@ -209,6 +202,7 @@ RUN = """async ([url, options, action]) => {
     ("wrong-token", "service-not-allowed"),
     ("abort", "aborted"),
     ("silence", "no-speech"),
+    ("french", "language-not-supported"),  # pocketsphinx is English only
 ])
 def test_errors_have_the_standard_codes(case: str, expected: str, speech_browser: Any,
                                         other_site: str, asr_server: ServerProcess,
@@ -222,6 +216,8 @@ def test_errors_have_the_standard_codes(case: str, expected: str, speech_browser
     elif case == "wrong-token":
         url = f"{server_factory('--token', 'right').http}/web/earshot.js"
         options["ctor"] = {"token": "wrong"}
+    elif case == "french":
+        options["props"] = {"lang": "fr-FR"}
     elif case == "silence":  # the reading starts with 0.8 s of silence
         options["ctor"] = {"noSpeechTimeout": 300}
     page = open_site(speech_browser, other_site)
@@ -253,3 +249,18 @@ def test_microphone_permission_denied_is_not_allowed(speech_browser: Any,
     assert [e.get("error") for e in out["log"] if e["type"] == "error"] == ["not-allowed"], out
     assert "permission" in out["log"][0]["message"].lower()
     assert kinds(out["log"]) == ["error", "end"]
+
+
+def test_an_utterance_without_words_is_nomatch(speech_browser: Any, other_site: str,
+                                               asr_server: ServerProcess,
+                                               server_factory: Any) -> None:
+    deaf = server_factory("--asr-engine", "engines:Deaf", "--asr-model", "none",
+                          env={"PYTHONPATH": f"{HERE}{os.pathsep}"
+                                             f"{os.environ.get('PYTHONPATH', '')}"})
+    page = open_site(speech_browser, other_site)
+    out = page.evaluate(RUN, [f"{deaf.http}/web/earshot.js",
+                              {"props": {"interimResults": True}}, None])
+    k = kinds(out["log"])
+    assert "error" not in k and "result" not in k, out["log"]
+    assert k.count("nomatch") == 1 and k.index("speechstart") < k.index("nomatch"), k
+    assert k[-2:] == ["audioend", "end"], k  # continuous=false: over after that utterance

@@ -151,6 +151,13 @@ function tick() {
 
 function status(text) { $("#server-status").textContent = text; }
 
+function serverLine(c) {
+  const asr = c.asr || {};
+  const stt = asr.available ? `speech-to-text ${asr.engine}${asr.model ? ` (${asr.model})` : ""}`
+                            : "speech-to-text off";
+  return `server ${c.version} · ${stt}`;
+}
+
 // The header names the server's version only while the server answers.
 let serverUp = null;
 async function checkServer() {
@@ -160,9 +167,7 @@ async function checkServer() {
     if (r.ok) app.capabilities = await r.json();
     if (serverUp !== true) {
       serverUp = true;
-      const c = app.capabilities;
-      status(c ? `server ${c.version} · speech-to-text ${c.asr.available ? "on" : "off"}`
-               : "server up");
+      status(app.capabilities ? serverLine(app.capabilities) : "server up");
     }
   } catch {
     if (serverUp !== false) {
@@ -415,12 +420,12 @@ async function init() {
     app.capabilities = await api("/healthz");
     serverUp = true;
     const asr = app.capabilities.asr;
-    status(`server ${app.capabilities.version} · speech-to-text ${asr.available ? "on" : "off"}`);
-    if (!asr.available) {
-      $("#transcript-hint").textContent = "Live transcripts are off: " +
-        (asr.reason || "the server has no speech-to-text.");
-      $("#transcript-hint").hidden = false;
-    }
+    status(serverLine(app.capabilities));
+    const hint = !asr.available
+      ? "Live transcripts are off: " + (asr.reason || "the server has no speech-to-text.")
+      : asr.hint ? `Transcripts by ${asr.engine} (${asr.model}); ${asr.hint}.` : "";
+    $("#transcript-hint").textContent = hint;
+    $("#transcript-hint").hidden = !hint;
   } catch (err) {
     serverUp = false;
     status("server unreachable — retrying");

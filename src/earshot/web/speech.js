@@ -4,7 +4,8 @@
 //   // instead of: const SpeechRecognition = window.webkitSpeechRecognition;
 //
 // The surface a page written for webkitSpeechRecognition uses:
-//   properties  continuous, interimResults, lang, maxAlternatives, grammars
+//   properties  continuous, interimResults, lang (unset: the server's language),
+//               maxAlternatives, grammars
 //   methods     start(), stop(), abort()
 //   events      start, audiostart, soundstart, speechstart, result, nomatch, speechend,
 //               soundend, audioend, error, end (addEventListener and on<type> handlers)
@@ -94,8 +95,8 @@ export class SpeechRecognition extends EventTarget {
     this._fired = new Set();
     this._stopping = false;
     this._ended = false;
-    const lang = this.lang || (globalThis.document && document.documentElement.lang) ||
-                 (globalThis.navigator && navigator.language) || "en-US";
+    // an explicit lang is the stream's language; without one the server's default applies
+    const lang = (this.lang || "").trim() || null;
     const rec = new Recorder({ server: this.server, token: this.token, deviceId: this.deviceId,
                                processors: ["vad", "asr"], name: "speech-recognition",
                                language: lang, codec: "pcm" });

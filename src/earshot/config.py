@@ -70,7 +70,7 @@ def web_origins(values: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
     items = [values] if isinstance(values, str) else list(values)
     out: list[str] = []
     for item in items:
-        out += [p.strip() for p in re.split(r"[,;\s]+", item) if p.strip()]
+        out += [p.strip().lower() for p in re.split(r"[,;\s]+", item) if p.strip()]
     if out in (["none"], []):
         return ()
     for origin in out:

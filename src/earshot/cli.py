@@ -70,6 +70,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         opts["processors"] = tuple(args.processor)
     if args.db is not None:
         opts["db"] = args.db
+    if args.web_origins is not None:
+        opts["web_origins"] = (args.web_origins,)
     settings = Settings(**opts)
     settings.check_exposure()
     from rich.markup import escape
@@ -95,8 +97,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     console.print(f"  processors: {', '.join(caps['processors'])} "
                   f"(default: {', '.join(caps['default_processors']) or 'none'})")
     if caps["asr"]["available"]:
-        console.print(f"  speech-to-text: [green]{escape(str(settings.asr_model))}[/] "
-                      f"({settings.asr_engine}, {settings.asr_device})")
+        asr = caps["asr"]
+        console.print(f"  speech-to-text: [green]{escape(str(asr['model']))}[/] "
+                      f"({escape(str(asr['engine']))}, {settings.asr_device})")
+        if asr.get("hint"):
+            console.print(f"    {escape(asr['hint'])}")
     else:
         console.print(f"  speech-to-text: [yellow]unavailable[/] — {escape(caps['asr']['reason'])}")
     target: Any = app
@@ -573,10 +578,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--db", metavar="URL",
                    help="metadata database: postgresql://user@host/dbname (pip install "
                         "'earshot[postgres]') or an SQLite path (default DATA_DIR/earshot.db)")
-    a = s.add_argument_group("speech-to-text (pip install 'earshot[asr]')")
+    s.add_argument("--web-origins", metavar="ORIGINS",
+                   help="sites allowed to import /web/earshot.js: '*' (default), 'none', or "
+                        "comma-separated origins such as https://app.example.com")
+    a = s.add_argument_group("speech-to-text (built in: pocketsphinx, English; far better: "
+                             "pip install 'earshot[asr]' and --asr-model small.en)")
     a.add_argument("--asr-model", help="faster-whisper model name (downloaded on first use "
                                        "where there is internet) or local model directory")
-    a.add_argument("--asr-engine", help="faster-whisper (default) or package.module:Class")
+    a.add_argument("--asr-engine", help="pocketsphinx (default without --asr-model), "
+                                        "faster-whisper (default with it), "
+                                        "package.module:Class, or none (off)")
     a.add_argument("--asr-device", choices=["cpu", "cuda", "auto"], help="default cpu")
     a.add_argument("--asr-compute-type", help="e.g. int8, float16 (default: the model's)")
     a.add_argument("--asr-language", help="e.g. en (default: detect)")

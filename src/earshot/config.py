@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -46,7 +47,7 @@ class Settings:
     max_lag: float = 10.0
     drain_timeout: float = 10.0
     asr_model: str | None = None
-    asr_engine: str = "faster-whisper"
+    asr_engine: str | None = None  # None: pocketsphinx, or faster-whisper given a model
     asr_device: str = "cpu"
     asr_compute_type: str = "default"
     asr_language: str | None = None
@@ -58,6 +59,7 @@ class Settings:
     bus: str | None = None  # None: in-process; redis://host:port/db: Redis Streams
     bus_retention: float = 60.0  # seconds of audio kept on the Redis log
     processes: int = 1  # gateway processes (needs a shared bus)
+    web_origins: tuple[str, ...] = ("*",)  # CORS for /web/* (earshot.js on other sites)
 
     def __post_init__(self) -> None:
         if self.archive_format not in ARCHIVE_FORMATS:
@@ -83,6 +85,7 @@ class Settings:
                 raise ConfigError(f"{name.replace('_', ' ')} {problem}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+        object.__setattr__(self, "web_origins", web_origins(self.web_origins))
 
     def check_exposure(self) -> None:
         """Refuse to listen beyond loopback without a token unless --no-auth was given."""
@@ -91,6 +94,22 @@ class Settings:
                 f"refusing to listen on {self.host} without a token: set --token "
                 "(or EARSHOT_TOKEN), or pass --no-auth to run open on purpose"
             )
+
+
+def web_origins(values: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
+    """Origins allowed to load ``/web/*`` (comma or ``;`` separated): ``*`` for any, ``none``
+    for no other site, else ``scheme://host[:port]`` each."""
+    items = [values] if isinstance(values, str) else list(values)
+    out: list[str] = []
+    for item in items:
+        out += [p.strip().lower() for p in re.split(r"[,;\s]+", item) if p.strip()]
+    if out in (["none"], []):
+        return ()
+    for origin in out:
+        if origin != "*" and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s?#]+", origin):
+            raise ConfigError(f"web origin {origin!r} is not '*', 'none' or "
+                              "scheme://host[:port] (no path, no trailing slash)")
+    return ("*",) if "*" in out else tuple(dict.fromkeys(out))
 
 
 def _convert(value: str, kind: Any) -> Any:

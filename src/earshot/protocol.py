@@ -19,6 +19,7 @@ remainder still pending at ``stop`` is discarded and reported in a ``warning``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -85,6 +86,7 @@ class Start:
     client: Mapping[str, Any] = field(default_factory=dict)
     pre_skip: int = 0  # opus: the encoder's lookahead, in samples at the stream rate
     archive: str | None = None  # archive format for this stream (default: the server's)
+    language: str | None = None  # spoken language (BCP 47, e.g. "en-US"), for speech-to-text
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +217,10 @@ def parse_start(obj: Mapping[str, Any], limits: Limits) -> Start:
     archive = _str_field(obj, "archive")
     if archive is not None and archive not in ARCHIVE_FORMATS:
         raise ProtocolError("bad_start", f"'archive' must be one of {ARCHIVE_FORMATS}")
+    language = _str_field(obj, "language")
+    if language is not None and not re.fullmatch(r"[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*",
+                                                 language):
+        raise ProtocolError("bad_start", "'language' must be a language tag such as 'en-US'")
     return Start(
         spec=spec,
         name=name,
@@ -226,6 +232,7 @@ def parse_start(obj: Mapping[str, Any], limits: Limits) -> Start:
         client=client,
         pre_skip=pre_skip,
         archive=archive,
+        language=language,
     )
 
 

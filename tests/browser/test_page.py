@@ -2,80 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from browserlib import shot
 
-from helpers import FIXTURES, ROOT, ServerProcess, best_alignment
+from helpers import FIXTURES, ServerProcess, best_alignment
 
 pytestmark = pytest.mark.slow
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = ROOT / "test-artifacts"
-TRUTH = json.loads((FIXTURES / "speech_16k.json").read_text())["speech"]
-
-
-def _require_browser() -> Any:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("playwright is required under CI=true (./run test installs it)")
-        pytest.skip("playwright not installed")
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is required under CI=true (./run test installs it)")
-        pytest.skip("chromium not installed")
-    return sync_playwright
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_playwright = _require_browser()
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={FIXTURES / 'speech_48k.wav'}%noloop",
-            "--autoplay-policy=no-user-gesture-required",
-        ])
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page_factory(browser: Any) -> Iterator[Callable[[str], Any]]:
-    contexts = []
-
-    def open_page(url: str) -> Any:
-        ctx = browser.new_context()
-        contexts.append(ctx)
-        page = ctx.new_page()
-        page.on("console", lambda m: print(f"[console.{m.type}] {m.text}"))
-        page.on("pageerror", lambda e: print(f"[pageerror] {e}"))
-        page.goto(url)
-        page.wait_for_function("window.earshotApp && window.earshotApp.ready")
-        return page
-
-    yield open_page
-    for ctx in contexts:
-        ctx.close()
-
-
-def shot(page: Any, name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    return path
 
 
 def stop_recording(page: Any) -> dict:
@@ -111,7 +50,7 @@ def test_record_live_views_and_library(shared_server: ServerProcess,
     page.wait_for_function("window.earshotApp.recorder?.state === 'recording'")
     # live views move while the speech plays
     page.wait_for_function("document.querySelector('#speech').textContent === 'speech'",
-                           timeout=10000)
+                           timeout=30000)  # generous: the machine may be busy
     labels = page.eval_on_selector_all("#device option", "os => os.map(o => o.textContent)")
     assert any("fake" in s.lower() or "default" in s.lower() for s in labels), labels
     level_px = page.evaluate("""() => {
@@ -230,20 +169,21 @@ def _shim_events(server: ServerProcess, browser: Any) -> list:
     ctx = browser.new_context()
     page = ctx.new_page()
     page.goto(server.http + "/web/speech.html?autostart=1&interim=1")
-    page.wait_for_function("window.done === true", timeout=30000)
+    page.wait_for_function("window.done === true", timeout=90000)  # decodes on a busy machine
     log = page.evaluate("window.log")
     shot(page, "speech-example")
     ctx.close()
     return log
 
 
-def test_speech_recognition_shim_events_in_order(shared_server: ServerProcess,
-                                                 browser: Any) -> None:
-    log = _shim_events(shared_server, browser)
+def test_speech_recognition_shim_says_when_the_server_has_no_speech_to_text(
+        server_factory: Callable[..., Any], browser: Any) -> None:
+    log = _shim_events(server_factory("--asr-engine", "none"), browser)
     kinds = [e["type"] for e in log]
-    assert [k for k in kinds if k in {"start", "speechstart", "speechend", "end"}] == [
-        "start", "speechstart", "speechend", "end"], kinds
-    assert "error" not in kinds
+    errors = [e for e in log if e["type"] == "error"]
+    assert len(errors) == 1 and errors[0]["error"] == "service-not-allowed", log
+    assert "speech-to-text" in errors[0]["message"]
+    assert kinds[-1] == "end" and "result" not in kinds, kinds
 
 
 def test_speech_recognition_shim_results_with_a_model(server_factory: Callable[..., Any],
@@ -281,8 +221,18 @@ def test_page_sends_opus_when_supported_and_listen_plays(shared_server: ServerPr
                            "window.earshotApp.listener.stats.played > 8000", timeout=15000)
     played = dash.evaluate("window.earshotApp.listener.stats")
     assert played["received"] >= played["played"] > 8000
+    # the jitter buffer of earshot listen: playing, with a bounded delay
+    assert played["started"] and 0.0 < played["delay"] <= 1.0, played
     time.sleep(1.0)
     stopped = stop_recording(page)
+    # every sample reached the listener, the last partial frame included
+    dash.wait_for_function(f"window.earshotApp.listener.end >= {stopped['offset']}",
+                           timeout=10000)
+    end = dash.evaluate("window.earshotApp.listener.end")
+    if wire == "opus":  # the relay decodes whole packets: the last one's padding comes too
+        assert stopped["offset"] <= end < stopped["offset"] + 960
+    else:
+        assert end == stopped["offset"]
     y, rate, rec = archive(shared_server, sid)
     assert rec["format"] == wire
     assert len(y) == stopped["offset"]

@@ -1,5 +1,5 @@
 """Live speech-to-text through the real server: the tiny Whisper model made offline, a
-deliberately slow engine double, and a server without any model."""
+deliberately slow engine double, and a server with speech-to-text off."""
 
 from __future__ import annotations
 
@@ -105,16 +105,17 @@ async def test_slow_engine_never_delays_levels_or_vad_and_every_final_arrives(
     assert 'earshot_asr_inference_seconds_count{kind="final"} 3.0' in metrics
 
 
-async def test_without_a_model_asr_is_refused_clearly_and_the_rest_works(
-        shared_server: ServerProcess) -> None:
-    health = httpx.get(f"{shared_server.http}/healthz").json()
-    assert health["asr"]["available"] is False and "--asr-model" in health["asr"]["reason"]
+async def test_with_speech_to_text_off_asr_is_refused_clearly_and_the_rest_works(
+        server_factory: Callable[..., ServerProcess]) -> None:
+    server = server_factory("--asr-engine", "none")
+    health = httpx.get(f"{server.http}/healthz").json()
+    assert health["asr"]["available"] is False
+    assert "--asr-engine none" in health["asr"]["reason"]
     x = (np.random.default_rng(9).standard_normal(16000) * 3000).astype("<i2")
-    _, events, _ = await stream_file(shared_server.url, x, 16000,
+    _, events, _ = await stream_file(server.url, x, 16000,
                                      processors=["asr", "level"], realtime=False)
     warn = [e for e in of(events, "warning") if e["code"] == "processor_unavailable"]
-    assert len(warn) == 1 and "earshot[asr]" in warn[0]["message"]
-    assert "--asr-model" in warn[0]["message"]
+    assert len(warn) == 1 and "turned off" in warn[0]["message"]
     assert of(events, "ready")[0]["processors"] == ["level"]
     assert len(of(events, "level")) == 20 and of(events, "stopped")[0]["offset"] == 16000
 

@@ -47,9 +47,10 @@ def test_bad_file_and_usage_errors(tmp_path: Path, shared_server: ServerProcess)
     assert out.returncode == 2 and "without a token" in out.stderr
 
 
-def test_serve_reports_speech_to_text_unavailable(shared_server: ServerProcess) -> None:
-    assert "speech-to-text: unavailable" in shared_server.log.read_text()
-    assert "earshot[asr]" in shared_server.log.read_text()
+def test_serve_reports_the_default_speech_to_text_engine(shared_server: ServerProcess) -> None:
+    log = " ".join(shared_server.log.read_text().split())
+    assert "speech-to-text: en-us (pocketsphinx, cpu)" in log
+    assert "far better accuracy" in log and "--asr-model small.en" in log
 
 
 def test_stream_command_with_a_file_as_microphone(tmp_path: Path,

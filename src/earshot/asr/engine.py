@@ -4,15 +4,30 @@ An engine is anything with a ``name`` and a thread-safe
 ``transcribe(audio, *, final) -> Transcription``; one shared instance serves every stream
 from several worker threads. Adding another engine (sherpa-onnx, Vosk, ...) is one module
 with a class taking an :class:`EngineConfig` (the server's ``--asr-engine module:Class``), or
-a branch in :func:`load_engine`. Engine modules import their library lazily and raise
+a name in :data:`ENGINES`. Engine modules import their library lazily and raise
 :class:`~earshot.errors.MissingDependency` when it is absent and
 :class:`~earshot.errors.ConfigError` when the model cannot be loaded.
+
+Optional capabilities, each declared by a class attribute (absent means no):
+
+* ``languages: tuple[str, ...] | None`` — the languages (ISO 639-1 codes) a stream may ask
+  for; ``transcribe`` then takes ``language=`` per call. An engine without the attribute
+  only ever decodes its configured language, and a stream asking for another one gets a
+  ``warning``.
+* ``incremental = True`` — the engine decodes as audio arrives (:class:`IncrementalEngine`):
+  ``begin()`` opens an :class:`UtteranceDecoder` per utterance, which is fed only the new
+  audio for every interim and finished for the final, instead of re-decoding the utterance
+  so far each time. The scheduler keeps one decoder per stream's open utterance.
+* ``max_batch: int`` greater than 1 — ``transcribe_batch`` decodes several streams' audio
+  in one call (:class:`BatchEngine`); the scheduler hands it up to ``max_batch`` waiting
+  finals (or interims) at once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -46,9 +61,89 @@ class Engine(Protocol):
 
         ``final=False`` (interim hypotheses) may trade accuracy for speed, e.g. greedy
         decoding; ``final=True`` uses the configured beam size. Word times lie within
-        ``[0, duration]``. Must be safe to call from several threads at once.
+        ``[0, duration]``. Must be safe to call from several threads at once. Engines that
+        declare ``languages`` also take ``language: str | None`` (None: the configured
+        one); it is passed only when a stream asks for a language.
         """
         ...
+
+
+@runtime_checkable
+class UtteranceDecoder(Protocol):
+    """One utterance being decoded incrementally. Used by one thread at a time."""
+
+    def feed(self, audio: np.ndarray) -> None:
+        """Decode the next ``audio`` (float32 mono 16 kHz, following what came before)."""
+        ...
+
+    def partial(self) -> Transcription:
+        """The hypothesis for the audio fed so far (cheap: no new decoding)."""
+        ...
+
+    def finish(self) -> Transcription:
+        """The final transcription of everything fed; the decoder is closed afterwards."""
+        ...
+
+    def close(self) -> None:
+        """Abandon the utterance (no result) and release what it holds. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class IncrementalEngine(Engine, Protocol):
+    incremental: Literal[True]
+
+    def begin(self, *, language: str | None = None) -> UtteranceDecoder:
+        """A decoder for a new utterance (thread-safe: many may be open at once)."""
+        ...
+
+
+@runtime_checkable
+class BatchEngine(Engine, Protocol):
+    max_batch: int
+
+    def transcribe_batch(self, audios: Sequence[np.ndarray], *, final: bool,
+                         languages: Sequence[str | None]) -> list[Transcription]:
+        """``transcribe`` for several audios in one call: one result per audio, in order."""
+        ...
+
+
+def is_incremental(engine: object) -> bool:
+    return getattr(engine, "incremental", False) is True and callable(
+        getattr(engine, "begin", None))
+
+
+def batch_size(engine: object) -> int:
+    """How many audios the engine decodes in one call (1: no batching)."""
+    n = getattr(engine, "max_batch", 1)
+    if not isinstance(n, int) or n < 1 or not callable(getattr(engine, "transcribe_batch",
+                                                               None)):
+        return 1
+    return n
+
+
+def primary_language(tag: str) -> str:
+    """The ISO 639 code of a BCP 47 tag: ``"en-US"`` → ``"en"``, ``"pt_BR"`` → ``"pt"``."""
+    return tag.strip().replace("_", "-").split("-")[0].lower()
+
+
+def language_problem(engine: object, language: str) -> str | None:
+    """Why ``engine`` cannot decode ``language`` for one stream (None: it can)."""
+    code = primary_language(language)
+    known = getattr(engine, "languages", None)
+    name = getattr(engine, "name", "this engine")
+    if known is None:
+        if hasattr(engine, "languages"):
+            return None  # declared: any language
+        return (f"the speech-to-text engine {name} does not take a language per stream; "
+                f"{language!r} is ignored")
+    if code not in known:
+        shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+        only = " only" if len(known) <= 3 else ""
+        fallback = f"; transcribing as {known[0]}" if known else ""
+        return (f"the speech-to-text engine {name} knows{only} {shown}, "
+                f"not {language!r}{fallback}")
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,12 +167,32 @@ class EngineConfig:
             raise ConfigError("speech-to-text language must be a code like 'en', or unset")
 
 
-def load_engine(cfg: EngineConfig) -> Engine:
-    """The engine for ``cfg`` (currently always faster-whisper), with its model loaded.
+#: built-in engines: ``--asr-engine`` name → ``module:Class``
+ENGINES = {
+    "faster-whisper": "earshot.asr.whisper:FasterWhisperEngine",
+    "pocketsphinx": "earshot.asr.pocketsphinx:PocketSphinxEngine",
+}
 
-    Raises MissingDependency when faster-whisper is not installed and ConfigError when the
-    model cannot be loaded.
+
+def load_engine(cfg: EngineConfig, engine: str = "faster-whisper") -> Engine:
+    """The engine named ``engine`` (a name in :data:`ENGINES` or ``package.module:Class``)
+    for ``cfg``, with its model loaded.
+
+    Raises MissingDependency when the engine's library is not installed and ConfigError
+    when the engine or the model cannot be loaded.
     """
-    from earshot.asr.whisper import FasterWhisperEngine
+    import importlib
 
-    return FasterWhisperEngine(cfg)
+    target = ENGINES.get(engine, engine)
+    module, sep, attr = target.partition(":")
+    if not sep or not module or not attr:
+        raise ConfigError(f"speech-to-text engine {engine!r} is not one of "
+                          f"{', '.join(ENGINES)} nor package.module:Class")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot load speech-to-text engine {engine!r}: {exc}") from None
+    try:
+        return cls(cfg)  # type: ignore[no-any-return]
+    except TypeError as exc:
+        raise ConfigError(f"cannot load speech-to-text engine {engine!r}: {exc}") from None

@@ -138,19 +138,23 @@ class FasterWhisperEngine:
         self.config = cfg
         self.model = model
         self.multilingual = bool(model.model.is_multilingual)
+        #: languages a stream may ask for (English-only models: just "en")
+        self.languages: tuple[str, ...] = tuple(languages) if self.multilingual else ("en",)
 
-    def transcribe(self, audio: np.ndarray, *, final: bool) -> Transcription:
+    def transcribe(self, audio: np.ndarray, *, final: bool,
+                   language: str | None = None) -> Transcription:
         cfg = self.config
+        language = language or cfg.language
         x = np.ascontiguousarray(audio, dtype=np.float32)
         if x.ndim != 1:
             raise ValueError(f"audio must be mono (one dimension), not shape {x.shape}")
         duration = x.size / RATE
         if x.size == 0:
-            language = cfg.language or (None if self.multilingual else "en")
+            language = language or (None if self.multilingual else "en")
             return Transcription(text="", words=(), language=language, duration=0.0)
         segments, info = self.model.transcribe(
             x,
-            language=cfg.language,
+            language=language,
             beam_size=cfg.beam_size if final else 1,
             temperature=0.0,
             word_timestamps=True,

@@ -14,7 +14,13 @@ Event::
      "start": 1.02, "end": 2.50, "segment": 0, "queue": 0.01, "decode": 0.12,
      "words": [{"w": "hello", "start": 1.05, "end": 1.40, "p": 0.93}, ...]}
 
-``queue`` and ``decode`` are the seconds the decode waited for the model and took.
+``queue`` and ``decode`` are the seconds the decode waited for the model and took
+(``decode`` is of the whole batch when several streams were decoded in one call).
+
+The spoken language comes from the ``language`` option, else the ``start`` message's
+``language`` (a BCP 47 tag such as ``en-US``; its primary subtag is used). An engine that
+cannot decode it (PocketSphinx is English only) keeps its own language, and the stream gets
+a ``warning`` with code ``language_unsupported`` once, at start.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import threading
 from typing import Any, ClassVar
 
+from earshot.asr.engine import language_problem, primary_language
 from earshot.asr.policy import RATE, DecodeRequest, LocalAgreement, UtterancePolicy
 from earshot.asr.scheduler import AsrScheduler, JobResult
 from earshot.dsp.vad import StreamingVad
@@ -38,10 +45,15 @@ class Asr(Processor):
     def __init__(self, interim_interval: float = 0.5, max_utterance: float = 30.0,
                  threshold: float = 0.5, min_silence_ms: float = 300.0,
                  min_speech_ms: float = 250.0, pad_ms: float = 30.0,
-                 lag_warning: float = 2.0, final_timeout: float = 60.0) -> None:
+                 lag_warning: float = 2.0, final_timeout: float = 60.0,
+                 language: str | None = None) -> None:
         if self.scheduler is None:
-            raise ProcessorError("speech-to-text is not configured: install 'earshot[asr]' "
-                                 "and start the server with --asr-model NAME_OR_PATH")
+            raise ProcessorError("speech-to-text is not configured: start the server without "
+                                 "--asr-engine none, or with --asr-model NAME_OR_PATH")
+        if language is not None and (not isinstance(language, str) or not language.strip()):
+            raise ProcessorError("the asr option 'language' must be a tag such as 'en-US'")
+        self.language_option = language
+        self.language: str | None = None  # what decodes are asked for (None: the engine's)
         self.vad_options: dict[str, Any] = dict(
             threshold=threshold, min_silence_ms=min_silence_ms, min_speech_ms=min_speech_ms,
             pad_ms=pad_ms)
@@ -60,6 +72,15 @@ class Asr(Processor):
     def start(self, info: StreamInfo) -> None:
         super().start(info)
         self.stream = info.id
+        asked = self.language_option or info.language
+        if asked:
+            assert self.scheduler is not None
+            problem = language_problem(self.scheduler.engine, asked)
+            if problem is None:
+                self.language = primary_language(asked)
+            else:
+                self.emit([self.event("warning", 0.0, code="language_unsupported",
+                                      language=asked, message=problem)])
 
     def process(self, chunk: Chunk) -> list[Event]:
         if self._vad is None:
@@ -94,7 +115,7 @@ class Asr(Processor):
         if request.final:
             with self._cond:
                 self._finals_out += 1
-        self.scheduler.submit(self.stream, request, self._done)
+        self.scheduler.submit(self.stream, request, self._done, language=self.language)
 
     def _done(self, result: JobResult) -> None:
         """On a scheduler thread: turn a decode into events."""
@@ -136,6 +157,8 @@ class Asr(Processor):
                            start=round(offset, 3), end=round(req.end / RATE, 3),
                            segment=req.segment, words=words,
                            queue=round(result.wait, 4), decode=round(result.infer, 4))
+        if result.batch > 1:
+            event["batch"] = result.batch
         if not req.final:
             stable, _ = self._agree.setdefault(req.segment, LocalAgreement()).update(
                 [w["w"] for w in words])

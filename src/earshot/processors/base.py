@@ -37,6 +37,7 @@ class StreamInfo:
     rate: int  # the stream's native rate
     channels: int
     name: str | None = None
+    language: str | None = None  # BCP 47 tag from the start message, e.g. "en-US"
 
 
 @dataclass(frozen=True, slots=True)

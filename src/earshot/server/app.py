@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,14 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
-from fastapi.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from earshot import __version__
 from earshot.bus import MemoryBus
 from earshot.bus.base import Bus
 from earshot.config import Settings
-from earshot.errors import ConfigError
 from earshot.processors.asr import Asr
 from earshot.processors.registry import Registry
 from earshot.server.auth import presented_token, token_ok
@@ -28,11 +25,12 @@ from earshot.server.hub import Hub
 from earshot.server.ingest import IngestSession, refuse_unauthorized
 from earshot.server.metrics import Metrics
 from earshot.server.rest import api, ops
+from earshot.server.static import CorsStaticFiles
 from earshot.server.subscribe import subscribe
 from earshot.storage.metadata import open_store
 
 if TYPE_CHECKING:
-    from earshot.asr.scheduler import AsrScheduler
+    from earshot.asr.loading import LoadedAsr
 
 log = logging.getLogger("earshot")
 
@@ -41,47 +39,26 @@ ASR_HINT = ("speech-to-text is not configured: install 'earshot[asr]' and start 
             "with --asr-model NAME_OR_PATH")
 
 
-def load_asr(settings: Settings, metrics: Metrics | None = None) -> AsrScheduler | None:
-    """The shared speech-to-text model and its scheduler, if a model is configured.
+def load_asr(settings: Settings, metrics: Metrics | None = None) -> LoadedAsr:
+    """The shared speech-to-text engine and its scheduler (:mod:`earshot.asr.loading`)."""
+    from earshot.asr.loading import load_asr as load
 
-    ``--asr-engine`` is ``faster-whisper`` or the import path of another engine class
-    (constructed with an :class:`~earshot.asr.engine.EngineConfig`).
-    """
-    if not settings.asr_model:
-        return None
-    from earshot.asr.engine import EngineConfig, load_engine
-    from earshot.asr.scheduler import AsrScheduler
-
-    cfg = EngineConfig(model=settings.asr_model, device=settings.asr_device,
-                       compute_type=settings.asr_compute_type, language=settings.asr_language,
-                       beam_size=settings.asr_beam_size, threads=settings.asr_threads,
-                       workers=settings.asr_workers)
-    if settings.asr_engine == "faster-whisper":
-        engine = load_engine(cfg)
-    else:
-        module, _, attr = settings.asr_engine.partition(":")
-        try:
-            engine = getattr(importlib.import_module(module), attr)(cfg)
-        except (ImportError, AttributeError, TypeError) as exc:
-            raise ConfigError(f"cannot load speech-to-text engine {settings.asr_engine!r}: "
-                              f"{exc}") from None
-    return AsrScheduler(engine, workers=settings.asr_workers,
-                        observe=metrics.observe_asr if metrics is not None else None)
+    return load(settings, metrics.observe_asr if metrics is not None else None)
 
 
-def capabilities(settings: Settings, registry: Registry) -> dict[str, Any]:
+def capabilities(settings: Settings, registry: Registry,
+                 asr: LoadedAsr | None = None) -> dict[str, Any]:
     """What this server can do, reported by /healthz (and the CLI at start-up)."""
-    asr: dict[str, Any] = {"available": "asr" in registry.offered}
-    if asr["available"]:
-        asr.update(model=settings.asr_model, engine=settings.asr_engine)
-    else:
-        asr["reason"] = registry.unavailable.get("asr", ASR_HINT)
+    report = asr.report() if asr is not None else {"available": False, "reason": ASR_HINT}
+    if "asr" not in registry.offered:
+        report = {"available": False,
+                  "reason": registry.unavailable.get("asr", report.get("reason", ASR_HINT))}
     return {
         "archive_format": settings.archive_format,
         "auth": bool(settings.token),
         "processors": sorted(registry.offered),
         "default_processors": [s.ref for s in registry.defaults],
-        "asr": asr,
+        "asr": report,
     }
 
 
@@ -102,12 +79,14 @@ def create_app(settings: Settings) -> FastAPI:
     db = settings.db or settings.data_dir / "earshot.db"
     open_store(db).close()  # a bad --db fails here, before listening, with a clear message
     metrics = Metrics()
-    scheduler = load_asr(settings, metrics)
+    loaded = load_asr(settings, metrics)
+    scheduler = loaded.scheduler
     if scheduler is not None:
         registry = Registry(settings.processors,
                             extra={"asr": type("Asr", (Asr,), {"scheduler": scheduler})})
     else:
-        registry = Registry(settings.processors, unavailable={"asr": ASR_HINT})
+        registry = Registry(settings.processors,
+                            unavailable={"asr": loaded.reason or ASR_HINT})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -147,12 +126,12 @@ def create_app(settings: Settings) -> FastAPI:
         from earshot.server.metrics import BusCollector
 
         metrics.registry.register(BusCollector(app.state.bus, settings.ack_interval))  # type: ignore[arg-type]
-    app.state.capabilities = capabilities(settings, registry)
+    app.state.capabilities = capabilities(settings, registry, loaded)
     app.include_router(api)
     app.include_router(ops)
 
     web = Path(__file__).resolve().parent.parent / "web"
-    app.mount("/web", StaticFiles(directory=web), name="web")
+    app.mount("/web", CorsStaticFiles(directory=web, origins=settings.web_origins), name="web")
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

@@ -308,7 +308,7 @@ class Hub:
         if procs:
             rec = live.rec
             live.pipeline = StreamPipeline(
-                StreamInfo(rec.id, rec.rate, rec.channels, rec.name), procs,
+                StreamInfo(rec.id, rec.rate, rec.channels, rec.name, start.language), procs,
                 lambda events: self.emit(live, events), start_offset=live.offset,
                 max_lag=self.settings.max_lag)
             live.processors = live.pipeline.names

@@ -1,5 +1,5 @@
 // The earshot page: record, recordings library, live dashboard. Uses earshot.js only.
-import { Listener, Recorder, defaultServer, explain } from "./earshot.js";
+import { Listener, Recorder, Subscription, defaultServer, explain } from "./earshot.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const store = {
@@ -23,7 +23,12 @@ async function api(path, options = {}) {
   } catch {
     throw new Error("The earshot server cannot be reached.");
   }
-  if (r.status === 401) throw new Error("This server needs a token: enter it under Options.");
+  if (r.status === 401) {
+    throw Object.assign(new Error(token()
+      ? "The server refused this token (401 Unauthorized): check the token under Record → Options."
+      : "This server needs a token (401 Unauthorized): enter it under Record → Options."),
+    { status: 401 });
+  }
   if (!r.ok) throw new Error(`${r.status}: ${(await r.json().catch(() => ({}))).detail || r.statusText}`);
   return r.status === 204 ? null : r.json();
 }
@@ -87,8 +92,9 @@ async function toggleRecording() {
     } finally {
       button.disabled = false;
       button.textContent = "● Record";
-      button.classList.remove("recording");
+      button.classList.remove("is-recording");
       setSpeech(false);
+      clearLevel();
     }
     return;
   }
@@ -110,13 +116,18 @@ async function toggleRecording() {
     status(`connection lost — reconnecting (attempt ${e.detail.attempt})…`));
   rec.addEventListener("ready", (e) => status(`recording ${e.detail.stream} (${e.detail.format})` +
                                               (e.detail.offset ? `, resumed at ${e.detail.offset}` : "")));
-  rec.addEventListener("error", (e) => showError(e.detail.message));
+  rec.addEventListener("error", (e) => {
+    showError(e.detail.message);
+    button.textContent = "● Record";
+    button.classList.remove("is-recording");
+    clearLevel();
+  });
   rec.addEventListener("warning", (e) => console.warn("earshot:", e.detail.message));
   button.disabled = true;
   try {
     await rec.start();
     button.textContent = "■ Stop";
-    button.classList.add("recording");
+    button.classList.add("is-recording");
     await fillDevices(); // labels are visible now that permission was given
     if (rec.deviceId) $("#device").value = rec.deviceId;
     tick();
@@ -139,6 +150,40 @@ function tick() {
 }
 
 function status(text) { $("#server-status").textContent = text; }
+
+function serverLine(c) {
+  const asr = c.asr || {};
+  const stt = asr.available ? `speech-to-text ${asr.engine}${asr.model ? ` (${asr.model})` : ""}`
+                            : "speech-to-text off";
+  return `server ${c.version} · ${stt}`;
+}
+
+// The header names the server's version only while the server answers.
+let serverUp = null;
+async function checkServer() {
+  try {
+    const r = await fetch("/healthz", { headers: authHeaders(), cache: "no-store" });
+    if (!r.ok && r.status !== 401) throw new Error(String(r.status));
+    if (r.ok) app.capabilities = await r.json();
+    if (serverUp !== true) {
+      serverUp = true;
+      status(app.capabilities ? serverLine(app.capabilities) : "server up");
+    }
+  } catch {
+    if (serverUp !== false) {
+      serverUp = false;
+      status("server unreachable — retrying");
+    }
+  }
+}
+
+function clearLevel() { // after Stop the meter falls to nothing instead of freezing
+  const c = $("#level");
+  const ctx = c.getContext("2d");
+  ctx.fillStyle = "#e5e7eb";
+  ctx.fillRect(0, 0, c.width, c.height);
+  $("#level-db").textContent = "−∞ dB";
+}
 
 function resetLive() {
   $("#transcript .finals").textContent = "";
@@ -221,7 +266,14 @@ async function loadRecordings() {
     if (!page.total) list.innerHTML = '<li class="hint">No recordings yet.</li>';
   } catch (err) {
     list.innerHTML = "";
-    showError(err.message);
+    const li = document.createElement("li");
+    li.className = "error";
+    li.setAttribute("role", "alert");
+    li.textContent = err.message;
+    list.append(li);
+    $("#page-info").textContent = "";
+    $("#prev-page").disabled = true;
+    $("#next-page").disabled = true;
   }
 }
 
@@ -274,12 +326,15 @@ async function drawWaveform(canvas, s) {
 // -- dashboard ----------------------------------------------------------------------------
 let dashboard = null;
 function openDashboard() {
-  if (dashboard && dashboard.readyState <= 1) return;
-  const url = withToken(`${defaultServer()}/ws/subscribe?stream=*`);
-  dashboard = new WebSocket(url);
+  if (dashboard && dashboard.open) return;
   const rows = new Map();
   const body = $("#dashboard tbody");
-  const empty = () => { $("#dashboard-empty").hidden = rows.size > 0; };
+  body.innerHTML = "";
+  const empty = () => {
+    $("#dashboard-empty").hidden = rows.size > 0;
+    $("#dashboard").hidden = rows.size === 0; // no headers over an empty table
+  };
+  empty();
   const add = (info) => {
     if (rows.has(info.stream)) return rows.get(info.stream);
     const tr = document.createElement("tr");
@@ -296,8 +351,7 @@ function openDashboard() {
     empty();
     return tr;
   };
-  dashboard.onmessage = (e) => {
-    const ev = JSON.parse(e.data);
+  const onevent = (ev) => {
     if (ev.type === "subscribed") { ev.live.forEach(add); empty(); return; }
     if (ev.type === "error" && !ev.stream) { showError(ev.message); return; }
     if (!ev.stream) return;
@@ -317,8 +371,14 @@ function openDashboard() {
       $(".speech-cell", tr).textContent = ev.type === "speech_start" ? "speech" : "silence";
     }
   };
-  dashboard.onclose = () => { dashboard = null; setTimeout(() => {
-    if (location.hash === "#dashboard") openDashboard(); }, 1000); };
+  dashboard = new Subscription({ server: defaultServer(), stream: "*", token: token() || null,
+    onevent,
+    onclose: (e, refused) => {
+      dashboard = null;
+      if (refused) return; // refused (e.g. a wrong token): the error is shown, no retry loop
+      setTimeout(() => { if (location.hash === "#dashboard") openDashboard(); }, 1000);
+    },
+  });
 }
 
 async function toggleListen(stream, tr) {
@@ -334,8 +394,11 @@ async function toggleListen(stream, tr) {
   app.listener = listener;
   button.textContent = "Stop";
   listener.addEventListener("stats", (e) => {
-    $(".heard", tr).textContent = `${(e.detail.played / listener.context.sampleRate).toFixed(1)} s`;
+    const s = e.detail;
+    $(".heard", tr).textContent = `${(s.played / listener.context.sampleRate).toFixed(1)} s · ` +
+      `delay ${Math.round(s.delay * 1000)} ms`;
   });
+  listener.addEventListener("error", (e) => showError(e.detail.message));
   listener.addEventListener("ended", () => { button.textContent = "Listen"; });
   await listener.start();
 }
@@ -355,16 +418,20 @@ async function init() {
   await fillDevices();
   try {
     app.capabilities = await api("/healthz");
+    serverUp = true;
     const asr = app.capabilities.asr;
-    status(`server ${app.capabilities.version} · speech-to-text ${asr.available ? "on" : "off"}`);
-    if (!asr.available) {
-      $("#transcript-hint").textContent = "Live transcripts need a server started with --asr-model.";
-      $("#transcript-hint").hidden = false;
-    }
+    status(serverLine(app.capabilities));
+    const hint = !asr.available
+      ? "Live transcripts are off: " + (asr.reason || "the server has no speech-to-text.")
+      : asr.hint ? `Transcripts by ${asr.engine} (${asr.model}); ${asr.hint}.` : "";
+    $("#transcript-hint").textContent = hint;
+    $("#transcript-hint").hidden = !hint;
   } catch (err) {
-    status("server unreachable");
+    serverUp = false;
+    status("server unreachable — retrying");
     showError(err.message);
   }
+  setInterval(checkServer, app.healthEvery || 3000);
   showView();
   app.ready = true;
 }

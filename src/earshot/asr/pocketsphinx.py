@@ -1,0 +1,377 @@
+"""PocketSphinx (CMU Sphinx) as an earshot speech-to-text engine: the default, offline.
+
+The ``pocketsphinx`` wheel on PyPI carries a US English acoustic model, the CMU
+pronouncing dictionary and a trigram language model (BSD-style licence, CMU), so speech-to-
+text works with no download and no configuration. Accuracy is far below Whisper's on real
+microphones; it is here so that a fresh server transcribes at all.
+
+PocketSphinx decodes incrementally: audio is fed as it arrives and the partial hypothesis
+can be read at any time, so interims cost only the new audio (the engine declares
+``incremental = True``).
+
+PocketSphinx's native code holds the GIL while it decodes, which would stall the server's
+event loop, VAD and levels behind every decode. So the decoders live in child processes
+(``--asr-workers`` of them, ``python -m earshot.asr.pocketsphinx``): the server's
+scheduler threads send audio over a pipe and wait for the hypothesis with the GIL released.
+A ``Decoder`` holds its own copy of the models (about 90 MB) and decodes one utterance at a
+time, so each child keeps a pool: one decoder per utterance being spoken, reused afterwards.
+A child that dies is restarted on the next utterance; the utterances it held fail with an
+``asr_failed`` error event.
+
+``--asr-model`` may name ``en-us`` (the bundled model, the default) or a directory holding
+an acoustic model directory (with ``mdef``), a ``*.lm.bin`` (or ``*.lm``) language model
+and a ``*.dict`` pronouncing dictionary, e.g. a model from cmusphinx.github.io.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from earshot.asr.engine import EngineConfig, Transcription, Word, primary_language
+from earshot.errors import ConfigError, MissingDependency
+
+RATE = 16000
+FRAME_RATE = 100  # PocketSphinx's feature frames per second
+PIECE = RATE // 10  # samples fed per call
+DEFAULT_MODEL = "en-us"
+INSTALL_HINT = "pip install pocketsphinx"
+#: decoder settings beyond the model paths: at most 3000 active HMMs per frame (the library
+#: allows 30000) decodes the fixture as accurately with 30 % less CPU
+DECODER_OPTIONS: dict[str, Any] = {"maxhmmpf": 3000}
+_ALT = re.compile(r"\(\d+\)$")  # alternate pronunciations: "to(2)"
+
+
+def import_pocketsphinx() -> Any:
+    try:
+        import pocketsphinx
+    except (ImportError, OSError) as exc:
+        raise MissingDependency(
+            f"the pocketsphinx speech-to-text engine needs pocketsphinx ({exc}): "
+            f"{INSTALL_HINT}") from None
+    return pocketsphinx
+
+
+def model_paths(model: str, bundled: Path) -> dict[str, str]:
+    """The ``hmm``, ``lm`` and ``dict`` paths for ``--asr-model`` (``en-us`` or a dir)."""
+    if model == DEFAULT_MODEL:
+        base = bundled / "en-us"
+        return {"hmm": str(base / "en-us"), "lm": str(base / "en-us.lm.bin"),
+                "dict": str(base / "cmudict-en-us.dict")}
+    root = Path(model).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"cannot load pocketsphinx model {model!r}: not 'en-us' (the bundled "
+                          "US English model) nor a model directory")
+    hmm = [p.parent for p in sorted(root.rglob("mdef"))]
+    lms = sorted(root.rglob("*.lm.bin")) or sorted(root.rglob("*.lm"))
+    lms = [p for p in lms if "phone" not in p.name]
+    dicts = sorted(root.rglob("*.dict"))
+    missing = [what for what, found in (("an acoustic model (a directory with mdef)", hmm),
+                                        ("a language model (*.lm.bin or *.lm)", lms),
+                                        ("a dictionary (*.dict)", dicts)) if not found]
+    if missing:
+        raise ConfigError(f"cannot load pocketsphinx model {model!r}: the directory has no "
+                          f"{' and no '.join(missing)}")
+    return {"hmm": str(hmm[0]), "lm": str(lms[0]), "dict": str(dicts[0])}
+
+
+def _pcm16(audio: np.ndarray) -> bytes:
+    x = np.asarray(audio, dtype=np.float32)
+    if x.ndim != 1:
+        raise ValueError(f"audio must be mono (one dimension), not shape {x.shape}")
+    return (np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+# -- the child process --------------------------------------------------------------------
+def _words(decoder: Any) -> list[tuple[str, int, int, float]]:
+    out = []
+    for seg in decoder.seg():
+        w = _ALT.sub("", seg.word)
+        if not w or w.startswith(("<", "[", "+")):  # <s>, </s>, <sil>, [NOISE], ++UH++
+            continue
+        out.append((w, int(seg.start_frame), int(seg.end_frame) + 1, float(seg.prob)))
+    return out
+
+
+def _child(paths: dict[str, str]) -> None:  # pragma: no cover - runs in the child
+    """Decoder process: answers ``(op, id, payload)`` messages read from stdin with
+    ``("ok"|"err", value)`` on the original stdout (fd 1 is sent to stderr, so that
+    nothing the library prints can corrupt the channel)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    inbox = Connection(os.dup(0), writable=False)
+    conn_out = Connection(os.dup(1), readable=False)
+    os.dup2(2, 1)
+    import pocketsphinx
+
+    class _Both:  # send on one pipe, receive on the other
+        def send(self, obj: Any) -> None:
+            conn_out.send(obj)
+
+        def recv(self) -> Any:
+            return inbox.recv()
+
+    conn = _Both()
+
+    free: list[Any] = []
+    open_: dict[int, Any] = {}
+
+    def decoder() -> Any:
+        return free.pop() if free else pocketsphinx.Decoder(loglevel="FATAL", samprate=RATE,
+                                                            **DECODER_OPTIONS, **paths)
+
+    try:
+        free.append(decoder())
+    except Exception as exc:
+        conn.send(("err", " ".join(str(exc).split()) or type(exc).__name__))
+        return
+    conn.send(("ok", None))
+    while True:
+        try:
+            op, uid, payload = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        try:
+            value: Any = None
+            if op == "begin":
+                d = decoder()
+                d.start_utt()
+                open_[uid] = d
+            elif op == "feed":
+                d = open_[uid]
+                for i in range(0, len(payload), 2 * PIECE):
+                    d.process_raw(payload[i:i + 2 * PIECE], False, False)
+                hyp = d.hyp()
+                value = hyp.hypstr if hyp is not None else ""
+            elif op in ("finish", "close"):
+                d = open_.pop(uid, None)
+                if d is not None:
+                    d.end_utt()
+                    value = _words(d) if op == "finish" else None
+                    free.append(d)
+            elif op == "stop":
+                conn.send(("ok", None))
+                return
+            else:
+                raise ValueError(f"unknown operation {op!r}")
+            conn.send(("ok", value))
+        except Exception as exc:
+            open_.pop(uid, None)  # a decoder in a bad state is dropped, not pooled
+            conn.send(("err", f"{type(exc).__name__}: {exc}"))
+
+
+class DecoderDied(RuntimeError):
+    """The decoder process exited (killed, out of memory)."""
+
+
+class _Process:
+    """One decoder child and the pipes to it; calls are serialised by a lock."""
+
+    def __init__(self, paths: dict[str, str], timeout: float) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "earshot.asr.pocketsphinx", json.dumps(paths)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._out = Connection(os.dup(self.proc.stdin.fileno()), readable=False)
+        self._in = Connection(os.dup(self.proc.stdout.fileno()), writable=False)
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+        self.lock = threading.Lock()
+        self.utterances = 0  # open on this child
+        if not self._in.poll(timeout):
+            self.stop()
+            raise ConfigError(f"the pocketsphinx decoder process did not start in {timeout} s")
+        status, value = self._recv()
+        if status != "ok":
+            self.stop()
+            raise ConfigError(f"cannot load pocketsphinx model: {value}")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def _recv(self) -> tuple[str, Any]:
+        try:
+            return self._in.recv()  # type: ignore[no-any-return]
+        except (EOFError, OSError) as exc:
+            raise DecoderDied(f"the pocketsphinx decoder process died (exit code "
+                              f"{self.proc.poll()})") from exc
+
+    def call(self, op: str, uid: int, payload: Any = None) -> Any:
+        with self.lock:
+            try:
+                self._out.send((op, uid, payload))
+            except (OSError, ValueError) as exc:
+                raise DecoderDied("the pocketsphinx decoder process died") from exc
+            status, value = self._recv()
+        if status != "ok":
+            raise RuntimeError(f"pocketsphinx: {value}")
+        return value
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                with self.lock:
+                    self._out.send(("stop", 0, None))
+            except (OSError, ValueError):
+                pass
+            try:
+                self.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(2)
+        self._out.close()
+        self._in.close()
+
+
+class _Utterance:
+    """One utterance on a decoder in a child (the :class:`UtteranceDecoder` of this engine)."""
+
+    def __init__(self, engine: PocketSphinxEngine, proc: _Process, uid: int) -> None:
+        self._engine = engine
+        self._proc: _Process | None = proc
+        self._uid = uid
+        self._frames = 0
+        self._text = ""
+
+    def feed(self, audio: np.ndarray) -> None:
+        if self._proc is None:
+            raise RuntimeError("this utterance is finished")
+        pcm = _pcm16(audio)
+        self._text = self._proc.call("feed", self._uid, pcm)
+        self._frames += len(pcm) // 2
+
+    def partial(self) -> Transcription:
+        if self._proc is None:
+            raise RuntimeError("this utterance is finished")
+        duration = self._frames / RATE
+        tokens = self._text.split()
+        n = max(1, len(tokens))
+        # word times are known at the end only; spread the words evenly meanwhile
+        words = tuple(Word(_ALT.sub("", w), round(duration * i / n, 3),
+                           round(duration * (i + 1) / n, 3), 0.5) for i, w in enumerate(tokens))
+        return Transcription(text=" ".join(w.w for w in words), words=words, language="en",
+                             duration=duration)
+
+    def finish(self) -> Transcription:
+        if self._proc is None:
+            raise RuntimeError("this utterance is finished")
+        proc, self._proc = self._proc, None
+        try:
+            raw = proc.call("finish", self._uid)
+        finally:
+            self._engine._release(proc)
+        duration = self._frames / RATE
+        words: list[Word] = []
+        for w, a, b, p in raw:
+            start = min(max(a / FRAME_RATE, 0.0), duration)
+            end = min(max(b / FRAME_RATE, start), duration)
+            words.append(Word(w, round(start, 3), round(end, 3),
+                              round(min(max(p, 0.0), 1.0), 3)))
+        return Transcription(text=" ".join(w.w for w in words), words=tuple(words),
+                             language="en", duration=duration)
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.call("close", self._uid)
+        except Exception:  # the child died or the decoder broke: nothing left to close
+            pass
+        finally:
+            self._engine._release(proc)
+
+    def __del__(self) -> None:
+        if getattr(self, "_proc", None) is not None:
+            self.close()
+
+
+class PocketSphinxEngine:
+    """PocketSphinx behind the :class:`~earshot.asr.engine.Engine` interface, incremental,
+    decoding in ``cfg.workers`` child processes."""
+
+    name = "pocketsphinx"
+    incremental = True
+    languages = ("en",)
+
+    def __init__(self, cfg: EngineConfig, *, start_timeout: float = 60.0) -> None:
+        ps = import_pocketsphinx()
+        if cfg.device not in ("cpu", "auto"):
+            raise ConfigError(f"the pocketsphinx engine runs on the CPU only, not {cfg.device!r}")
+        if cfg.language is not None and primary_language(cfg.language) != "en":
+            raise ConfigError(f"the pocketsphinx engine is English only, not {cfg.language!r}; "
+                              "use --asr-model with a Whisper model for other languages")
+        self.config = cfg
+        self.paths = model_paths(cfg.model, Path(ps.get_model_path()))
+        self.start_timeout = start_timeout
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        # one child loads now (a bad model fails at start); the others on first use
+        self._procs: list[_Process | None] = [None] * max(1, cfg.workers)
+        self._procs[0] = _Process(self.paths, start_timeout)
+
+    def _acquire(self) -> _Process:
+        """The child with the fewest open utterances (started or restarted if needed)."""
+        with self._lock:
+            best = None
+            for i, p in enumerate(self._procs):
+                if p is None or not p.alive:
+                    if p is not None:
+                        p.stop()
+                    p = self._procs[i] = _Process(self.paths, self.start_timeout)
+                if best is None or p.utterances < best.utterances:
+                    best = p
+            assert best is not None
+            best.utterances += 1
+            return best
+
+    def _release(self, proc: _Process) -> None:
+        with self._lock:
+            proc.utterances = max(0, proc.utterances - 1)
+
+    def begin(self, *, language: str | None = None) -> _Utterance:
+        proc = self._acquire()
+        uid = next(self._ids)
+        try:
+            proc.call("begin", uid)
+        except BaseException:
+            self._release(proc)
+            raise
+        return _Utterance(self, proc, uid)
+
+    def transcribe(self, audio: np.ndarray, *, final: bool,
+                   language: str | None = None) -> Transcription:
+        """The whole of ``audio`` as one utterance (offline use; streams go incrementally)."""
+        utt = self.begin()
+        try:
+            utt.feed(audio)
+        except BaseException:
+            utt.close()
+            raise
+        return utt.finish()
+
+    def close(self) -> None:
+        """Stop the decoder processes (they also exit when the server does)."""
+        with self._lock:
+            procs, self._procs = self._procs, [None] * len(self._procs)
+        for p in procs:
+            if p is not None:
+                p.stop()
+
+    def __repr__(self) -> str:
+        return f"PocketSphinxEngine(model={self.config.model!r})"
+
+
+if __name__ == "__main__":  # pragma: no cover - the decoder child
+    _child(json.loads(sys.argv[1]))

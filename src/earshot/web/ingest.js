@@ -1,0 +1,206 @@
+// ingest.js — the client side of /ws (the ingest protocol), for captured audio from any
+// source: keeps every frame the server has not acknowledged, and when the connection drops
+// (or the server restarts) reconnects with backoff, resumes the stream by offset and resends
+// exactly what is missing.
+//
+//   const ingest = new IngestClient({ server, token, format: "s16", rate, channels: 1,
+//                                     processors, name, emit: (type, detail) => ... });
+//   await ingest.connect();                      // resolves with the server's "ready"
+//   ingest.add({ offset, data });                // PCM: Int16Array; Opus: {offset, data, frames}
+//   const stopped = await ingest.end(stopMsg);   // after the last add(): "stop", then "stopped"
+//
+// Every server message is passed to emit(type, message); "error" messages as "servererror".
+// Fatal failures call onfail(EarshotError).
+
+import { EarshotError } from "./common.js";
+
+const FATAL_CLOSE = (code) => (code >= 4400 && code < 4500) || code === 1008 || code === 1009;
+
+export class IngestClient {
+  constructor({ server, token = null, format = "s16", rate, channels = 1, preSkip = 0,
+                processors = null, name = null, language = null, client = {},
+                emit = () => {}, onfail = () => {} }) {
+    this.server = server;
+    this.token = token;
+    this.format = format;
+    this.rate = rate;
+    this.channels = channels;
+    this.preSkip = preSkip;
+    this.processors = processors;
+    this.name = name;
+    this.language = language;
+    this.client = client;
+    this.emit = emit;
+    this.onfail = onfail;
+    this.stream = null;
+    this.resumeToken = null;
+    this.reconnects = 0;
+    this.total = 0; // frames captured (the end of the last chunk)
+    this.acked = 0; // frames the server has durably written
+    this.closed = false; // stopped, failed or aborted: no more reconnects
+    this._chunks = []; // unacknowledged: {offset, data, frames?}
+    this._sent = 0;
+    this._ws = null;
+    this._ready = false;
+    this._attempt = 0;
+    this._stop = null; // the stop message once capture has ended
+    this._stopSent = false;
+    this._stopped = null;
+    this._lastError = null;
+  }
+
+  get packets() { return this.format === "opus"; }
+  get pending() { return this.total - this.acked; }
+
+  add(chunk) {
+    this._chunks.push(chunk);
+    this.total = Math.max(this.total, chunk.offset + (chunk.frames || chunk.data.length));
+    this._pump();
+  }
+
+  /** Capture has ended: send `stop` once everything is sent; resolves with "stopped". */
+  end(stop = { type: "stop" }) {
+    const done = new Promise((resolve, reject) => { this._stopped = { resolve, reject }; });
+    this._stop = stop;
+    this._pump();
+    return done;
+  }
+
+  abort() {
+    this.closed = true;
+    if (this._ws) this._ws.close(1000, "aborted");
+  }
+
+  _pump() {
+    const ws = this._ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN || !this._ready) return;
+    for (const c of this._chunks) {
+      const end = c.offset + (c.frames || c.data.length);
+      if (end <= this._sent) continue;
+      if (c.frames) ws.send(c.data); // an Opus packet: whole
+      else ws.send(c.offset < this._sent ? c.data.subarray(this._sent - c.offset) : c.data);
+      this._sent = end;
+    }
+    if (this._stop && !this._stopSent && this._sent >= this.total) {
+      ws.send(JSON.stringify(this._stop));
+      this._stopSent = true;
+    }
+  }
+
+  _trim(offset) {
+    if (offset <= this.acked) return;
+    this.acked = offset;
+    while (this._chunks.length &&
+           this._chunks[0].offset + (this._chunks[0].frames || this._chunks[0].data.length) <= offset)
+      this._chunks.shift();
+  }
+
+  _fail(err) {
+    if (this.closed) return;
+    this.closed = true;
+    this.onfail(err);
+    if (this._stopped) this._stopped.reject(err);
+  }
+
+  connect() {
+    return new Promise((resolve, reject) => {
+      const query = this.token ? `?token=${encodeURIComponent(this.token)}` : "";
+      let ws;
+      try {
+        ws = new WebSocket(`${this.server}/ws${query}`);
+      } catch (err) {
+        reject(new EarshotError(`bad server address ${this.server}: ${err.message}`, "bad-url"));
+        return;
+      }
+      ws.binaryType = "arraybuffer";
+      this._ws = ws;
+      this._ready = false;
+      this._stopSent = false;
+      let ready = false;
+      ws.onopen = () => {
+        const start = { type: "start", format: this.format, rate: this.rate,
+                        channels: this.channels, client: this.client };
+        if (this.packets) start.pre_skip = this.preSkip;
+        if (this.packets && this.stream) start.offset = this.acked; // resend whole packets
+        if (this.name) start.name = this.name;
+        if (this.processors) start.processors = this.processors;
+        if (this.language) start.language = this.language;
+        if (this.stream) { start.resume = this.stream; start.resume_token = this.resumeToken; }
+        ws.send(JSON.stringify(start));
+      };
+      ws.onmessage = (e) => {
+        if (typeof e.data !== "string") return;
+        const msg = JSON.parse(e.data);
+        switch (msg.type) {
+          case "ready": {
+            ready = true;
+            if (msg.offset < this.acked || msg.offset > this.total) {
+              const err = new EarshotError(`the server holds ${msg.offset} frames, this ` +
+                `recorder acknowledged ${this.acked} and captured ${this.total}`, "gap");
+              ws.close(1000);
+              this._fail(err);
+              reject(err);
+              return;
+            }
+            if (this.stream && this.stream === msg.stream) this.reconnects += 1;
+            this._attempt = 0;
+            this.stream = msg.stream;
+            this.resumeToken = msg.resume_token;
+            if (this.packets) this._sent = this.acked; // the server drops the overlap
+            else { this._trim(msg.offset); this._sent = msg.offset; }
+            this._ready = true;
+            this.emit("ready", msg);
+            resolve(msg);
+            this._pump();
+            break;
+          }
+          case "ack":
+            this._trim(msg.offset);
+            this.emit("ack", msg);
+            break;
+          case "stopped":
+            this._trim(msg.offset);
+            this.closed = true;
+            this.emit("stopped", msg);
+            if (this._stopped) this._stopped.resolve(msg);
+            break;
+          case "error":
+            this._lastError = msg;
+            this.emit("servererror", msg);
+            break;
+          default:
+            this.emit(msg.type, msg);
+        }
+      };
+      ws.onclose = (e) => {
+        if (this._ws === ws) { this._ws = null; this._ready = false; }
+        if (this.closed) return;
+        const last = this._lastError;
+        if (FATAL_CLOSE(e.code)) {
+          const err = new EarshotError((last && last.message) || e.reason || "refused",
+                                       (last && last.code) || String(e.code));
+          if (!ready) reject(err);
+          this._fail(err);
+          return;
+        }
+        if (!ready && !this.stream) {
+          this.closed = true;
+          reject(new EarshotError(`Cannot reach the earshot server at ${this.server}.`,
+                                  "unreachable"));
+          return;
+        }
+        this._reconnect(e);
+      };
+    });
+  }
+
+  _reconnect(e) {
+    this._attempt += 1;
+    const delay = Math.min(5000, 150 * 2 ** Math.min(this._attempt - 1, 6));
+    this.emit("reconnecting", { attempt: this._attempt, delay, code: e && e.code });
+    setTimeout(() => {
+      if (this.closed) return;
+      this.connect().catch(() => {}); // failures land in onclose: retried or fatal
+    }, delay);
+  }
+}

@@ -223,22 +223,28 @@ async def test_redis_down_never_stops_capture(
     try:
         workers(bus, "level", name="w")
         await asyncio.to_thread(wait_balanced, redis_server.client(), "level", 1)
+        twice = np.concatenate([SPEECH, SPEECH])  # 19 s
         streams = [asyncio.create_task(stream_file(
-            gw.url, SPEECH, RATE, processors=["level"], realtime=True, block_s=0.1))
+            gw.url, twice, RATE, processors=["level"], realtime=True, block_s=0.1))
             for _ in range(2)]
         await asyncio.sleep(2.5)
         redis_server.kill9()
+        t_kill = time.monotonic()
         states = []
-        for _ in range(20):
-            states.append(httpx.get(f"{gw.http}/healthz").json())
+        while time.monotonic() < t_kill + 2.0:
+            states.append(await asyncio.to_thread(
+                lambda: httpx.get(f"{gw.http}/healthz").json()))
             await asyncio.sleep(0.1)
         redis_server.start()  # the same port, empty: groups, leases and log start again
+        back = time.monotonic() - t_kill + 2.5  # stream time when Redis was back
         results = await asyncio.gather(*streams)
         assert any(s["status"] == "degraded" and s["bus"]["state"] == "degraded"
                    for s in states), states[-1]
         for pub, events, _ in results:
-            assert np.array_equal(archive(gw, pub.stream_id), SPEECH)
-            assert check_levels(events, after=7.0), "processing did not resume"
+            assert np.array_equal(archive(gw, pub.stream_id), twice)
+            late = check_levels(events, after=back + 2.0)
+            assert len(late) >= 0.5 * (len(twice) / RATE - back - 2.0) / 0.05, \
+                f"processing did not resume after {back:.1f} s: {len(late)} levels"
         deadline = time.monotonic() + 10
         while httpx.get(f"{gw.http}/healthz").json()["status"] != "ok":
             assert time.monotonic() < deadline, "the bus never came back"

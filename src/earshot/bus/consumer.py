@@ -179,10 +179,14 @@ class KindConsumer:
             self.balanced.set()
         self._wake.set()
 
-    async def _ensure_group(self, p: int) -> None:
+    async def _ensure_group(self, p: int, start: str | None = None) -> None:
+        """The kind's group on partition ``p``: a new kind starts at the live edge (or the
+        oldest entry with ``--from oldest``); a group lost with a Redis restart starts at
+        the oldest entry, so what gateways kept through the outage is processed."""
+        first = start or ("0" if self.start_from == "oldest" else "$")
         with contextlib.suppress(Exception):  # BUSYGROUP: it exists
             await self.redis.xgroup_create(self.keys.audio(p), self.group, mkstream=True,
-                                           id="0" if self.start_from == "oldest" else "$")
+                                           id=first)
 
     def _drop_partition(self, p: int) -> None:
         """Stop reading ``p``: its streams' state is dropped unacknowledged, so the next
@@ -212,8 +216,10 @@ class KindConsumer:
                 raise
             except Exception as exc:
                 if "NOGROUP" in str(exc):  # Redis restarted empty: make the groups again
+                    log.warning("%s %s: consumer groups gone (Redis restarted?); "
+                                "recreating them", self.name, self.kind)
                     for p in self.held:
-                        await self._ensure_group(p)
+                        await self._ensure_group(p, "0")
                 else:
                     log.warning("%s %s: read: %s", self.name, self.kind, exc)
                 await asyncio.sleep(0.5)

@@ -471,6 +471,7 @@ def _run_log_worker(args: argparse.Namespace, specs: list[Any]) -> int:
 
     async def main() -> int:
         worker = LogWorker(args.bus, specs, name=args.name, lease_ttl=args.lease_ttl,
+                           retention=args.bus_retention,
                            start_from=args.start_from)
         task = asyncio.ensure_future(worker.run())
         loop = asyncio.get_running_loop()
@@ -690,6 +691,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--from", dest="start_from", choices=["latest", "oldest"],
                    default="latest", help="with --bus, a new processor kind starts at the "
                    "live edge (default) or at the oldest entry still on the log")
+    w.add_argument("--bus-retention", type=SECONDS, default=60.0,
+                   help="with --bus, seconds the events it publishes stay on Redis (60)")
     w.add_argument("--lease-ttl", type=SECONDS, default=3.0,
                    help="with --bus, seconds before a dead worker's streams are taken over")
     client_opts(w)

@@ -107,8 +107,10 @@ class KindConsumer:
 
     def __init__(self, redis: Any, keys: Keys, spec: ProcessorSpec, *, name: str,
                  lease_ttl: float = 3.0, start_from: str = "latest",
-                 max_lag: float = 10.0, drain_timeout: float = 10.0) -> None:
+                 max_lag: float = 10.0, drain_timeout: float = 10.0,
+                 retention: float = 60.0) -> None:
         self.redis = redis
+        self.retention = retention  # events and jobs are trimmed by age, like the log
         self.keys = keys
         self.spec = spec
         self.kind = spec.ref
@@ -390,7 +392,7 @@ class KindConsumer:
 
     async def _send(self, batch: list[tuple[str, Any]]) -> None:
         k = self.keys
-        minid = f"{int((time.time() - 3600) * 1000)}-0"
+        minid = f"{int((time.time() - self.retention) * 1000)}-0"
         pipe = self.redis.pipeline(transaction=True)
         states: dict[str, dict[str, Any]] = {}
         for kind, item in batch:
@@ -425,8 +427,9 @@ class LogWorker:
 
     def __init__(self, url: str, specs: list[ProcessorSpec], *, name: str | None = None,
                  lease_ttl: float = 3.0, start_from: str = "latest",
-                 max_lag: float = 10.0) -> None:
+                 max_lag: float = 10.0, retention: float = 60.0) -> None:
         self.url, self.keys = parse_bus_url(url)
+        self.retention = retention
         self.specs = specs
         self.name = name or worker_name()
         self.lease_ttl = lease_ttl
@@ -438,7 +441,8 @@ class LogWorker:
         redis = connect(self.url)
         self.consumers = [KindConsumer(redis, self.keys, spec, name=self.name,
                                        lease_ttl=self.lease_ttl, start_from=self.start_from,
-                                       max_lag=self.max_lag) for spec in self.specs]
+                                       max_lag=self.max_lag, retention=self.retention)
+                          for spec in self.specs]
         tasks = [asyncio.create_task(f()) for c in self.consumers
                  for f in (c.lease_loop, c.read_loop, c.send_loop)]
         log.info("worker %s serving %s on %s", self.name,

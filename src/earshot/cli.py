@@ -460,8 +460,6 @@ class TailBoard:
 
 
 def _run_log_worker(args: argparse.Namespace, specs: list[Any]) -> int:
-    import signal
-
     from earshot.bus.consumer import LogWorker
     from earshot.bus.redis import _redis_module
 
@@ -469,11 +467,17 @@ def _run_log_worker(args: argparse.Namespace, specs: list[Any]) -> int:
     if not 0.5 <= args.lease_ttl <= 600:
         raise ConfigError("--lease-ttl must be between 0.5 and 600 seconds")
 
+    return _run_until_signal(lambda: LogWorker(
+        args.bus, specs, name=args.name, lease_ttl=args.lease_ttl,
+        retention=args.bus_retention, start_from=args.start_from).run())
+
+
+def _run_until_signal(make: Callable[[], Any]) -> int:
+    """Run a worker's coroutine until it ends or SIGINT/SIGTERM cancels it."""
+    import signal
+
     async def main() -> int:
-        worker = LogWorker(args.bus, specs, name=args.name, lease_ttl=args.lease_ttl,
-                           retention=args.bus_retention,
-                           start_from=args.start_from)
-        task = asyncio.ensure_future(worker.run())
+        task = asyncio.ensure_future(make())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
@@ -486,7 +490,6 @@ def _run_log_worker(args: argparse.Namespace, specs: list[Any]) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     import logging
-    import signal
 
     from earshot.client import Reconnect
     from earshot.processors.registry import parse_cli_spec, resolve
@@ -500,18 +503,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise ConfigError("one processor per worker with --url; several need --bus")
     spec = specs[0]
 
-    async def main() -> int:
-        worker = Worker(args.url, spec, stream=args.stream, token=args.token, name=args.name,
-                        reconnect=Reconnect(attempts=args.retries))
-        task = asyncio.ensure_future(worker.run())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        return EXIT_OK
-
-    return _run_client(main)
+    return _run_until_signal(lambda: Worker(
+        args.url, spec, stream=args.stream, token=args.token, name=args.name,
+        reconnect=Reconnect(attempts=args.retries)).run())
 
 
 def cmd_listen(args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from earshot.config import Settings, env_overrides
+    from earshot.redact import uvicorn_log_config
     from earshot.server.app import create_app
 
     opts = env_overrides()
@@ -48,6 +49,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             opts[key] = value
+    for key in ("allowed_origins", "forwarded_allow_ips", "certfile", "keyfile", "conn_rate",
+                "conn_burst", "auth_fail_rate", "auth_fail_burst"):  # (README: Security)
+        value = getattr(args, key)
+        if value is not None:
+            opts[key] = tuple(value) if isinstance(value, list) else value
     if args.no_auth:
         opts["no_auth"] = True
     if args.fsync:
@@ -64,9 +70,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         console.print(f"loading speech-to-text model {escape(settings.asr_model)} …")
     app = create_app(settings)
     caps = app.state.capabilities
+    tls = "s" if settings.certfile else ""
     console.print(
-        f"[bold]earshot {__version__}[/] on http://{settings.host}:{settings.port} "
-        f"— ingest ws://{settings.host}:{settings.port}/ws, data in {settings.data_dir.resolve()}"
+        f"[bold]earshot {__version__}[/] on http{tls}://{settings.host}:{settings.port} "
+        f"— ingest ws{tls}://{settings.host}:{settings.port}/ws, "
+        f"data in {settings.data_dir.resolve()}"
     )
     console.print(f"  archive: {settings.archive_format}; auth: "
                   f"{'token' if settings.token else 'none (loopback only)'}")
@@ -84,6 +92,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ws_per_message_deflate=False,
         ws_max_size=max(16 << 20, settings.max_message_bytes * 2), log_level=settings.log_level,
         lifespan="on",
+        # hardening: TLS, X-Forwarded-* only from --forwarded-allow-ips, no secrets in logs
+        ssl_certfile=settings.certfile, ssl_keyfile=settings.keyfile,
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or "",
+        log_config=uvicorn_log_config(settings.log_level, [settings.token or ""]),
     )
     return EXIT_OK
 
@@ -102,7 +115,9 @@ def _run_client(coro_factory: Callable[[], Any]) -> int:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         return EXIT_USAGE
     except ClientError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
+        from earshot.redact import redact
+
+        err.print(f"[red]error:[/] {escape(redact(str(exc)))}")  # (a URL may carry ?token=)
         return exit_code(exc)
 
 
@@ -385,6 +400,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drain-timeout", type=float,
                    help="seconds processors get to finish after a stream stops (10)")
     s.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    h = s.add_argument_group("security (README: Security and deployment)")
+    h.add_argument("--allowed-origins", action="append", metavar="ORIGIN[,ORIGIN]",
+                   help="also accept WebSocket handshakes from these browser origins "
+                        "(e.g. https://app.example.com; '*' for any; repeatable)")
+    h.add_argument("--forwarded-allow-ips", metavar="IPS",
+                   help="trust X-Forwarded-For/-Proto from these proxy addresses "
+                        "(comma-separated IPs or networks; default: from none)")
+    h.add_argument("--certfile", help="TLS certificate chain (PEM): serve https:// and wss://")
+    h.add_argument("--keyfile", help="TLS private key (PEM) for --certfile")
+    h.add_argument("--conn-rate", type=float,
+                   help="new WebSocket connections per second per client address (100; 0: off)")
+    h.add_argument("--conn-burst", type=int, help="... allowed at once (1000)")
+    h.add_argument("--auth-fail-rate", type=float,
+                   help="failed authentications per second per address, refill (0.2; 0: off)")
+    h.add_argument("--auth-fail-burst", type=int, help="... allowed at once (20)")
     a = s.add_argument_group("speech-to-text (pip install 'earshot[asr]')")
     a.add_argument("--asr-model", help="faster-whisper model name (downloaded on first use "
                                        "where there is internet) or local model directory")

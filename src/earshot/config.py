@@ -41,6 +41,15 @@ class Settings:
     asr_workers: int = 1
     asr_threads: int = 0
     log_level: str = "info"
+    # hardening (earshot.server.guard, TLS, proxies): see the README's "Security" section
+    allowed_origins: tuple[str, ...] = field(default_factory=tuple)
+    forwarded_allow_ips: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    conn_rate: float = 100.0
+    conn_burst: int = 1000
+    auth_fail_rate: float = 0.2
+    auth_fail_burst: int = 20
 
     def __post_init__(self) -> None:
         if self.archive_format not in ARCHIVE_FORMATS:
@@ -51,6 +60,8 @@ class Settings:
             raise ConfigError("ack interval must be between 0.005 and 5 seconds")
         if self.max_message_bytes < 1024:
             raise ConfigError("max message size must be at least 1024 bytes")
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ConfigError("TLS needs both --certfile and --keyfile")
 
     def check_exposure(self) -> None:
         """Refuse to listen beyond loopback without a token unless --no-auth was given."""

@@ -22,6 +22,7 @@ from earshot.errors import ConfigError
 from earshot.processors.asr import Asr
 from earshot.processors.registry import Registry
 from earshot.server.auth import presented_token, token_ok
+from earshot.server.guard import Guard
 from earshot.server.hub import Hub
 from earshot.server.ingest import IngestSession, refuse_unauthorized
 from earshot.server.metrics import Metrics
@@ -125,6 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.capabilities = capabilities(settings, registry)
     app.include_router(api)
     app.include_router(ops)
+    app.add_middleware(Guard.from_settings, settings=settings)  # Origin, Host, rate limits
 
     web = Path(__file__).resolve().parent.parent / "web"
     app.mount("/web", StaticFiles(directory=web), name="web")

@@ -127,6 +127,15 @@ def exit_code(exc: ClientError) -> int:
     return EXIT_REFUSED if exc.code else EXIT_FAIL
 
 
+def _ssl(args: argparse.Namespace) -> Any:
+    """The TLS context for a wss:// or https:// --url (None for plain ws://)."""
+    from earshot.transport import client_ssl
+
+    if not str(args.url).lower().startswith(("wss:", "https:")):
+        return None
+    return client_ssl(getattr(args, "cafile", None))
+
+
 def _summary(args: argparse.Namespace, result: dict[str, Any]) -> None:
     base = http_base(args.url)
     secs = result["frames"] / result["rate"]
@@ -152,6 +161,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                 processors=args.processors, codec=args.codec, bitrate=args.bitrate,
                 reconnect=Reconnect(attempts=args.retries),
                 on_block=lambda pub, _b: progress.update(task, completed=pub.offset),
+                ssl=_ssl(args),
             )
         _summary(args, result)
         return EXIT_OK
@@ -191,7 +201,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
             task = asyncio.ensure_future(publish(
                 args.url, source, name=args.name, token=args.token, processors=args.processors,
                 codec=args.codec, bitrate=args.bitrate,
-                reconnect=Reconnect(attempts=None), on_block=on_block,
+                reconnect=Reconnect(attempts=None), on_block=on_block, ssl=_ssl(args),
             ))
             loop = asyncio.get_running_loop()
             import signal
@@ -216,7 +226,8 @@ def _http(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
 
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     try:
-        r = httpx.request(method, http_base(args.url) + path, headers=headers, timeout=10, **kw)
+        r = httpx.request(method, http_base(args.url) + path, headers=headers, timeout=10,
+                          verify=_ssl(args) or True, **kw)
     except httpx.TransportError as exc:
         msg = f"cannot reach {http_base(args.url)}: {exc}"
         raise ClientError(msg, code="unreachable") from None
@@ -259,6 +270,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+    from earshot.transport import handshake_refusal, ws_options
+
     url = ws_url(args.url, "/ws/subscribe", stream=args.stream)
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
     err = Console(stderr=True)
@@ -267,7 +280,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     async def main() -> int:
         board = TailBoard()
         try:
-            async with connect(url, additional_headers=headers, max_size=None) as ws:
+            async with connect(url, additional_headers=headers, max_size=None,
+                               **ws_options(url, _ssl(args))) as ws:
                 with Live(board, console=err, auto_refresh=err.is_terminal,
                           refresh_per_second=10, transient=True) as live:
                     async for raw in ws:
@@ -288,6 +302,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
                         if err.is_terminal:
                             live.refresh()
         except (OSError, InvalidHandshake) as exc:
+            refused = handshake_refusal(exc)
+            if refused is not None:
+                raise ClientError(f"{url}: {refused.message}", code=refused.code) from None
             raise ClientError(f"cannot reach {url}: {exc}", code="unreachable") from None
         except ConnectionClosed:
             pass
@@ -336,7 +353,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         worker = Worker(args.url, spec, stream=args.stream, token=args.token, name=args.name,
-                        reconnect=Reconnect(attempts=args.retries))
+                        reconnect=Reconnect(attempts=args.retries), ssl=_ssl(args))
         task = asyncio.ensure_future(worker.run())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -354,7 +371,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     async def main() -> int:
         listener = Listener(args.url, args.stream, codec=args.codec, token=args.token,
                             out=args.out, play=args.out is None or args.play,
-                            seconds=args.seconds)
+                            seconds=args.seconds, ssl=_ssl(args))
         stats = await listener.run()
         s = stats.summary()
         print(f"listened to {s['seconds']:.2f} s of {s['stream']}: delay p50 "
@@ -431,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--url", default=_env("url", DEFAULT_URL),
                        help=f"server ingest URL (default {DEFAULT_URL}, or EARSHOT_URL)")
         c.add_argument("--token", default=_env("token"), help="bearer token (or EARSHOT_TOKEN)")
+        c.add_argument("--cafile", default=_env("cafile"), type=Path,
+                       help="trust only these CA certificates (PEM) for wss:// and https:// "
+                            "(default: the system's trust store; or EARSHOT_CAFILE)")
 
     def codec_opts(c: argparse.ArgumentParser) -> None:
         c.add_argument("--codec", choices=["pcm", "opus"], default="pcm",

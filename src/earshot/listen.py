@@ -51,8 +51,9 @@ class ListenStats:
 class Listener:
     def __init__(self, url: str, stream: str, *, codec: str = "pcm", token: str | None = None,
                  out: Path | None = None, play: bool = False, frame_ms: float = 20.0,
-                 seconds: float | None = None) -> None:
+                 seconds: float | None = None, ssl: Any = None) -> None:
         self.url, self.stream, self.codec, self.token = url, stream, codec, token
+        self.ssl = ssl  # an ssl.SSLContext for wss:// (earshot.transport.client_ssl)
         self.out, self.play, self.frame_ms, self.seconds = out, play, frame_ms, seconds
         self.stats = ListenStats(stream)
         self.jitter: JitterBuffer | None = None
@@ -68,6 +69,7 @@ class Listener:
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+        from earshot.transport import ws_options
         from earshot.urls import ws_url
 
         url = ws_url(self.url, "/ws/subscribe", stream=self.stream,
@@ -75,7 +77,7 @@ class Listener:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         try:
             async with connect(url, additional_headers=headers, max_size=None,
-                               compression=None) as ws:
+                               compression=None, **ws_options(url, self.ssl)) as ws:
                 receiver = asyncio.create_task(self._receive(ws))
                 player = asyncio.create_task(self._playout())
                 try:

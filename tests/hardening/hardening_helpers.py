@@ -113,3 +113,48 @@ def make_server_cert(tmp: Path, ca_cert: Any, ca_key: Any,
 
 def client_context(cafile: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(cafile))
+
+
+class TlsServer:
+    """``earshot serve`` with TLS (a :class:`helpers.ServerProcess` probed over https)."""
+
+    def __new__(cls, data_dir: Path, cafile: Path, *args: str,
+                env: dict[str, str] | None = None) -> Any:
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        from helpers import ServerProcess
+
+        class _Tls(ServerProcess):
+            @property
+            def url(self) -> str:
+                return f"wss://127.0.0.1:{self.port}/ws"
+
+            @property
+            def http(self) -> str:
+                return f"https://127.0.0.1:{self.port}"
+
+            def start(self, timeout: float = 30.0) -> ServerProcess:
+                cmd = [sys.executable, "-m", "earshot.cli", "serve", "--port", str(self.port),
+                       "--data-dir", str(self.data_dir), "--log-level", "warning", *self.args]
+                logf = open(self.log, "ab")  # noqa: SIM115 - the child keeps it
+                self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
+                                             env=self.env)
+                ctx = client_context(cafile)
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    if self.proc.poll() is not None:
+                        raise RuntimeError(f"server exited: {self.log.read_text()}")
+                    try:
+                        if httpx.get(self.http + "/healthz", verify=ctx,
+                                     timeout=1).status_code == 200:
+                            return self
+                    except httpx.TransportError:
+                        pass
+                    time.sleep(0.05)
+                raise RuntimeError(f"server did not come up: {self.log.read_text()}")
+
+        return _Tls(data_dir, *args, env=env)

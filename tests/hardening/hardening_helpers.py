@@ -158,3 +158,83 @@ class TlsServer:
                 raise RuntimeError(f"server did not come up: {self.log.read_text()}")
 
         return _Tls(data_dir, *args, env=env)
+
+
+class Nginx:
+    """A real nginx on free loopback ports, running the committed ``deploy/nginx.conf`` with
+    only its ports, names, certificate and log paths changed (``-p DIR``, own pid and logs)."""
+
+    def __init__(self, tmp: Path, upstream_port: int, cert: Path, key: Path,
+                 shutdown_timeout: int = 2) -> None:
+        from helpers import ROOT, free_port, require_tool
+
+        self.exe = require_tool("nginx")
+        self.dir = tmp
+        self.http_port, self.https_port = free_port(), free_port()
+        site = (ROOT / "deploy" / "nginx.conf").read_text()
+        for old, new in [
+            ("listen 443 ssl;", f"listen 127.0.0.1:{self.https_port} ssl;"),
+            ("listen [::]:443 ssl;", ""),
+            ("listen 80;", f"listen 127.0.0.1:{self.http_port};"),
+            ("listen [::]:80;", ""),
+            ("server_name audio.example.com;", "server_name 127.0.0.1 localhost;"),
+            ("/etc/letsencrypt/live/audio.example.com/fullchain.pem", str(cert)),
+            ("/etc/letsencrypt/live/audio.example.com/privkey.pem", str(key)),
+            ("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};"),
+            ("/var/log/nginx/", f"{tmp}/"),
+        ]:
+            assert old in site, f"deploy/nginx.conf no longer has {old!r}"
+            site = site.replace(old, new)
+        (tmp / "earshot.conf").write_text(site)
+        temp = "\n".join(f"  {k}_temp_path {tmp}/{k};"
+                         for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        self.conf = tmp / "nginx.conf"
+        self.conf.write_text(f"""
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log info;
+worker_shutdown_timeout {shutdown_timeout}s;
+events {{ worker_connections 512; }}
+http {{
+{temp}
+  access_log {tmp}/access.log;
+  include {tmp}/earshot.conf;
+}}
+""")
+        self.proc: Any = None
+
+    def _cmd(self, *extra: str) -> list[str]:
+        return [self.exe, "-p", str(self.dir), "-c", str(self.conf),
+                "-e", str(self.dir / "error.log"), *extra]
+
+    def start(self, timeout: float = 20.0) -> Nginx:
+        import subprocess
+        import time
+
+        log = open(self.dir / "stderr.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen(self._cmd("-g", "daemon off;"), stdout=log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("nginx exited: " + (self.dir / "error.log").read_text())
+            try:
+                socket.create_connection(("127.0.0.1", self.https_port), 1).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("nginx did not come up: " + (self.dir / "error.log").read_text())
+
+    def reload(self) -> None:
+        import subprocess
+
+        subprocess.run(self._cmd("-s", "reload"), check=True, capture_output=True, timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+
+    @property
+    def access_log(self) -> str:
+        return "".join(p.read_text() for p in self.dir.glob("*access.log"))

@@ -30,6 +30,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -62,7 +63,8 @@ KNOWN_CLOSES = set(FATAL_CLOSE.values())
 def truth(start: int, stop: int) -> bytes:
     """The client's stream content: byte ``i`` is a fixed function of ``i``, so any
     misplaced, repeated or missing byte shows."""
-    return bytes(((i * 131) ^ (i >> 8) * 7) & 0xFF for i in range(start, stop))
+    i = np.arange(start, stop, dtype=np.int64)
+    return (((i * 131) ^ ((i >> 8) * 7)) & 0xFF).astype(np.uint8).tobytes()
 
 
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
@@ -316,7 +318,8 @@ IngestMachine.TestCase.settings = settings(
     database=(DirectoryBasedExampleDatabase(str(DB_DIR)) if LONG_RUN
               else ReadOnlyDatabase(DirectoryBasedExampleDatabase(str(DB_DIR)))),
 )
-TestIngestMachine = IngestMachine.TestCase
+# (a long run takes minutes: no per-test timeout then)
+TestIngestMachine = pytest.mark.timeout(0 if LONG_RUN else 180)(IngestMachine.TestCase)
 
 
 # -- the seed corpus: explicit step sequences, replayed exactly ---------------------------

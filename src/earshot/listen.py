@@ -92,6 +92,11 @@ class Listener:
                         with contextlib.suppress(asyncio.CancelledError, Exception):
                             await task
         except (OSError, InvalidHandshake) as exc:
+            from earshot.transport import handshake_refusal
+
+            refused = handshake_refusal(exc)  # a wrong certificate, a refused origin, ...
+            if refused is not None:
+                raise ClientError(f"{url}: {refused.message}", code=refused.code) from None
             raise ClientError(f"cannot reach {url}: {exc}", code="unreachable") from None
         except ConnectionClosed:
             pass

@@ -155,6 +155,7 @@ class TlsServer:
                     except httpx.TransportError:
                         pass
                     time.sleep(0.05)
+                self.stop()
                 raise RuntimeError(f"server did not come up: {self.log.read_text()}")
 
         return _Tls(data_dir, *args, env=env)
@@ -223,6 +224,7 @@ http {{
                 return self
             except OSError:
                 time.sleep(0.05)
+        self.stop()
         raise RuntimeError("nginx did not come up: " + (self.dir / "error.log").read_text())
 
     def reload(self) -> None:

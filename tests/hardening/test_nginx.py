@@ -40,7 +40,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     srv = ServerProcess(tmp / "data", "--forwarded-allow-ips", "127.0.0.1",
                         "--log-level", "info", "--ack-interval", "0.05").start()
     (tmp / "ngx").mkdir()
-    nginx = Nginx(tmp / "ngx", srv.port, cert, key).start()
+    try:
+        nginx = Nginx(tmp / "ngx", srv.port, cert, key).start()
+    except BaseException:
+        srv.stop()
+        raise
     yield {"server": srv, "nginx": nginx, "ca": ca,
            "https": f"https://127.0.0.1:{nginx.https_port}",
            "wss": f"wss://127.0.0.1:{nginx.https_port}"}
@@ -131,9 +135,28 @@ async def real_address(stack: dict[str, Any]) -> None:
         assert r.status_code == 200
         nxt = r.json()["next"]
     assert nxt is None or nxt.startswith(stack["https"] + "/")  # X-Forwarded-Proto honoured
-    async with connect(stack["wss"] + "/ws/subscribe?stream=*&probe=wsviaproxy", ssl=ctx,
-                       local_addr=("127.0.0.2", 0)) as ws:
+    async with connect(stack["wss"] + "/ws/subscribe?stream=*&audio=s16&probe=wsviaproxy",
+                       ssl=ctx, local_addr=("127.0.0.2", 0)) as ws:
         assert json.loads(await ws.recv())["type"] == "subscribed"
+        # a stream published through nginx, heard by this subscriber through nginx
+        x = np.arange(-800, 800, dtype=np.int16) * 7
+        async with Publisher(stack["wss"] + "/ws", rate=RATE, format="s16", ssl=ctx) as pub:
+            await pub.send(x)
+        heard, header = b"", None
+        while True:
+            raw = await asyncio.wait_for(ws.recv(), 30)
+            if isinstance(raw, bytes):
+                assert header is not None and header["stream"] == pub.stream_id
+                heard += raw
+                continue
+            msg = json.loads(raw)
+            if msg.get("stream") != pub.stream_id:
+                continue
+            if msg["type"] == "audio":
+                header = msg
+            elif msg["type"] == "stream_ended":
+                break
+        assert np.array_equal(np.frombuffer(heard, "<i2"), x)
     # straight to earshot from 127.0.0.3: not a trusted proxy, its header is ignored
     with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.3")) as c:
         r = c.get(srv.http + "/api/streams?probe=direct", headers={"X-Forwarded-For": "7.7.7.7"})

@@ -137,5 +137,9 @@ def test_cli_over_tls_with_cafile(tls_server: ServerProcess, pki: dict[str, Path
     assert bad.returncode == 4 and "certificate" in bad.stderr.lower(), bad.stderr
     bad = earshot("tail", "*", "--url", tls_server.url, "--cafile", str(pki["other"]))
     assert bad.returncode == 4 and "certificate" in bad.stderr.lower(), bad.stderr
+    for cmd in (["worker", "level", "--retries", "0"], ["listen", sid, "--out",
+                                                         str(tmp_path / "heard.wav")]):
+        bad = earshot(*cmd, "--url", tls_server.url, "--cafile", str(pki["other"]))
+        assert bad.returncode == 4 and "certificate" in bad.stderr.lower(), (cmd, bad.stderr)
     bad = earshot("streams", "--url", tls_server.url)  # system store: not trusted
     assert bad.returncode != 0 and "certificate" in bad.stderr.lower(), bad.stderr

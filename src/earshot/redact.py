@@ -29,13 +29,18 @@ _PATTERNS = [
 ]
 
 
+_MARKERS = ("token", "bearer", "authorization", "api_key", "apikey", "password", "basic")
+
+
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with every credential it carries replaced by ``[redacted]``."""
     for secret in secrets:
-        if secret and len(secret) >= 3:  # (a 1-2 character "secret" would mask everything)
+        if secret and len(secret) >= 3 and secret in text:  # (1-2 chars would mask all)
             text = text.replace(secret, MASK)
-    for pattern, repl in _PATTERNS:
-        text = pattern.sub(repl, text)
+    lower = text.lower()
+    if any(m in lower for m in _MARKERS):  # (most lines carry none: skip the regexes)
+        for pattern, repl in _PATTERNS:
+            text = pattern.sub(repl, text)
     return text
 
 

@@ -91,13 +91,17 @@ class RedactFilter(logging.Filter):
 
 
 def uvicorn_log_config(level: str = "info", secrets: Iterable[str] = ()) -> dict[str, Any]:
-    """uvicorn's logging configuration with :class:`RedactFilter` on every handler, and a
-    root handler so that earshot's own loggers go through it too."""
+    """uvicorn's logging configuration with :class:`RedactFilter` on every handler, and
+    handlers for earshot's own loggers (at ``level``) and the root (libraries, WARNING)
+    so that they go through it too."""
     from uvicorn.config import LOGGING_CONFIG
 
     cfg = copy.deepcopy(LOGGING_CONFIG)
     cfg["filters"] = {"redact": {"()": RedactFilter, "secrets": tuple(secrets)}}
     for handler in cfg["handlers"].values():
         handler.setdefault("filters", []).append("redact")
-    cfg["root"] = {"handlers": ["default"], "level": level.upper()}
+    cfg["loggers"]["earshot"] = {"handlers": ["default"], "level": level.upper(),
+                                 "propagate": False}
+    # everything else (libraries) at WARNING, as Python's last-resort handler had it
+    cfg["root"] = {"handlers": ["default"], "level": "WARNING"}
     return cfg

@@ -133,6 +133,9 @@ def test_cli_over_tls_with_cafile(tls_server: ServerProcess, pki: dict[str, Path
     assert listed.returncode == 0, listed.stderr
     rec = next(s for s in json.loads(listed.stdout)["streams"] if s["id"] == sid)
     assert rec["frames"] == len(x)
+    live = earshot("stream", "--file", str(wav), "--url", tls_server.url, "--cafile",
+                   str(pki["ca"]), "-q")  # (a file played as a microphone, in real time)
+    assert live.returncode == 0 and f"{len(x)} frames" in live.stdout, live.stderr
     bad = earshot("send", str(wav), "--url", tls_server.url, "--cafile", str(pki["other"]), "-q")
     assert bad.returncode == 4 and "certificate" in bad.stderr.lower(), bad.stderr
     bad = earshot("tail", "*", "--url", tls_server.url, "--cafile", str(pki["other"]))

@@ -288,7 +288,8 @@ class Publisher:
                     limit = self.reconnect.first_attempts
                 if limit is not None and attempt > limit:
                     self._fail(ClientError(
-                        f"cannot reach {self.url} (gave up after {limit} attempts): {exc}",
+                        f"cannot reach {self.url} (gave up after {limit} attempts): "
+                        f"{refused.message if refused is not None else exc}",
                         code=refused.code if refused is not None else "unreachable"))
                     return
                 delay = self.reconnect.delay(attempt)

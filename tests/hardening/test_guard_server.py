@@ -56,6 +56,10 @@ async def test_cross_site_websockets_refused(shared_server: ServerProcess) -> No
     # plain HTTP keeps working for the page (Origin is checked on WebSocket handshakes)
     r = httpx.get(srv.http + "/api/streams", headers={"Origin": EVIL})
     assert r.status_code == 200
+    metrics = httpx.get(srv.http + "/metrics").text  # refusals are counted by code
+    counted = [ln for ln in metrics.splitlines()
+               if ln.startswith('earshot_errors_total{code="origin_not_allowed"}')]
+    assert counted and float(counted[0].split()[-1]) >= 8, counted
 
 
 @pytest.mark.slow

@@ -126,7 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.capabilities = capabilities(settings, registry)
     app.include_router(api)
     app.include_router(ops)
-    app.add_middleware(Guard.from_settings, settings=settings)  # Origin, Host, rate limits
+    app.add_middleware(Guard.from_settings, settings=settings, metrics=metrics)  # see guard.py
 
     web = Path(__file__).resolve().parent.parent / "web"
     app.mount("/web", StaticFiles(directory=web), name="web")

@@ -307,18 +307,19 @@ class Guard:
     """ASGI middleware applying a :class:`GuardCore` (build it with :meth:`from_settings`)."""
 
     def __init__(self, app: ASGIApp, core: GuardCore,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, metrics: Any = None) -> None:
         self.app = app
         self.core = core
         self.clock = clock
+        self.metrics = metrics  # earshot.server.metrics.Metrics: refusals by code
 
     @classmethod
-    def from_settings(cls, app: ASGIApp, settings: Any) -> Guard:
+    def from_settings(cls, app: ASGIApp, settings: Any, metrics: Any = None) -> Guard:
         policy = OriginPolicy.build(settings.allowed_origins, bind_host=settings.host)
         return cls(app, GuardCore(policy, conn_rate=settings.conn_rate,
                                   conn_burst=settings.conn_burst,
                                   auth_fail_rate=settings.auth_fail_rate,
-                                  auth_fail_burst=settings.auth_fail_burst))
+                                  auth_fail_burst=settings.auth_fail_burst), metrics=metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -334,6 +335,8 @@ class Guard:
         if refusal is not None:
             log.warning("refused %s %s from %s: %s", "WebSocket" if kind == "websocket" else
                         scope.get("method", "?"), path, addr, refusal.code)
+            if self.metrics is not None:
+                self.metrics.errors.labels(refusal.code).inc()
             await self._refuse(scope, send, refusal)
             return
 

@@ -41,6 +41,19 @@ def test_redact_literal_secret_and_keeps_the_rest() -> None:
     assert redact("x", ["", "a"]) == "x"  # empty or tiny secrets never mask everything
 
 
+async def test_client_errors_never_carry_the_token() -> None:
+    from earshot.client import Publisher, Reconnect
+    from earshot.errors import ClientError
+    from helpers import free_port
+
+    url = f"ws://127.0.0.1:{free_port()}/ws?token={T}"  # nobody listens there
+    pub = Publisher(url, rate=16000, reconnect=Reconnect(initial=0.01, first_attempts=0))
+    with pytest.raises(ClientError) as exc:
+        await pub.start()
+    assert exc.value.code == "unreachable" and T not in str(exc.value)
+    assert f"token={MASK}" in str(exc.value)
+
+
 def test_filter_redacts_args_and_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("earshot.test.redact")
     handler = logging.StreamHandler()

@@ -62,6 +62,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         opts["processors"] = tuple(args.processor)
     settings = Settings(**opts)
     settings.check_exposure()
+    from earshot.transport import check_server_tls
+
+    check_server_tls(settings.certfile, settings.keyfile)
     from rich.console import Console
     from rich.markup import escape
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from earshot.errors import ClientError
+from earshot.errors import ClientError, ConfigError
 
 
 def client_ssl(cafile: str | Path | None = None) -> ssl.SSLContext:
@@ -27,6 +27,19 @@ def client_ssl(cafile: str | Path | None = None) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise ClientError(f"cannot load CA certificates from {cafile}: {exc}",
                           code="tls") from None
+
+
+def check_server_tls(certfile: str | None, keyfile: str | None) -> None:
+    """Load ``--certfile``/``--keyfile`` once at start, so a wrong path or a key that does
+    not match the certificate is a clear :class:`ConfigError`, not a traceback."""
+    if not certfile:
+        return
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS certificate {certfile} with key {keyfile}: "
+                          f"{exc}") from None
 
 
 def ws_options(url: str, context: ssl.SSLContext | None) -> dict[str, Any]:

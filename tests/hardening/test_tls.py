@@ -146,3 +146,15 @@ def test_cli_over_tls_with_cafile(tls_server: ServerProcess, pki: dict[str, Path
         assert bad.returncode == 4 and "certificate" in bad.stderr.lower(), (cmd, bad.stderr)
     bad = earshot("streams", "--url", tls_server.url)  # system store: not trusted
     assert bad.returncode != 0 and "certificate" in bad.stderr.lower(), bad.stderr
+
+
+def test_serve_refuses_a_bad_certificate_clearly(pki: dict[str, Path], tmp_path: Path) -> None:
+    for cert, key, words in [(pki["cert"], tmp_path / "missing.key", "No such file"),
+                             (pki["cert"], pki["ca"], "cannot load the TLS certificate"),
+                             (pki["cert"], None, "both --certfile and --keyfile")]:
+        args = ["--certfile", str(cert)] + (["--keyfile", str(key)] if key else [])
+        out = subprocess.run([sys.executable, "-m", "earshot.cli", "serve", "--data-dir",
+                              str(tmp_path / "d"), *args], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 2 and words in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr

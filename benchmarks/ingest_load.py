@@ -712,6 +712,8 @@ class Server:
             self.cmd = cmd
             self._log = open(self.log_path, "wb")  # noqa: SIM115
             env = dict(os.environ)
+            # thousands of streams from one address: no per-address connection limit
+            env.setdefault("EARSHOT_CONN_RATE", "0")
             if args.server_src:  # run the server from a snapshot of the package
                 env["PYTHONPATH"] = os.pathsep.join(
                     [str(Path(args.server_src).resolve())]

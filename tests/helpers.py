@@ -86,6 +86,7 @@ class ServerProcess(Child):
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
+        self.stop()  # (no orphan server left behind by a failed start)
         raise RuntimeError(f"server did not come up: {self.log.read_text()}")
 
 

@@ -51,6 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from earshot.config import Settings, env_overrides
+    from earshot.redact import uvicorn_log_config
     from earshot.server.app import create_app
 
     opts = env_overrides()
@@ -62,6 +63,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             opts[key] = value
+    for key in ("allowed_origins", "forwarded_allow_ips", "certfile", "keyfile", "conn_rate",
+                "conn_burst", "auth_fail_rate", "auth_fail_burst"):  # (README: Security)
+        value = getattr(args, key)
+        if value is not None:
+            opts[key] = tuple(value) if isinstance(value, list) else value
     if args.no_auth:
         opts["no_auth"] = True
     if args.fsync:
@@ -74,6 +80,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         opts["web_origins"] = (args.web_origins,)
     settings = Settings(**opts)
     settings.check_exposure()
+    from earshot.transport import check_server_tls
+
+    check_server_tls(settings.certfile, settings.keyfile)
     from rich.markup import escape
 
     from earshot.netcheck import check_bindable
@@ -88,9 +97,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         console.print(f"loading speech-to-text model {escape(settings.asr_model)} …")
     app = create_app(settings)
     caps = app.state.capabilities
+    tls = "s" if settings.certfile else ""
     console.print(
-        f"[bold]earshot {__version__}[/] on http://{settings.host}:{settings.port} "
-        f"— ingest ws://{settings.host}:{settings.port}/ws, data in {settings.data_dir.resolve()}"
+        f"[bold]earshot {__version__}[/] on http{tls}://{settings.host}:{settings.port} "
+        f"— ingest ws{tls}://{settings.host}:{settings.port}/ws, "
+        f"data in {settings.data_dir.resolve()}"
     )
     console.print(f"  archive: {settings.archive_format}; auth: "
                   f"{'token' if settings.token else 'none (loopback only)'}")
@@ -120,6 +131,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ws_per_message_deflate=False,
         ws_max_size=max(16 << 20, settings.max_message_bytes * 2), log_level=settings.log_level,
         lifespan="on",
+        # hardening: TLS, X-Forwarded-* only from --forwarded-allow-ips, no secrets in logs
+        ssl_certfile=settings.certfile, ssl_keyfile=settings.keyfile,
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or "",
+        log_config=uvicorn_log_config(settings.log_level, [settings.token or ""]),
     )
     return EXIT_OK
 
@@ -137,7 +153,9 @@ def _run_client(coro_factory: Callable[[], Any]) -> int:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         return EXIT_USAGE
     except ClientError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
+        from earshot.redact import redact
+
+        err.print(f"[red]error:[/] {escape(redact(str(exc)))}")  # (a URL may carry ?token=)
         return exit_code(exc)
 
 
@@ -145,6 +163,15 @@ def exit_code(exc: ClientError) -> int:
     if exc.code == "unreachable":
         return EXIT_UNREACHABLE
     return EXIT_REFUSED if exc.code else EXIT_FAIL
+
+
+def _ssl(args: argparse.Namespace) -> Any:
+    """The TLS context for a wss:// or https:// --url (None for plain ws://)."""
+    from earshot.transport import client_ssl
+
+    if not str(args.url).lower().startswith(("wss:", "https:")):
+        return None
+    return client_ssl(getattr(args, "cafile", None))
 
 
 def _summary(args: argparse.Namespace, result: dict[str, Any], *,
@@ -203,6 +230,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                 args.url, source, name=args.name, token=args.token,
                 processors=args.processors, codec=args.codec, bitrate=args.bitrate,
                 reconnect=Reconnect(attempts=args.retries), on_block=on_block,
+                ssl=_ssl(args),
             )
         _summary(args, result, announced=announced)
         return EXIT_OK
@@ -243,7 +271,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
             task = asyncio.ensure_future(publish(
                 args.url, source, name=args.name, token=args.token, processors=args.processors,
                 codec=args.codec, bitrate=args.bitrate,
-                reconnect=Reconnect(attempts=None), on_block=on_block,
+                reconnect=Reconnect(attempts=None), on_block=on_block, ssl=_ssl(args),
             ))
             loop = asyncio.get_running_loop()
             import signal
@@ -266,7 +294,8 @@ def level_bar(db: float, seconds: float, width: int = 40) -> str:
 def _http(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
     from earshot.rest_client import request_json  # the standard library: no extra needed
 
-    return request_json(args.url, path, token=args.token, method=method, **kw)
+    return request_json(args.url, path, token=args.token, method=method, context=_ssl(args),
+                        **kw)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -278,7 +307,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         result = request_json(args.url, f"/api/streams/{quote(args.stream)}/replay",
                               token=args.token, method="POST",
-                              params={"processor": args.processor}, timeout=args.timeout)
+                              params={"processor": args.processor}, timeout=args.timeout,
+                              context=_ssl(args))
     except ClientError as exc:
         print(f"earshot replay: {exc}", file=sys.stderr)
         return exit_code(exc)
@@ -327,6 +357,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+    from earshot.transport import handshake_refusal, ws_options
+
     url = ws_url(args.url, "/ws/subscribe", stream=args.stream)
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
     err = _console(stderr=True)
@@ -336,7 +368,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     async def main() -> int:
         board = TailBoard()
         try:
-            async with connect(url, additional_headers=headers, max_size=None) as ws:
+            async with connect(url, additional_headers=headers, max_size=None,
+                               **ws_options(url, _ssl(args))) as ws:
                 with Live(board, console=err, auto_refresh=err.is_terminal,
                           refresh_per_second=10, transient=True) as live:
                     async for raw in ws:
@@ -367,6 +400,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
                             err.print(f"stream {escape(args.stream)} finished")
                             return EXIT_OK
         except (OSError, InvalidHandshake) as exc:
+            refused = handshake_refusal(exc)
+            if refused is not None:
+                raise ClientError(f"{url}: {refused.message}", code=refused.code) from None
             raise ClientError(f"cannot reach {url}: {exc}", code="unreachable") from None
         except ConnectionClosed:
             pass
@@ -505,7 +541,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     return _run_until_signal(lambda: Worker(
         args.url, spec, stream=args.stream, token=args.token, name=args.name,
-        reconnect=Reconnect(attempts=args.retries)).run())
+        reconnect=Reconnect(attempts=args.retries), ssl=_ssl(args)).run())
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
@@ -514,7 +550,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     async def main() -> int:
         listener = Listener(args.url, args.stream, codec=args.codec, token=args.token,
                             out=args.out, play=args.out is None or args.play,
-                            seconds=args.seconds)
+                            seconds=args.seconds, ssl=_ssl(args))
         stats = await listener.run()
         s = stats.summary()
         if s["recorded"]:  # --out alone: every frame from the first heard to the end
@@ -576,6 +612,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--web-origins", metavar="ORIGINS",
                    help="sites allowed to import /web/earshot.js: '*' (default), 'none', or "
                         "comma-separated origins such as https://app.example.com")
+    h = s.add_argument_group("security (README: Security and deployment)")
+    h.add_argument("--allowed-origins", action="append", metavar="ORIGIN[,ORIGIN]",
+                   help="also accept WebSocket handshakes from these browser origins "
+                        "(e.g. https://app.example.com; '*' for any; repeatable)")
+    h.add_argument("--forwarded-allow-ips", metavar="IPS",
+                   help="trust X-Forwarded-For/-Proto from these proxy addresses "
+                        "(comma-separated IPs or networks; default: from none)")
+    h.add_argument("--certfile", help="TLS certificate chain (PEM): serve https:// and wss://")
+    h.add_argument("--keyfile", help="TLS private key (PEM) for --certfile")
+    h.add_argument("--conn-rate", type=float,
+                   help="new WebSocket connections per second per client address (100; 0: off)")
+    h.add_argument("--conn-burst", type=int, help="... allowed at once (1000)")
+    h.add_argument("--auth-fail-rate", type=float,
+                   help="failed authentications per second per address, refill (0.2; 0: off)")
+    h.add_argument("--auth-fail-burst", type=int, help="... allowed at once (20)")
     a = s.add_argument_group("speech-to-text (built in: pocketsphinx, English; far better: "
                              "pip install 'earshot[asr]' and --asr-model small.en)")
     a.add_argument("--asr-model", help="faster-whisper model name (downloaded on first use "
@@ -603,6 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--url", default=_env("url", DEFAULT_URL), type=server_url,
                        help=f"server ingest URL (default {DEFAULT_URL}, or EARSHOT_URL)")
         c.add_argument("--token", default=_env("token"), help="bearer token (or EARSHOT_TOKEN)")
+        c.add_argument("--cafile", default=_env("cafile"), type=Path,
+                       help="trust only these CA certificates (PEM) for wss:// and https:// "
+                            "(default: the system's trust store; or EARSHOT_CAFILE)")
 
     def codec_opts(c: argparse.ArgumentParser) -> None:
         c.add_argument("--codec", choices=["pcm", "opus"], default="pcm",

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from earshot.audio import BYTES_PER_SAMPLE, SampleFormat, encode
 from earshot.errors import ClientError
 from earshot.protocol import RETRYABLE
 from earshot.sources import FileSource, MicSource
+from earshot.transport import handshake_refusal, ws_options
 
 log = logging.getLogger("earshot.client")
 _DONE = object()
@@ -84,8 +86,10 @@ class Publisher:
         reconnect: Reconnect | None = None,
         open_timeout: float = 10.0,
         client_info: dict[str, Any] | None = None,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.url = url
+        self.ssl = ssl  # for wss:// (earshot.transport.client_ssl); default: system CAs
         self.rate = rate
         self.channels = channels
         self.format: SampleFormat = format
@@ -255,7 +259,7 @@ class Publisher:
                 async with connect(
                     self.url, additional_headers=headers, max_size=None, compression=None,
                     open_timeout=self.open_timeout, ping_interval=10, ping_timeout=10,
-                    close_timeout=2,
+                    close_timeout=2, **ws_options(self.url, self.ssl),
                 ) as ws:
                     await self._handshake(ws)
                     attempt = 0
@@ -273,16 +277,24 @@ class Publisher:
                 if isinstance(exc, InvalidURI):
                     self._fail(ClientError(f"bad server URL {self.url!r}: {exc}"))
                     return
+                refused = handshake_refusal(exc)  # 403 origin, 429 rate limited, TLS, ...
+                if refused is not None and not refused.retryable:
+                    self._fail(ClientError(f"server refused: {refused.message} "
+                                           f"[{refused.code}]", code=refused.code))
+                    return
                 attempt += 1
                 limit = self.reconnect.attempts
                 if self.stream_id is None:
                     limit = self.reconnect.first_attempts
                 if limit is not None and attempt > limit:
                     self._fail(ClientError(
-                        f"cannot reach {self.url} (gave up after {limit} attempts): {exc}",
-                        code="unreachable"))
+                        f"cannot reach {self.url} (gave up after {limit} attempts): "
+                        f"{refused.message if refused is not None else exc}",
+                        code=refused.code if refused is not None else "unreachable"))
                     return
                 delay = self.reconnect.delay(attempt)
+                if refused is not None and refused.retry_after:
+                    delay = max(delay, refused.retry_after)
                 self._emit({"type": "reconnecting", "attempt": attempt, "delay": delay,
                             "reason": str(exc) or type(exc).__name__})
                 await asyncio.sleep(delay)
@@ -515,6 +527,7 @@ async def publish(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     codec: str = "pcm",
     bitrate: int = 32000,
+    ssl: SSLContext | None = None,
 ) -> dict[str, Any]:
     """Stream a source to the server until it ends (or the task is cancelled, e.g. Ctrl-C,
     which still stops the stream cleanly). Returns the stream's summary.
@@ -524,7 +537,7 @@ async def publish(
     info = source.info
     common: dict[str, Any] = dict(
         rate=info.rate, channels=info.channels, name=name or info.label or None, token=token,
-        processors=processors, reconnect=reconnect,
+        processors=processors, reconnect=reconnect, ssl=ssl,
         client_info={"agent": "earshot-python", "source": info.label, "codec": codec})
     pub: Publisher
     if codec == "opus":

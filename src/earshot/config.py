@@ -60,6 +60,15 @@ class Settings:
     bus_retention: float = 60.0  # seconds of audio kept on the Redis log
     processes: int = 1  # gateway processes (needs a shared bus)
     web_origins: tuple[str, ...] = ("*",)  # CORS for /web/* (earshot.js on other sites)
+    # hardening (earshot.server.guard, TLS, proxies): see the README's "Security" section
+    allowed_origins: tuple[str, ...] = field(default_factory=tuple)
+    forwarded_allow_ips: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    conn_rate: float = 100.0
+    conn_burst: int = 1000
+    auth_fail_rate: float = 0.2
+    auth_fail_burst: int = 20
 
     def __post_init__(self) -> None:
         if self.archive_format not in ARCHIVE_FORMATS:
@@ -86,6 +95,8 @@ class Settings:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
         object.__setattr__(self, "web_origins", web_origins(self.web_origins))
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ConfigError("TLS needs both --certfile and --keyfile")
 
     def check_exposure(self) -> None:
         """Refuse to listen beyond loopback without a token unless --no-auth was given."""

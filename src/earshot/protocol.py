@@ -146,7 +146,9 @@ def _int_field(obj: Mapping[str, Any], key: str, default: int | None = None) -> 
     if value is None:  # missing or explicit null: the default
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().isdigit():
+        # (str.isdigit() is also true for '²' and int() refuses over 4300 digits: found by
+        # the stateful fuzz, tests/hardening/test_fuzz_ingest.py)
+        if isinstance(value, str) and value.strip().isdecimal() and len(value) <= 30:
             return int(value)
         raise ProtocolError("bad_start", f"'{key}' must be an integer, got {value!r}")
     return value

@@ -35,12 +35,16 @@ def _env(name: str, default: Any = None) -> Any:
 
 # -- serve --------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
+    require_server_extra()
     import uvicorn
 
-    from earshot.config import Settings, env_overrides
+    from earshot.config import env_overrides, load_config_file, merge_settings
     from earshot.server.app import create_app
 
-    opts = env_overrides()
+    config = args.config or os.environ.get("EARSHOT_CONFIG")
+    file_opts = load_config_file(config) if config else {}
+    env_opts = env_overrides()
+    opts: dict[str, Any] = {}
     for key in ("host", "port", "data_dir", "token", "archive_format", "ack_interval",
                 "max_message_bytes", "log_level", "max_lag", "drain_timeout", "asr_model",
                 "asr_engine", "asr_device", "asr_compute_type", "asr_language",
@@ -54,7 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         opts["fsync"] = True
     if args.processor:
         opts["processors"] = tuple(args.processor)
-    settings = Settings(**opts)
+    settings = merge_settings(file_opts, env_opts, opts)
     settings.check_exposure()
     from rich.console import Console
     from rich.markup import escape
@@ -86,6 +90,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lifespan="on",
     )
     return EXIT_OK
+
+
+SERVER_MODULES = ("fastapi", "uvicorn", "onnxruntime", "prometheus_client")
+
+
+def require_server_extra() -> None:
+    """``earshot serve`` on a client-only install: say which extra to install."""
+    import importlib.util
+
+    missing = [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingDependency(
+            f"earshot serve needs the server extra ({', '.join(missing)} not installed): "
+            "pip install 'earshot[server]'")
 
 
 # -- send / stream ------------------------------------------------------------------------
@@ -365,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the server (options also from EARSHOT_* variables)")
+    s.add_argument("--config", type=Path, metavar="FILE",
+                   help="TOML settings file (or EARSHOT_CONFIG); options and EARSHOT_* "
+                        "variables override it")
     s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (default 8000)")
     s.add_argument("--data-dir", type=Path, help="archives and metadata (default ./earshot-data)")

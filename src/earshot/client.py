@@ -49,7 +49,7 @@ class Reconnect:
     factor: float = 2.0
     jitter: float = 0.2
     attempts: int | None = 30
-    first_attempts: int = 3  # before the stream ever started: fail fast if nobody is there
+    first_attempts: int | None = 3  # before the stream ever started: fail fast if nobody is there
 
     def delay(self, attempt: int) -> float:
         base = min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
@@ -67,7 +67,18 @@ class _Fatal(Exception):
 
 
 class Publisher:
-    """One resumable stream from this program to an earshot server."""
+    """One resumable stream from this program to an earshot server.
+
+    With ``spool=DIR`` (a directory or an :class:`earshot.spool.Spool`) the publisher is an
+    :class:`earshot.spooled.SpooledPublisher`: unacknowledged audio is kept on disk, not in
+    memory, survives the process and is delivered however long the server stays away."""
+
+    def __new__(cls, *args: Any, spool: Any = None, **kwargs: Any) -> Any:
+        if spool is not None and cls is Publisher:
+            from earshot.spooled import SpooledPublisher
+
+            return super().__new__(SpooledPublisher)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -84,6 +95,7 @@ class Publisher:
         reconnect: Reconnect | None = None,
         open_timeout: float = 10.0,
         client_info: dict[str, Any] | None = None,
+        spool: Any = None,  # see __new__ (SpooledPublisher)
     ) -> None:
         self.url = url
         self.rate = rate
@@ -515,18 +527,22 @@ async def publish(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     codec: str = "pcm",
     bitrate: int = 32000,
+    spool: Any = None,
 ) -> dict[str, Any]:
     """Stream a source to the server until it ends (or the task is cancelled, e.g. Ctrl-C,
     which still stops the stream cleanly). Returns the stream's summary.
 
     ``codec="opus"`` sends Opus packets at ``bitrate`` (the source's rate must be one of
-    Opus's: 8, 12, 16, 24 or 48 kHz)."""
+    Opus's: 8, 12, 16, 24 or 48 kHz). ``spool=DIR`` stores and forwards through a spool
+    on disk (PCM only; see :class:`earshot.spooled.SpooledPublisher`)."""
     info = source.info
     common: dict[str, Any] = dict(
         rate=info.rate, channels=info.channels, name=name or info.label or None, token=token,
         processors=processors, reconnect=reconnect,
         client_info={"agent": "earshot-python", "source": info.label, "codec": codec})
     pub: Publisher
+    if codec == "opus" and spool is not None:
+        raise ClientError("a spool keeps PCM: use --codec pcm with --spool")
     if codec == "opus":
         from earshot.codec.opus import OPUS_RATES
 
@@ -535,7 +551,7 @@ async def publish(
                               f"{info.label} is {info.rate} Hz x{info.channels}: send PCM")
         pub = OpusPublisher(url, bitrate=bitrate, **common)
     else:
-        pub = Publisher(url, format=info.format, **common)
+        pub = Publisher(url, format=info.format, spool=spool, **common)
     await pub.start()
     watcher = None
     if on_event is not None:

@@ -131,6 +131,13 @@ class SpoolEntry:
         self._meta_saved_at = clock()
         self._read_fds: dict[int, int] = {}
         self.segments: list[list[int]] = []  # [first frame, frames] in order
+        self.written = 0
+        self._scan()
+
+    def _scan(self) -> None:
+        """Frames on disk, from the segment files (a torn last frame is cut off)."""
+        path, meta = self.path, self.meta
+        self.segments = []
         for f in sorted(path.glob("*" + SEGMENT_SUFFIX)):
             start = int(f.stem)
             size = f.stat().st_size
@@ -369,7 +376,20 @@ class SpoolEntry:
             os.close(fd)
             return False
         self._lock_fd = fd
+        self.refresh()  # another process may have changed it until now
         return True
+
+    def refresh(self) -> None:
+        """Re-read the index and the segments (for an entry this process does not hold)."""
+        if self._fd is not None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self.meta = json.loads((self.path / META).read_text())
+        for fd in self._read_fds.values():
+            os.close(fd)
+        self._read_fds.clear()
+        with contextlib.suppress(OSError):
+            self._scan()
 
     def locked_elsewhere(self) -> bool:
         if self._lock_fd is not None:
@@ -462,6 +482,8 @@ class Spool:
             if not p.is_dir() or p.name.startswith(".") or "-" not in p.name:
                 continue
             entry = self._open.get(p.name)
+            if entry is not None and entry._lock_fd is None:
+                entry.refresh()
             if entry is None:
                 entry = self._load(p)
                 if entry is None:

@@ -180,9 +180,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         if args.file:  # a file played as if it were a microphone
-            source: Any = FileSource(args.file, realtime=True)
+            source: Any = FileSource(args.file, realtime=True, rate=args.rate,
+                                     channels=args.channels)
         else:
-            source = MicSource(device=args.device, rate=args.rate, channels=args.channels)
+            source = MicSource(device=args.device, rate=args.rate, channels=args.channels or 1)
         console = Console(stderr=True)
         console.print(f"streaming {source.info.label} at {source.info.rate} Hz — Ctrl-C to stop")
         with Live(console=console, transient=True, refresh_per_second=12,
@@ -547,8 +548,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", type=lambda v: int(v) if v.isdigit() else v,
                    help="input device index or name")
     m.add_argument("--list-devices", action="store_true", help="list input devices and exit")
-    m.add_argument("--rate", type=int, help="sample rate (default: the device's)")
-    m.add_argument("--channels", type=int, default=1)
+    m.add_argument("--rate", type=int,
+                   help="stream sample rate (default: the device's); the device is opened "
+                        "at its own rate and resampled with soxr")
+    m.add_argument("--channels", type=int,
+                   help="stream channels (default 1 for a microphone, the file's for "
+                        "--file); mixed down properly, (L+R)/2")
     m.add_argument("--name", help="stream name")
     m.add_argument("--processors", nargs="*", help="processors to run on the stream")
     m.add_argument("--file", type=Path, help="play this file in real time instead of a mic")

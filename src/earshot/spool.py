@@ -464,6 +464,8 @@ class Spool:
             raise SpoolError(f"cannot use spool directory {self.path}: {exc}") from None
         self._open: dict[str, SpoolEntry] = {}
         self.dropped: list[Dropped] = []
+        self._used: int | None = None  # bytes on disk, counted at most once a second
+        self._used_at = 0.0
 
     def _load(self, p: Path) -> SpoolEntry | None:
         try:
@@ -525,7 +527,10 @@ class Spool:
         Returns what was dropped for it (also kept in :attr:`dropped`); raises
         :class:`SpoolFull` under ``when_full="stop"``."""
         dropped: list[Dropped] = []
-        used = self.bytes_used
+        now = self.clock()
+        if self._used is None or now - self._used_at >= 1.0:  # re-count what others changed
+            self._used, self._used_at = self.bytes_used, now
+        used = self._used
         while used + len(data) > self.max_bytes:
             if self.when_full == "stop":
                 raise SpoolFull(
@@ -542,6 +547,7 @@ class Spool:
             if d is not None:
                 dropped.append(d)
         entry.append(data)
+        self._used = used + len(data)
         self.dropped += dropped
         return dropped
 

@@ -127,6 +127,8 @@ def _run_client(coro_factory: Callable[[], Any]) -> int:
 def exit_code(exc: ClientError) -> int:
     if exc.code == "unreachable":
         return EXIT_UNREACHABLE
+    if exc.code == "spool_full":  # capture stopped; what it had was delivered
+        return EXIT_FAIL
     return EXIT_REFUSED if exc.code else EXIT_FAIL
 
 

@@ -559,6 +559,7 @@ async def publish(
             async for ev in pub.events():
                 on_event(ev)
         watcher = asyncio.create_task(watch())
+    full = None
     try:
         try:
             async for block in source:
@@ -568,7 +569,13 @@ async def publish(
         except asyncio.CancelledError:
             if pub._error is not None:
                 raise
+        except ClientError as exc:  # a full spool under when_full="stop": deliver the rest
+            if exc.code != "spool_full":
+                raise
+            full = exc
         frames = await pub.stop()
+        if full is not None:
+            raise full
     except BaseException:
         await pub.close()
         raise

@@ -52,7 +52,7 @@ def wait_for(pred: Callable[[], bool], timeout: float = 60, what: str = "") -> N
 
 
 def streams(server: ServerProcess) -> list[dict]:
-    page = httpx.get(server.http + "/api/streams", params={"limit": 50}).json()
+    page = httpx.get(server.http + "/api/streams", params={"limit": 500}).json()
     return sorted(page["streams"], key=lambda s: s["created"])
 
 
@@ -195,3 +195,19 @@ async def test_publisher_spool_when_full_stop(tmp_path: Path, shared_server: Ser
     assert r.returncode == 0, r.stdout + r.stderr
     sid = r.stdout.split("as stream ")[1].split()[0]
     assert np.array_equal(archive(shared_server, sid), np.ones(rate, np.int16))
+
+
+def test_earshot_stream_when_full_stop_delivers_what_fit_and_exits_1(
+        tmp_path: Path, shared_server: ServerProcess) -> None:
+    f, x = clip(tmp_path, "take.wav", 0.0, 3.0)
+    r = subprocess.run(cli("stream", "--file", str(f), "--spool", str(tmp_path / "spool"),
+                           "--spool-size", "40K", "--when-full", "stop", "--url",
+                           shared_server.url, "-q", "--name", "full-stop"),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "is full" in r.stderr and "capture stopped" in r.stderr
+    (s,) = [s for s in streams(shared_server) if s["name"] == "full-stop"]
+    assert s["state"] == "finished"
+    fit = 40 * 1024 // 2  # the one segment being written is never deleted
+    assert np.array_equal(archive(shared_server, s["id"]), x[:fit])
+    assert spool_status(tmp_path / "spool")["entries"] == []

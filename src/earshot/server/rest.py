@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from earshot import __version__
 from earshot.errors import StorageError, StreamNotFound
+from earshot.server.audio_range import range_response
 from earshot.server.auth import presented_token, token_ok
 from earshot.server.hub import Hub
 from earshot.storage.archive import MEDIA_TYPES
@@ -73,7 +74,10 @@ def get_stream(stream_id: str, hub: HubDep) -> dict[str, Any]:
     summary="The stream's archive (WAV, or FLAC when so configured); supports HTTP Range",
     response_class=FileResponse,
 )
-def get_audio(stream_id: str, hub: HubDep) -> FileResponse:
+def get_audio(stream_id: str, hub: HubDep,
+              start: Annotated[float | None, Query(ge=0, description="stream seconds")] = None,
+              end: Annotated[float | None, Query(gt=0, description="stream seconds")] = None,
+              ) -> Response:
     rec = _record(hub, stream_id)
     live = hub.live.get(rec.id)
     if live is not None:
@@ -84,6 +88,8 @@ def get_audio(stream_id: str, hub: HubDep) -> FileResponse:
     media = MEDIA_TYPES.get(path.suffix, "application/octet-stream")
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", rec.name or "")[:60].strip("._")
     filename = f"{stem + '-' if stem else ''}{rec.id}{path.suffix}"
+    if start is not None or end is not None:  # ?start=S&end=E: that range as a WAV
+        return range_response(path, start, end, filename)
     return FileResponse(path, media_type=media, filename=filename)
 
 

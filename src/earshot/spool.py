@@ -201,8 +201,9 @@ class SpoolEntry:
         return bool(self.meta.get("closed"))
 
     @property
-    def finish(self) -> list[list[str]]:
-        """Earlier server streams of this entry still to be stopped: [[id, token], ...]."""
+    def finish(self) -> list[list[Any]]:
+        """Earlier server streams of this entry still to be stopped:
+        ``[[id, token, origin], ...]`` (``origin``: the entry frame each one began at)."""
         return list(self.meta.get("finish", []))
 
     @property
@@ -228,11 +229,19 @@ class SpoolEntry:
         _write_json_atomic(self.path / META, self.meta)
         self._meta_saved_at = self.clock()
 
-    def set_stream(self, stream_id: str, resume_token: str) -> None:
-        """The server created (or resumed) this entry's stream: remember it first."""
+    def set_stream(self, stream_id: str, resume_token: str, origin: int | None = None) -> bool:
+        """The server created (or resumed) this entry's stream for the audio from entry
+        frame ``origin`` on: remember it first. If audio was dropped since (``origin`` is
+        no longer current), the stream is queued to be stopped instead; returns False."""
+        if origin is not None and origin != self.origin:
+            if stream_id not in {f[0] for f in self.finish}:
+                self.meta["finish"] = [*self.finish, [stream_id, resume_token, origin]]
+                self.save()
+            return False
         if (stream_id, resume_token) != (self.stream_id, self.resume_token):
             self.meta.update(stream_id=stream_id, resume_token=resume_token, stopped=False)
             self.save()
+        return True
 
     def close_capture(self) -> None:
         if not self.closed:
@@ -245,8 +254,17 @@ class SpoolEntry:
         self.meta["stopped"] = True
         self.ack(self.origin + frames, force=True)
 
-    def finished(self, stream_id: str) -> None:
-        """An earlier server stream (queued in ``finish``) is stopped."""
+    def finished(self, stream_id: str, frames: int | None = None) -> None:
+        """An earlier server stream (queued in ``finish``) is stopped, holding ``frames``.
+
+        If it holds audio beyond the gap (sent before those frames were dropped from disk),
+        the next stream begins after it, so no frame is delivered twice."""
+        for sid, _tok, origin in self.finish:
+            if sid == stream_id and frames is not None and self.stream_id is None:
+                end = min(self.written, int(origin) + frames)
+                if end > self.origin:
+                    self.meta["origin"] = end
+                    self.meta["acked"] = max(self.acked, end)
         self.meta["finish"] = [f for f in self.finish if f[0] != stream_id]
         self.save()
 
@@ -357,7 +375,8 @@ class SpoolEntry:
             self.save()
             return None
         if self.stream_id is not None:
-            self.meta["finish"] = [*self.finish, [self.stream_id, self.resume_token]]
+            self.meta["finish"] = [*self.finish,
+                                   [self.stream_id, self.resume_token, self.origin]]
         self.meta.update(stream_id=None, resume_token=None, stopped=False, origin=end,
                          acked=end, dropped=self.dropped + end - lost_from,
                          gaps=[*self.meta.get("gaps", []), [lost_from, end]])
@@ -531,6 +550,9 @@ class Spool:
         if self._used is None or now - self._used_at >= 1.0:  # re-count what others changed
             self._used, self._used_at = self.bytes_used, now
         used = self._used
+        if used + len(data) > self.max_bytes:  # acks may have freed space since the count
+            self._used, self._used_at = self.bytes_used, now
+            used = self._used
         while used + len(data) > self.max_bytes:
             if self.when_full == "stop":
                 raise SpoolFull(

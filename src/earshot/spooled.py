@@ -25,13 +25,14 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from earshot.client import _DONE, Publisher, Reconnect
+from earshot.client import _DONE, Publisher, Reconnect, _Done
 from earshot.errors import ClientError
 from earshot.protocol import RETRYABLE
 from earshot.spool import Dropped, Spool, SpoolEntry
 
 log = logging.getLogger("earshot.spool")
 FOREVER = Reconnect(attempts=None, first_attempts=None)
+_LIVE: dict[str, _EntryPublisher] = {}  # entry id -> the publisher delivering it right now
 
 
 class _EntryPublisher(Publisher):
@@ -59,6 +60,8 @@ class _EntryPublisher(Publisher):
 
     def grew(self) -> None:
         """The entry was appended to (same process)."""
+        if self.entry.origin != self.origin:
+            return  # audio was dropped: the rest belongs to the next stream
         self._total = self.entry.written - self.origin
         self._wake.set()
 
@@ -68,17 +71,21 @@ class _EntryPublisher(Publisher):
         self._wake.set()
 
     async def _handshake(self, ws: ClientConnection) -> None:
+        if self.superseded:
+            raise _Done  # audio was dropped while we were away: never start this stream
         await super()._handshake(ws)
         # persisted before any audio is sent on this connection: a restart resumes it
         assert self.stream_id is not None and self.resume_token is not None
-        self.entry.set_stream(self.stream_id, self.resume_token)
+        if not self.entry.set_stream(self.stream_id, self.resume_token, self.origin):
+            raise _Done  # audio was dropped meanwhile: this stream is to be stopped as it is
 
     def _next_message(self) -> bytes | None:
         if self._sent >= self._total:
             return None
         data = self.entry.read(self.origin + self._sent,
                                min(self._total - self._sent, self.max_message_frames))
-        if not data:  # pragma: no cover - dropped under us; the caller starts over
+        if not data:  # dropped under us (spool full): this stream ends here; the
+            self._total = self._sent  # deliverer, told by epoch_changed, starts a new one
             return None
         self._sent += len(data) // self.frame_bytes
         return data
@@ -86,14 +93,23 @@ class _EntryPublisher(Publisher):
     def _trim(self, offset: int) -> None:
         if offset > self._base:
             self._base = offset
-            self.entry.ack(self.origin + offset)
+            if not self.superseded:  # else the frames are the next stream's to account for
+                self.entry.ack(self.origin + offset)
             self._space.set()
 
-    async def run_to_end(self) -> int:
-        """Connect (for as long as it takes), deliver, and return the final frame count."""
+    @property
+    def superseded(self) -> bool:
+        """Audio of this entry was dropped after this publisher began: its stream ends."""
+        return self.entry.origin != self.origin
+
+    async def run_to_end(self) -> int | None:
+        """Connect (for as long as it takes), deliver, and return the final frame count;
+        None if audio was dropped under this stream (the caller starts a new one)."""
         await self.start()
         assert self._stopped is not None and self._task is not None
         await asyncio.wait({self._stopped, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if self.superseded:
+            return None
         self._raise_if_failed()
         frames = await self._stopped
         self.entry.mark_stopped(frames)
@@ -105,6 +121,7 @@ async def _finish_stream(url: str, entry: SpoolEntry, stream_id: str, resume_tok
     """Stop an earlier server stream of ``entry`` (before a drop gap) as it is."""
     headers = {"Authorization": f"Bearer {token}"} if token else None
     attempt = 0
+    held: int | None = None
     while True:
         try:
             async with connect(url, additional_headers=headers, open_timeout=10,
@@ -116,10 +133,13 @@ async def _finish_stream(url: str, entry: SpoolEntry, stream_id: str, resume_tok
                     msg = json.loads(await asyncio.wait_for(ws.recv(), 30))
                     kind, code = msg.get("type"), msg.get("code")
                     if kind == "ready":
+                        held = int(msg["offset"])
                         await ws.send('{"type":"stop"}')
-                    elif kind == "stopped" or (kind == "error" and code in (
-                            "stream_finished", "unknown_stream")):
-                        entry.finished(stream_id)
+                    elif kind == "stopped":
+                        entry.finished(stream_id, int(msg["offset"]))
+                        return
+                    elif kind == "error" and code in ("stream_finished", "unknown_stream"):
+                        entry.finished(stream_id, held)
                         return
                     elif kind == "error" and code not in RETRYABLE:
                         raise ClientError(f"server refused to stop {stream_id}: "
@@ -138,10 +158,12 @@ async def deliver_entry(url: str, entry: SpoolEntry, *, token: str | None = None
                         on_event: Callable[[dict[str, Any]], None] | None = None,
                         epoch_changed: asyncio.Event | None = None) -> str | None:
     """Deliver one entry (already locked by the caller) to the end; return its last stream
-    id. While capture goes on (same process), new frames are sent as they are appended if
-    the caller calls ``grew()`` on :attr:`current` (see :class:`SpooledPublisher`)."""
+    id. While capture goes on (same process), new frames are sent as they are appended: the
+    capturer calls ``grew()`` on ``_LIVE[entry.id]`` (see :class:`SpooledPublisher`).
+    ``epoch_changed`` is set when audio of this entry was dropped: the stream in flight is
+    left, stopped as it is, and the rest goes to a new one."""
     while True:
-        for sid, rtok in entry.finish:
+        for sid, rtok, _origin in entry.finish:
             await _finish_stream(url, entry, sid, rtok, token, reconnect)
         if entry.closed and entry.stream_id is None and entry.written <= entry.origin:
             entry.meta["stopped"] = True
@@ -155,7 +177,7 @@ async def deliver_entry(url: str, entry: SpoolEntry, *, token: str | None = None
                 async for ev in p.events():
                     on_event(ev)
             watcher = asyncio.create_task(forward())
-        deliver_entry.current[entry.id] = pub  # type: ignore[attr-defined]
+        _LIVE[entry.id] = pub
         run = asyncio.create_task(pub.run_to_end())
         waits: set[asyncio.Future[Any]] = {run}
         changed = None
@@ -164,25 +186,27 @@ async def deliver_entry(url: str, entry: SpoolEntry, *, token: str | None = None
             waits.add(changed)
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if run.done():
+            if run.done() and not pub.superseded:
                 await run  # raises what the publisher raised
                 return pub.stream_id
-            # audio was dropped under this stream: start over with a new one
-            assert epoch_changed is not None
-            epoch_changed.clear()
-            run.cancel()
+            # audio was dropped under this stream: stop it as it is, the rest is a new one
+            if epoch_changed is not None:
+                epoch_changed.clear()
+            if not run.done() and pub._ready.is_set():
+                # its stream is known (queued in finish by set_stream): leave it now
+                entry.set_stream(pub.stream_id or "", pub.resume_token or "", origin=pub.origin)
+                run.cancel()
+            # else let it finish its handshake: it queues the stream the server may be
+            # creating right now in finish, or starts none, and returns
             with contextlib.suppress(asyncio.CancelledError, ClientError):
                 await run
             await pub.close()
         finally:
-            deliver_entry.current.pop(entry.id, None)  # type: ignore[attr-defined]
+            _LIVE.pop(entry.id, None)
             if changed is not None:
                 changed.cancel()
             if watcher is not None:
                 watcher.cancel()
-
-
-deliver_entry.current = {}  # type: ignore[attr-defined]  # entry id -> its live publisher
 
 
 async def flush(spool: Spool, url: str, *, token: str | None = None,
@@ -280,7 +304,7 @@ class SpooledPublisher(Publisher):
             self._emit({"type": "spool_dropped", "entry": d.entry, "start": d.start,
                         "end": d.end, "frames": d.frames, "seconds": d.frames / d.rate})
             self._epoch_events.setdefault(d.entry, asyncio.Event()).set()
-        pub = deliver_entry.current.get(self.entry.id)  # type: ignore[attr-defined]
+        pub = _LIVE.get(self.entry.id)
         if pub is not None:
             pub.grew()
 
@@ -302,7 +326,7 @@ class SpooledPublisher(Publisher):
             raise ClientError("stop() before start()")
         self._stopping = True
         self.entry.close_capture()
-        pub = deliver_entry.current.get(self.entry.id)  # type: ignore[attr-defined]
+        pub = _LIVE.get(self.entry.id)
         if pub is not None:
             pub.end()
         try:

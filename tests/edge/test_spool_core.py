@@ -91,10 +91,15 @@ def test_drop_oldest_reports_the_loss_and_starts_a_new_server_stream(tmp_path: P
     assert sp.bytes_used <= 3 * 1000 * 2
     assert e.dropped == 1600 and e.meta["gaps"] == [[400, 1000], [1000, 2000]]
     # the audio after the gap is a new stream; the old one is to be stopped as it is
-    assert (e.stream_id, e.origin, e.finish) == (None, 2000, [["s1", "t1"]])
+    assert (e.stream_id, e.origin, e.finish) == (None, 2000, [["s1", "t1", 0]])
     assert e.read(2000, 10) == frames(2000, 10)
     assert e.read(1999, 1) == b""
     assert e.status()["dropped_frames"] == 1600
+    # s1 turned out to hold 2500 frames (sent before they were dropped from disk): the
+    # next stream begins after them, so nothing is delivered twice
+    e.finished("s1", 2500)
+    assert (e.finish, e.origin, e.acked) == ([], 2500, 2500)
+    assert make(tmp_path).entries()[0].origin == 2500  # persisted
 
 
 def test_when_full_stop_refuses_and_keeps_what_it_has(tmp_path: Path) -> None:

@@ -258,6 +258,9 @@ def _spool_reporter(console: Any) -> Callable[[dict[str, Any]], None]:
 def cmd_spool(args: argparse.Namespace) -> int:
     from earshot.spool import Spool
 
+    if not args.dir.is_dir():
+        print(f"error: no spool at {args.dir}", file=sys.stderr)
+        return EXIT_FAIL
     spool = Spool(args.dir)
     try:
         if not args.flush:

@@ -97,6 +97,8 @@ class Publisher:
         client_info: dict[str, Any] | None = None,
         spool: Any = None,  # see __new__ (SpooledPublisher)
     ) -> None:
+        if spool is not None:
+            raise ClientError(f"{type(self).__name__} cannot use a spool (it keeps PCM)")
         self.url = url
         self.rate = rate
         self.channels = channels

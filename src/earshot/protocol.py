@@ -154,7 +154,7 @@ def _int_field(obj: Mapping[str, Any], key: str, default: int | None = None) -> 
     if value is None:  # missing or explicit null: the default
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().isdecimal():  # not '¹' (isdigit)
             return int(value)
         raise ProtocolError("bad_start", f"'{key}' must be an integer, got {value!r}")
     return value

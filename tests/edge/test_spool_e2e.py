@@ -37,6 +37,8 @@ def clip(tmp_path: Path, name: str, start_s: float, seconds: float) -> tuple[Pat
 
 
 def spool_status(spool: Path) -> dict:
+    if not spool.exists():  # the capturing process has not created it yet
+        return {"entries": []}
     r = subprocess.run(cli("spool", str(spool), "--json"), capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 0, r.stderr

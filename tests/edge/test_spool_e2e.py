@@ -252,3 +252,28 @@ async def test_drops_while_connected_split_into_ordered_streams_that_account_for
     # 'dropped' counts frames deleted before they were acknowledged: some of those may
     # still have reached the server (in flight), none is missing from the count
     assert total <= len(x) <= total + dropped
+
+
+def test_flush_exit_codes_unreachable_and_held_by_a_capture(
+        tmp_path: Path, shared_server: ServerProcess) -> None:
+    sp = Spool(tmp_path / "spool")
+    held = sp.create(format="s16", rate=16000, channels=1, name="held")  # locked by us
+    sp.append(held, np.zeros(1600, np.int16).tobytes())
+    other = Spool(tmp_path / "spool").create(format="s16", rate=16000, channels=1)
+    other.append(np.ones(1600, np.int16).tobytes())
+    other.close_capture()
+    other.close_files()
+    other.unlock()
+    r = subprocess.run(cli("spool", str(tmp_path / "spool"), "--flush", "--url",
+                           f"ws://127.0.0.1:{free_port()}/ws", "--retries", "1"),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3 and "cannot reach" in r.stderr, r.stderr
+    assert spool_status(tmp_path / "spool")["entries"][1]["pending_frames"] == 1600  # kept
+    r = subprocess.run(cli("spool", str(tmp_path / "spool"), "--flush", "--url",
+                           shared_server.url), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"held by a running capture: {held.id}" in r.stderr
+    assert "1600 frames (0.10 s) delivered" in r.stdout
+    (left,) = spool_status(tmp_path / "spool")["entries"]
+    assert (left["entry"], left["state"]) == (held.id, "capturing")
+    sp.close()

@@ -48,7 +48,11 @@ class _EntryPublisher(Publisher):
                          name=entry.name, processors=entry.processors, token=token,
                          reconnect=reconnect,
                          client_info={**(client_info or {"agent": "earshot-python"}),
-                                      "spool": entry.id})
+                                      "spool": entry.id,
+                                      # wall time of this stream's first frame (it may
+                                      # reach the server hours later)
+                                      "captured_at": float(entry.meta.get("created", 0))
+                                      + entry.origin / entry.rate})
         self.entry = entry
         self.origin = entry.origin
         self.stream_id = entry.stream_id

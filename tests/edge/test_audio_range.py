@@ -96,3 +96,64 @@ async def test_a_range_of_a_flac_archive(
                         params={"start": 0.75, "end": 1.5})
     assert r.status_code == 200 and r.headers["x-earshot-range"] == "12000 24000"
     assert np.array_equal(sf.read(io.BytesIO(r.content), dtype="int16")[0], x[12000:24000])
+
+
+def test_stitch_plan_places_streams_on_the_wall_clock() -> None:
+    from earshot.storage.ranges import Piece, stitch_plan
+
+    pieces, gaps = stitch_plan([("b", 105.0, 100), ("a", 100.0, 200)], 99.0, 106.0, 100)
+    assert pieces == [Piece(None, 0, 100), Piece("a", 100, 200, 0), Piece(None, 300, 300),
+                      Piece("b", 600, 100, 0)]
+    assert gaps == [(0.0, 1.0), (3.0, 6.0)]
+    # overlapping spans: the earlier stream keeps its frames, the later one goes on after
+    pieces, gaps = stitch_plan([("a", 100.0, 200), ("b", 101.0, 300)], 100.5, 104.0, 100)
+    assert pieces == [Piece("a", 0, 150, 50), Piece("b", 150, 200, 100)]
+    assert gaps == []
+
+
+@pytest.mark.slow
+async def test_a_source_range_spanning_two_streams_with_a_gap(
+        tmp_path: Path, shared_server: ServerProcess) -> None:
+    import asyncio
+    import datetime as dt
+    import json
+
+    rate = 16000
+    name = f"porch-{os.getpid()}-{id(tmp_path)}"
+    rng = np.random.default_rng(9)
+    clips = []
+    for i in range(2):
+        f = tmp_path / f"c{i}.wav"
+        x = (rng.uniform(-0.5, 0.5, rate) * 32767).astype(np.int16)  # 1 s each
+        sf.write(f, x, rate, subtype="PCM_16")
+        sid = (await send_file(shared_server.url, f, name=name))["stream"]
+        clips.append((sid, x))
+        await asyncio.sleep(1.6)  # a gap of about 0.6 s between them
+    async with httpx.AsyncClient() as c:
+        recs = [(await c.get(f"{shared_server.http}/api/streams/{sid}")).json()
+                for sid, _ in clips]
+        t0 = recs[0]["created"] + 0.25
+        t1 = recs[1]["created"] + 0.5
+        iso = [dt.datetime.fromtimestamp(t, dt.UTC).isoformat() for t in (t0, t1)]
+        r = await c.get(f"{shared_server.http}/api/sources/{name}/audio",
+                        params={"from": iso[0], "to": iso[1]})
+        assert r.status_code == 200, r.text
+        assert (await c.get(f"{shared_server.http}/api/sources/nobody-{name}/audio",
+                            params={"from": iso[0], "to": iso[1]})).status_code == 404
+        assert (await c.get(f"{shared_server.http}/api/sources/{name}/audio",
+                            params={"from": iso[1], "to": iso[0]})).status_code == 400
+    y = sf.read(io.BytesIO(r.content), dtype="int16")[0]
+    # the timeline, sample by sample: what the ISO times (microseconds) say
+    t0, t1 = (dt.datetime.fromisoformat(t).timestamp() for t in iso)
+    expected = np.zeros(round((t1 - t0) * rate), np.int16)
+    for rec, (_, x) in zip(recs, clips, strict=True):
+        a = round((rec["created"] - t0) * rate)
+        lo, hi = max(a, 0), min(a + len(x), len(expected))
+        expected[lo:hi] = x[lo - a:hi - a]
+    assert len(y) == len(expected) and np.array_equal(y, expected)
+    gaps = json.loads(r.headers["x-earshot-gaps"])
+    assert len(gaps) == 1
+    g0, g1 = gaps[0]
+    assert g0 == pytest.approx(0.75, abs=1e-3)  # stream 1 ends 1 s after it began
+    assert g1 == pytest.approx(recs[1]["created"] - t0, abs=1e-3)
+    assert r.headers["x-earshot-streams"] == ",".join(sorted(s for s, _ in clips))

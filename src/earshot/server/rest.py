@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from earshot import __version__
 from earshot.errors import StorageError, StreamNotFound
-from earshot.server.audio_range import range_response
+from earshot.server.audio_range import range_response, source_response
 from earshot.server.auth import presented_token, token_ok
 from earshot.server.hub import Hub
 from earshot.storage.archive import MEDIA_TYPES
@@ -91,6 +91,13 @@ def get_audio(stream_id: str, hub: HubDep,
     if start is not None or end is not None:  # ?start=S&end=E: that range as a WAV
         return range_response(path, start, end, filename)
     return FileResponse(path, media_type=media, filename=filename)
+
+
+@api.get("/sources/{name}/audio", summary="All streams of one name, stitched by wall clock",
+         response_class=FileResponse)
+def get_source_audio(name: str, hub: HubDep, from_: Annotated[str, Query(alias="from")],
+                     to: str) -> Response:
+    return source_response(hub, name, from_, to)
 
 
 @api.get("/streams/{stream_id}/peaks", summary="Waveform peaks for drawing: min/max per column")

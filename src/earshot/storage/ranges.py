@@ -109,3 +109,44 @@ def encoded_range(path: Path, start: float | None, end: float | None) -> tuple[b
         sf.write(out, data, f.samplerate, format="WAV", subtype="PCM_16" if pcm else "FLOAT")
     return out.getvalue(), a, a + len(data)
 
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """``frames`` output frames from ``out`` on: from ``key``'s frame ``src`` on, or
+    silence when ``key`` is None."""
+
+    key: str | None
+    out: int
+    frames: int
+    src: int = 0
+
+
+def stitch_plan(spans: list[tuple[str, float, int]], t_from: float, t_to: float,
+                rate: int) -> tuple[list[Piece], list[tuple[float, float]]]:
+    """Several archives of one source on one wall-clock timeline. Pure.
+
+    ``spans`` are ``(key, wall time of the first frame, frames)``. Stream frame ``k`` of a
+    span starting at ``s`` sits at output frame ``round((s - t_from) * rate) + k``; where
+    spans overlap the earlier one keeps its frames; silence fills the rest. Returns the
+    pieces in output order and the gaps, as ``(start, end)`` seconds from ``t_from``."""
+    if t_to <= t_from:
+        raise RangeError("empty range: 'to' must be after 'from'")
+    if t_to - t_from > MAX_RANGE_SECONDS:
+        raise RangeError(f"a range is at most {MAX_RANGE_SECONDS:.0f} s; ask for less")
+    total = round((t_to - t_from) * rate)
+    pieces: list[Piece] = []
+    pos = 0  # output frames [0, pos) are decided
+    for key, start, frames in sorted(spans, key=lambda s: (s[1], s[0])):
+        a = round((start - t_from) * rate)
+        lo, hi = max(a, pos), min(a + frames, total)
+        if hi <= lo:
+            continue
+        if lo > pos:
+            pieces.append(Piece(None, pos, lo - pos))
+        pieces.append(Piece(key, lo, hi - lo, lo - a))
+        pos = hi
+    if pos < total:
+        pieces.append(Piece(None, pos, total - pos))
+    gaps = [(p.out / rate, (p.out + p.frames) / rate) for p in pieces if p.key is None]
+    return pieces, gaps

@@ -48,13 +48,17 @@ def _env(name: str, default: Any = None) -> Any:
 
 # -- serve --------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
+    require_server_extra()
     import uvicorn
 
-    from earshot.config import Settings, env_overrides
+    from earshot.config import env_overrides, load_config_file, merge_settings
     from earshot.redact import uvicorn_log_config
     from earshot.server.app import create_app
 
-    opts = env_overrides()
+    config = args.config or os.environ.get("EARSHOT_CONFIG")
+    file_opts = load_config_file(config) if config else {}
+    env_opts = env_overrides()
+    opts: dict[str, Any] = {}
     for key in ("host", "port", "data_dir", "token", "archive_format", "ack_interval",
                 "max_message_bytes", "log_level", "max_lag", "drain_timeout", "asr_model",
                 "asr_engine", "asr_device", "asr_compute_type", "asr_language",
@@ -78,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         opts["db"] = args.db
     if args.web_origins is not None:
         opts["web_origins"] = (args.web_origins,)
-    settings = Settings(**opts)
+    settings = merge_settings(file_opts, env_opts, opts)
     settings.check_exposure()
     from earshot.transport import check_server_tls
 
@@ -140,6 +144,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+SERVER_MODULES = ("fastapi", "uvicorn", "onnxruntime", "prometheus_client")
+
+
+def require_server_extra() -> None:
+    """``earshot serve`` on a client-only install: say which extra to install."""
+    import importlib.util
+
+    missing = [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingDependency(
+            f"earshot serve needs the server extra ({', '.join(missing)} not installed): "
+            "pip install 'earshot[server]'")
+
+
 # -- send / stream ------------------------------------------------------------------------
 def _run_client(coro_factory: Callable[[], Any]) -> int:
     from rich.markup import escape
@@ -162,6 +180,8 @@ def _run_client(coro_factory: Callable[[], Any]) -> int:
 def exit_code(exc: ClientError) -> int:
     if exc.code == "unreachable":
         return EXIT_UNREACHABLE
+    if exc.code == "spool_full":  # capture stopped; what it had was delivered
+        return EXIT_FAIL
     return EXIT_REFUSED if exc.code else EXIT_FAIL
 
 
@@ -256,9 +276,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         if args.file:  # a file played as if it were a microphone
-            source: Any = FileSource(args.file, realtime=True)
+            source: Any = FileSource(args.file, realtime=True, rate=args.rate,
+                                     channels=args.channels)
         else:
-            source = MicSource(device=args.device, rate=args.rate, channels=args.channels)
+            source = MicSource(device=args.device, rate=args.rate, channels=args.channels or 1)
         console = _console(stderr=True)  # no 80-column wrap in a pipe
         console.print(f"streaming {source.info.label} at {source.info.rate} Hz — Ctrl-C to stop")
         with Live(console=console, transient=True, refresh_per_second=12,
@@ -268,21 +289,122 @@ def cmd_stream(args: argparse.Namespace) -> int:
                     live.update(Text(level_bar(block_level_db(block),  # text, not markup
                                                pub.offset / source.info.rate)))
 
+            spool = _open_spool(args) if args.spool else None
             task = asyncio.ensure_future(publish(
                 args.url, source, name=args.name, token=args.token, processors=args.processors,
                 codec=args.codec, bitrate=args.bitrate,
-                reconnect=Reconnect(attempts=None), on_block=on_block, ssl=_ssl(args),
+                reconnect=Reconnect(attempts=None), on_block=on_block, spool=spool, ssl=_ssl(args),
+                on_event=_spool_reporter(console) if spool else None,
             ))
             loop = asyncio.get_running_loop()
             import signal
 
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, task.cancel)
-            result = await task
+            if spool is None:
+                result = await task
+            else:
+                try:
+                    result = await task
+                except asyncio.CancelledError:  # a second Ctrl-C while delivering
+                    left = spool.status()
+                    console.print(f"{left['pending_seconds']:.2f} s of audio wait in "
+                                  f"{spool.path}: earshot spool {spool.path} --flush")
+                    spool.close()
+                    return 130
+                spool.close()
         _summary(args, result)
         return EXIT_OK
 
     return _run_client(main)
+
+
+def _parse_size(text: str) -> int:
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = t[-1:] if t[-1:] in units and not t[-1:].isdigit() else ""
+    try:
+        value = float(t[: len(t) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500M, 2G)") from None
+    return int(value * units[unit])
+
+
+def _open_spool(args: argparse.Namespace) -> Any:
+    from earshot.spool import Spool
+
+    return Spool(args.spool, max_bytes=args.spool_size, when_full=args.when_full,
+                 fsync=args.spool_fsync)
+
+
+def _spool_reporter(console: Any) -> Callable[[dict[str, Any]], None]:
+    def report(ev: dict[str, Any]) -> None:
+        kind = ev.get("type")
+        if kind == "spool_dropped":
+            console.print(f"[yellow]spool full:[/] dropped {ev['seconds']:.2f} s of "
+                          f"unsent audio (frames {ev['start']}..{ev['end']} of {ev['entry']})")
+        elif kind == "spool_delivered":
+            console.print(f"delivered spooled {ev['entry']} as stream {ev['stream']}")
+        elif kind == "ready":
+            console.print(f"stream {ev['stream']}: connected, server holds {ev['offset']} frames")
+    return report
+
+
+def cmd_spool(args: argparse.Namespace) -> int:
+    from earshot.spool import Spool
+
+    if not args.dir.is_dir():
+        print(f"error: no spool at {args.dir}", file=sys.stderr)
+        return EXIT_FAIL
+    spool = Spool(args.dir)
+    try:
+        if not args.flush:
+            status = spool.status()
+            if args.json:
+                print(json.dumps(status, indent=2))
+            else:
+                _print_spool(status)
+            return EXIT_OK
+        from earshot.client import Reconnect
+        from earshot.spooled import flush
+
+        held: list[str] = []
+
+        def delivered(entry: Any, sid: str | None) -> None:
+            frames = entry.written
+            print(f"{entry.id}: {frames} frames ({frames / entry.rate:.2f} s) delivered"
+                  + (f" as stream {sid}" if sid else " (nothing to send)"))
+
+        async def main() -> int:
+            await flush(spool, args.url, token=args.token,
+                        reconnect=Reconnect(attempts=args.retries), on_delivered=delivered,
+                        skip=lambda e: held.append(e.id))
+            if held:
+                print(f"not flushed, held by a running capture: {', '.join(held)}",
+                      file=sys.stderr)
+                return EXIT_FAIL
+            return EXIT_OK
+
+        return _run_client(main)
+    finally:
+        spool.close()
+
+
+def _print_spool(status: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    entries = status["entries"]
+    table = Table(title=f"{status['spool']}: {len(entries)} stream(s), "
+                        f"{status['pending_seconds']:.2f} s waiting, {status['bytes']} bytes")
+    for col in ("entry", "name", "state", "rate", "ch", "waiting", "bytes", "stream", "dropped"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(e["entry"], e["name"] or "", e["state"], str(e["rate"]),
+                      str(e["channels"]), f"{e['pending_seconds']:.2f} s", str(e["bytes"]),
+                      e["stream"] or "(not created yet)",
+                      f"{e['dropped_frames'] / e['rate']:.2f} s" if e["dropped_frames"] else "")
+    Console().print(table)
 
 
 def level_bar(db: float, seconds: float, width: int = 40) -> str:
@@ -584,6 +706,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the server (options also from EARSHOT_* variables)")
+    s.add_argument("--config", type=Path, metavar="FILE",
+                   help="TOML settings file (or EARSHOT_CONFIG); options and EARSHOT_* "
+                        "variables override it")
     s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=PORT, help="port (default 8000)")
     s.add_argument("--data-dir", type=Path, help="archives and metadata (default ./earshot-data)")
@@ -685,14 +810,40 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", type=lambda v: int(v) if v.isdigit() else v,
                    help="input device index or name")
     m.add_argument("--list-devices", action="store_true", help="list input devices and exit")
-    m.add_argument("--rate", type=SAMPLE_RATE, help="sample rate (default: the device's)")
-    m.add_argument("--channels", type=CHANNELS, default=1)
+    m.add_argument("--rate", type=SAMPLE_RATE,
+                   help="stream sample rate (default: the device's); the device is opened "
+                        "at its own rate and resampled with soxr")
+    m.add_argument("--channels", type=CHANNELS,
+                   help="stream channels (default 1 for a microphone, the file's for "
+                        "--file); mixed down properly, (L+R)/2")
     m.add_argument("--name", help="stream name")
     m.add_argument("--processors", nargs="*", help="processors to run on the stream")
     m.add_argument("--file", type=Path, help="play this file in real time instead of a mic")
+    m.add_argument("--spool", type=Path, metavar="DIR",
+                   help="store and forward: keep unacknowledged audio in this directory, "
+                        "deliver it whenever the server is reachable (delivers what an "
+                        "earlier run left first)")
+    m.add_argument("--spool-size", type=_parse_size, default=1 << 30, metavar="SIZE",
+                   help="spool limit, all entries together (default 1G)")
+    m.add_argument("--when-full", choices=["drop-oldest", "stop"], default="drop-oldest",
+                   help="spool full: drop the oldest unsent audio and report it (default), "
+                        "or stop capture")
+    m.add_argument("--spool-fsync", choices=["interval", "always", "never"],
+                   default="interval", help="spool durability: fsync every second "
+                                            "(default), every block, or never")
     codec_opts(m)
     m.add_argument("-q", "--quiet", action="store_true", help="no level bar")
     m.set_defaults(func=cmd_stream)
+
+    sp = sub.add_parser("spool", help="show what a spool holds; --flush delivers it")
+    sp.add_argument("dir", type=Path)
+    client_opts(sp)
+    sp.add_argument("--flush", action="store_true",
+                    help="deliver everything (oldest first), exit 0 once all is acknowledged")
+    sp.add_argument("--json", action="store_true", help="print the status as JSON")
+    sp.add_argument("--retries", type=int, default=30,
+                    help="reconnect attempts before giving up with --flush (default 30)")
+    sp.set_defaults(func=cmd_spool)
 
     ls = sub.add_parser("streams", help="list streams")
     client_opts(ls)

@@ -51,7 +51,7 @@ class Reconnect:
     factor: float = 2.0
     jitter: float = 0.2
     attempts: int | None = 30
-    first_attempts: int = 3  # before the stream ever started: fail fast if nobody is there
+    first_attempts: int | None = 3  # before the stream ever started: fail fast if nobody is there
 
     def delay(self, attempt: int) -> float:
         base = min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
@@ -69,7 +69,18 @@ class _Fatal(Exception):
 
 
 class Publisher:
-    """One resumable stream from this program to an earshot server."""
+    """One resumable stream from this program to an earshot server.
+
+    With ``spool=DIR`` (a directory or an :class:`earshot.spool.Spool`) the publisher is an
+    :class:`earshot.spooled.SpooledPublisher`: unacknowledged audio is kept on disk, not in
+    memory, survives the process and is delivered however long the server stays away."""
+
+    def __new__(cls, *args: Any, spool: Any = None, **kwargs: Any) -> Any:
+        if spool is not None and cls is Publisher:
+            from earshot.spooled import SpooledPublisher
+
+            return super().__new__(SpooledPublisher)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -87,7 +98,10 @@ class Publisher:
         open_timeout: float = 10.0,
         client_info: dict[str, Any] | None = None,
         ssl: SSLContext | None = None,
+        spool: Any = None,  # see __new__ (SpooledPublisher)
     ) -> None:
+        if spool is not None:
+            raise ClientError(f"{type(self).__name__} cannot use a spool (it keeps PCM)")
         self.url = url
         self.ssl = ssl  # for wss:// (earshot.transport.client_ssl); default: system CAs
         self.rate = rate
@@ -528,18 +542,22 @@ async def publish(
     codec: str = "pcm",
     bitrate: int = 32000,
     ssl: SSLContext | None = None,
+    spool: Any = None,
 ) -> dict[str, Any]:
     """Stream a source to the server until it ends (or the task is cancelled, e.g. Ctrl-C,
     which still stops the stream cleanly). Returns the stream's summary.
 
     ``codec="opus"`` sends Opus packets at ``bitrate`` (the source's rate must be one of
-    Opus's: 8, 12, 16, 24 or 48 kHz)."""
+    Opus's: 8, 12, 16, 24 or 48 kHz). ``spool=DIR`` stores and forwards through a spool
+    on disk (PCM only; see :class:`earshot.spooled.SpooledPublisher`)."""
     info = source.info
     common: dict[str, Any] = dict(
         rate=info.rate, channels=info.channels, name=name or info.label or None, token=token,
         processors=processors, reconnect=reconnect, ssl=ssl,
         client_info={"agent": "earshot-python", "source": info.label, "codec": codec})
     pub: Publisher
+    if codec == "opus" and spool is not None:
+        raise ClientError("a spool keeps PCM: use --codec pcm with --spool")
     if codec == "opus":
         from earshot.codec.opus import OPUS_RATES
 
@@ -548,7 +566,7 @@ async def publish(
                               f"{info.label} is {info.rate} Hz x{info.channels}: send PCM")
         pub = OpusPublisher(url, bitrate=bitrate, **common)
     else:
-        pub = Publisher(url, format=info.format, **common)
+        pub = Publisher(url, format=info.format, spool=spool, **common)
     await pub.start()
     watcher = None
     if on_event is not None:
@@ -556,6 +574,7 @@ async def publish(
             async for ev in pub.events():
                 on_event(ev)
         watcher = asyncio.create_task(watch())
+    full = None
     try:
         try:
             async for block in source:
@@ -565,7 +584,13 @@ async def publish(
         except asyncio.CancelledError:
             if pub._error is not None:
                 raise
+        except ClientError as exc:  # a full spool under when_full="stop": deliver the rest
+            if exc.code != "spool_full":
+                raise
+            full = exc
         frames = await pub.stop()
+        if full is not None:
+            raise full
     except BaseException:
         await pub.close()
         raise

@@ -89,7 +89,8 @@ def build(venv: Path) -> None:
                          capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         shutil.rmtree(venv, ignore_errors=True)
-        pytest.fail(f"pip install -e '.[server]' failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        pytest.fail(f"pip install -e '.[server]' failed:\n{out.stdout[-3000:]}\n"
+                    f"{out.stderr[-3000:]}")
     stamp.touch()
 
 

@@ -84,8 +84,10 @@ class Publisher:
         reconnect: Reconnect | None = None,
         open_timeout: float = 10.0,
         client_info: dict[str, Any] | None = None,
+        language: str | None = None,
     ) -> None:
         self.url = url
+        self.language = language  # spoken language (BCP 47), for speech-to-text
         self.rate = rate
         self.channels = channels
         self.format: SampleFormat = format
@@ -297,6 +299,8 @@ class Publisher:
             start["name"] = self.name
         if self.processors is not None:
             start["processors"] = self.processors
+        if self.language is not None:
+            start["language"] = self.language
         if self.stream_id is not None:
             # No 'offset': we wait for 'ready' and resend from the server's own offset.
             # (Declaring our last ack here would make the server skip frames it holds

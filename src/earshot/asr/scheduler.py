@@ -152,6 +152,14 @@ class AsrScheduler:
             self._cond.notify_all()
         for s in sessions:
             self._close_session(s)
+        for t in self._threads:
+            t.join(timeout=5)
+        close = getattr(self.engine, "close", None)
+        if callable(close):  # e.g. the pocketsphinx engine's decoder processes
+            try:
+                close()
+            except Exception:
+                log.exception("closing the speech-to-text engine failed")
 
     @property
     def queued(self) -> int:

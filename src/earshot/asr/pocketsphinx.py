@@ -81,8 +81,8 @@ def model_paths(model: str, bundled: Path) -> dict[str, str]:
                                         ("a language model (*.lm.bin or *.lm)", lms),
                                         ("a dictionary (*.dict)", dicts)) if not found]
     if missing:
-        raise ConfigError(f"cannot load pocketsphinx model {model!r}: the directory has no "
-                          f"{' and no '.join(missing)}")
+        raise ConfigError(f"cannot load pocketsphinx model {model!r}: the directory lacks "
+                          f"{'; '.join(missing)}")
     return {"hmm": str(hmm[0]), "lm": str(lms[0]), "dict": str(dicts[0])}
 
 

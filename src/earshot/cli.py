@@ -44,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for key in ("host", "port", "data_dir", "token", "archive_format", "ack_interval",
                 "max_message_bytes", "log_level", "max_lag", "drain_timeout", "asr_model",
                 "asr_engine", "asr_device", "asr_compute_type", "asr_language",
-                "asr_beam_size", "asr_workers", "asr_threads"):
+                "asr_beam_size", "asr_workers", "asr_threads", "asr_batch"):
         value = getattr(args, key)
         if value is not None:
             opts[key] = value
@@ -401,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--asr-beam-size", type=int, help="beam size for finals (default 5)")
     a.add_argument("--asr-workers", type=int, help="decoding threads (default 1)")
     a.add_argument("--asr-threads", type=int, help="CPU threads per decode (0: library default)")
+    a.add_argument("--asr-batch", type=int, help="most streams' utterances decoded in one call "
+                                                 "(0: the engine's, 8 for faster-whisper; 1: off)")
     s.set_defaults(func=cmd_serve)
 
     def client_opts(c: argparse.ArgumentParser) -> None:

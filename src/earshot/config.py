@@ -40,6 +40,7 @@ class Settings:
     asr_beam_size: int = 5
     asr_workers: int = 1
     asr_threads: int = 0
+    asr_batch: int = 0  # most utterances decoded in one call: 0 the engine's, 1 no batching
     log_level: str = "info"
 
     def __post_init__(self) -> None:

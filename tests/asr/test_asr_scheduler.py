@@ -257,3 +257,12 @@ def test_engines_without_a_usable_max_batch_are_not_batched(n: object) -> None:
         assert sched.max_batch == 1
     finally:
         sched.close()
+
+
+@pytest.mark.parametrize(("batch", "expected"), [(True, 8), (False, 1), (1, 1), (3, 3), (20, 8)])
+def test_batch_setting(batch: bool | int, expected: int) -> None:
+    sched = AsrScheduler(BatchDouble(delay=0.0), batch=batch)
+    try:
+        assert sched.max_batch == expected
+    finally:
+        sched.close()

@@ -100,3 +100,14 @@ async def test_default_engine_transcribes_real_words_streaming(
     print(f"end of speech → final: p50 {p50:.2f} s, p95 {p95:.2f} s, max {max(latency):.2f} s "
           f"({len(latency)} finals)")
     assert p95 < 8.0  # loose: 2 s is the target on a quiet machine (see the benchmark)
+
+    # a language the engine does not know: a clear warning, then English as usual
+    s = TRUTH[2]
+    part = x[s["start"] - 8000: s["end"] + 12000]
+    _, events, _ = await stream_file(server.url, part, rate, processors=["vad", "asr"],
+                                     realtime=False, language="fr-FR")
+    warns = of(events, "warning")
+    assert [w["code"] for w in warns] == ["language_unsupported"]
+    assert "'fr-FR'" in warns[0]["message"] and "only en" in warns[0]["message"]
+    assert warns[0]["processor"] == "asr"
+    assert [e["text"] for e in of(events, "transcript") if e["final"]] == [s["text"]]

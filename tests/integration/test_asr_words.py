@@ -10,8 +10,15 @@ and the end of speech → final latency is measured (asserted loosely: the machi
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -21,7 +28,7 @@ from test_processors import of, stream_file
 
 from earshot.asr.engine import EngineConfig, load_engine
 from earshot.asr.wer import wer, words
-from helpers import FIXTURES, ServerProcess
+from helpers import FIXTURES, ROOT, ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
 READING = json.loads((FIXTURES / "reading_16k.json").read_text())
@@ -111,3 +118,39 @@ async def test_default_engine_transcribes_real_words_streaming(
     assert "'fr-FR'" in warns[0]["message"] and "only en" in warns[0]["message"]
     assert warns[0]["processor"] == "asr"
     assert [e["text"] for e in of(events, "transcript") if e["final"]] == [s["text"]]
+
+
+@pytest.mark.timeout(400)
+def test_run_serve_has_speech_to_text_with_no_options(tmp_path: Path) -> None:
+    """Must-show 5: ``./run serve`` as a fresh user runs it (no options, no model) offers
+    ``asr`` with the default engine; pocketsphinx is a base dependency, not an extra."""
+    requires = importlib.metadata.requires("earshot") or []
+    base = [r for r in requires if "extra ==" not in r]
+    assert any(r.startswith("pocketsphinx") for r in base), base
+    port = free_port()
+    venv = Path(sys.prefix)
+    sha = hashlib.sha1((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:12]
+    if (venv / f".earshot-installed[test]-{sha}").exists():  # ./run test's install holds
+        (venv / f".earshot-installed-{sha}").touch()  # all that ./run serve's would
+    env = {**os.environ, "EARSHOT_DATA_DIR": str(tmp_path / "data"), "EARSHOT_VENV": str(venv)}
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(ROOT / "run"), "serve", "--port", str(port)], cwd=ROOT,
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        health = None
+        deadline = time.monotonic() + 360  # the first run may install the package
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).json()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert health is not None, log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert health["asr"]["available"] is True and "asr" in health["processors"]
+    assert (health["asr"]["engine"], health["asr"]["model"]) == ("pocketsphinx", "en-us")
+    text = " ".join(log.read_text().split())
+    assert "speech-to-text: en-us (pocketsphinx, cpu)" in text and "--asr-model small.en" in text

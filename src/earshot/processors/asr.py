@@ -96,12 +96,22 @@ class Asr(Processor):
         if self._vad is None:
             self._vad = StreamingVad(chunk.rate, **self.vad_options)
         found = self._vad.feed(chunk.samples, chunk.offset).events
-        requests = self.policy.feed(chunk.samples, chunk.offset)
+        # the policy gets the chunk up to each VAD decision, then the decision: a chunk
+        # longer than the policy's history (a stream sent faster than real time) must not
+        # push an utterance's start out of its buffer before the start is known
+        requests: list[DecodeRequest] = []
+        x, done = chunk.samples, 0
         for e in found:
+            cut = min(max(e.offset - chunk.offset, done), len(x))
+            if cut > done:
+                requests += self.policy.feed(x[done:cut], chunk.offset + done)
+                done = cut
             if e.kind == "speech_start":
                 requests += self.policy.speech_start(e.offset)
             else:
                 requests += self.policy.speech_end(e.offset)
+        if done < len(x):
+            requests += self.policy.feed(x[done:], chunk.offset + done)
         for r in requests:
             self._submit(r)
         return []

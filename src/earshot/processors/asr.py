@@ -1,10 +1,14 @@
 """``asr``: live speech-to-text — interim hypotheses while someone speaks, one final per
 utterance with word timestamps, all stamped in stream time.
 
-Utterances come from a silero VAD (the same one as the ``vad`` processor). While speech goes
-on, the utterance so far is decoded every ``interim_interval`` seconds; words two consecutive
-hypotheses agree on become the ``stable`` prefix. When the utterance ends, the whole of it is
-decoded once more for the final. Decoding runs on the server's shared
+Utterances come from a silero VAD (the same one as the ``vad`` processor), each decoded
+with ``lead_in`` seconds of audio before its start. While speech goes on, a hypothesis of
+the utterance so far comes every ``interim_interval`` seconds (an incremental engine is fed
+only the new audio); words two consecutive hypotheses agree on, except the last
+``holdback`` (2 for incremental engines, whose final pass revises them, else 0), become the
+``stable`` prefix. When the utterance ends, the final is decoded (the incremental decoder
+finished, or the whole utterance decoded again) and keeps the stable prefix its interims
+promised. Decoding runs on the server's shared
 :class:`~earshot.asr.scheduler.AsrScheduler`, never in this processor's own thread, so a slow
 model delays transcripts, never audio, levels or speech events.
 

@@ -121,3 +121,22 @@ def test_bad_configuration(tmp_path: Path) -> None:
         PocketSphinxEngine(EngineConfig(model=str(tmp_path / "m")))
     with pytest.raises(ConfigError, match="is not one of"):
         load_engine(EngineConfig(model="x"), "nosuchengine")
+
+
+def test_the_bundled_model_loads_when_a_stream_first_needs_it() -> None:
+    import time
+
+    e = PocketSphinxEngine(EngineConfig(model="en-us"))
+    try:
+        assert e._procs == [None]  # a server whose streams never ask for asr spawns nothing
+        e.warm()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (e._procs[0] and e._procs[0].alive):
+            time.sleep(0.05)
+        first = e._procs[0]
+        assert first is not None and first.alive
+        e.warm()  # idempotent
+        assert e.transcribe(np.zeros(8000, np.float32), final=True).text == ""
+        assert e._procs[0] is first
+    finally:
+        e.close()

@@ -137,6 +137,16 @@ class AsrScheduler:
         if skipped is not None:
             self._skip(skipped)
 
+    def warm(self) -> None:
+        """A stream with speech-to-text began: let the engine get ready (``warm()``, an
+        optional engine method that must not block, e.g. starting decoder processes)."""
+        warm = getattr(self.engine, "warm", None)
+        if callable(warm):
+            try:
+                warm()
+            except Exception:
+                log.exception("warming the speech-to-text engine failed")
+
     def forget(self, stream: str) -> None:
         """The stream is gone: drop its waiting interim, open decoder and bookkeeping."""
         with self._cond:

@@ -86,6 +86,8 @@ class Asr(Processor):
     def start(self, info: StreamInfo) -> None:
         super().start(info)
         self.stream = info.id
+        assert self.scheduler is not None
+        self.scheduler.warm()
         asked = self.language_option or info.language
         if asked:
             assert self.scheduler is not None

@@ -62,8 +62,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for key in ("host", "port", "data_dir", "token", "archive_format", "ack_interval",
                 "max_message_bytes", "log_level", "max_lag", "drain_timeout", "asr_model",
                 "asr_engine", "asr_device", "asr_compute_type", "asr_language",
-                "asr_beam_size", "asr_workers", "asr_threads", "bus", "bus_retention",
-                "processes"):
+                "asr_beam_size", "asr_workers", "asr_threads", "asr_batch", "bus",
+                "bus_retention", "processes"):
         value = getattr(args, key)
         if value is not None:
             opts[key] = value
@@ -766,6 +766,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--asr-workers", type=POSITIVE_INT, help="decoding threads (default 1)")
     a.add_argument("--asr-threads", type=COUNT,
                    help="CPU threads per decode (0: library default)")
+    a.add_argument("--asr-batch", type=COUNT,
+                   help="most streams' utterances decoded in one call "
+                        "(0: the engine's, 8 for faster-whisper; 1: off)")
     b = s.add_argument_group("scale-out (pip install 'earshot[redis]')")
     b.add_argument("--bus", help="redis://HOST:PORT/DB: put audio and events on Redis Streams; "
                                  "processors then run in `earshot worker --bus` processes")

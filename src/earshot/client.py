@@ -99,11 +99,13 @@ class Publisher:
         client_info: dict[str, Any] | None = None,
         ssl: SSLContext | None = None,
         spool: Any = None,  # see __new__ (SpooledPublisher)
+        language: str | None = None,
     ) -> None:
         if spool is not None:
             raise ClientError(f"{type(self).__name__} cannot use a spool (it keeps PCM)")
         self.url = url
         self.ssl = ssl  # for wss:// (earshot.transport.client_ssl); default: system CAs
+        self.language = language  # spoken language (BCP 47), for speech-to-text
         self.rate = rate
         self.channels = channels
         self.format: SampleFormat = format
@@ -323,6 +325,8 @@ class Publisher:
             start["name"] = self.name
         if self.processors is not None:
             start["processors"] = self.processors
+        if self.language is not None:
+            start["language"] = self.language
         if self.stream_id is not None:
             # No 'offset': we wait for 'ready' and resend from the server's own offset.
             # (Declaring our last ack here would make the server skip frames it holds

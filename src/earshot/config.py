@@ -25,6 +25,7 @@ RANGES: dict[str, Range] = {
     "asr_beam_size": POSITIVE_INT,
     "asr_workers": POSITIVE_INT,
     "asr_threads": COUNT,
+    "asr_batch": COUNT,
 }
 
 
@@ -55,6 +56,7 @@ class Settings:
     asr_workers: int = 1
     asr_threads: int = 0
     db: str | None = None  # metadata: postgresql://… or an SQLite path (<data_dir>/earshot.db)
+    asr_batch: int = 0  # most utterances decoded in one call: 0 the engine's, 1 no batching
     log_level: str = "info"
     bus: str | None = None  # None: in-process; redis://host:port/db: Redis Streams
     bus_retention: float = 60.0  # seconds of audio kept on the Redis log

@@ -60,10 +60,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     env_opts = env_overrides()
     opts: dict[str, Any] = {}
     for key in ("host", "port", "data_dir", "token", "archive_format", "ack_interval",
-                "max_message_bytes", "log_level", "max_lag", "drain_timeout", "asr_model",
-                "asr_engine", "asr_device", "asr_compute_type", "asr_language",
-                "asr_beam_size", "asr_workers", "asr_threads", "asr_batch", "bus",
-                "bus_retention", "processes"):
+                "max_message_bytes", "log_level", "max_lag", "drain_timeout", *ASR_OPTIONS,
+                "bus", "bus_retention", "processes"):
         value = getattr(args, key)
         if value is not None:
             opts[key] = value
@@ -646,6 +644,24 @@ def _run_until_signal(make: Callable[[], Any]) -> int:
     return _run_client(main)
 
 
+def _worker_asr(args: argparse.Namespace, options: dict[str, Any]) -> Any:
+    """``earshot worker asr``: the speech-to-text engine and model, loaded as ``serve`` does."""
+    from earshot.asr.loading import load_asr
+    from earshot.config import Settings
+    from earshot.processors.asr import Asr
+    from earshot.processors.registry import ProcessorSpec
+
+    settings = Settings(**{k: getattr(args, k) for k in ASR_OPTIONS
+                           if getattr(args, k, None) is not None})
+    loaded = load_asr(settings)
+    if loaded.scheduler is None:
+        raise ConfigError(f"cannot run asr: {loaded.reason}")
+    cls = type("Asr", (Asr,), {"scheduler": loaded.scheduler})
+    spec = ProcessorSpec(cls, options, "asr")
+    spec.make()
+    return spec
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     import logging
 
@@ -654,7 +670,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from earshot.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    specs = [resolve(*parse_cli_spec(p)) for p in args.processor]  # ProcessorError → 2
+    specs = [_worker_asr(args, opts) if ref == "asr" else resolve(ref, opts)
+             for ref, opts in map(parse_cli_spec, args.processor)]  # ProcessorError → 2
     if args.bus:
         return _run_log_worker(args, specs)
     if len(specs) > 1:
@@ -700,6 +717,31 @@ def format_event(event: dict[str, Any]) -> str:
 
 
 # -- parser -------------------------------------------------------------------------------
+ASR_OPTIONS = ("asr_model", "asr_engine", "asr_device", "asr_compute_type", "asr_language",
+               "asr_beam_size", "asr_workers", "asr_threads", "asr_batch")
+
+
+def asr_options(p: argparse.ArgumentParser) -> None:
+    """The speech-to-text options, the same for ``serve`` and ``worker``."""
+    a = p.add_argument_group("speech-to-text (built in: pocketsphinx, English; far better: "
+                             "pip install 'earshot[asr]' and --asr-model small.en)")
+    a.add_argument("--asr-model", help="faster-whisper model name (downloaded on first use "
+                                       "where there is internet) or local model directory")
+    a.add_argument("--asr-engine", help="pocketsphinx (default without --asr-model), "
+                                        "faster-whisper (default with it), "
+                                        "package.module:Class, or none (off)")
+    a.add_argument("--asr-device", choices=["cpu", "cuda", "auto"], help="default cpu")
+    a.add_argument("--asr-compute-type", help="e.g. int8, float16 (default: the model's)")
+    a.add_argument("--asr-language", help="e.g. en (default: detect)")
+    a.add_argument("--asr-beam-size", type=POSITIVE_INT, help="beam size for finals (default 5)")
+    a.add_argument("--asr-workers", type=POSITIVE_INT, help="decoding threads (default 1)")
+    a.add_argument("--asr-threads", type=COUNT,
+                   help="CPU threads per decode (0: library default)")
+    a.add_argument("--asr-batch", type=COUNT,
+                   help="most streams' utterances decoded in one call "
+                        "(0: the engine's, 8 for faster-whisper; 1: off)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="earshot", description="Self-hosted real-time audio server")
     p.add_argument("--version", action="version", version=f"earshot {__version__}")
@@ -752,23 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--auth-fail-rate", type=float,
                    help="failed authentications per second per address, refill (0.2; 0: off)")
     h.add_argument("--auth-fail-burst", type=int, help="... allowed at once (20)")
-    a = s.add_argument_group("speech-to-text (built in: pocketsphinx, English; far better: "
-                             "pip install 'earshot[asr]' and --asr-model small.en)")
-    a.add_argument("--asr-model", help="faster-whisper model name (downloaded on first use "
-                                       "where there is internet) or local model directory")
-    a.add_argument("--asr-engine", help="pocketsphinx (default without --asr-model), "
-                                        "faster-whisper (default with it), "
-                                        "package.module:Class, or none (off)")
-    a.add_argument("--asr-device", choices=["cpu", "cuda", "auto"], help="default cpu")
-    a.add_argument("--asr-compute-type", help="e.g. int8, float16 (default: the model's)")
-    a.add_argument("--asr-language", help="e.g. en (default: detect)")
-    a.add_argument("--asr-beam-size", type=POSITIVE_INT, help="beam size for finals (default 5)")
-    a.add_argument("--asr-workers", type=POSITIVE_INT, help="decoding threads (default 1)")
-    a.add_argument("--asr-threads", type=COUNT,
-                   help="CPU threads per decode (0: library default)")
-    a.add_argument("--asr-batch", type=COUNT,
-                   help="most streams' utterances decoded in one call "
-                        "(0: the engine's, 8 for faster-whisper; 1: off)")
+    asr_options(s)
     b = s.add_argument_group("scale-out (pip install 'earshot[redis]')")
     b.add_argument("--bus", help="redis://HOST:PORT/DB: put audio and events on Redis Streams; "
                                  "processors then run in `earshot worker --bus` processes")
@@ -897,6 +923,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --bus, seconds the events it publishes stay on Redis (60)")
     w.add_argument("--lease-ttl", type=SECONDS, default=3.0,
                    help="with --bus, seconds before a dead worker's streams are taken over")
+    asr_options(w)
     client_opts(w)
     w.add_argument("--stream", default="*", help="stream id, or * for every stream (default)")
     w.add_argument("--name", help="worker name shown in its events")

@@ -340,10 +340,7 @@ class SpooledPublisher(Publisher):
 
     async def close(self) -> None:
         """Stop delivering; the spool keeps what is not yet acknowledged."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await super().close()
         if self.entry is not None:
             self.entry.close_files()
             self.entry.unlock()

@@ -197,12 +197,8 @@ def stable_span(stable: list[str], final: list[str]) -> int:
         return 0
     ref = [_norm(w) for w in stable]
     hyp = [_norm(w) for w in final]
-    # edit distance of ref against every prefix hyp[:j]: the last row of the DP table
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i]
-        for j, h in enumerate(hyp, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h)))
-        prev = cur
+    from earshot.asr.wer import distances_to_prefixes
+
+    prev = distances_to_prefixes(ref, hyp)
     best = min(prev)
     return max(j for j, d in enumerate(prev) if d == best)

@@ -62,6 +62,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             opts[key] = value
+    for key in ("max_streams", "max_loop_lag", "max_ack_latency"):  # admission control
+        if getattr(args, key, None) is not None:
+            opts[key] = getattr(args, key)
     if args.no_auth:
         opts["no_auth"] = True
     if args.fsync:
@@ -603,6 +606,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of audio kept on the Redis log (default 60)")
     b.add_argument("--processes", type=POSITIVE_INT,
                    help="gateway processes sharing the port (needs --bus; default 1)")
+    d = s.add_argument_group("admission control (new publishers past a limit get "
+                             "'server_full', close 1013, and retry; resumes always get in)")
+    d.add_argument("--max-streams", type=COUNT, metavar="N",
+                   help="publishers held at once per gateway process (default 0: no limit)")
+    d.add_argument("--max-loop-lag", type=SECONDS_OR_ZERO, metavar="SECONDS",
+                   help="refuse new streams while the smoothed event-loop lag exceeds this "
+                        "(default 0.5; 0: off)")
+    d.add_argument("--max-ack-latency", type=SECONDS_OR_ZERO, metavar="SECONDS",
+                   help="refuse new streams while the smoothed ack latency exceeds this "
+                        "(default 1; 0: off)")
     s.set_defaults(func=cmd_serve)
 
     def client_opts(c: argparse.ArgumentParser) -> None:

@@ -25,6 +25,9 @@ RANGES: dict[str, Range] = {
     "asr_beam_size": POSITIVE_INT,
     "asr_workers": POSITIVE_INT,
     "asr_threads": COUNT,
+    "max_streams": COUNT,
+    "max_loop_lag": SECONDS_OR_ZERO,
+    "max_ack_latency": SECONDS_OR_ZERO,
 }
 
 
@@ -60,6 +63,10 @@ class Settings:
     bus_retention: float = 60.0  # seconds of audio kept on the Redis log
     processes: int = 1  # gateway processes (needs a shared bus)
     web_origins: tuple[str, ...] = ("*",)  # CORS for /web/* (earshot.js on other sites)
+    # admission control (server/admission.py); 0 turns a limit off
+    max_streams: int = 0  # publishers held at once (per gateway process)
+    max_loop_lag: float = 0.5  # smoothed event-loop lag beyond which new streams wait
+    max_ack_latency: float = 1.0  # smoothed ack latency beyond which new streams wait
 
     def __post_init__(self) -> None:
         if self.archive_format not in ARCHIVE_FORMATS:

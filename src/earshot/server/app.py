@@ -19,6 +19,7 @@ from earshot.bus.base import Bus
 from earshot.config import Settings
 from earshot.processors.asr import Asr
 from earshot.processors.registry import Registry
+from earshot.server.admission import probe_loop_lag
 from earshot.server.auth import presented_token, token_ok
 from earshot.server.docs import add_docs
 from earshot.server.hub import Hub
@@ -100,10 +101,12 @@ def create_app(settings: Settings) -> FastAPI:
             log.warning("repaired %d archive(s) left open by a crash", len(repaired))
         app.state.hub = hub
         ticker = asyncio.create_task(hub.run_ticker(), name="earshot-ticker")
+        probe = asyncio.create_task(probe_loop_lag(hub.observe_loop_lag), name="earshot-lag")
         try:
             yield
         finally:
             ticker.cancel()
+            probe.cancel()
             await hub.shutdown()
             await bus.close()
             if scheduler is not None:

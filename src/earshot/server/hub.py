@@ -33,6 +33,7 @@ from earshot.pipeline import StreamPipeline
 from earshot.processors.base import Event, StreamInfo
 from earshot.processors.registry import Registry
 from earshot.protocol import Start
+from earshot.server.admission import STATES, Admission
 from earshot.server.metrics import Metrics
 from earshot.server.relay import OpusRelay
 from earshot.server.router import EventRouter, Owner
@@ -116,6 +117,11 @@ class Hub:
         self._background: set[asyncio.Task[Any]] = set()
         self.streams_dir = settings.data_dir / "streams"
         self.streams_dir.mkdir(parents=True, exist_ok=True)
+        self.admission = Admission(max_streams=settings.max_streams,
+                                   max_loop_lag=settings.max_loop_lag,
+                                   max_ack_latency=settings.max_ack_latency)
+        metrics.max_streams.set(settings.max_streams)
+        self._show_admission()
 
     # -- what others may ask (on the event loop) ----------------------------------------
     def owner_of(self, stream_id: str) -> Owner | None:
@@ -162,6 +168,44 @@ class Hub:
         return self.router.from_worker(stream_id, events, live.rec if live else None,
                                        live.archive.path if live else None)
 
+    # -- admission (server/admission.py) -------------------------------------------------
+    def observe_loop_lag(self, lag: float, now: float) -> None:
+        """The loop-lag probe's report (every 0.1 s); also refreshes the gauges."""
+        self.admission.observe_loop_lag(lag, now)
+        self._show_admission(now)
+
+    def _show_admission(self, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        a, m = self.admission, self.metrics
+        state = a.state(self.live, now)
+        for s in STATES:
+            m.admission_state.labels(s).set(1 if s == state else 0)
+        m.loop_lag.set(a.lag.current(now))
+        m.ack_latency_recent.set(a.ack.current(now))
+
+    def admission_report(self) -> dict[str, Any]:
+        """For /healthz: whether new publishers get in now, and why not."""
+        a, now = self.admission, self.clock()
+        return {"state": a.state(self.live, now), "held": len(self.live),
+                "max_streams": a.max_streams,
+                "loop_lag": round(a.lag.current(now), 4),
+                "ack_latency": round(a.ack.current(now), 4)}
+
+    def _admit(self, start: Start) -> None:
+        """Refuse a new publisher past --max-streams or the CPU-headroom guard; a resume
+        is always admitted (unless the server is shutting down)."""
+        a = self.admission
+        if start.resume is not None:
+            if a.draining:
+                raise ProtocolError("shutting_down", "the server is shutting down; resume later")
+            return
+        now = self.clock()
+        why = a.refusal(self.live, now)
+        if why is not None:
+            state = a.state(self.live, now)
+            self.metrics.streams_refused.labels(state).inc()
+            raise ProtocolError("shutting_down" if a.draining else "server_full", why)
+
     # -- recovery -----------------------------------------------------------------------
     async def recover(self) -> list[str]:
         """Repair every archive a crash left open; those streams become resumable.
@@ -194,8 +238,10 @@ class Hub:
 
         Returns it, its resume token, and warnings for the client (e.g. processors refused).
         """
+        self._admit(start)
         if start.resume is not None:
             live, token = await self._resume(start, owner)
+            self.admission.resumed(live.id)
         else:
             live, token = self._create(start, owner)
         warnings: list[Event] = []
@@ -436,7 +482,9 @@ class Hub:
         if offset is None:
             return
         self.metrics.acks.inc()
-        self.metrics.ack_latency.observe(self.clock() - newest)
+        now = self.clock()
+        self.metrics.ack_latency.observe(now - newest)
+        self.admission.observe_ack_latency(now - newest, now)
         for m in live.writer.warnings():
             owner.post(m)
         owner.post_text(f'{{"type":"ack","offset":{offset}}}')

@@ -169,7 +169,7 @@ async def healthz(request: Request, hub: HubDep) -> dict[str, Any]:
     bus = hub.bus.health()
     status = "ok" if bus["state"] == "ok" else "degraded"
     return {"status": status, "version": __version__, "live_streams": len(hub.live_info("*")),
-            "bus": bus, **caps}
+            "bus": bus, "admission": hub.admission_report(), **caps}
 
 
 @ops.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_token)])

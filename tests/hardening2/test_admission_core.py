@@ -1,0 +1,114 @@
+"""The admission guard's core (time passed in) and the loop-lag probe, directly."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from earshot.client import Reconnect
+from earshot.config import Settings
+from earshot.errors import ConfigError
+from earshot.protocol import BUSY, FATAL_CLOSE, RETRYABLE
+from earshot.server.admission import Admission, Smoothed, probe_loop_lag
+
+
+def test_max_streams_counts_held_streams_and_reserved_slots() -> None:
+    a = Admission(max_streams=2, resume_grace=30)
+    assert a.refusal([], 0.0) is None
+    assert a.refusal(["s1"], 0.0) is None
+    assert a.state(["s1", "s2"], 0.0) == "full"
+    assert "maximum of 2 streams" in (a.refusal(["s1", "s2"], 0.0) or "")
+    # after a restart: two streams were held; their slots wait for them
+    a.reserve(["r1", "r2"], now=100.0)
+    assert a.state([], 101.0) == "full"
+    assert "kept for streams resuming" in (a.refusal([], 101.0) or "")
+    a.resumed("r1")
+    assert a.state(["r1"], 102.0) == "full"  # r1 held again, r2 still kept
+    assert a.state([], 102.0) == "ok"  # r1 gone again: its reservation is spent
+    assert a.state(["r1"], 131.0) == "ok"  # r2's grace ran out
+    assert a.reserved == {}
+
+
+def test_a_reserved_stream_held_again_is_not_counted_twice() -> None:
+    a = Admission(max_streams=2)
+    a.reserve(["r1"], now=0.0)
+    assert a.state(["r1"], 1.0) == "ok"  # held: counted once
+    assert a.state(["r1", "x"], 1.0) == "full"
+
+
+def test_headroom_needs_sustained_lag_not_one_spike() -> None:
+    a = Admission(max_loop_lag=0.2, window=2.0)
+    for i in range(50):  # 5 s of a healthy loop
+        a.observe_loop_lag(0.002, i * 0.1)
+    a.observe_loop_lag(1.5, 5.0)  # one GC pause
+    assert a.state([], 5.0) == "ok"
+    t = 5.0
+    while a.state([], t) == "ok":  # then the loop stays 0.4 s behind
+        t += 0.5
+        a.observe_loop_lag(0.4, t)
+        assert t < 20
+    assert 5.5 <= t <= 10  # noticed within a few windows
+    assert "overloaded" in (a.refusal([], t) or "")
+    # an idle server recovers by itself (no samples: the mean decays)
+    assert a.state([], t + 10) == "ok"
+
+
+def test_ack_latency_guard_and_zero_disables() -> None:
+    a = Admission(max_ack_latency=0.05)
+    for i in range(40):
+        a.observe_ack_latency(0.2, i * 0.1)
+    assert a.state([], 4.0) == "overloaded"
+    off = Admission()
+    for i in range(40):
+        off.observe_ack_latency(5.0, i * 0.1)
+        off.observe_loop_lag(5.0, i * 0.1)
+    assert off.state(["x"] * 1000, 4.0) == "ok"
+
+
+def test_draining_refuses_everything_new() -> None:
+    a = Admission(max_streams=0)
+    a.draining = True
+    assert a.state([], 0.0) == "draining"
+    assert "shutting down" in (a.refusal([], 0.0) or "")
+
+
+def test_smoothed_mean_follows_the_window() -> None:
+    s = Smoothed(window=1.0)
+    assert s.current(0.0) == 0.0
+    s.add(1.0, 0.0)
+    s.add(0.0, 1.0)  # one window later: 1 - 1/e of the way
+    assert s.value == pytest.approx(1 / 2.718281828, rel=1e-3)
+
+
+def test_wire_codes_are_retryable_with_close_1013() -> None:
+    assert FATAL_CLOSE["server_full"] == 1013 == FATAL_CLOSE["storage_full"]
+    assert {"server_full", "storage_full", "shutting_down"} <= BUSY <= RETRYABLE
+
+
+def test_busy_backoff_is_spread_and_bounded() -> None:
+    r = Reconnect(initial=0.2, maximum=2.0)
+    delays = [r.busy_delay(3) for _ in range(400)]
+    assert 0.4 <= min(delays) < 0.5 and 1.1 < max(delays) <= 1.2  # 0.8 s x [0.5, 1.5]
+    assert len({round(d, 3) for d in delays}) > 100  # not a herd
+    assert max(r.busy_delay(50) for _ in range(100)) <= 3.0
+
+
+def test_settings_ranges() -> None:
+    assert Settings(max_streams=5).max_streams == 5
+    with pytest.raises(ConfigError, match="max streams"):
+        Settings(max_streams=-1)
+    with pytest.raises(ConfigError, match="max loop lag"):
+        Settings(max_loop_lag=-0.1)
+
+
+async def test_probe_measures_a_blocked_loop() -> None:
+    seen: list[float] = []
+    task = asyncio.create_task(probe_loop_lag(lambda lag, now: seen.append(lag), period=0.02))
+    await asyncio.sleep(0.1)
+    time.sleep(0.3)  # block the loop
+    await asyncio.sleep(0.1)
+    task.cancel()
+    assert max(seen) >= 0.25  # the block was seen...
+    assert sorted(seen)[len(seen) // 2] < 0.25  # ...and the rest was not lag

@@ -123,6 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ws_per_message_deflate=False,
         ws_max_size=max(16 << 20, settings.max_message_bytes * 2), log_level=settings.log_level,
         lifespan="on",
+        timeout_graceful_shutdown=settings.drain_timeout + 5,  # bounded exit on SIGTERM
     )
     return EXIT_OK
 

@@ -264,6 +264,7 @@ class Publisher:
 
     async def _run(self) -> None:
         attempt = busy = 0
+        spread = False  # after a busy server's refusal (a restart): wider jitter
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         while True:
             try:
@@ -274,6 +275,7 @@ class Publisher:
                 ) as ws:
                     await self._handshake(ws)
                     attempt = busy = 0
+                    spread = False
                     if await self._connected(ws):
                         return
             except _Done:
@@ -286,6 +288,7 @@ class Publisher:
                 raise
             except _Busy as exc:
                 busy += 1
+                spread = True
                 limit = self.reconnect.busy_attempts
                 if limit is not None and busy > limit:
                     self._fail(ClientError(f"server stayed busy (gave up after {limit} "
@@ -309,7 +312,7 @@ class Publisher:
                         f"cannot reach {self.url} (gave up after {limit} attempts): {exc}",
                         code="unreachable"))
                     return
-                delay = self.reconnect.delay(attempt)
+                delay = (self.reconnect.busy_delay if spread else self.reconnect.delay)(attempt)
                 self._emit({"type": "reconnecting", "attempt": attempt, "delay": delay,
                             "reason": str(exc) or type(exc).__name__})
                 await asyncio.sleep(delay)

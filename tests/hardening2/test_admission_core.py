@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from earshot.config import Settings
 from earshot.errors import ConfigError
 from earshot.protocol import BUSY, FATAL_CLOSE, RETRYABLE
 from earshot.server.admission import Admission, Smoothed, probe_loop_lag
+from earshot.server.lifecycle import read_held, write_held
 
 
 def test_max_streams_counts_held_streams_and_reserved_slots() -> None:
@@ -112,3 +114,14 @@ async def test_probe_measures_a_blocked_loop() -> None:
     task.cancel()
     assert max(seen) >= 0.25  # the block was seen...
     assert sorted(seen)[len(seen) // 2] < 0.25  # ...and the rest was not lag
+
+
+def test_held_at_shutdown_file_round_trip(tmp_path: Path) -> None:
+    write_held(tmp_path, ["a", "b"])
+    ids, left = read_held(tmp_path, grace=30)
+    assert ids == ["a", "b"] and 29 < left <= 30
+    assert read_held(tmp_path, grace=30) == ([], 0.0)  # consumed
+    (tmp_path / "held-at-shutdown.json").write_text("{not json")
+    assert read_held(tmp_path, grace=30) == ([], 0.0)
+    (tmp_path / "held-at-shutdown.json").write_text('{"at": 0, "streams": ["old"]}')
+    assert read_held(tmp_path, grace=30) == ([], 0.0)  # too long ago

@@ -79,10 +79,13 @@ class Admission:
     def observe_ack_latency(self, latency: float, now: float) -> None:
         self.ack.add(max(0.0, latency), now)
 
-    def reserve(self, stream_ids: Iterable[str], now: float) -> None:
-        """Keep slots for streams held at the last planned shutdown, until they resume."""
+    def reserve(self, stream_ids: Iterable[str], now: float,
+                grace: float | None = None) -> None:
+        """Keep slots for streams held at the last planned shutdown, until they resume
+        (or ``grace`` seconds, by default ``resume_grace``, have passed)."""
+        until = now + (self.resume_grace if grace is None else grace)
         for sid in stream_ids:
-            self.reserved[sid] = now + self.resume_grace
+            self.reserved[sid] = until
 
     def resumed(self, stream_id: str) -> None:
         self.reserved.pop(stream_id, None)

@@ -34,6 +34,7 @@ from earshot.processors.base import Event, StreamInfo
 from earshot.processors.registry import Registry
 from earshot.protocol import Start
 from earshot.server.admission import STATES, Admission
+from earshot.server.lifecycle import read_held, write_held
 from earshot.server.metrics import Metrics
 from earshot.server.relay import OpusRelay
 from earshot.server.router import EventRouter, Owner
@@ -616,6 +617,44 @@ class Hub:
                 await self.detach(live, owner, stopped=False)
         if self._background:
             await asyncio.wait(self._background, timeout=self.settings.drain_timeout)
+
+    async def drain(self, timeout: float = 5.0) -> list[str]:
+        """A planned shutdown (SIGTERM/SIGINT, server/lifecycle.py): refuse new streams and
+        resumes, write and acknowledge what every publisher sent, tell it ``shutting_down``
+        (close 1001; it stops taking audio from then on) and leave its stream resumable.
+        Streams being stopped finish their stop. Returns the streams that were held."""
+        self.admission.draining = True
+        self._show_admission()
+        held = [lv for lv in self.live.values()
+                if lv.owner is not None and lv.detaching is None]
+
+        async def tell(live: LiveStream) -> None:
+            owner = live.owner
+            if owner is None or live.detaching is not None:
+                return
+            await self.flush(live)
+            with contextlib.suppress(Exception):
+                await owner.kick("shutting_down", "the server is restarting; resume shortly")
+
+        deadline = self.clock() + timeout
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(tell(lv) for lv in held)), timeout)
+        while self.live and self.clock() < deadline:  # each session detaches as it closes
+            await asyncio.sleep(0.02)
+        ids = [lv.id for lv in held]
+        if self.settings.processes == 1:  # one gateway owns the data dir
+            write_held(self.settings.data_dir, ids)
+        log.info("drained %d stream(s) for a restart; they stay resumable", len(ids))
+        return ids
+
+    def reserve_held(self) -> int:
+        """After a planned restart: keep slots for the streams held at shutdown."""
+        if self.settings.processes != 1:
+            return 0
+        ids, left = read_held(self.settings.data_dir, self.admission.resume_grace)
+        if ids:
+            self.admission.reserve(ids, self.clock(), left)
+        return len(ids)
 
     def delete(self, stream_id: str) -> None:
         if stream_id in self.live:

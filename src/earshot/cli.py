@@ -47,6 +47,16 @@ def _env(name: str, default: Any = None) -> Any:
 
 
 # -- serve --------------------------------------------------------------------------------
+def _size(text: str) -> int:
+    """argparse type for sizes (64M, 1G, bytes)."""
+    from earshot.server.space import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -62,7 +72,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             opts[key] = value
-    for key in ("max_streams", "max_loop_lag", "max_ack_latency"):  # admission control
+    for key in ("max_streams", "max_loop_lag", "max_ack_latency",  # admission control
+                "min_free_space"):
         if getattr(args, key, None) is not None:
             opts[key] = getattr(args, key)
     if args.no_auth:
@@ -617,6 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-ack-latency", type=SECONDS_OR_ZERO, metavar="SECONDS",
                    help="refuse new streams while the smoothed ack latency exceeds this "
                         "(default 1; 0: off)")
+    d.add_argument("--min-free-space", type=_size, metavar="SIZE",
+                   help="free space kept on the data dir: below it new streams get "
+                        "'storage_full' (1013), held ones go on (default 64M; 0: off)")
     s.set_defaults(func=cmd_serve)
 
     def client_opts(c: argparse.ArgumentParser) -> None:

@@ -28,6 +28,7 @@ RANGES: dict[str, Range] = {
     "max_streams": COUNT,
     "max_loop_lag": SECONDS_OR_ZERO,
     "max_ack_latency": SECONDS_OR_ZERO,
+    "min_free_space": COUNT,
 }
 
 
@@ -67,6 +68,7 @@ class Settings:
     max_streams: int = 0  # publishers held at once (per gateway process)
     max_loop_lag: float = 0.5  # smoothed event-loop lag beyond which new streams wait
     max_ack_latency: float = 1.0  # smoothed ack latency beyond which new streams wait
+    min_free_space: int = 64 << 20  # bytes kept free on the data dir: new streams wait below
 
     def __post_init__(self) -> None:
         if self.archive_format not in ARCHIVE_FORMATS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import pytest
 
 from earshot.client import Reconnect
 from earshot.config import Settings
-from earshot.errors import ConfigError
+from earshot.errors import ConfigError, StorageError
 from earshot.protocol import BUSY, FATAL_CLOSE, RETRYABLE
 from earshot.server.admission import Admission, Smoothed, probe_loop_lag
 from earshot.server.lifecycle import read_held, write_held
+from earshot.server.space import Space, is_no_space, parse_size
 
 
 def test_max_streams_counts_held_streams_and_reserved_slots() -> None:
@@ -125,3 +127,37 @@ def test_held_at_shutdown_file_round_trip(tmp_path: Path) -> None:
     assert read_held(tmp_path, grace=30) == ([], 0.0)
     (tmp_path / "held-at-shutdown.json").write_text('{"at": 0, "streams": ["old"]}')
     assert read_held(tmp_path, grace=30) == ([], 0.0)  # too long ago
+
+
+def test_space_states_and_recovery(caplog: pytest.LogCaptureFixture) -> None:
+    mb = 1 << 20
+    s = Space(min_free=64 * mb, where="/data")
+    assert s.update(100 * mb, 0.0) == "ok" and s.refusal(resume=False) is None
+    assert s.update(10 * mb, 1.0) == "low"
+    assert "reserve of 64.0 MiB" in (s.refusal(resume=False) or "")
+    assert s.refusal(resume=True) is None  # held streams and resumes use the reserve
+    s.write_failed("stream x")
+    s.write_failed("stream y")  # logged once
+    assert s.state == "full" and s.refusal(resume=True)
+    assert s.update(30 * mb, 2.0) == "full"  # still below the reserve
+    assert s.update(70 * mb, 3.0) == "ok"
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("storage full on /data" in m for m in lines) == 1
+    assert sum("storage low on" in m for m in lines) == 1
+    assert sum("space is back" in m for m in lines) == 1
+    off = Space(min_free=0)
+    off.write_failed("x")
+    assert off.update(512 * 1024, 0.0) == "full"  # a failed write needs 1 MiB back
+    assert off.update(2 * mb, 1.0) == "ok"
+    assert not s.due(3.5) and s.due(4.0)
+
+
+def test_no_space_detection_and_sizes() -> None:
+    assert is_no_space(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_no_space(StorageError("SQLite x.db: database or disk is full"))
+    assert not is_no_space(OSError(errno.EACCES, "Permission denied"))
+    assert parse_size("64M") == 64 << 20 and parse_size("1.5g") == 3 << 29
+    assert parse_size("512KiB") == 512 << 10 and parse_size("1000") == 1000
+    for bad in ("", "-1M", "lots", "infG"):
+        with pytest.raises(ValueError):
+            parse_size(bad)

@@ -28,7 +28,13 @@ from earshot.audio import StreamSpec, decode, sanitize_f32
 from earshot.bus import ALL, AudioItem
 from earshot.bus.base import Bus, LogAudio
 from earshot.config import Settings
-from earshot.errors import ProcessorError, ProtocolError, StorageError, StreamNotFound
+from earshot.errors import (
+    ProcessorError,
+    ProtocolError,
+    StorageError,
+    StorageFull,
+    StreamNotFound,
+)
 from earshot.pipeline import StreamPipeline
 from earshot.processors.base import Event, StreamInfo
 from earshot.processors.registry import Registry
@@ -38,6 +44,7 @@ from earshot.server.lifecycle import read_held, write_held
 from earshot.server.metrics import Metrics
 from earshot.server.relay import OpusRelay
 from earshot.server.router import EventRouter, Owner
+from earshot.server.space import Space, free_bytes, is_no_space
 from earshot.server.writer import StreamWriter, Written
 from earshot.storage.archive import FINAL_SUFFIX, Archive, ArchiveFormat, finalize
 from earshot.storage.metadata import MetadataStore, StreamRecord
@@ -122,6 +129,8 @@ class Hub:
                                    max_loop_lag=settings.max_loop_lag,
                                    max_ack_latency=settings.max_ack_latency)
         metrics.max_streams.set(settings.max_streams)
+        self.space = Space(settings.min_free_space, str(settings.data_dir))
+        self.check_space()
         self._show_admission()
 
     # -- what others may ask (on the event loop) ----------------------------------------
@@ -196,6 +205,10 @@ class Hub:
         """Refuse a new publisher past --max-streams or the CPU-headroom guard; a resume
         is always admitted (unless the server is shutting down)."""
         a = self.admission
+        full = self.space.refusal(resume=start.resume is not None)
+        if full is not None and not a.draining:
+            self.metrics.streams_refused.labels("storage").inc()
+            raise ProtocolError("storage_full", full)
         if start.resume is not None:
             if a.draining:
                 raise ProtocolError("shutting_down", "the server is shutting down; resume later")
@@ -266,13 +279,31 @@ class Hub:
         sid = new_stream_id()
         token = secrets.token_urlsafe(18)
         rel = f"streams/{sid}.wav"
-        archive = Archive.create(self.settings.data_dir / rel, spec.pcm, fmt)
+        path = self.settings.data_dir / rel
+        try:
+            archive = Archive.create(path, spec.pcm, fmt)
+        except OSError as exc:
+            path.unlink(missing_ok=True)  # never leave a zero-byte archive behind
+            if is_no_space(exc):
+                self.space.write_failed(f"creating {rel}")
+                raise ProtocolError("storage_full", "the server's disk is full; "
+                                    "try again later") from None
+            raise
         rec = StreamRecord(
             id=sid, name=start.name, created=time.time(), format=spec.format,
             archive_format=fmt, rate=spec.rate, channels=spec.channels, path=rel,
             token_hash=hash_token(token), client=dict(start.client),
         )
-        self.store.create(rec)
+        try:
+            self.store.create(rec)
+        except StorageError as exc:
+            archive.close()
+            path.unlink(missing_ok=True)
+            if is_no_space(exc):
+                self.space.write_failed("the metadata database")
+                raise ProtocolError("storage_full", "the server's disk is full; "
+                                    "try again later") from None
+            raise
         live = LiveStream(rec, self._writer(archive, spec, start.pre_skip), start.compat, owner)
         self._attach(live, resumed=False)
         return live, token
@@ -421,7 +452,14 @@ class Hub:
     def _write(self, live: LiveStream) -> Written | None:
         """Write what is pending (synchronously), and hand the batch on: onto the log, to
         the processors, to relay listeners."""
-        w = live.writer.write()
+        try:
+            w = live.writer.write()
+        except OSError as exc:
+            if not is_no_space(exc):
+                raise
+            self.space.write_failed(f"stream {live.id}")
+            raise StorageFull(f"the server's disk is full; {live.offset} frames of stream "
+                              f"{live.id} are kept, resume later") from None
         if w is None:
             return None
         bus = self.bus
@@ -459,6 +497,17 @@ class Hub:
         return w
 
     async def flush(self, live: LiveStream) -> None:
+        """Write pending audio, then acknowledge everything durably written. A full disk
+        ends the connection with ``storage_full`` (1013); the stream stays resumable."""
+        try:
+            await self._flush(live)
+        except StorageFull as exc:
+            owner = live.owner
+            if owner is not None:
+                with contextlib.suppress(Exception):
+                    await owner.kick("storage_full", str(exc))
+
+    async def _flush(self, live: LiveStream) -> None:
         """Write pending audio, then acknowledge everything durably written.
 
         Without ``--fsync`` this never suspends (one ``os.write``, then the ack is queued),
@@ -490,8 +539,21 @@ class Hub:
             owner.post(m)
         owner.post_text(f'{{"type":"ack","offset":{offset}}}')
 
+    def check_space(self) -> str:
+        """Measure the data directory's free space (at most once a second)."""
+        now = self.clock()
+        if self.space.due(now):
+            with contextlib.suppress(OSError):
+                self.space.update(free_bytes(self.settings.data_dir), now)
+        m = self.metrics
+        m.storage_free.set(self.space.free or 0)
+        for st in ("ok", "low", "full"):
+            m.storage_state.labels(st).set(1 if st == self.space.state else 0)
+        return self.space.state
+
     async def tick(self) -> None:
         """Flush streams whose oldest pending audio waited an ack interval; sync headers."""
+        self.check_space()
         now = self.clock()
         for live in list(self.live.values()):
             if live.writer.flush_due(now):
@@ -527,7 +589,8 @@ class Hub:
 
     async def _detach(self, live: LiveStream, *, stopped: bool, length: int | None) -> int:
         async with live.lock:
-            self._write(live)
+            with contextlib.suppress(StorageFull):  # the client resends what is not written
+                self._write(live)
             if stopped and length is not None:
                 extra = live.writer.trim_tail(length, limit=live.rec.rate // 5)
                 if extra:
@@ -575,7 +638,12 @@ class Hub:
             else:
                 rec.state = "interrupted"
                 fields.update(state="interrupted")
-            self.store.update(rec.id, **fields)
+            try:
+                self.store.update(rec.id, **fields)
+            except StorageError as exc:  # e.g. SQLite on a full disk: repaired at start
+                if not is_no_space(exc):
+                    raise
+                self.space.write_failed("the metadata database")
             self.live.pop(rec.id, None)
             self.metrics.streams_active.set(len(self.live))
         await self.bus.release(rec.id)

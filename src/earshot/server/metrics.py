@@ -63,6 +63,11 @@ class Metrics:
                               "Event-loop lag, smoothed over about 2 s", registry=r)
         self.ack_latency_recent = Gauge("earshot_ack_latency_recent_seconds",
                                         "Ack latency, smoothed over about 2 s", registry=r)
+        self.storage_free = Gauge("earshot_storage_free_bytes",
+                                  "Free space on the data directory's filesystem", registry=r)
+        self.storage_state = Gauge("earshot_storage_state", "1 for the storage state "
+                                   "(ok, low: below --min-free-space, full)", ["state"],
+                                   registry=r)
         self.max_streams = Gauge("earshot_max_streams", "--max-streams (0: no limit)",
                                  registry=r)
 

@@ -28,13 +28,7 @@ from earshot.audio import StreamSpec, decode, sanitize_f32
 from earshot.bus import ALL, AudioItem
 from earshot.bus.base import Bus, LogAudio
 from earshot.config import Settings
-from earshot.errors import (
-    ProcessorError,
-    ProtocolError,
-    StorageError,
-    StorageFull,
-    StreamNotFound,
-)
+from earshot.errors import ProcessorError, ProtocolError, StorageError, StorageFull, StreamNotFound
 from earshot.pipeline import StreamPipeline
 from earshot.processors.base import Event, StreamInfo
 from earshot.processors.registry import Registry
@@ -710,14 +704,14 @@ class Hub:
         while self.live and self.clock() < deadline:  # each session detaches as it closes
             await asyncio.sleep(0.02)
         ids = [lv.id for lv in held]
-        if self.settings.processes == 1:  # one gateway owns the data dir
+        if self.settings.processes == 1 and not self.bus.remote:  # one gateway, its own dir
             write_held(self.settings.data_dir, ids)
         log.info("drained %d stream(s) for a restart; they stay resumable", len(ids))
         return ids
 
     def reserve_held(self) -> int:
         """After a planned restart: keep slots for the streams held at shutdown."""
-        if self.settings.processes != 1:
+        if self.settings.processes != 1 or self.bus.remote:
             return 0
         ids, left = read_held(self.settings.data_dir, self.admission.resume_grace)
         if ids:

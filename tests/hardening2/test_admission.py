@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -158,5 +160,33 @@ async def test_resume_is_admitted_when_full(
         assert m["offset"] == len(x)
     await pub.close()
     rec = httpx.get(f"{server.http}/api/streams/{pub.stream_id}").json()
+    y, _ = sf.read(server.data_dir / rec["path"], dtype="int16")
+    assert np.array_equal(y, x)
+
+
+async def test_cli_send_waits_for_a_slot(server_factory: Callable[..., ServerProcess],
+                                         tmp_path: Path) -> None:
+    """`earshot send` on a full server backs off on 1013 and sends once a slot frees."""
+    server = server_factory("--max-streams", "1")
+    holder = Publisher(server.url, rate=RATE, format="s16")
+    await holder.start()
+    await holder.send(source(1, 0.2))
+    x = source(2, 0.5)
+    wav = tmp_path / "in.wav"
+    sf.write(wav, x, RATE, subtype="PCM_16")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "earshot.cli", "send", str(wav), "--url", server.url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    await asyncio.sleep(2.0)  # refused meanwhile (several attempts), not given up
+    assert proc.returncode is None
+    text = httpx.get(server.http + "/metrics").text
+    refused = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('earshot_streams_refused_total{reason="full"} ')]
+    assert refused and refused[0] >= 2
+    await holder.stop()
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    sid = out.decode().split("stream ", 1)[1].split(":", 1)[0]
+    rec = httpx.get(f"{server.http}/api/streams/{sid}").json()
     y, _ = sf.read(server.data_dir / rec["path"], dtype="int16")
     assert np.array_equal(y, x)

@@ -17,7 +17,7 @@ import soundfile as sf
 import websockets
 
 from earshot.client import Publisher, Reconnect
-from helpers import ServerProcess
+from helpers import ROOT, ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +35,8 @@ async def raw_start(url: str) -> tuple[dict[str, Any], int | None]:
     async with websockets.connect(url) as ws:
         await ws.send(json.dumps({"type": "start", "format": "s16", "rate": RATE}))
         msg = json.loads(await ws.recv())
+        if msg["type"] == "ready":  # admitted: leave (the stream stays resumable)
+            return msg, None
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 10)
         return msg, ws.close_code
@@ -190,3 +192,36 @@ async def test_cli_send_waits_for_a_slot(server_factory: Callable[..., ServerPro
     rec = httpx.get(f"{server.http}/api/streams/{sid}").json()
     y, _ = sf.read(server.data_dir / rec["path"], dtype="int16")
     assert np.array_equal(y, x)
+
+
+async def test_cpu_headroom_guard_refuses_newcomers_while_the_loop_lags(
+        server_factory: Callable[..., ServerProcess]) -> None:
+    """A held stream whose (inline) processor starves the event loop: the loop-lag probe
+    sees it, newcomers get server_full (overloaded) and get in once it is over."""
+    server = server_factory("--max-loop-lag", "0.1", "--processor", "testprocs:LoopHog,factor=3",
+                            env={"PYTHONPATH": str(ROOT / "tests")})
+    hog = Publisher(server.url, rate=RATE, format="s16")  # runs the hog (the default)
+    await hog.start()
+    x = source(3, 1.5)
+    for i in range(0, len(x), 1600):  # real time; the server takes 3x as long
+        await hog.send(x[i:i + 1600])
+        await asyncio.sleep(0.1)
+    deadline = time.monotonic() + 30
+    while True:
+        msg, code = await raw_start(server.url)
+        if msg.get("code") == "server_full":
+            break
+        assert time.monotonic() < deadline, "the guard never closed the door"
+    assert code == 1013 and "overloaded" in msg["message"] and "event-loop lag" in msg["message"]
+    text = httpx.get(server.http + "/metrics", timeout=30).text
+    assert 'earshot_streams_refused_total{reason="overloaded"}' in text
+    late = Publisher(server.url, rate=RATE, format="s16", processors=[],
+                     reconnect=Reconnect(initial=0.2, maximum=1.0, busy_attempts=300))
+    starting = asyncio.create_task(late.start())
+    assert await hog.stop(timeout=60) == len(x)  # the held stream is served to the end
+    await asyncio.wait_for(starting, 60)  # the lag is gone: the newcomer got in
+    y = source(4, 0.3)
+    await late.send(y)
+    assert await late.stop() == len(y)
+    health = httpx.get(server.http + "/healthz").json()["admission"]
+    assert health["state"] == "ok" and health["loop_lag"] < 0.1

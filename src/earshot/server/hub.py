@@ -701,6 +701,12 @@ class Hub:
         deadline = self.clock() + timeout
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(tell(lv) for lv in held)), timeout)
+            # a resume that was under way when the drain began
+            late = [lv for lv in self.live.values() if lv.owner is not None
+                    and lv.detaching is None and lv not in held]
+            held += late
+            await asyncio.wait_for(asyncio.gather(*(tell(lv) for lv in late)),
+                                   max(0.1, deadline - self.clock()))
         while self.live and self.clock() < deadline:  # each session detaches as it closes
             await asyncio.sleep(0.02)
         ids = [lv.id for lv in held]

@@ -77,8 +77,9 @@ class Cluster:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
     def _spawn(self, cmd: list[str], log: str) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "EARSHOT_CONN_RATE": "0"}  # one load client, many streams
         p = subprocess.Popen(cmd, stdout=open(self.tmp / log, "ab"),  # noqa: SIM115
-                             stderr=subprocess.STDOUT)
+                             stderr=subprocess.STDOUT, env=env)
         self.procs.append(p)
         return p
 

@@ -28,7 +28,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class ServerProcess:
+class Child:
+    """A child process of a test: ``kill -9`` it, or stop it (SIGTERM, then SIGKILL)."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class ServerProcess(Child):
     """``earshot serve`` in a subprocess: start, wait until healthy, kill -9, restart."""
 
     def __init__(self, data_dir: Path, *args: str, port: int | None = None,
@@ -66,21 +86,9 @@ class ServerProcess:
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
+        self.stop()  # (no orphan server left behind by a failed start)
         raise RuntimeError(f"server did not come up: {self.log.read_text()}")
 
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 class CutProxy:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -12,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_port
+from helpers import Child, free_port
 
 
-class RedisServer:
+class RedisServer(Child):
     def __init__(self, workdir: Path) -> None:
         self.dir = workdir
         self.port = free_port()
@@ -52,23 +51,13 @@ class RedisServer:
         client.close()
         return self
 
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
     def client(self):  # type: ignore[no-untyped-def]
         import redis
 
         return redis.Redis(port=self.port)
 
 
-class WorkerProcess:
+class WorkerProcess(Child):
     """``earshot worker --bus URL KIND...`` in a subprocess."""
 
     def __init__(self, bus: str, kinds: list[str], log: Path, name: str,
@@ -84,19 +73,6 @@ class WorkerProcess:
                                      stderr=subprocess.STDOUT)
         return self
 
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 def wait_balanced(r, kind: str, workers: int, partitions: int = 16,  # type: ignore[no-untyped-def]

@@ -58,17 +58,20 @@ def _size(text: str) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    require_server_extra()
     import uvicorn
 
-    from earshot.config import Settings, env_overrides
+    from earshot.config import env_overrides, load_config_file, merge_settings
+    from earshot.redact import uvicorn_log_config
     from earshot.server.app import create_app
 
-    opts = env_overrides()
+    config = args.config or os.environ.get("EARSHOT_CONFIG")
+    file_opts = load_config_file(config) if config else {}
+    env_opts = env_overrides()
+    opts: dict[str, Any] = {}
     for key in ("host", "port", "data_dir", "token", "archive_format", "ack_interval",
-                "max_message_bytes", "log_level", "max_lag", "drain_timeout", "asr_model",
-                "asr_engine", "asr_device", "asr_compute_type", "asr_language",
-                "asr_beam_size", "asr_workers", "asr_threads", "bus", "bus_retention",
-                "processes"):
+                "max_message_bytes", "log_level", "max_lag", "drain_timeout", *ASR_OPTIONS,
+                "bus", "bus_retention", "processes"):
         value = getattr(args, key)
         if value is not None:
             opts[key] = value
@@ -76,6 +79,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "min_free_space"):
         if getattr(args, key, None) is not None:
             opts[key] = getattr(args, key)
+    for key in ("allowed_origins", "forwarded_allow_ips", "certfile", "keyfile", "conn_rate",
+                "conn_burst", "auth_fail_rate", "auth_fail_burst"):  # (README: Security)
+        value = getattr(args, key)
+        if value is not None:
+            opts[key] = tuple(value) if isinstance(value, list) else value
     if args.no_auth:
         opts["no_auth"] = True
     if args.fsync:
@@ -86,8 +94,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         opts["db"] = args.db
     if args.web_origins is not None:
         opts["web_origins"] = (args.web_origins,)
-    settings = Settings(**opts)
+    settings = merge_settings(file_opts, env_opts, opts)
     settings.check_exposure()
+    from earshot.transport import check_server_tls
+
+    check_server_tls(settings.certfile, settings.keyfile)
     from rich.markup import escape
 
     from earshot.netcheck import check_bindable
@@ -102,9 +113,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         console.print(f"loading speech-to-text model {escape(settings.asr_model)} …")
     app = create_app(settings)
     caps = app.state.capabilities
+    tls = "s" if settings.certfile else ""
     console.print(
-        f"[bold]earshot {__version__}[/] on http://{settings.host}:{settings.port} "
-        f"— ingest ws://{settings.host}:{settings.port}/ws, data in {settings.data_dir.resolve()}"
+        f"[bold]earshot {__version__}[/] on http{tls}://{settings.host}:{settings.port} "
+        f"— ingest ws{tls}://{settings.host}:{settings.port}/ws, "
+        f"data in {settings.data_dir.resolve()}"
     )
     console.print(f"  archive: {settings.archive_format}; auth: "
                   f"{'token' if settings.token else 'none (loopback only)'}")
@@ -135,8 +148,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ws_max_size=max(16 << 20, settings.max_message_bytes * 2), log_level=settings.log_level,
         lifespan="on",
         timeout_graceful_shutdown=settings.drain_timeout + 5,  # bounded exit on SIGTERM
+        # hardening: TLS, X-Forwarded-* only from --forwarded-allow-ips, no secrets in logs
+        ssl_certfile=settings.certfile, ssl_keyfile=settings.keyfile,
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or "",
+        log_config=uvicorn_log_config(settings.log_level, [settings.token or ""]),
     )
     return EXIT_OK
+
+
+SERVER_MODULES = ("fastapi", "uvicorn", "onnxruntime", "prometheus_client")
+
+
+def require_server_extra() -> None:
+    """``earshot serve`` on a client-only install: say which extra to install."""
+    import importlib.util
+
+    missing = [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingDependency(
+            f"earshot serve needs the server extra ({', '.join(missing)} not installed): "
+            "pip install 'earshot[server]'")
 
 
 # -- send / stream ------------------------------------------------------------------------
@@ -152,14 +184,27 @@ def _run_client(coro_factory: Callable[[], Any]) -> int:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         return EXIT_USAGE
     except ClientError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
+        from earshot.redact import redact
+
+        err.print(f"[red]error:[/] {escape(redact(str(exc)))}")  # (a URL may carry ?token=)
         return exit_code(exc)
 
 
 def exit_code(exc: ClientError) -> int:
     if exc.code == "unreachable":
         return EXIT_UNREACHABLE
+    if exc.code == "spool_full":  # capture stopped; what it had was delivered
+        return EXIT_FAIL
     return EXIT_REFUSED if exc.code else EXIT_FAIL
+
+
+def _ssl(args: argparse.Namespace) -> Any:
+    """The TLS context for a wss:// or https:// --url (None for plain ws://)."""
+    from earshot.transport import client_ssl
+
+    if not str(args.url).lower().startswith(("wss:", "https:")):
+        return None
+    return client_ssl(getattr(args, "cafile", None))
 
 
 def _summary(args: argparse.Namespace, result: dict[str, Any], *,
@@ -218,6 +263,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                 args.url, source, name=args.name, token=args.token,
                 processors=args.processors, codec=args.codec, bitrate=args.bitrate,
                 reconnect=Reconnect(attempts=args.retries), on_block=on_block,
+                ssl=_ssl(args),
             )
         _summary(args, result, announced=announced)
         return EXIT_OK
@@ -243,9 +289,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         if args.file:  # a file played as if it were a microphone
-            source: Any = FileSource(args.file, realtime=True)
+            source: Any = FileSource(args.file, realtime=True, rate=args.rate,
+                                     channels=args.channels)
         else:
-            source = MicSource(device=args.device, rate=args.rate, channels=args.channels)
+            source = MicSource(device=args.device, rate=args.rate, channels=args.channels or 1)
         console = _console(stderr=True)  # no 80-column wrap in a pipe
         console.print(f"streaming {source.info.label} at {source.info.rate} Hz — Ctrl-C to stop")
         with Live(console=console, transient=True, refresh_per_second=12,
@@ -255,21 +302,122 @@ def cmd_stream(args: argparse.Namespace) -> int:
                     live.update(Text(level_bar(block_level_db(block),  # text, not markup
                                                pub.offset / source.info.rate)))
 
+            spool = _open_spool(args) if args.spool else None
             task = asyncio.ensure_future(publish(
                 args.url, source, name=args.name, token=args.token, processors=args.processors,
                 codec=args.codec, bitrate=args.bitrate,
-                reconnect=Reconnect(attempts=None), on_block=on_block,
+                reconnect=Reconnect(attempts=None), on_block=on_block, spool=spool, ssl=_ssl(args),
+                on_event=_spool_reporter(console) if spool else None,
             ))
             loop = asyncio.get_running_loop()
             import signal
 
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, task.cancel)
-            result = await task
+            if spool is None:
+                result = await task
+            else:
+                try:
+                    result = await task
+                except asyncio.CancelledError:  # a second Ctrl-C while delivering
+                    left = spool.status()
+                    console.print(f"{left['pending_seconds']:.2f} s of audio wait in "
+                                  f"{spool.path}: earshot spool {spool.path} --flush")
+                    spool.close()
+                    return 130
+                spool.close()
         _summary(args, result)
         return EXIT_OK
 
     return _run_client(main)
+
+
+def _parse_size(text: str) -> int:
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = t[-1:] if t[-1:] in units and not t[-1:].isdigit() else ""
+    try:
+        value = float(t[: len(t) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500M, 2G)") from None
+    return int(value * units[unit])
+
+
+def _open_spool(args: argparse.Namespace) -> Any:
+    from earshot.spool import Spool
+
+    return Spool(args.spool, max_bytes=args.spool_size, when_full=args.when_full,
+                 fsync=args.spool_fsync)
+
+
+def _spool_reporter(console: Any) -> Callable[[dict[str, Any]], None]:
+    def report(ev: dict[str, Any]) -> None:
+        kind = ev.get("type")
+        if kind == "spool_dropped":
+            console.print(f"[yellow]spool full:[/] dropped {ev['seconds']:.2f} s of "
+                          f"unsent audio (frames {ev['start']}..{ev['end']} of {ev['entry']})")
+        elif kind == "spool_delivered":
+            console.print(f"delivered spooled {ev['entry']} as stream {ev['stream']}")
+        elif kind == "ready":
+            console.print(f"stream {ev['stream']}: connected, server holds {ev['offset']} frames")
+    return report
+
+
+def cmd_spool(args: argparse.Namespace) -> int:
+    from earshot.spool import Spool
+
+    if not args.dir.is_dir():
+        print(f"error: no spool at {args.dir}", file=sys.stderr)
+        return EXIT_FAIL
+    spool = Spool(args.dir)
+    try:
+        if not args.flush:
+            status = spool.status()
+            if args.json:
+                print(json.dumps(status, indent=2))
+            else:
+                _print_spool(status)
+            return EXIT_OK
+        from earshot.client import Reconnect
+        from earshot.spooled import flush
+
+        held: list[str] = []
+
+        def delivered(entry: Any, sid: str | None) -> None:
+            frames = entry.written
+            print(f"{entry.id}: {frames} frames ({frames / entry.rate:.2f} s) delivered"
+                  + (f" as stream {sid}" if sid else " (nothing to send)"))
+
+        async def main() -> int:
+            await flush(spool, args.url, token=args.token,
+                        reconnect=Reconnect(attempts=args.retries), on_delivered=delivered,
+                        skip=lambda e: held.append(e.id))
+            if held:
+                print(f"not flushed, held by a running capture: {', '.join(held)}",
+                      file=sys.stderr)
+                return EXIT_FAIL
+            return EXIT_OK
+
+        return _run_client(main)
+    finally:
+        spool.close()
+
+
+def _print_spool(status: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    entries = status["entries"]
+    table = Table(title=f"{status['spool']}: {len(entries)} stream(s), "
+                        f"{status['pending_seconds']:.2f} s waiting, {status['bytes']} bytes")
+    for col in ("entry", "name", "state", "rate", "ch", "waiting", "bytes", "stream", "dropped"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(e["entry"], e["name"] or "", e["state"], str(e["rate"]),
+                      str(e["channels"]), f"{e['pending_seconds']:.2f} s", str(e["bytes"]),
+                      e["stream"] or "(not created yet)",
+                      f"{e['dropped_frames'] / e['rate']:.2f} s" if e["dropped_frames"] else "")
+    Console().print(table)
 
 
 def level_bar(db: float, seconds: float, width: int = 40) -> str:
@@ -281,7 +429,8 @@ def level_bar(db: float, seconds: float, width: int = 40) -> str:
 def _http(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
     from earshot.rest_client import request_json  # the standard library: no extra needed
 
-    return request_json(args.url, path, token=args.token, method=method, **kw)
+    return request_json(args.url, path, token=args.token, method=method, context=_ssl(args),
+                        **kw)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -293,7 +442,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         result = request_json(args.url, f"/api/streams/{quote(args.stream)}/replay",
                               token=args.token, method="POST",
-                              params={"processor": args.processor}, timeout=args.timeout)
+                              params={"processor": args.processor}, timeout=args.timeout,
+                              context=_ssl(args))
     except ClientError as exc:
         print(f"earshot replay: {exc}", file=sys.stderr)
         return exit_code(exc)
@@ -342,6 +492,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+    from earshot.transport import handshake_refusal, ws_options
+
     url = ws_url(args.url, "/ws/subscribe", stream=args.stream)
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
     err = _console(stderr=True)
@@ -351,7 +503,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     async def main() -> int:
         board = TailBoard()
         try:
-            async with connect(url, additional_headers=headers, max_size=None) as ws:
+            async with connect(url, additional_headers=headers, max_size=None,
+                               **ws_options(url, _ssl(args))) as ws:
                 with Live(board, console=err, auto_refresh=err.is_terminal,
                           refresh_per_second=10, transient=True) as live:
                     async for raw in ws:
@@ -382,6 +535,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
                             err.print(f"stream {escape(args.stream)} finished")
                             return EXIT_OK
         except (OSError, InvalidHandshake) as exc:
+            refused = handshake_refusal(exc)
+            if refused is not None:
+                raise ClientError(f"{url}: {refused.message}", code=refused.code) from None
             raise ClientError(f"cannot reach {url}: {exc}", code="unreachable") from None
         except ConnectionClosed:
             pass
@@ -475,8 +631,6 @@ class TailBoard:
 
 
 def _run_log_worker(args: argparse.Namespace, specs: list[Any]) -> int:
-    import signal
-
     from earshot.bus.consumer import LogWorker
     from earshot.bus.redis import _redis_module
 
@@ -484,11 +638,17 @@ def _run_log_worker(args: argparse.Namespace, specs: list[Any]) -> int:
     if not 0.5 <= args.lease_ttl <= 600:
         raise ConfigError("--lease-ttl must be between 0.5 and 600 seconds")
 
+    return _run_until_signal(lambda: LogWorker(
+        args.bus, specs, name=args.name, lease_ttl=args.lease_ttl,
+        retention=args.bus_retention, start_from=args.start_from).run())
+
+
+def _run_until_signal(make: Callable[[], Any]) -> int:
+    """Run a worker's coroutine until it ends or SIGINT/SIGTERM cancels it."""
+    import signal
+
     async def main() -> int:
-        worker = LogWorker(args.bus, specs, name=args.name, lease_ttl=args.lease_ttl,
-                           retention=args.bus_retention,
-                           start_from=args.start_from)
-        task = asyncio.ensure_future(worker.run())
+        task = asyncio.ensure_future(make())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
@@ -499,34 +659,43 @@ def _run_log_worker(args: argparse.Namespace, specs: list[Any]) -> int:
     return _run_client(main)
 
 
+def _worker_asr(args: argparse.Namespace, options: dict[str, Any]) -> Any:
+    """``earshot worker asr``: the speech-to-text engine and model, loaded as ``serve`` does."""
+    from earshot.asr.loading import load_asr
+    from earshot.config import Settings
+    from earshot.processors.asr import Asr
+    from earshot.processors.registry import ProcessorSpec
+
+    settings = Settings(**{k: getattr(args, k) for k in ASR_OPTIONS
+                           if getattr(args, k, None) is not None})
+    loaded = load_asr(settings)
+    if loaded.scheduler is None:
+        raise ConfigError(f"cannot run asr: {loaded.reason}")
+    cls = type("Asr", (Asr,), {"scheduler": loaded.scheduler})
+    spec = ProcessorSpec(cls, options, "asr")
+    spec.make()
+    return spec
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     import logging
-    import signal
 
     from earshot.client import Reconnect
     from earshot.processors.registry import parse_cli_spec, resolve
     from earshot.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    specs = [resolve(*parse_cli_spec(p)) for p in args.processor]  # ProcessorError → 2
+    specs = [_worker_asr(args, opts) if ref == "asr" else resolve(ref, opts)
+             for ref, opts in map(parse_cli_spec, args.processor)]  # ProcessorError → 2
     if args.bus:
         return _run_log_worker(args, specs)
     if len(specs) > 1:
         raise ConfigError("one processor per worker with --url; several need --bus")
     spec = specs[0]
 
-    async def main() -> int:
-        worker = Worker(args.url, spec, stream=args.stream, token=args.token, name=args.name,
-                        reconnect=Reconnect(attempts=args.retries))
-        task = asyncio.ensure_future(worker.run())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        return EXIT_OK
-
-    return _run_client(main)
+    return _run_until_signal(lambda: Worker(
+        args.url, spec, stream=args.stream, token=args.token, name=args.name,
+        reconnect=Reconnect(attempts=args.retries), ssl=_ssl(args)).run())
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
@@ -535,7 +704,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     async def main() -> int:
         listener = Listener(args.url, args.stream, codec=args.codec, token=args.token,
                             out=args.out, play=args.out is None or args.play,
-                            seconds=args.seconds)
+                            seconds=args.seconds, ssl=_ssl(args))
         stats = await listener.run()
         s = stats.summary()
         if s["recorded"]:  # --out alone: every frame from the first heard to the end
@@ -563,12 +732,40 @@ def format_event(event: dict[str, Any]) -> str:
 
 
 # -- parser -------------------------------------------------------------------------------
+ASR_OPTIONS = ("asr_model", "asr_engine", "asr_device", "asr_compute_type", "asr_language",
+               "asr_beam_size", "asr_workers", "asr_threads", "asr_batch")
+
+
+def asr_options(p: argparse.ArgumentParser) -> None:
+    """The speech-to-text options, the same for ``serve`` and ``worker``."""
+    a = p.add_argument_group("speech-to-text (built in: pocketsphinx, English; far better: "
+                             "pip install 'earshot[asr]' and --asr-model small.en)")
+    a.add_argument("--asr-model", help="faster-whisper model name (downloaded on first use "
+                                       "where there is internet) or local model directory")
+    a.add_argument("--asr-engine", help="pocketsphinx (default without --asr-model), "
+                                        "faster-whisper (default with it), "
+                                        "package.module:Class, or none (off)")
+    a.add_argument("--asr-device", choices=["cpu", "cuda", "auto"], help="default cpu")
+    a.add_argument("--asr-compute-type", help="e.g. int8, float16 (default: the model's)")
+    a.add_argument("--asr-language", help="e.g. en (default: detect)")
+    a.add_argument("--asr-beam-size", type=POSITIVE_INT, help="beam size for finals (default 5)")
+    a.add_argument("--asr-workers", type=POSITIVE_INT, help="decoding threads (default 1)")
+    a.add_argument("--asr-threads", type=COUNT,
+                   help="CPU threads per decode (0: library default)")
+    a.add_argument("--asr-batch", type=COUNT,
+                   help="most streams' utterances decoded in one call "
+                        "(0: the engine's, 8 for faster-whisper; 1: off)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="earshot", description="Self-hosted real-time audio server")
     p.add_argument("--version", action="version", version=f"earshot {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the server (options also from EARSHOT_* variables)")
+    s.add_argument("--config", type=Path, metavar="FILE",
+                   help="TOML settings file (or EARSHOT_CONFIG); options and EARSHOT_* "
+                        "variables override it")
     s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=PORT, help="port (default 8000)")
     s.add_argument("--data-dir", type=Path, help="archives and metadata (default ./earshot-data)")
@@ -597,20 +794,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--web-origins", metavar="ORIGINS",
                    help="sites allowed to import /web/earshot.js: '*' (default), 'none', or "
                         "comma-separated origins such as https://app.example.com")
-    a = s.add_argument_group("speech-to-text (built in: pocketsphinx, English; far better: "
-                             "pip install 'earshot[asr]' and --asr-model small.en)")
-    a.add_argument("--asr-model", help="faster-whisper model name (downloaded on first use "
-                                       "where there is internet) or local model directory")
-    a.add_argument("--asr-engine", help="pocketsphinx (default without --asr-model), "
-                                        "faster-whisper (default with it), "
-                                        "package.module:Class, or none (off)")
-    a.add_argument("--asr-device", choices=["cpu", "cuda", "auto"], help="default cpu")
-    a.add_argument("--asr-compute-type", help="e.g. int8, float16 (default: the model's)")
-    a.add_argument("--asr-language", help="e.g. en (default: detect)")
-    a.add_argument("--asr-beam-size", type=POSITIVE_INT, help="beam size for finals (default 5)")
-    a.add_argument("--asr-workers", type=POSITIVE_INT, help="decoding threads (default 1)")
-    a.add_argument("--asr-threads", type=COUNT,
-                   help="CPU threads per decode (0: library default)")
+    h = s.add_argument_group("security (README: Security and deployment)")
+    h.add_argument("--allowed-origins", action="append", metavar="ORIGIN[,ORIGIN]",
+                   help="also accept WebSocket handshakes from these browser origins "
+                        "(e.g. https://app.example.com; '*' for any; repeatable)")
+    h.add_argument("--forwarded-allow-ips", metavar="IPS",
+                   help="trust X-Forwarded-For/-Proto from these proxy addresses "
+                        "(comma-separated IPs or networks; default: from none)")
+    h.add_argument("--certfile", help="TLS certificate chain (PEM): serve https:// and wss://")
+    h.add_argument("--keyfile", help="TLS private key (PEM) for --certfile")
+    h.add_argument("--conn-rate", type=float,
+                   help="new WebSocket connections per second per client address (100; 0: off)")
+    h.add_argument("--conn-burst", type=int, help="... allowed at once (1000)")
+    h.add_argument("--auth-fail-rate", type=float,
+                   help="failed authentications per second per address, refill (0.2; 0: off)")
+    h.add_argument("--auth-fail-burst", type=int, help="... allowed at once (20)")
+    asr_options(s)
     b = s.add_argument_group("scale-out (pip install 'earshot[redis]')")
     b.add_argument("--bus", help="redis://HOST:PORT/DB: put audio and events on Redis Streams; "
                                  "processors then run in `earshot worker --bus` processes")
@@ -637,6 +836,9 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--url", default=_env("url", DEFAULT_URL), type=server_url,
                        help=f"server ingest URL (default {DEFAULT_URL}, or EARSHOT_URL)")
         c.add_argument("--token", default=_env("token"), help="bearer token (or EARSHOT_TOKEN)")
+        c.add_argument("--cafile", default=_env("cafile"), type=Path,
+                       help="trust only these CA certificates (PEM) for wss:// and https:// "
+                            "(default: the system's trust store; or EARSHOT_CAFILE)")
 
     def codec_opts(c: argparse.ArgumentParser) -> None:
         c.add_argument("--codec", choices=["pcm", "opus"], default="pcm",
@@ -665,14 +867,40 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", type=lambda v: int(v) if v.isdigit() else v,
                    help="input device index or name")
     m.add_argument("--list-devices", action="store_true", help="list input devices and exit")
-    m.add_argument("--rate", type=SAMPLE_RATE, help="sample rate (default: the device's)")
-    m.add_argument("--channels", type=CHANNELS, default=1)
+    m.add_argument("--rate", type=SAMPLE_RATE,
+                   help="stream sample rate (default: the device's); the device is opened "
+                        "at its own rate and resampled with soxr")
+    m.add_argument("--channels", type=CHANNELS,
+                   help="stream channels (default 1 for a microphone, the file's for "
+                        "--file); mixed down properly, (L+R)/2")
     m.add_argument("--name", help="stream name")
     m.add_argument("--processors", nargs="*", help="processors to run on the stream")
     m.add_argument("--file", type=Path, help="play this file in real time instead of a mic")
+    m.add_argument("--spool", type=Path, metavar="DIR",
+                   help="store and forward: keep unacknowledged audio in this directory, "
+                        "deliver it whenever the server is reachable (delivers what an "
+                        "earlier run left first)")
+    m.add_argument("--spool-size", type=_parse_size, default=1 << 30, metavar="SIZE",
+                   help="spool limit, all entries together (default 1G)")
+    m.add_argument("--when-full", choices=["drop-oldest", "stop"], default="drop-oldest",
+                   help="spool full: drop the oldest unsent audio and report it (default), "
+                        "or stop capture")
+    m.add_argument("--spool-fsync", choices=["interval", "always", "never"],
+                   default="interval", help="spool durability: fsync every second "
+                                            "(default), every block, or never")
     codec_opts(m)
     m.add_argument("-q", "--quiet", action="store_true", help="no level bar")
     m.set_defaults(func=cmd_stream)
+
+    sp = sub.add_parser("spool", help="show what a spool holds; --flush delivers it")
+    sp.add_argument("dir", type=Path)
+    client_opts(sp)
+    sp.add_argument("--flush", action="store_true",
+                    help="deliver everything (oldest first), exit 0 once all is acknowledged")
+    sp.add_argument("--json", action="store_true", help="print the status as JSON")
+    sp.add_argument("--retries", type=int, default=30,
+                    help="reconnect attempts before giving up with --flush (default 30)")
+    sp.set_defaults(func=cmd_spool)
 
     ls = sub.add_parser("streams", help="list streams")
     client_opts(ls)
@@ -723,6 +951,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --bus, seconds the events it publishes stay on Redis (60)")
     w.add_argument("--lease-ttl", type=SECONDS, default=3.0,
                    help="with --bus, seconds before a dead worker's streams are taken over")
+    asr_options(w)
     client_opts(w)
     w.add_argument("--stream", default="*", help="stream id, or * for every stream (default)")
     w.add_argument("--name", help="worker name shown in its events")

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from earshot.audio import BYTES_PER_SAMPLE, SampleFormat, encode
 from earshot.errors import ClientError
 from earshot.protocol import BUSY, RETRYABLE
 from earshot.sources import FileSource, MicSource
+from earshot.transport import handshake_refusal, ws_options
 
 log = logging.getLogger("earshot.client")
 _DONE = object()
@@ -49,7 +51,7 @@ class Reconnect:
     factor: float = 2.0
     jitter: float = 0.2
     attempts: int | None = 30
-    first_attempts: int = 3  # before the stream ever started: fail fast if nobody is there
+    first_attempts: int | None = 3  # before the stream ever started: fail fast if nobody is there
     busy_attempts: int | None = 120  # refusals of a busy server (server_full, shutting_down)
 
     def delay(self, attempt: int) -> float:
@@ -82,7 +84,18 @@ class _Fatal(Exception):
 
 
 class Publisher:
-    """One resumable stream from this program to an earshot server."""
+    """One resumable stream from this program to an earshot server.
+
+    With ``spool=DIR`` (a directory or an :class:`earshot.spool.Spool`) the publisher is an
+    :class:`earshot.spooled.SpooledPublisher`: unacknowledged audio is kept on disk, not in
+    memory, survives the process and is delivered however long the server stays away."""
+
+    def __new__(cls, *args: Any, spool: Any = None, **kwargs: Any) -> Any:
+        if spool is not None and cls is Publisher:
+            from earshot.spooled import SpooledPublisher
+
+            return super().__new__(SpooledPublisher)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -99,8 +112,15 @@ class Publisher:
         reconnect: Reconnect | None = None,
         open_timeout: float = 10.0,
         client_info: dict[str, Any] | None = None,
+        ssl: SSLContext | None = None,
+        spool: Any = None,  # see __new__ (SpooledPublisher)
+        language: str | None = None,
     ) -> None:
+        if spool is not None:
+            raise ClientError(f"{type(self).__name__} cannot use a spool (it keeps PCM)")
         self.url = url
+        self.ssl = ssl  # for wss:// (earshot.transport.client_ssl); default: system CAs
+        self.language = language  # spoken language (BCP 47), for speech-to-text
         self.rate = rate
         self.channels = channels
         self.format: SampleFormat = format
@@ -271,7 +291,7 @@ class Publisher:
                 async with connect(
                     self.url, additional_headers=headers, max_size=None, compression=None,
                     open_timeout=self.open_timeout, ping_interval=10, ping_timeout=10,
-                    close_timeout=2,
+                    close_timeout=2, **ws_options(self.url, self.ssl),
                 ) as ws:
                     await self._handshake(ws)
                     attempt = busy = 0
@@ -303,16 +323,24 @@ class Publisher:
                 if isinstance(exc, InvalidURI):
                     self._fail(ClientError(f"bad server URL {self.url!r}: {exc}"))
                     return
+                refused = handshake_refusal(exc)  # 403 origin, 429 rate limited, TLS, ...
+                if refused is not None and not refused.retryable:
+                    self._fail(ClientError(f"server refused: {refused.message} "
+                                           f"[{refused.code}]", code=refused.code))
+                    return
                 attempt += 1
                 limit = self.reconnect.attempts
                 if self.stream_id is None:
                     limit = self.reconnect.first_attempts
                 if limit is not None and attempt > limit:
                     self._fail(ClientError(
-                        f"cannot reach {self.url} (gave up after {limit} attempts): {exc}",
-                        code="unreachable"))
+                        f"cannot reach {self.url} (gave up after {limit} attempts): "
+                        f"{refused.message if refused is not None else exc}",
+                        code=refused.code if refused is not None else "unreachable"))
                     return
                 delay = (self.reconnect.busy_delay if spread else self.reconnect.delay)(attempt)
+                if refused is not None and refused.retry_after:
+                    delay = max(delay, refused.retry_after)
                 self._emit({"type": "reconnecting", "attempt": attempt, "delay": delay,
                             "reason": str(exc) or type(exc).__name__})
                 await asyncio.sleep(delay)
@@ -327,6 +355,8 @@ class Publisher:
             start["name"] = self.name
         if self.processors is not None:
             start["processors"] = self.processors
+        if self.language is not None:
+            start["language"] = self.language
         if self.stream_id is not None:
             # No 'offset': we wait for 'ready' and resend from the server's own offset.
             # (Declaring our last ack here would make the server skip frames it holds
@@ -549,18 +579,23 @@ async def publish(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     codec: str = "pcm",
     bitrate: int = 32000,
+    ssl: SSLContext | None = None,
+    spool: Any = None,
 ) -> dict[str, Any]:
     """Stream a source to the server until it ends (or the task is cancelled, e.g. Ctrl-C,
     which still stops the stream cleanly). Returns the stream's summary.
 
     ``codec="opus"`` sends Opus packets at ``bitrate`` (the source's rate must be one of
-    Opus's: 8, 12, 16, 24 or 48 kHz)."""
+    Opus's: 8, 12, 16, 24 or 48 kHz). ``spool=DIR`` stores and forwards through a spool
+    on disk (PCM only; see :class:`earshot.spooled.SpooledPublisher`)."""
     info = source.info
     common: dict[str, Any] = dict(
         rate=info.rate, channels=info.channels, name=name or info.label or None, token=token,
-        processors=processors, reconnect=reconnect,
+        processors=processors, reconnect=reconnect, ssl=ssl,
         client_info={"agent": "earshot-python", "source": info.label, "codec": codec})
     pub: Publisher
+    if codec == "opus" and spool is not None:
+        raise ClientError("a spool keeps PCM: use --codec pcm with --spool")
     if codec == "opus":
         from earshot.codec.opus import OPUS_RATES
 
@@ -569,7 +604,7 @@ async def publish(
                               f"{info.label} is {info.rate} Hz x{info.channels}: send PCM")
         pub = OpusPublisher(url, bitrate=bitrate, **common)
     else:
-        pub = Publisher(url, format=info.format, **common)
+        pub = Publisher(url, format=info.format, spool=spool, **common)
     await pub.start()
     watcher = None
     if on_event is not None:
@@ -577,6 +612,7 @@ async def publish(
             async for ev in pub.events():
                 on_event(ev)
         watcher = asyncio.create_task(watch())
+    full = None
     try:
         try:
             async for block in source:
@@ -586,7 +622,13 @@ async def publish(
         except asyncio.CancelledError:
             if pub._error is not None:
                 raise
+        except ClientError as exc:  # a full spool under when_full="stop": deliver the rest
+            if exc.code != "spool_full":
+                raise
+            full = exc
         frames = await pub.stop()
+        if full is not None:
+            raise full
     except BaseException:
         await pub.close()
         raise

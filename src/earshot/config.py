@@ -29,6 +29,7 @@ RANGES: dict[str, Range] = {
     "max_loop_lag": SECONDS_OR_ZERO,
     "max_ack_latency": SECONDS_OR_ZERO,
     "min_free_space": COUNT,
+    "asr_batch": COUNT,
 }
 
 
@@ -59,6 +60,7 @@ class Settings:
     asr_workers: int = 1
     asr_threads: int = 0
     db: str | None = None  # metadata: postgresql://… or an SQLite path (<data_dir>/earshot.db)
+    asr_batch: int = 0  # most utterances decoded in one call: 0 the engine's, 1 no batching
     log_level: str = "info"
     bus: str | None = None  # None: in-process; redis://host:port/db: Redis Streams
     bus_retention: float = 60.0  # seconds of audio kept on the Redis log
@@ -69,6 +71,15 @@ class Settings:
     max_loop_lag: float = 0.5  # smoothed event-loop lag beyond which new streams wait
     max_ack_latency: float = 1.0  # smoothed ack latency beyond which new streams wait
     min_free_space: int = 64 << 20  # bytes kept free on the data dir: new streams wait below
+    # hardening (earshot.server.guard, TLS, proxies): see the README's "Security" section
+    allowed_origins: tuple[str, ...] = field(default_factory=tuple)
+    forwarded_allow_ips: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    conn_rate: float = 100.0
+    conn_burst: int = 1000
+    auth_fail_rate: float = 0.2
+    auth_fail_burst: int = 20
 
     def __post_init__(self) -> None:
         if self.archive_format not in ARCHIVE_FORMATS:
@@ -95,6 +106,8 @@ class Settings:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
         object.__setattr__(self, "web_origins", web_origins(self.web_origins))
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ConfigError("TLS needs both --certfile and --keyfile")
 
     def check_exposure(self) -> None:
         """Refuse to listen beyond loopback without a token unless --no-auth was given."""
@@ -172,3 +185,76 @@ def settings_from_json(text: str) -> Settings:
         elif isinstance(value, list):
             raw[name] = tuple(value)
     return Settings(**raw)
+
+
+# -- configuration file (``--config`` / ``EARSHOT_CONFIG``) --------------------------------
+FILE_ONLY_KEYS = frozenset({"header_interval", "compat"})  # no command-line option
+
+
+def _file_value(name: str, value: Any, kind: Any) -> Any:
+    """One TOML value checked against its field's type (TOML already has the scalars)."""
+    where = f"config key {name!r}"
+    text = str(kind)
+    if "tuple" in text:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of strings, not {value!r}")
+        return tuple(value)
+    if value is None:
+        raise ConfigError(f"{where}: TOML has no null; leave the key out instead")
+    if kind in (bool, "bool"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, not {value!r}")
+        return value
+    if kind in (int, "int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, not {value!r}")
+        return value
+    if kind in (float, "float"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, not {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, not {value!r}")
+    return Path(value) if "Path" in text else value
+
+
+def parse_config_file(text: str, source: str = "config file") -> dict[str, Any]:
+    """The text of a TOML config file as typed keyword arguments for :class:`Settings`.
+
+    Keys are the option names with underscores (``data_dir``); an unknown key, or a value of
+    the wrong type, is a :class:`ConfigError` naming it."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    known = {f.name: f.type for f in fields(Settings)}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            hint = f" (did you mean {key.replace('-', '_')!r}?)" if "-" in key else ""
+            raise ConfigError(f"{source}: unknown key {key!r}{hint}")
+        try:
+            out[key] = _file_value(key, value, known[key])
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read and parse a TOML config file (I/O at the edge, parsing in :func:`parse_config_file`)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+    return parse_config_file(text, str(p))
+
+
+def merge_settings(file: Mapping[str, Any] | None = None, env: Mapping[str, Any] | None = None,
+                   cli: Mapping[str, Any] | None = None) -> Settings:
+    """Settings from the three layers: command line over environment over file (pure)."""
+    return Settings(**{**(file or {}), **(env or {}), **(cli or {})})

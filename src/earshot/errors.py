@@ -46,7 +46,9 @@ class ClientError(EarshotError):
     """The Python client could not do what was asked (server refused, unreachable, gave up)."""
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
+        from earshot.redact import redact  # (a URL in the message may carry ?token=)
+
+        super().__init__(redact(message))
         self.code = code
 
 

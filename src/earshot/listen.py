@@ -61,11 +61,13 @@ class ListenStats:
 class Listener:
     def __init__(self, url: str, stream: str, *, codec: str = "pcm", token: str | None = None,
                  out: Path | None = None, play: bool = False, frame_ms: float = 20.0,
-                 seconds: float | None = None, record: bool | None = None) -> None:
+                 seconds: float | None = None, record: bool | None = None,
+                 ssl: Any = None) -> None:
         """``record``: write every frame, without the playout clock (default: when there is
         an ``out`` file and nothing is played); ``record=False`` with ``out`` writes what a
         listener hears through the jitter buffer, in real time."""
         self.url, self.stream, self.codec, self.token = url, stream, codec, token
+        self.ssl = ssl  # an ssl.SSLContext for wss:// (earshot.transport.client_ssl)
         self.out, self.play, self.frame_ms, self.seconds = out, play, frame_ms, seconds
         if record is None:
             record = out is not None and not play
@@ -86,6 +88,7 @@ class Listener:
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+        from earshot.transport import ws_options
         from earshot.urls import ws_url
 
         url = ws_url(self.url, "/ws/subscribe", stream=self.stream,
@@ -93,7 +96,7 @@ class Listener:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         try:
             async with connect(url, additional_headers=headers, max_size=None,
-                               compression=None) as ws:
+                               compression=None, **ws_options(url, self.ssl)) as ws:
                 receiver = asyncio.create_task(self._receive(ws))
                 player = asyncio.create_task(self._ended.wait() if self.stats.recorded
                                              else self._playout())
@@ -109,6 +112,11 @@ class Listener:
                         with contextlib.suppress(asyncio.CancelledError, Exception):
                             await task
         except (OSError, InvalidHandshake) as exc:
+            from earshot.transport import handshake_refusal
+
+            refused = handshake_refusal(exc)  # a wrong certificate, a refused origin, ...
+            if refused is not None:
+                raise ClientError(f"{url}: {refused.message}", code=refused.code) from None
             raise ClientError(f"cannot reach {url}: {exc}", code="unreachable") from None
         except ConnectionClosed:
             pass

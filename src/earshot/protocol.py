@@ -146,12 +146,24 @@ def error_message(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message, **extra}
 
 
+OPUS_LOOKAHEAD_48K = 312  # libopus's lookahead (6.5 ms) at 48 kHz, as Ogg Opus readers assume
+
+
+def default_pre_skip(rate: int) -> int:
+    """The ``pre_skip`` of an Opus ``start`` that gives none: libopus's standard lookahead
+    (312 samples at 48 kHz, what ``OPUS_GET_LOOKAHEAD`` returns for ``voip`` and ``audio``)
+    scaled to the stream's rate: 104 at 16 kHz, 52 at 8 kHz."""
+    return OPUS_LOOKAHEAD_48K * rate // 48000
+
+
 def _int_field(obj: Mapping[str, Any], key: str, default: int | None = None) -> int | None:
     value = obj.get(key)
     if value is None:  # missing or explicit null: the default
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().isdigit():
+        # (str.isdigit() is also true for '²' and int() refuses over 4300 digits: found by
+        # the stateful fuzz, tests/hardening/test_fuzz_ingest.py)
+        if isinstance(value, str) and value.strip().isdecimal() and len(value) <= 30:
             return int(value)
         raise ProtocolError("bad_start", f"'{key}' must be an integer, got {value!r}")
     return value
@@ -216,7 +228,9 @@ def parse_start(obj: Mapping[str, Any], limits: Limits) -> Start:
     client = obj.get("client") or {}
     if not isinstance(client, dict):
         raise ProtocolError("bad_start", "'client' must be an object")
-    pre_skip = _int_field(obj, "pre_skip", 0) or 0
+    pre_skip = _int_field(obj, "pre_skip")
+    if pre_skip is None:  # an encoder that knows nothing of earshot (opuslib, PyAV, WebCodecs)
+        pre_skip = default_pre_skip(spec.rate) if spec.format == "opus" else 0
     if not 0 <= pre_skip <= spec.rate:
         raise ProtocolError("bad_start", "'pre_skip' must be between 0 and one second")
     archive = _str_field(obj, "archive")
@@ -340,7 +354,8 @@ class IngestConnection:
         if state is State.AWAITING_START and self._texts_seen == 0 and self.compat is not None:
             # Compatibility mode: raw audio with no start, spec from the URL query.
             self.state = State.STARTING
-            self.start = Start(spec=self.compat, compat=True)
+            pre_skip = default_pre_skip(self.compat.rate) if self.compat.format == "opus" else 0
+            self.start = Start(spec=self.compat, compat=True, pre_skip=pre_skip)
             self._pending_binary = data
             return [StartRequested(self.start)]
         if state is State.STOPPING:

@@ -14,11 +14,13 @@ from earshot.urls import http_base
 
 
 def request_json(url: str, path: str, *, token: str | None = None, method: str = "GET",
-                 params: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
+                 params: dict[str, Any] | None = None, timeout: float = 10.0,
+                 context: Any = None) -> Any:
     """``method path`` on the server of ``url`` (ws:// or http://), the JSON answer.
 
     Raises :class:`ClientError`: ``code="unreachable"`` when the server cannot be reached,
     ``code="<HTTP status>"`` (with the server's ``detail``) when it answers with an error.
+    ``context``: an ``ssl.SSLContext`` for https:// (``earshot.transport.client_ssl``).
     """
     base = http_base(url)
     query = f"?{urlencode(params)}" if params else ""
@@ -27,12 +29,16 @@ def request_json(url: str, path: str, *, token: str | None = None, method: str =
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             body = resp.read()
     except urllib.error.HTTPError as exc:
         raise ClientError(f"HTTP {exc.code}: {_detail(exc)}", code=str(exc.code)) from None
     except OSError as exc:  # URLError, timeouts, refused connections
         reason = getattr(exc, "reason", exc)
+        import ssl
+
+        if isinstance(reason, ssl.SSLError):  # a certificate that does not verify: final
+            raise ClientError(f"TLS with {base} failed: {reason}", code="tls") from None
         raise ClientError(f"cannot reach {base}: {reason}", code="unreachable") from None
     try:
         return json.loads(body)

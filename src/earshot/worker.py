@@ -30,6 +30,7 @@ from earshot.pipeline import StreamPipeline
 from earshot.processors.base import Event, StreamInfo
 from earshot.processors.registry import ProcessorSpec
 from earshot.subscriber import messages
+from earshot.transport import handshake_refusal, ws_options
 
 log = logging.getLogger("earshot.worker")
 
@@ -37,8 +38,10 @@ log = logging.getLogger("earshot.worker")
 class Worker:
     def __init__(self, url: str, spec: ProcessorSpec, *, stream: str = "*",
                  token: str | None = None, name: str | None = None,
-                 reconnect: Reconnect | None = None, max_lag: float = 10.0) -> None:
+                 reconnect: Reconnect | None = None, max_lag: float = 10.0,
+                 ssl: Any = None) -> None:
         self.url = url
+        self.ssl = ssl  # an ssl.SSLContext for wss:// (earshot.transport.client_ssl)
         self.spec = spec
         self.stream = stream
         self.token = token
@@ -61,10 +64,15 @@ class Worker:
         while True:
             try:
                 async with connect(self.subscribe_url(), additional_headers=headers,
-                                   max_size=None, compression=None) as ws:
+                                   max_size=None, compression=None,
+                                   **ws_options(self.subscribe_url(), self.ssl)) as ws:
                     attempt = 0
                     await self._serve(ws)
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
+                refused = handshake_refusal(exc)  # a wrong certificate, origin, path: final
+                if refused is not None and not refused.retryable:
+                    raise ClientError(f"{self.url}: {refused.message}",
+                                      code=refused.code) from None
                 attempt += 1
                 limit = self.reconnect.attempts
                 if limit is not None and attempt > limit:

@@ -126,3 +126,26 @@ def test_corrupt_model_directory(tmp_path: Path) -> None:
 def test_language_not_supported_by_an_english_only_model() -> None:
     with pytest.raises(ConfigError, match="does not know language 'de'"):
         load_engine(EngineConfig(model=str(MODEL), language="de"))
+
+
+def test_batch_decodes_each_audio_as_alone_in_order(engine: Engine, speech: np.ndarray) -> None:
+    """Whisper-tiny's words are noise: this checks batching mechanics, not accuracy."""
+    from earshot.asr.engine import batch_size
+
+    assert batch_size(engine) == 8
+    parts = [speech[12800:54244], speech[70244:96525], speech[115725:139147],
+             speech[12800:54244], np.zeros(0, np.float32)]
+    batch = engine.transcribe_batch(parts, final=True,  # type: ignore[attr-defined]
+                                    languages=[None, "en", None, None, None])
+    assert len(batch) == len(parts)
+    alone = [engine.transcribe_batch([p], final=True, languages=["en"])[0]  # type: ignore[attr-defined]
+             for p in parts[:3]]
+    assert [t.text for t in batch[:3]] == [t.text for t in alone]
+    assert batch[0] == batch[3]  # same audio, same result, wherever in the batch
+    for t, p in zip(batch, parts, strict=True):
+        check(t, p.size / RATE)
+    assert batch[4].text == "" and batch[4].words == ()
+    assert engine.languages == ("en",)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="mono"):
+        engine.transcribe_batch([np.zeros((10, 2), np.float32), parts[0]],  # type: ignore[attr-defined]
+                                final=False, languages=[None, None])

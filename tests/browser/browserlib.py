@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +47,12 @@ def shot(page: Any, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def chromium(microphone: Path) -> Iterator[Any]:
+    """A Chromium whose fake microphone plays ``microphone``, for a fixture to yield."""
+    sync_playwright = require_browser()
+    with sync_playwright() as p:
+        b = launch(p, microphone)
+        yield b
+        b.close()

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from browserlib import launch, require_browser
+from browserlib import chromium
 
 from helpers import FIXTURES
 
@@ -14,11 +14,7 @@ from helpers import FIXTURES
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """Chromium whose microphone plays tests/fixtures/speech_48k.wav."""
-    sync_playwright = require_browser()
-    with sync_playwright() as p:
-        b = launch(p, FIXTURES / "speech_48k.wav")
-        yield b
-        b.close()
+    yield from chromium(FIXTURES / "speech_48k.wav")
 
 
 @pytest.fixture

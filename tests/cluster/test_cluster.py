@@ -301,3 +301,32 @@ async def test_processes_two_gateways_on_one_port(tmp_path: Path,
             assert np.array_equal(archive(gw, pub.stream_id), SPEECH)
     finally:
         gw.stop()
+
+
+async def test_speech_to_text_in_a_worker(tmp_path: Path, redis_server: RedisServer,
+                                         workers: Any) -> None:
+    """`earshot worker --bus URL vad asr`: the default engine in a worker process; finals
+    reach the sender and are stored once."""
+    from earshot.asr.wer import wer
+
+    reading = json.loads((FIXTURES / "reading_16k.json").read_text())
+    x, rate = sf.read(FIXTURES / "reading_16k.wav", dtype="int16")
+    bus = redis_server.url
+    gw = ServerProcess(tmp_path / "data", "--bus", bus, "--drain-timeout", "30").start()
+    try:
+        workers(bus, "vad", "asr", name="stt")
+        await asyncio.to_thread(wait_balanced, redis_server.client(), "asr", 1)
+        pub, events, _ = await stream_file(gw.url, x, rate, processors=["vad", "asr"],
+                                           realtime=False, block_s=0.1)
+        finals = [e for e in of(events, "transcript") if e["final"]]
+        assert len(finals) == len(reading["speech"]), [e.get("text") for e in finals]
+        assert {e["worker"] for e in finals} == {"stt"}
+        heard = " ".join(e["text"] for e in finals)
+        score = wer(reading["text"], heard)
+        print(f"WER through a worker: {score:.3f}")
+        assert score <= 0.15, heard
+        stored = httpx.get(f"{gw.http}/api/streams/{pub.stream_id}/transcript").json()
+        items = stored["transcripts"] if isinstance(stored, dict) else stored
+        assert [t["text"] for t in items] == [e["text"] for e in finals]  # once each
+    finally:
+        gw.stop()

@@ -1,4 +1,5 @@
-"""Helpers for the README tour on the plain install: a venv with ``pip install -e .`` and no extras.
+"""Helpers for the README tour on the plain install: a venv with ``pip install -e '.[server]'``
+(what ``./run serve`` builds) and no other extra.
 
 That is what ``./run serve`` builds, so these tests see what a newcomer sees: nothing from
 the test extra (httpx, pytest, PyAV, faster-whisper, playwright) is importable there. The
@@ -82,13 +83,14 @@ def build(venv: Path) -> None:
         return
     shutil.rmtree(venv, ignore_errors=True)  # a half-built one from an interrupted run
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    # the plain install, exactly as ./run serve does it: no extras
+    # the plain install, exactly as ./run serve does it: the server extra, nothing else
     out = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-                          "--disable-pip-version-check", "-e", str(ROOT)],
+                          "--disable-pip-version-check", "-e", f"{ROOT}[server]"],
                          capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         shutil.rmtree(venv, ignore_errors=True)
-        pytest.fail(f"pip install -e . failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        pytest.fail(f"pip install -e '.[server]' failed:\n{out.stdout[-3000:]}\n"
+                    f"{out.stderr[-3000:]}")
     stamp.touch()
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from earshot.asr.engine import ENGINES, EngineConfig, batch_size, is_incremental, load_engine
+from earshot.asr.engine import ENGINES, EngineConfig, is_incremental, load_engine
 from earshot.errors import ConfigError, MissingDependency
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class LoadedAsr:
             "default": self.choice.implicit,
             "languages": list(getattr(engine, "languages", None) or []) or None,
             "incremental": is_incremental(engine),
-            "batch": batch_size(engine),
+            "batch": self.scheduler.max_batch,
         }
         if self.choice.engine == DEFAULT_ENGINE:
             out["hint"] = WHISPER_HINT
@@ -116,5 +116,8 @@ def load_asr(settings: Settings,
             raise
         log.warning("speech-to-text unavailable: %s", exc)
         return LoadedAsr(None, choice, f"{exc}; or {WHISPER_HINT}")
-    return LoadedAsr(AsrScheduler(engine, workers=settings.asr_workers, observe=observe),
-                     choice)
+    if settings.asr_batch < 0:
+        raise ConfigError(f"--asr-batch must be ≥ 0, not {settings.asr_batch}")
+    batch: bool | int = settings.asr_batch if settings.asr_batch else True
+    return LoadedAsr(AsrScheduler(engine, workers=settings.asr_workers, observe=observe,
+                                  batch=batch), choice)

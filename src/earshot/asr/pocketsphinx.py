@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import re
 import signal
@@ -41,6 +42,8 @@ import numpy as np
 
 from earshot.asr.engine import EngineConfig, Transcription, Word, primary_language
 from earshot.errors import ConfigError, MissingDependency
+
+log = logging.getLogger("earshot.asr")
 
 RATE = 16000
 FRAME_RATE = 100  # PocketSphinx's feature frames per second
@@ -67,8 +70,13 @@ def model_paths(model: str, bundled: Path) -> dict[str, str]:
     """The ``hmm``, ``lm`` and ``dict`` paths for ``--asr-model`` (``en-us`` or a dir)."""
     if model == DEFAULT_MODEL:
         base = bundled / "en-us"
-        return {"hmm": str(base / "en-us"), "lm": str(base / "en-us.lm.bin"),
-                "dict": str(base / "cmudict-en-us.dict")}
+        paths = {"hmm": base / "en-us", "lm": base / "en-us.lm.bin",
+                 "dict": base / "cmudict-en-us.dict"}
+        missing = [str(p) for p in paths.values() if not p.exists()]
+        if missing:
+            raise ConfigError("the pocketsphinx package has no bundled model "
+                              f"({', '.join(missing)} missing): reinstall it ({INSTALL_HINT})")
+        return {k: str(v) for k, v in paths.items()}
     root = Path(model).expanduser()
     if not root.is_dir():
         raise ConfigError(f"cannot load pocketsphinx model {model!r}: not 'en-us' (the bundled "
@@ -81,8 +89,8 @@ def model_paths(model: str, bundled: Path) -> dict[str, str]:
                                         ("a language model (*.lm.bin or *.lm)", lms),
                                         ("a dictionary (*.dict)", dicts)) if not found]
     if missing:
-        raise ConfigError(f"cannot load pocketsphinx model {model!r}: the directory has no "
-                          f"{' and no '.join(missing)}")
+        raise ConfigError(f"cannot load pocketsphinx model {model!r}: the directory lacks "
+                          f"{'; '.join(missing)}")
     return {"hmm": str(hmm[0]), "lm": str(lms[0]), "dict": str(dicts[0])}
 
 
@@ -317,9 +325,32 @@ class PocketSphinxEngine:
         self.start_timeout = start_timeout
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        # one child loads now (a bad model fails at start); the others on first use
         self._procs: list[_Process | None] = [None] * max(1, cfg.workers)
-        self._procs[0] = _Process(self.paths, start_timeout)
+        self._warming = False
+        if cfg.model != DEFAULT_MODEL:
+            # a model directory is loaded now, so that a bad one fails at start; the bundled
+            # model is known to load and waits for the first stream that asks for asr
+            self._procs[0] = _Process(self.paths, start_timeout)
+
+    def warm(self) -> None:
+        """Start the decoder processes in the background (a stream with asr began)."""
+        with self._lock:
+            if self._warming or all(p is not None and p.alive for p in self._procs):
+                return
+            self._warming = True
+        threading.Thread(target=self._warm, name="earshot-pocketsphinx-warm",
+                         daemon=True).start()
+
+    def _warm(self) -> None:
+        try:
+            with self._lock:
+                for i, p in enumerate(self._procs):
+                    if p is None or not p.alive:
+                        self._procs[i] = _Process(self.paths, self.start_timeout)
+        except Exception:
+            log.exception("starting the pocketsphinx decoder process failed")
+        finally:
+            self._warming = False
 
     def _acquire(self) -> _Process:
         """The child with the fewest open utterances (started or restarted if needed)."""

@@ -31,17 +31,23 @@ class DecodeRequest:
     audio: np.ndarray  # float32 mono 16 kHz
     final: bool
     version: int  # increases with every request of the stream (newer supersedes older)
+    lead: int = 0  # frames of audio[0:lead] before the speech start (context for the engine)
 
     @property
     def end(self) -> int:
         return self.start + len(self.audio)
 
+    @property
+    def speech_start(self) -> int:
+        return self.start + self.lead
+
 
 @dataclass
 class _Utterance:
     segment: int
-    start: int
+    start: int  # speech start (frame offset)
     last_interim: int  # frame offset at which the last interim was requested
+    lead: int = 0  # frames of audio before ``start`` given to the engine
 
 
 @dataclass
@@ -50,6 +56,7 @@ class UtterancePolicy:
     max_utterance: float = 30.0
     cut_search: float = 5.0
     history: float = 2.0  # audio kept before a speech_start (the VAD reports starts late)
+    lead_in: float = 0.0  # seconds of audio before each speech start included in requests
     segment: int = 0  # number of the next utterance
     _buf: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     _buf_start: int = 0
@@ -87,7 +94,8 @@ class UtterancePolicy:
     def speech_start(self, offset: int) -> list[DecodeRequest]:
         out = self.speech_end(offset) if self._utt is not None else []
         start = max(offset, self._buf_start)
-        self._utt = _Utterance(self.segment, start, start)
+        lead = min(int(self.lead_in * RATE), start - self._buf_start)
+        self._utt = _Utterance(self.segment, start, start, lead)
         self.segment += 1
         return out
 
@@ -106,8 +114,10 @@ class UtterancePolicy:
 
     def _request(self, utt: _Utterance, end: int, *, final: bool) -> DecodeRequest:
         self._version += 1
-        a, b = utt.start - self._buf_start, end - self._buf_start
-        return DecodeRequest(utt.segment, utt.start, self._buf[a:b].copy(), final, self._version)
+        first = utt.start - utt.lead
+        a, b = first - self._buf_start, end - self._buf_start
+        return DecodeRequest(utt.segment, first, self._buf[a:b].copy(), final, self._version,
+                             utt.lead)
 
     def _cut(self, utt: _Utterance) -> DecodeRequest:
         """Close ``utt`` at its quietest point near the cap; continue in a new utterance."""
@@ -129,7 +139,7 @@ class UtterancePolicy:
     def _trim(self) -> None:
         keep_from = self.position - int(self.history * RATE)
         if self._utt is not None:
-            keep_from = min(keep_from, self._utt.start)
+            keep_from = min(keep_from, self._utt.start - self._utt.lead)
         drop = keep_from - self._buf_start
         if drop > 0:
             self._buf = self._buf[drop:]
@@ -144,10 +154,16 @@ def _norm(word: str) -> str:
 
 
 class LocalAgreement:
-    """Stable prefix of successive hypotheses of one utterance (LocalAgreement-2)."""
+    """Stable prefix of successive hypotheses of one utterance (LocalAgreement-2).
 
-    def __init__(self) -> None:
+    ``holdback`` words at the end of a hypothesis never become stable, even when two
+    hypotheses agree on them: an engine whose final pass revises its partial hypotheses
+    (PocketSphinx) is most often wrong about the last words it heard.
+    """
+
+    def __init__(self, holdback: int = 0) -> None:
         self.stable: list[str] = []
+        self.holdback = max(0, holdback)
         self._prev: list[str] = []
 
     def update(self, words: list[str]) -> tuple[list[str], list[str]]:
@@ -157,6 +173,7 @@ class LocalAgreement:
             if _norm(a) != _norm(b):
                 break
             agree += 1
+        agree = min(agree, len(words) - self.holdback)
         if agree > len(self.stable) and [_norm(w) for w in words[: len(self.stable)]] == [
                 _norm(w) for w in self.stable]:
             self.stable = words[:agree]
@@ -165,3 +182,23 @@ class LocalAgreement:
         if [_norm(w) for w in words[:k]] == [_norm(w) for w in self.stable]:
             return list(self.stable), words[k:]
         return list(self.stable), words  # the hypothesis disagrees with the stable prefix
+
+
+def stable_span(stable: list[str], final: list[str]) -> int:
+    """How many leading words of ``final`` the ``stable`` prefix stands for.
+
+    A final must keep the stable prefix its interims promised (a revising engine, e.g.
+    PocketSphinx's second pass, may decode the start of an utterance differently at the
+    end). The prefix replaces the ``j`` leading final words it aligns with best (word-level
+    edit distance, ties to the longer span); ``j == len(stable)`` with equal words when
+    the final agrees.
+    """
+    if not stable:
+        return 0
+    ref = [_norm(w) for w in stable]
+    hyp = [_norm(w) for w in final]
+    from earshot.asr.wer import distances_to_prefixes
+
+    prev = distances_to_prefixes(ref, hyp)
+    best = min(prev)
+    return max(j for j, d in enumerate(prev) if d == best)

@@ -88,15 +88,19 @@ class AsrScheduler:
     def __init__(self, engine: Engine, *, workers: int = 1,
                  clock: Callable[[], float] = time.monotonic,
                  observe: Callable[[JobResult, bool], None] | None = None,
-                 batch: bool = True, batch_window: float = 0.03) -> None:
+                 batch: bool | int = True, batch_window: float = 0.03) -> None:
         """``observe(result, skipped)`` is called for every job (e.g. to record metrics).
-        ``batch=False`` decodes one job per engine call even when the engine batches."""
+        ``batch=False`` (or 1) decodes one job per engine call even when the engine batches;
+        a number above 1 caps the batch size."""
         self.engine = engine
         self.clock = clock
         self.observe = observe
         self.stats = SchedulerStats()
         self.incremental = is_incremental(engine)
-        self.max_batch = batch_size(engine) if batch and not self.incremental else 1
+        off = batch is False or (not isinstance(batch, bool) and batch <= 1)
+        self.max_batch = 1 if off or self.incremental else batch_size(engine)
+        if not isinstance(batch, bool) and batch > 1:
+            self.max_batch = min(self.max_batch, batch)
         self.batch_window = batch_window
         self._cond = threading.Condition()
         self._finals: deque[_Job] = deque()
@@ -133,6 +137,16 @@ class AsrScheduler:
         if skipped is not None:
             self._skip(skipped)
 
+    def warm(self) -> None:
+        """A stream with speech-to-text began: let the engine get ready (``warm()``, an
+        optional engine method that must not block, e.g. starting decoder processes)."""
+        warm = getattr(self.engine, "warm", None)
+        if callable(warm):
+            try:
+                warm()
+            except Exception:
+                log.exception("warming the speech-to-text engine failed")
+
     def forget(self, stream: str) -> None:
         """The stream is gone: drop its waiting interim, open decoder and bookkeeping."""
         with self._cond:
@@ -152,6 +166,14 @@ class AsrScheduler:
             self._cond.notify_all()
         for s in sessions:
             self._close_session(s)
+        for t in self._threads:
+            t.join(timeout=5)
+        close = getattr(self.engine, "close", None)
+        if callable(close):  # e.g. the pocketsphinx engine's decoder processes
+            try:
+                close()
+            except Exception:
+                log.exception("closing the speech-to-text engine failed")
 
     @property
     def queued(self) -> int:

@@ -18,15 +18,21 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower().replace("\u2019", "'"))
 
 
-def edit_distance(ref: list[str], hyp: list[str]) -> int:
-    """Word-level Levenshtein distance (substitutions, deletions, insertions cost 1)."""
+def distances_to_prefixes(ref: list[str], hyp: list[str]) -> list[int]:
+    """Word-level Levenshtein distance of ``ref`` to every prefix ``hyp[:j]`` (the last row
+    of the dynamic-programming table)."""
     prev = list(range(len(hyp) + 1))
     for i, r in enumerate(ref, 1):
         cur = [i]
         for j, h in enumerate(hyp, 1):
             cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h)))
         prev = cur
-    return prev[-1]
+    return prev
+
+
+def edit_distance(ref: list[str], hyp: list[str]) -> int:
+    """Word-level Levenshtein distance (substitutions, deletions, insertions cost 1)."""
+    return distances_to_prefixes(ref, hyp)[-1]
 
 
 def wer(reference: str | Iterable[str], hypothesis: str | Iterable[str]) -> float:

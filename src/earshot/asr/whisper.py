@@ -19,8 +19,10 @@ Whisper quirks handled here:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +103,17 @@ def _model_argument(model: str) -> str:
 class FasterWhisperEngine:
     """A faster-whisper ``WhisperModel`` behind the :class:`~earshot.asr.engine.Engine`
     interface. ``cfg.model`` is a model name (downloaded on first use where there is
-    internet), a Hub id ``owner/name``, or a local CTranslate2 model directory."""
+    internet), a Hub id ``owner/name``, or a local CTranslate2 model directory.
+
+    Batching (``max_batch``): several streams' utterances (each at most 30 s, one Whisper
+    window) are encoded and decoded in one CTranslate2 ``generate`` call on a batch, through
+    faster-whisper's ``BatchedInferencePipeline.forward`` — one call per language in the
+    batch. Utterances of unknown language on a multilingual model are decoded one by one
+    (language detection per utterance).
+    """
 
     name = "faster-whisper"
+    max_batch = 8
 
     def __init__(self, cfg: EngineConfig) -> None:
         fw = import_faster_whisper()
@@ -186,6 +196,85 @@ class FasterWhisperEngine:
         text = "".join(raw_words if words else texts).strip()
         return Transcription(text=text, words=tuple(words), language=info.language,
                              duration=duration)
+
+    def transcribe_batch(self, audios: Sequence[np.ndarray], *, final: bool,
+                         languages: Sequence[str | None]) -> list[Transcription]:
+        out: list[Transcription | None] = [None] * len(audios)
+        groups: dict[str | None, list[int]] = {}
+        for i, (audio, language) in enumerate(zip(audios, languages, strict=True)):
+            language = language or self.config.language or (None if self.multilingual
+                                                            else "en")
+            if language is None or np.asarray(audio).size == 0:
+                out[i] = self.transcribe(audio, final=final)  # detect, or nothing to decode
+            else:
+                groups.setdefault(language, []).append(i)
+        for language, idx in groups.items():
+            assert language is not None
+            for i, result in zip(idx, self._batch([audios[i] for i in idx], final, language),
+                                 strict=True):
+                out[i] = result
+        return [r for r in out if r is not None]
+
+    def _batch(self, audios: list[np.ndarray], final: bool,
+               language: str) -> list[Transcription]:
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import (
+            BatchedInferencePipeline,
+            TranscriptionOptions,
+            get_suppressed_tokens,
+        )
+
+        model = self.model
+        defaults = inspect.signature(model.transcribe).parameters  # the library's punctuation
+        xs = []
+        for a in audios:
+            x = np.ascontiguousarray(a, dtype=np.float32)
+            if x.ndim != 1:
+                raise ValueError(f"audio must be mono (one dimension), not shape {x.shape}")
+            xs.append(x[: int(WINDOW * RATE)])
+        durations = [x.size / RATE for x in xs]
+        features = np.stack([pad_or_trim(model.feature_extractor(x)[..., :-1]) for x in xs])
+        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual,
+                              task="transcribe", language=language)
+        options = TranscriptionOptions(
+            beam_size=self.config.beam_size if final else 1, best_of=1, patience=1.0,
+            length_penalty=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0,
+            log_prob_threshold=None, no_speech_threshold=None,
+            compression_ratio_threshold=None, condition_on_previous_text=False,
+            prompt_reset_on_temperature=0.5, temperatures=[0.0], initial_prompt=None,
+            prefix=None, suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(tokenizer, [-1]), without_timestamps=False,
+            max_initial_timestamp=1.0, word_timestamps=True,
+            prepend_punctuations=defaults["prepend_punctuations"].default,
+            append_punctuations=defaults["append_punctuations"].default, multilingual=False,
+            max_new_tokens=token_budget(max(durations)), clip_timestamps="0",
+            hallucination_silence_threshold=None, hotwords=None)
+        metadata = [{"offset": 0.0, "duration": d, "segments": []} for d in durations]
+        outputs = BatchedInferencePipeline(model).forward(features, tokenizer, metadata,
+                                                          options)
+        results = []
+        for segments, duration in zip(outputs, durations, strict=True):
+            raw_words: list[str] = []
+            texts: list[str] = []
+            words: list[Word] = []
+            for seg in segments:
+                if seg["start"] >= duration:
+                    continue  # made up in the padding after the end of the audio
+                texts.append(seg["text"])
+                for w in seg.get("words") or ():
+                    raw_words.append(w["word"])
+                    token = w["word"].strip()
+                    if not token:
+                        continue
+                    start = min(max(round(float(w["start"]), 3), 0.0), duration)
+                    end = min(max(round(float(w["end"]), 3), start), duration)
+                    p = min(max(float(w["probability"]), 0.0), 1.0)
+                    words.append(Word(token, start, end, p))
+            text = "".join(raw_words if words else texts).strip()
+            results.append(Transcription(text=text, words=tuple(words), language=language,
+                                         duration=duration))
+        return results
 
     def __repr__(self) -> str:
         return f"FasterWhisperEngine(model={self.config.model!r}, device={self.config.device!r})"

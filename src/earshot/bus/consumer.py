@@ -107,7 +107,7 @@ class KindConsumer:
 
     def __init__(self, redis: Any, keys: Keys, spec: ProcessorSpec, *, name: str,
                  lease_ttl: float = 3.0, start_from: str = "latest",
-                 max_lag: float = 10.0, drain_timeout: float = 10.0,
+                 max_lag: float = 3600.0, drain_timeout: float = 10.0,
                  retention: float = 60.0) -> None:
         self.redis = redis
         self.retention = retention  # events and jobs are trimmed by age, like the log
@@ -250,6 +250,20 @@ class KindConsumer:
                     break  # given away meanwhile: the next holder reads these
                 await self._handle(p, entry_id, fields)
         self._checkpoint()
+        await self._pace()
+
+    async def _pace(self) -> None:
+        """The log is the buffer: read on only when the processors kept up (a worker never
+        skips audio for lag, unlike processors in the gateway; it falls behind the log and
+        says so in ``lag`` events and the group's lag)."""
+        for st in list(self.streams.values()):
+            if any(r.lag > self.PACE_S for _, r in st.pipeline.runners):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(st.pipeline.idle(), self.lease_ttl / 3)
+                self._checkpoint()
+
+    #: seconds of audio a processor may have queued before the worker stops reading
+    PACE_S = 2.0
 
     async def _claim_pending(self, p: int) -> None:
         """Take over what the previous holder of ``p`` read but never acknowledged."""
@@ -427,7 +441,7 @@ class LogWorker:
 
     def __init__(self, url: str, specs: list[ProcessorSpec], *, name: str | None = None,
                  lease_ttl: float = 3.0, start_from: str = "latest",
-                 max_lag: float = 10.0, retention: float = 60.0) -> None:
+                 max_lag: float = 3600.0, retention: float = 60.0) -> None:
         self.url, self.keys = parse_bus_url(url)
         self.retention = retention
         self.specs = specs

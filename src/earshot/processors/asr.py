@@ -1,10 +1,14 @@
 """``asr``: live speech-to-text — interim hypotheses while someone speaks, one final per
 utterance with word timestamps, all stamped in stream time.
 
-Utterances come from a silero VAD (the same one as the ``vad`` processor). While speech goes
-on, the utterance so far is decoded every ``interim_interval`` seconds; words two consecutive
-hypotheses agree on become the ``stable`` prefix. When the utterance ends, the whole of it is
-decoded once more for the final. Decoding runs on the server's shared
+Utterances come from a silero VAD (the same one as the ``vad`` processor), each decoded
+with ``lead_in`` seconds of audio before its start. While speech goes on, a hypothesis of
+the utterance so far comes every ``interim_interval`` seconds (an incremental engine is fed
+only the new audio); words two consecutive hypotheses agree on, except the last
+``holdback`` (2 for incremental engines, whose final pass revises them, else 0), become the
+``stable`` prefix. When the utterance ends, the final is decoded (the incremental decoder
+finished, or the whole utterance decoded again) and keeps the stable prefix its interims
+promised. Decoding runs on the server's shared
 :class:`~earshot.asr.scheduler.AsrScheduler`, never in this processor's own thread, so a slow
 model delays transcripts, never audio, levels or speech events.
 
@@ -29,7 +33,13 @@ import threading
 from typing import Any, ClassVar
 
 from earshot.asr.engine import language_problem, primary_language
-from earshot.asr.policy import RATE, DecodeRequest, LocalAgreement, UtterancePolicy
+from earshot.asr.policy import (
+    RATE,
+    DecodeRequest,
+    LocalAgreement,
+    UtterancePolicy,
+    stable_span,
+)
 from earshot.asr.scheduler import AsrScheduler, JobResult
 from earshot.dsp.vad import StreamingVad
 from earshot.errors import ProcessorError
@@ -46,19 +56,23 @@ class Asr(Processor):
                  threshold: float = 0.5, min_silence_ms: float = 300.0,
                  min_speech_ms: float = 250.0, pad_ms: float = 30.0,
                  lag_warning: float = 2.0, final_timeout: float = 60.0,
-                 language: str | None = None) -> None:
+                 language: str | None = None, holdback: int | None = None,
+                 lead_in: float = 0.1) -> None:
         if self.scheduler is None:
             raise ProcessorError("speech-to-text is not configured: start the server without "
                                  "--asr-engine none, or with --asr-model NAME_OR_PATH")
         if language is not None and (not isinstance(language, str) or not language.strip()):
             raise ProcessorError("the asr option 'language' must be a tag such as 'en-US'")
         self.language_option = language
+        if holdback is None:  # first-pass hypotheses of incremental engines get revised
+            holdback = 2 if self.scheduler.incremental else 0
+        self.holdback = int(holdback)
         self.language: str | None = None  # what decodes are asked for (None: the engine's)
         self.vad_options: dict[str, Any] = dict(
             threshold=threshold, min_silence_ms=min_silence_ms, min_speech_ms=min_speech_ms,
             pad_ms=pad_ms)
         self.policy = UtterancePolicy(interim_interval=interim_interval,
-                                      max_utterance=max_utterance)
+                                      max_utterance=max_utterance, lead_in=lead_in)
         self.lag_warning = lag_warning
         self.final_timeout = final_timeout
         self._vad: StreamingVad | None = None
@@ -72,6 +86,8 @@ class Asr(Processor):
     def start(self, info: StreamInfo) -> None:
         super().start(info)
         self.stream = info.id
+        assert self.scheduler is not None
+        self.scheduler.warm()
         asked = self.language_option or info.language
         if asked:
             assert self.scheduler is not None
@@ -86,12 +102,22 @@ class Asr(Processor):
         if self._vad is None:
             self._vad = StreamingVad(chunk.rate, **self.vad_options)
         found = self._vad.feed(chunk.samples, chunk.offset).events
-        requests = self.policy.feed(chunk.samples, chunk.offset)
+        # the policy gets the chunk up to each VAD decision, then the decision: a chunk
+        # longer than the policy's history (a stream sent faster than real time) must not
+        # push an utterance's start out of its buffer before the start is known
+        requests: list[DecodeRequest] = []
+        x, done = chunk.samples, 0
         for e in found:
+            cut = min(max(e.offset - chunk.offset, done), len(x))
+            if cut > done:
+                requests += self.policy.feed(x[done:cut], chunk.offset + done)
+                done = cut
             if e.kind == "speech_start":
                 requests += self.policy.speech_start(e.offset)
             else:
                 requests += self.policy.speech_end(e.offset)
+        if done < len(x):
+            requests += self.policy.feed(x[done:], chunk.offset + done)
         for r in requests:
             self._submit(r)
         return []
@@ -137,9 +163,10 @@ class Asr(Processor):
             self._last_lag_warning = req.end / RATE
             out.append(self.event("lag", req.end / RATE, lag=round(result.wait, 3),
                                   message=f"speech-to-text is {result.wait:.1f} s behind"))
+        agreed: LocalAgreement | None = None
         if req.final:
             self._finalized.add(req.segment)
-            self._agree.pop(req.segment, None)
+            agreed = self._agree.pop(req.segment, None)
         elif req.segment in self._finalized or tr is None or req.version < self._shown_version:
             return out  # stale: its utterance has a final, it was skipped, or a newer one won
         else:
@@ -150,22 +177,47 @@ class Asr(Processor):
             return out
         if tr is None:
             return out
-        offset = req.start / RATE
-        words = [{"w": w.w, "start": round(offset + w.start, 3),
-                  "end": round(offset + w.end, 3), "p": round(w.p, 3)} for w in tr.words]
-        event = self.event("transcript", offset, final=req.final, text=tr.text,
-                           start=round(offset, 3), end=round(req.end / RATE, 3),
+        offset = req.start / RATE  # of the audio decoded, which has a lead-in
+        speech = req.speech_start / RATE
+        words = [{"w": w.w, "start": round(max(offset + w.start, speech), 3),
+                  "end": round(max(offset + w.end, speech), 3), "p": round(w.p, 3)}
+                 for w in tr.words]
+        text = tr.text
+        if agreed is not None and agreed.stable:
+            words, text = _keep_stable(agreed.stable, words, text, speech, req.end / RATE)
+        event = self.event("transcript", speech, final=req.final, text=text,
+                           start=round(speech, 3), end=round(req.end / RATE, 3),
                            segment=req.segment, words=words,
                            queue=round(result.wait, 4), decode=round(result.infer, 4))
         if result.batch > 1:
             event["batch"] = result.batch
         if not req.final:
-            stable, _ = self._agree.setdefault(req.segment, LocalAgreement()).update(
+            stable, _ = self._agree.setdefault(req.segment, LocalAgreement(self.holdback)).update(
                 [w["w"] for w in words])
             event["stable"] = " ".join(stable)
         else:
-            event["stable"] = tr.text
+            event["stable"] = text
             if tr.language:
                 event["language"] = tr.language
         out.append(event)
         return out
+
+
+def _keep_stable(stable: list[str], words: list[dict[str, Any]], text: str, start: float,
+                 end: float) -> tuple[list[dict[str, Any]], str]:
+    """The final's words with the utterance's stable prefix kept (a promise to the client:
+    stable words are never taken back). Unchanged when the final agrees."""
+    j = stable_span(stable, [w["w"] for w in words])
+    head = words[:j]
+    if [w["w"] for w in head] == stable:
+        return words, text
+    if len(head) == len(stable):  # substitutions only: keep the final's times
+        kept = [{**w, "w": s} for w, s in zip(head, stable, strict=True)]
+    else:  # spread the stable words over the time the replaced words took
+        a = head[0]["start"] if head else start
+        b = head[-1]["end"] if head else (words[0]["start"] if words else end)
+        step = (b - a) / len(stable)
+        kept = [{"w": s, "start": round(a + i * step, 3), "end": round(a + (i + 1) * step, 3),
+                 "p": 0.5} for i, s in enumerate(stable)]
+    merged = kept + words[j:]
+    return merged, " ".join(w["w"] for w in merged)

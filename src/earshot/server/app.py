@@ -22,6 +22,7 @@ from earshot.processors.registry import Registry
 from earshot.server.admission import probe_loop_lag
 from earshot.server.auth import presented_token, token_ok
 from earshot.server.docs import add_docs
+from earshot.server.guard import Guard
 from earshot.server.hub import Hub
 from earshot.server.ingest import IngestSession, refuse_unauthorized
 from earshot.server.lifecycle import DRAIN_TIMEOUT, drain_on_signals
@@ -136,6 +137,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.capabilities = capabilities(settings, registry, loaded)
     app.include_router(api)
     app.include_router(ops)
+    app.add_middleware(Guard.from_settings, settings=settings, metrics=metrics)  # see guard.py
 
     web = Path(__file__).resolve().parent.parent / "web"
     app.mount("/web", CorsStaticFiles(directory=web, origins=settings.web_origins), name="web")

@@ -603,13 +603,7 @@ class Hub:
         if pipeline is not None:
             if finished:
                 late = await pipeline.close(self.settings.drain_timeout)
-                if late:
-                    self.emit(live, [{
-                        "type": "warning", "code": "processor_timeout",
-                        "t": live.offset / live.rec.rate,
-                        "message": f"{', '.join(late)} did not finish within "
-                                   f"{self.settings.drain_timeout:g} s of the stop; "
-                                   "their last events are lost"}])
+                self._late(live, late, "their last events are lost")
             else:
                 task = asyncio.create_task(pipeline.close(self.settings.drain_timeout))
                 self._background.add(task)
@@ -660,15 +654,17 @@ class Hub:
             live.done_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(live.done_changed.wait(), deadline - self.clock())
-        late = sorted(wanted - live.done)
+        self._late(live, sorted(wanted - live.done), "their last events may come after it")
+        await self.router.settle(live.id, self.settings.drain_timeout)
+
+    def _late(self, live: LiveStream, late: list[str], consequence: str) -> None:
+        """Tell the sender which processors did not finish in time after its stop."""
         if late:
             self.emit(live, [{
                 "type": "warning", "code": "processor_timeout",
                 "t": live.offset / live.rec.rate,
                 "message": f"{', '.join(late)} did not finish within "
-                           f"{self.settings.drain_timeout:g} s of the stop; "
-                           "their last events may come after it"}])
-        await self.router.settle(live.id, self.settings.drain_timeout)
+                           f"{self.settings.drain_timeout:g} s of the stop; {consequence}"}])
 
     async def shutdown(self) -> None:
         for live in list(self.live.values()):

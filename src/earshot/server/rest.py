@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from earshot import __version__
 from earshot.errors import StorageError, StreamNotFound
+from earshot.server.audio_range import range_response, source_response
 from earshot.server.auth import presented_token, token_ok
 from earshot.server.hub import Hub
 from earshot.storage.archive import MEDIA_TYPES
@@ -74,7 +75,10 @@ async def get_stream(stream_id: str, hub: HubDep) -> dict[str, Any]:
     summary="The stream's archive (WAV, or FLAC when so configured); supports HTTP Range",
     response_class=FileResponse,
 )
-async def get_audio(stream_id: str, hub: HubDep) -> FileResponse:
+async def get_audio(stream_id: str, hub: HubDep,
+              start: Annotated[float | None, Query(ge=0, description="stream seconds")] = None,
+              end: Annotated[float | None, Query(gt=0, description="stream seconds")] = None,
+              ) -> Response:
     rec = _record(hub, stream_id)
     hub.sync_archive(rec.id)  # make the header match what is on disk right now
     path = hub.path_of(rec)
@@ -83,7 +87,16 @@ async def get_audio(stream_id: str, hub: HubDep) -> FileResponse:
     media = MEDIA_TYPES.get(path.suffix, "application/octet-stream")
     stem = re.sub(r"(?a)[^\w.-]+", "_", re.sub(r"\.\w{1,5}$", "", rec.name or ""))[:60].strip("._")
     filename = f"{stem + '-' if stem else ''}{rec.id}{path.suffix}"
+    if start is not None or end is not None:  # ?start=S&end=E: that range as a WAV
+        return range_response(path, start, end, filename)
     return FileResponse(path, media_type=media, filename=filename)
+
+
+@api.get("/sources/{name}/audio", summary="All streams of one name, stitched by wall clock",
+         response_class=FileResponse)
+def get_source_audio(name: str, hub: HubDep, from_: Annotated[str, Query(alias="from")],
+                     to: str) -> Response:
+    return source_response(hub, name, from_, to)
 
 
 @api.get("/streams/{stream_id}/peaks", summary="Waveform peaks for drawing: min/max per column")

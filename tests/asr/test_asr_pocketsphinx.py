@@ -1,0 +1,142 @@
+"""The PocketSphinx engine (the default) with its bundled model, on real words."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from earshot.asr.engine import (
+    EngineConfig,
+    is_incremental,
+    language_problem,
+    load_engine,
+    primary_language,
+)
+from earshot.asr.pocketsphinx import DecoderDied, PocketSphinxEngine
+from earshot.errors import ConfigError
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+READING = json.loads((FIXTURES / "reading_16k.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[PocketSphinxEngine]:
+    e = load_engine(EngineConfig(model="en-us"), "pocketsphinx")
+    assert isinstance(e, PocketSphinxEngine)
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def reading() -> np.ndarray:
+    x, rate = sf.read(FIXTURES / "reading_16k.wav", dtype="float32")
+    assert rate == 16000
+    return x
+
+
+def sentence(x: np.ndarray, n: int, pad: float = 0.1) -> np.ndarray:
+    s = READING["speech"][n]
+    return x[s["start"] - int(pad * 16000): s["end"] + int(0.4 * 16000)]
+
+
+def test_declares_its_capabilities(engine: PocketSphinxEngine) -> None:
+    assert engine.name == "pocketsphinx" and is_incremental(engine)
+    assert engine.languages == ("en",)
+    assert language_problem(engine, "en-US") is None
+    problem = language_problem(engine, "fr-FR")
+    assert problem is not None and "only en" in problem and "'fr-FR'" in problem
+    assert primary_language("pt_BR") == "pt"
+
+
+def test_one_sentence_word_for_word_with_times(engine: PocketSphinxEngine,
+                                               reading: np.ndarray) -> None:
+    s = READING["speech"][2]
+    out = engine.transcribe(sentence(reading, 2), final=True)
+    assert out.text == s["text"] and [w.w for w in out.words] == s["text"].split()
+    speech = (s["end"] - s["start"]) / 16000
+    assert out.words[0].start == pytest.approx(0.1, abs=0.1)
+    assert out.words[-1].end == pytest.approx(0.1 + speech, abs=0.15)
+    assert all(0 <= w.start <= w.end <= out.duration and 0 <= w.p <= 1 for w in out.words)
+    assert out.language == "en"
+
+
+def test_incremental_partials_grow_and_the_final_matches(engine: PocketSphinxEngine,
+                                                         reading: np.ndarray) -> None:
+    x = sentence(reading, 8)
+    utt = engine.begin()
+    partials = []
+    for i in range(0, x.size, 8000):
+        utt.feed(x[i:i + 8000])
+        partials.append(utt.partial().text)
+    final = utt.finish()
+    assert final.text == READING["speech"][8]["text"]
+    assert partials[0] != partials[-1] and len(partials[-1].split()) >= 5
+    assert all(len(p.split()) <= len(final.text.split()) + 2 for p in partials)
+    with pytest.raises(RuntimeError, match="finished"):
+        utt.feed(x[:100])
+    utt.close()  # idempotent
+
+
+def test_many_utterances_at_once_each_get_their_own_decoder(engine: PocketSphinxEngine,
+                                                            reading: np.ndarray) -> None:
+    a, b = engine.begin(), engine.begin()
+    xa, xb = sentence(reading, 5), sentence(reading, 6)
+    for i in range(0, max(xa.size, xb.size), 4000):
+        a.feed(xa[i:i + 4000])
+        b.feed(xb[i:i + 4000])
+    assert (a.finish().text, b.finish().text) == (READING["speech"][5]["text"],
+                                                 READING["speech"][6]["text"])
+
+
+def test_a_dead_decoder_process_fails_its_utterance_and_is_restarted(
+        engine: PocketSphinxEngine, reading: np.ndarray) -> None:
+    utt = engine.begin()
+    utt.feed(sentence(reading, 3)[:8000])
+    proc = engine._procs[0]
+    assert proc is not None
+    proc.proc.kill()
+    proc.proc.wait()
+    with pytest.raises(DecoderDied, match="died"):
+        utt.feed(sentence(reading, 3)[8000:])
+    utt.close()
+    assert engine.transcribe(sentence(reading, 3), final=True).text == \
+        READING["speech"][3]["text"]
+
+
+def test_bad_configuration(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="English only"):
+        PocketSphinxEngine(EngineConfig(model="en-us", language="de"))
+    with pytest.raises(ConfigError, match="CPU only"):
+        PocketSphinxEngine(EngineConfig(model="en-us", device="cuda"))
+    with pytest.raises(ConfigError, match="not 'en-us'"):
+        PocketSphinxEngine(EngineConfig(model=str(tmp_path / "nope")))
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "words.dict").write_text("hello HH AH L OW\n")
+    with pytest.raises(ConfigError, match=r"lacks an acoustic model .*; a language model"):
+        PocketSphinxEngine(EngineConfig(model=str(tmp_path / "m")))
+    with pytest.raises(ConfigError, match="is not one of"):
+        load_engine(EngineConfig(model="x"), "nosuchengine")
+
+
+def test_the_bundled_model_loads_when_a_stream_first_needs_it() -> None:
+    import time
+
+    e = PocketSphinxEngine(EngineConfig(model="en-us"))
+    try:
+        assert e._procs == [None]  # a server whose streams never ask for asr spawns nothing
+        e.warm()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (e._procs[0] and e._procs[0].alive):
+            time.sleep(0.05)
+        first = e._procs[0]
+        assert first is not None and first.alive
+        e.warm()  # idempotent
+        assert e.transcribe(np.zeros(8000, np.float32), final=True).text == ""
+        assert e._procs[0] is first
+    finally:
+        e.close()

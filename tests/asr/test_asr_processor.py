@@ -1,0 +1,67 @@
+"""The asr processor with an engine double through the real runner: chunk size does not
+change what is decoded, and the language of the stream reaches the engine or is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from earshot.asr.engine import Transcription, Word
+from earshot.asr.scheduler import AsrScheduler
+from earshot.processors.asr import Asr
+from earshot.testing import run_processor
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+TRUTH = json.loads((FIXTURES / "speech_16k.json").read_text())["speech"]
+
+
+class Lengths:
+    """'Transcribes' audio as its length in frames."""
+
+    name = "lengths"
+    languages = ("en", "fr")
+
+    def __init__(self) -> None:
+        self.languages_seen: list[str | None] = []
+
+    def transcribe(self, audio: np.ndarray, *, final: bool,
+                   language: str | None = None) -> Transcription:
+        self.languages_seen.append(language)
+        return Transcription(str(audio.size), (Word(str(audio.size), 0.0, 0.1, 1.0),), "en",
+                             audio.size / 16000)
+
+
+def finals(chunk_seconds: float, **options: object) -> tuple[list[dict], Lengths]:
+    engine = Lengths()
+    scheduler = AsrScheduler(engine)
+    cls = type("Asr", (Asr,), {"scheduler": scheduler})
+    x, rate = sf.read(FIXTURES / "speech_16k.wav", dtype="int16")
+    try:
+        events = run_processor(cls(**options), x, rate, chunk_seconds=chunk_seconds)
+    finally:
+        scheduler.close()
+    return [e for e in events if e["type"] == "transcript" and e["final"]], engine
+
+
+@pytest.mark.parametrize("chunk", [0.02, 3.0])
+def test_chunk_size_does_not_change_the_finals(chunk: float) -> None:
+    got, _ = finals(chunk)
+    ref, _ = finals(0.1)
+    assert [(f["start"], f["end"], f["text"]) for f in got] == \
+        [(f["start"], f["end"], f["text"]) for f in ref]
+    assert len(got) == len(TRUTH)
+    for f, truth in zip(got, TRUTH, strict=True):
+        assert abs(f["start"] - truth["start_s"]) <= 0.1
+        # the audio decoded: the utterance plus the 0.1 s lead-in before it
+        assert int(f["text"]) == round((f["end"] - f["start"] + 0.1) * 16000)
+
+
+def test_language_option_reaches_the_engine() -> None:
+    _, engine = finals(0.1, language="fr-FR")
+    assert set(engine.languages_seen) == {"fr"}
+    _, engine = finals(0.1)
+    assert set(engine.languages_seen) == {None}

@@ -1,0 +1,119 @@
+"""`earshot serve --config FILE` / EARSHOT_CONFIG: TOML keys = options; CLI > env > file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from earshot.config import (
+    Settings,
+    env_overrides,
+    load_config_file,
+    merge_settings,
+    parse_config_file,
+)
+from earshot.errors import ConfigError
+from helpers import ROOT, ServerProcess
+
+EXAMPLE = ROOT / "examples" / "earshot.toml"
+
+
+def test_the_committed_example_loads_and_names_every_option() -> None:
+    opts = load_config_file(EXAMPLE)
+    settings = merge_settings(opts)
+    assert settings.port == 8000
+    assert settings.data_dir == Path("./earshot-data")
+    assert settings.processors == ("level", "vad,threshold=0.5")
+    assert settings.max_lag == 10.0 and isinstance(settings.max_lag, float)
+    # every setting with a command-line option appears in the file (set or commented out)
+    text = EXAMPLE.read_text()
+    from dataclasses import fields
+
+    for f in fields(Settings):
+        assert f"{f.name} =" in text, f"{f.name} is missing from examples/earshot.toml"
+
+
+def test_precedence_is_command_line_then_environment_then_file() -> None:
+    file = parse_config_file('port = 9001\nhost = "127.0.0.1"\nprocessors = ["level", "vad"]\n'
+                             'max_lag = 3\n')
+    env = env_overrides({"EARSHOT_PORT": "9002", "EARSHOT_MAX_LAG": "4.5"})
+    cli = {"port": 9003}
+    s = merge_settings(file, env, cli)
+    assert (s.port, s.max_lag, s.processors) == (9003, 4.5, ("level", "vad"))
+    s = merge_settings(file, env, {})
+    assert (s.port, s.max_lag) == (9002, 4.5)
+    s = merge_settings(file)
+    assert (s.port, s.max_lag) == (9001, 3.0)
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("prot = 8000\n", "unknown key 'prot'"),
+    ("data-dir = 'x'\n", "unknown key 'data-dir' (did you mean 'data_dir'?)"),
+    ("port = '8000'\n", "config key 'port' must be an integer"),
+    ("fsync = 1\n", "config key 'fsync' must be true or false"),
+    ("processors = 'level'\nmax_lag = 'x'\n", "config key 'max_lag' must be a number"),
+    ("processors = [1]\n", "config key 'processors' must be a list of strings"),
+    ("port = \n", "not valid TOML"),
+    ("[server]\nport = 1\n", "unknown key 'server'"),
+])
+def test_bad_files_are_errors_that_name_the_key(text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config_file(text, "x.toml")
+    assert needle in str(err.value)
+    assert str(err.value).startswith("x.toml: ")
+
+
+def test_a_single_string_is_a_one_item_list_and_settings_still_validate() -> None:
+    assert parse_config_file('processors = "vad"')["processors"] == ("vad",)
+    with pytest.raises(ConfigError, match="archive format"):
+        merge_settings(parse_config_file('archive_format = "mp3"'))
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config_file(tmp_path / "nope.toml")
+
+
+def _serve(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "earshot.cli", "serve", *args],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **env})
+
+
+@pytest.mark.slow
+def test_serve_with_a_config_file_env_and_options(tmp_path: Path) -> None:
+    conf = tmp_path / "earshot.toml"
+    conf.write_text('processors = ["level", "vad"]\narchive_format = "flac"\n'
+                    'port = 1\ndata_dir = "/nonexistent/never-used"\n')
+    # the file alone: its processors and archive format (port and data_dir come from the
+    # command line, which ServerProcess always passes)
+    srv = ServerProcess(tmp_path / "a", "--config", str(conf)).start()
+    try:
+        h = httpx.get(srv.http + "/healthz").json()
+        assert h["default_processors"] == ["level", "vad"]
+        assert h["archive_format"] == "flac"
+    finally:
+        srv.stop()
+    # EARSHOT_CONFIG, overridden by the environment and then by an option
+    srv = ServerProcess(tmp_path / "b", "--archive-format", "wav",
+                        env={"EARSHOT_CONFIG": str(conf), "EARSHOT_PROCESSORS": "level",
+                             "EARSHOT_ARCHIVE_FORMAT": "ogg"}).start()
+    try:
+        h = httpx.get(srv.http + "/healthz").json()
+        assert h["default_processors"] == ["level"]
+        assert h["archive_format"] == "wav"
+    finally:
+        srv.stop()
+    assert (tmp_path / "b" / "earshot.db").exists()
+    # an unknown key stops the server at once, naming the key and the file
+    bad = tmp_path / "bad.toml"
+    bad.write_text("port = 8000\nmax_lagg = 3\n")
+    r = _serve(["--config", str(bad)], {})
+    assert r.returncode == 2
+    assert f"{bad}: unknown key 'max_lagg'" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -712,6 +712,11 @@ class Server:
             self.cmd = cmd
             self._log = open(self.log_path, "wb")  # noqa: SIM115
             env = dict(os.environ)
+            # raw capacity: the admission guard (server_full past a loop-lag or ack-latency
+            # threshold) would otherwise refuse the newcomers of a ramp; older servers
+            # ignore these variables
+            env.setdefault("EARSHOT_MAX_LOOP_LAG", "0")
+            env.setdefault("EARSHOT_MAX_ACK_LATENCY", "0")
             # thousands of streams from one address: no per-address connection limit
             env.setdefault("EARSHOT_CONN_RATE", "0")
             if args.server_src:  # run the server from a snapshot of the package

@@ -64,3 +64,18 @@ class SlowEngine:
         dur = len(audio) / 16000
         words = (Word("words", 0.0, dur / 2, 0.9), Word(f"{dur:.2f}", dur / 2, dur, 0.8))
         return Transcription(text=f"words {dur:.2f}", words=words, language="en", duration=dur)
+
+
+class LoopHog(Processor):
+    """Runs ON the event loop (inline) and takes ``factor`` times real time: a server that
+    has run out of CPU headroom (for the admission guard's tests)."""
+
+    name = "loophog"
+    inline = True
+
+    def __init__(self, factor: float = 3.0) -> None:
+        self.factor = factor
+
+    def process(self, chunk: Chunk) -> list[Event]:
+        time.sleep(chunk.frames / chunk.rate * self.factor)
+        return []

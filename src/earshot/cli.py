@@ -47,6 +47,16 @@ def _env(name: str, default: Any = None) -> Any:
 
 
 # -- serve --------------------------------------------------------------------------------
+def _size(text: str) -> int:
+    """argparse type for sizes (64M, 1G, bytes)."""
+    from earshot.server.space import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     require_server_extra()
     import uvicorn
@@ -65,6 +75,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             opts[key] = value
+    for key in ("max_streams", "max_loop_lag", "max_ack_latency",  # admission control
+                "min_free_space"):
+        if getattr(args, key, None) is not None:
+            opts[key] = getattr(args, key)
     for key in ("allowed_origins", "forwarded_allow_ips", "certfile", "keyfile", "conn_rate",
                 "conn_burst", "auth_fail_rate", "auth_fail_burst"):  # (README: Security)
         value = getattr(args, key)
@@ -133,6 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ws_per_message_deflate=False,
         ws_max_size=max(16 << 20, settings.max_message_bytes * 2), log_level=settings.log_level,
         lifespan="on",
+        timeout_graceful_shutdown=settings.drain_timeout + 5,  # bounded exit on SIGTERM
         # hardening: TLS, X-Forwarded-* only from --forwarded-allow-ips, no secrets in logs
         ssl_certfile=settings.certfile, ssl_keyfile=settings.keyfile,
         proxy_headers=bool(settings.forwarded_allow_ips),
@@ -802,6 +817,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of audio kept on the Redis log (default 60)")
     b.add_argument("--processes", type=POSITIVE_INT,
                    help="gateway processes sharing the port (needs --bus; default 1)")
+    d = s.add_argument_group("admission control (new publishers past a limit get "
+                             "'server_full', close 1013, and retry; resumes always get in)")
+    d.add_argument("--max-streams", type=COUNT, metavar="N",
+                   help="publishers held at once per gateway process (default 0: no limit)")
+    d.add_argument("--max-loop-lag", type=SECONDS_OR_ZERO, metavar="SECONDS",
+                   help="refuse new streams while the smoothed event-loop lag exceeds this "
+                        "(default 0.5; 0: off)")
+    d.add_argument("--max-ack-latency", type=SECONDS_OR_ZERO, metavar="SECONDS",
+                   help="refuse new streams while the smoothed ack latency exceeds this "
+                        "(default 1; 0: off)")
+    d.add_argument("--min-free-space", type=_size, metavar="SIZE",
+                   help="free space kept on the data dir: below it new streams get "
+                        "'storage_full' (1013), held ones go on (default 64M; 0: off)")
     s.set_defaults(func=cmd_serve)
 
     def client_opts(c: argparse.ArgumentParser) -> None:

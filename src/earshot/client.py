@@ -33,7 +33,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from earshot.audio import BYTES_PER_SAMPLE, SampleFormat, encode
 from earshot.errors import ClientError
-from earshot.protocol import RETRYABLE
+from earshot.protocol import BUSY, RETRYABLE
 from earshot.sources import FileSource, MicSource
 from earshot.transport import handshake_refusal, ws_options
 
@@ -52,14 +52,29 @@ class Reconnect:
     jitter: float = 0.2
     attempts: int | None = 30
     first_attempts: int | None = 3  # before the stream ever started: fail fast if nobody is there
+    busy_attempts: int | None = 120  # refusals of a busy server (server_full, shutting_down)
 
     def delay(self, attempt: int) -> float:
         base = min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
         return base * (1 + random.uniform(-self.jitter, self.jitter))
 
+    def busy_delay(self, attempt: int) -> float:
+        """After a busy server's refusal: wider jitter (0.5x to 1.5x), so that many clients
+        refused or dropped together (a restart) come back spread out, not as a herd."""
+        base = min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
+        return base * random.uniform(0.5, 1.5)
+
 
 class _Done(Exception):
     """The stream turned out to be finished already."""
+
+
+class _Busy(ConnectionError):
+    """The server asked us to come back later (server_full, storage_full, shutting_down)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{message} [{code}]")
+        self.code = code
 
 
 class _Fatal(Exception):
@@ -268,7 +283,8 @@ class Publisher:
         self._emit(_DONE)
 
     async def _run(self) -> None:
-        attempt = 0
+        attempt = busy = 0
+        spread = False  # after a busy server's refusal (a restart): wider jitter
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         while True:
             try:
@@ -278,7 +294,8 @@ class Publisher:
                     close_timeout=2, **ws_options(self.url, self.ssl),
                 ) as ws:
                     await self._handshake(ws)
-                    attempt = 0
+                    attempt = busy = 0
+                    spread = False
                     if await self._connected(ws):
                         return
             except _Done:
@@ -289,6 +306,19 @@ class Publisher:
             except asyncio.CancelledError:
                 self._fail(ClientError("publisher closed"))
                 raise
+            except _Busy as exc:
+                busy += 1
+                spread = True
+                limit = self.reconnect.busy_attempts
+                if limit is not None and busy > limit:
+                    self._fail(ClientError(f"server stayed busy (gave up after {limit} "
+                                           f"attempts): {exc}", code=exc.code))
+                    return
+                delay = self.reconnect.busy_delay(busy)
+                self._emit({"type": "reconnecting", "attempt": busy, "delay": delay,
+                            "code": exc.code, "reason": str(exc)})
+                await asyncio.sleep(delay)
+                self.reconnects += 1
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
                 if isinstance(exc, InvalidURI):
                     self._fail(ClientError(f"bad server URL {self.url!r}: {exc}"))
@@ -308,7 +338,7 @@ class Publisher:
                         f"{refused.message if refused is not None else exc}",
                         code=refused.code if refused is not None else "unreachable"))
                     return
-                delay = self.reconnect.delay(attempt)
+                delay = (self.reconnect.busy_delay if spread else self.reconnect.delay)(attempt)
                 if refused is not None and refused.retry_after:
                     delay = max(delay, refused.retry_after)
                 self._emit({"type": "reconnecting", "attempt": attempt, "delay": delay,
@@ -344,6 +374,8 @@ class Publisher:
                 break
             if kind == "error":
                 code = msg.get("code", "error")
+                if code in BUSY:
+                    raise _Busy(code, msg.get("message", ""))
                 if code in RETRYABLE:
                     raise ConnectionError(msg.get("message"))
                 if code == "stream_finished" and self._stopping and self._stopped is not None:
@@ -399,6 +431,8 @@ class Publisher:
             if code is not None and (4400 <= code < 4500 or code in FATAL_CLOSE_CODES):
                 raise _Fatal(last_error.get("code", str(code)),
                              last_error.get("message") or ws.close_reason or "closed")
+            if last_error.get("code") in BUSY:  # e.g. shutting_down (1001): back off, resume
+                raise _Busy(last_error["code"], last_error.get("message", ""))
             raise ConnectionError(f"connection closed ({code} {ws.close_reason})")
         finally:
             writer.cancel()

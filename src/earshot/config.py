@@ -25,6 +25,10 @@ RANGES: dict[str, Range] = {
     "asr_beam_size": POSITIVE_INT,
     "asr_workers": POSITIVE_INT,
     "asr_threads": COUNT,
+    "max_streams": COUNT,
+    "max_loop_lag": SECONDS_OR_ZERO,
+    "max_ack_latency": SECONDS_OR_ZERO,
+    "min_free_space": COUNT,
     "asr_batch": COUNT,
 }
 
@@ -62,6 +66,11 @@ class Settings:
     bus_retention: float = 60.0  # seconds of audio kept on the Redis log
     processes: int = 1  # gateway processes (needs a shared bus)
     web_origins: tuple[str, ...] = ("*",)  # CORS for /web/* (earshot.js on other sites)
+    # admission control (server/admission.py); 0 turns a limit off
+    max_streams: int = 0  # publishers held at once (per gateway process)
+    max_loop_lag: float = 0.5  # smoothed event-loop lag beyond which new streams wait
+    max_ack_latency: float = 1.0  # smoothed ack latency beyond which new streams wait
+    min_free_space: int = 64 << 20  # bytes kept free on the data dir: new streams wait below
     # hardening (earshot.server.guard, TLS, proxies): see the README's "Security" section
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     forwarded_allow_ips: str | None = None

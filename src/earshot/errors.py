@@ -21,6 +21,10 @@ class StorageError(EarshotError):
     """The archive or the metadata store failed or holds something unexpected."""
 
 
+class StorageFull(StorageError):
+    """The data directory's disk is full (or below ``--min-free-space``)."""
+
+
 class StreamNotFound(StorageError):
     """No stream with that id."""
 

@@ -33,6 +33,7 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN_LATER = 1013  # server_full, storage_full: back off and retry
 CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
@@ -53,10 +54,14 @@ FATAL_CLOSE: dict[str, int] = {
     "superseded": CLOSE_CONFLICT,
     "internal": CLOSE_INTERNAL,
     "shutting_down": CLOSE_GOING_AWAY,
+    "server_full": CLOSE_TRY_AGAIN_LATER,
+    "storage_full": CLOSE_TRY_AGAIN_LATER,
 }
 
 #: error codes after which a client should reconnect and resume (everything else is final).
-RETRYABLE = frozenset({"internal", "shutting_down"})
+RETRYABLE = frozenset({"internal", "shutting_down", "server_full", "storage_full"})
+#: retryable refusals of a busy server: clients back off longer (jittered), without a limit
+BUSY = frozenset({"shutting_down", "server_full", "storage_full"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

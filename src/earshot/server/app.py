@@ -19,11 +19,13 @@ from earshot.bus.base import Bus
 from earshot.config import Settings
 from earshot.processors.asr import Asr
 from earshot.processors.registry import Registry
+from earshot.server.admission import probe_loop_lag
 from earshot.server.auth import presented_token, token_ok
 from earshot.server.docs import add_docs
 from earshot.server.guard import Guard
 from earshot.server.hub import Hub
 from earshot.server.ingest import IngestSession, refuse_unauthorized
+from earshot.server.lifecycle import DRAIN_TIMEOUT, drain_on_signals
 from earshot.server.metrics import Metrics
 from earshot.server.rest import api, ops
 from earshot.server.static import CorsStaticFiles
@@ -100,11 +102,16 @@ def create_app(settings: Settings) -> FastAPI:
         if repaired:
             log.warning("repaired %d archive(s) left open by a crash", len(repaired))
         app.state.hub = hub
+        hub.reserve_held()  # after a planned restart, resumes are admitted first
+        restore_signals = drain_on_signals(hub.drain, DRAIN_TIMEOUT)
         ticker = asyncio.create_task(hub.run_ticker(), name="earshot-ticker")
+        probe = asyncio.create_task(probe_loop_lag(hub.observe_loop_lag), name="earshot-lag")
         try:
             yield
         finally:
+            restore_signals()
             ticker.cancel()
+            probe.cancel()
             await hub.shutdown()
             await bus.close()
             if scheduler is not None:

@@ -28,14 +28,17 @@ from earshot.audio import StreamSpec, decode, sanitize_f32
 from earshot.bus import ALL, AudioItem
 from earshot.bus.base import Bus, LogAudio
 from earshot.config import Settings
-from earshot.errors import ProcessorError, ProtocolError, StorageError, StreamNotFound
+from earshot.errors import ProcessorError, ProtocolError, StorageError, StorageFull, StreamNotFound
 from earshot.pipeline import StreamPipeline
 from earshot.processors.base import Event, StreamInfo
 from earshot.processors.registry import Registry
 from earshot.protocol import Start
+from earshot.server.admission import STATES, Admission
+from earshot.server.lifecycle import read_held, write_held
 from earshot.server.metrics import Metrics
 from earshot.server.relay import OpusRelay
 from earshot.server.router import EventRouter, Owner
+from earshot.server.space import Space, free_bytes, is_no_space
 from earshot.server.writer import StreamWriter, Written
 from earshot.storage.archive import FINAL_SUFFIX, Archive, ArchiveFormat, finalize
 from earshot.storage.metadata import MetadataStore, StreamRecord
@@ -116,6 +119,13 @@ class Hub:
         self._background: set[asyncio.Task[Any]] = set()
         self.streams_dir = settings.data_dir / "streams"
         self.streams_dir.mkdir(parents=True, exist_ok=True)
+        self.admission = Admission(max_streams=settings.max_streams,
+                                   max_loop_lag=settings.max_loop_lag,
+                                   max_ack_latency=settings.max_ack_latency)
+        metrics.max_streams.set(settings.max_streams)
+        self.space = Space(settings.min_free_space, str(settings.data_dir))
+        self.check_space()
+        self._show_admission()
 
     # -- what others may ask (on the event loop) ----------------------------------------
     def owner_of(self, stream_id: str) -> Owner | None:
@@ -162,6 +172,48 @@ class Hub:
         return self.router.from_worker(stream_id, events, live.rec if live else None,
                                        live.archive.path if live else None)
 
+    # -- admission (server/admission.py) -------------------------------------------------
+    def observe_loop_lag(self, lag: float, now: float) -> None:
+        """The loop-lag probe's report (every 0.1 s); also refreshes the gauges."""
+        self.admission.observe_loop_lag(lag, now)
+        self._show_admission(now)
+
+    def _show_admission(self, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        a, m = self.admission, self.metrics
+        state = a.state(self.live, now)
+        for s in STATES:
+            m.admission_state.labels(s).set(1 if s == state else 0)
+        m.loop_lag.set(a.lag.current(now))
+        m.ack_latency_recent.set(a.ack.current(now))
+
+    def admission_report(self) -> dict[str, Any]:
+        """For /healthz: whether new publishers get in now, and why not."""
+        a, now = self.admission, self.clock()
+        return {"state": a.state(self.live, now), "held": len(self.live),
+                "max_streams": a.max_streams,
+                "loop_lag": round(a.lag.current(now), 4),
+                "ack_latency": round(a.ack.current(now), 4)}
+
+    def _admit(self, start: Start) -> None:
+        """Refuse a new publisher past --max-streams or the CPU-headroom guard; a resume
+        is always admitted (unless the server is shutting down)."""
+        a = self.admission
+        full = self.space.refusal(resume=start.resume is not None)
+        if full is not None and not a.draining:
+            self.metrics.streams_refused.labels("storage").inc()
+            raise ProtocolError("storage_full", full)
+        if start.resume is not None:
+            if a.draining:
+                raise ProtocolError("shutting_down", "the server is shutting down; resume later")
+            return
+        now = self.clock()
+        why = a.refusal(self.live, now)
+        if why is not None:
+            state = a.state(self.live, now)
+            self.metrics.streams_refused.labels(state).inc()
+            raise ProtocolError("shutting_down" if a.draining else "server_full", why)
+
     # -- recovery -----------------------------------------------------------------------
     async def recover(self) -> list[str]:
         """Repair every archive a crash left open; those streams become resumable.
@@ -194,8 +246,10 @@ class Hub:
 
         Returns it, its resume token, and warnings for the client (e.g. processors refused).
         """
+        self._admit(start)
         if start.resume is not None:
             live, token = await self._resume(start, owner)
+            self.admission.resumed(live.id)
         else:
             live, token = self._create(start, owner)
         warnings: list[Event] = []
@@ -219,13 +273,31 @@ class Hub:
         sid = new_stream_id()
         token = secrets.token_urlsafe(18)
         rel = f"streams/{sid}.wav"
-        archive = Archive.create(self.settings.data_dir / rel, spec.pcm, fmt)
+        path = self.settings.data_dir / rel
+        try:
+            archive = Archive.create(path, spec.pcm, fmt)
+        except OSError as exc:
+            path.unlink(missing_ok=True)  # never leave a zero-byte archive behind
+            if is_no_space(exc):
+                self.space.write_failed(f"creating {rel}")
+                raise ProtocolError("storage_full", "the server's disk is full; "
+                                    "try again later") from None
+            raise
         rec = StreamRecord(
             id=sid, name=start.name, created=time.time(), format=spec.format,
             archive_format=fmt, rate=spec.rate, channels=spec.channels, path=rel,
             token_hash=hash_token(token), client=dict(start.client),
         )
-        self.store.create(rec)
+        try:
+            self.store.create(rec)
+        except StorageError as exc:
+            archive.close()
+            path.unlink(missing_ok=True)
+            if is_no_space(exc):
+                self.space.write_failed("the metadata database")
+                raise ProtocolError("storage_full", "the server's disk is full; "
+                                    "try again later") from None
+            raise
         live = LiveStream(rec, self._writer(archive, spec, start.pre_skip), start.compat, owner)
         self._attach(live, resumed=False)
         return live, token
@@ -374,7 +446,14 @@ class Hub:
     def _write(self, live: LiveStream) -> Written | None:
         """Write what is pending (synchronously), and hand the batch on: onto the log, to
         the processors, to relay listeners."""
-        w = live.writer.write()
+        try:
+            w = live.writer.write()
+        except OSError as exc:
+            if not is_no_space(exc):
+                raise
+            self.space.write_failed(f"stream {live.id}")
+            raise StorageFull(f"the server's disk is full; {live.offset} frames of stream "
+                              f"{live.id} are kept, resume later") from None
         if w is None:
             return None
         bus = self.bus
@@ -412,6 +491,17 @@ class Hub:
         return w
 
     async def flush(self, live: LiveStream) -> None:
+        """Write pending audio, then acknowledge everything durably written. A full disk
+        ends the connection with ``storage_full`` (1013); the stream stays resumable."""
+        try:
+            await self._flush(live)
+        except StorageFull as exc:
+            owner = live.owner
+            if owner is not None:
+                with contextlib.suppress(Exception):
+                    await owner.kick("storage_full", str(exc))
+
+    async def _flush(self, live: LiveStream) -> None:
         """Write pending audio, then acknowledge everything durably written.
 
         Without ``--fsync`` this never suspends (one ``os.write``, then the ack is queued),
@@ -436,13 +526,28 @@ class Hub:
         if offset is None:
             return
         self.metrics.acks.inc()
-        self.metrics.ack_latency.observe(self.clock() - newest)
+        now = self.clock()
+        self.metrics.ack_latency.observe(now - newest)
+        self.admission.observe_ack_latency(now - newest, now)
         for m in live.writer.warnings():
             owner.post(m)
         owner.post_text(f'{{"type":"ack","offset":{offset}}}')
 
+    def check_space(self) -> str:
+        """Measure the data directory's free space (at most once a second)."""
+        now = self.clock()
+        if self.space.due(now):
+            with contextlib.suppress(OSError):
+                self.space.update(free_bytes(self.settings.data_dir), now)
+        m = self.metrics
+        m.storage_free.set(self.space.free or 0)
+        for st in ("ok", "low", "full"):
+            m.storage_state.labels(st).set(1 if st == self.space.state else 0)
+        return self.space.state
+
     async def tick(self) -> None:
         """Flush streams whose oldest pending audio waited an ack interval; sync headers."""
+        self.check_space()
         now = self.clock()
         for live in list(self.live.values()):
             if live.writer.flush_due(now):
@@ -478,7 +583,8 @@ class Hub:
 
     async def _detach(self, live: LiveStream, *, stopped: bool, length: int | None) -> int:
         async with live.lock:
-            self._write(live)
+            with contextlib.suppress(StorageFull):  # the client resends what is not written
+                self._write(live)
             if stopped and length is not None:
                 extra = live.writer.trim_tail(length, limit=live.rec.rate // 5)
                 if extra:
@@ -520,7 +626,12 @@ class Hub:
             else:
                 rec.state = "interrupted"
                 fields.update(state="interrupted")
-            self.store.update(rec.id, **fields)
+            try:
+                self.store.update(rec.id, **fields)
+            except StorageError as exc:  # e.g. SQLite on a full disk: repaired at start
+                if not is_no_space(exc):
+                    raise
+                self.space.write_failed("the metadata database")
             self.live.pop(rec.id, None)
             self.metrics.streams_active.set(len(self.live))
         await self.bus.release(rec.id)
@@ -564,6 +675,50 @@ class Hub:
                 await self.detach(live, owner, stopped=False)
         if self._background:
             await asyncio.wait(self._background, timeout=self.settings.drain_timeout)
+
+    async def drain(self, timeout: float = 5.0) -> list[str]:
+        """A planned shutdown (SIGTERM/SIGINT, server/lifecycle.py): refuse new streams and
+        resumes, write and acknowledge what every publisher sent, tell it ``shutting_down``
+        (close 1001; it stops taking audio from then on) and leave its stream resumable.
+        Streams being stopped finish their stop. Returns the streams that were held."""
+        self.admission.draining = True
+        self._show_admission()
+        held = [lv for lv in self.live.values()
+                if lv.owner is not None and lv.detaching is None]
+
+        async def tell(live: LiveStream) -> None:
+            owner = live.owner
+            if owner is None or live.detaching is not None:
+                return
+            await self.flush(live)
+            with contextlib.suppress(Exception):
+                await owner.kick("shutting_down", "the server is restarting; resume shortly")
+
+        deadline = self.clock() + timeout
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(tell(lv) for lv in held)), timeout)
+            # a resume that was under way when the drain began
+            late = [lv for lv in self.live.values() if lv.owner is not None
+                    and lv.detaching is None and lv not in held]
+            held += late
+            await asyncio.wait_for(asyncio.gather(*(tell(lv) for lv in late)),
+                                   max(0.1, deadline - self.clock()))
+        while self.live and self.clock() < deadline:  # each session detaches as it closes
+            await asyncio.sleep(0.02)
+        ids = [lv.id for lv in held]
+        if self.settings.processes == 1 and not self.bus.remote:  # one gateway, its own dir
+            write_held(self.settings.data_dir, ids)
+        log.info("drained %d stream(s) for a restart; they stay resumable", len(ids))
+        return ids
+
+    def reserve_held(self) -> int:
+        """After a planned restart: keep slots for the streams held at shutdown."""
+        if self.settings.processes != 1 or self.bus.remote:
+            return 0
+        ids, left = read_held(self.settings.data_dir, self.admission.resume_grace)
+        if ids:
+            self.admission.reserve(ids, self.clock(), left)
+        return len(ids)
 
     def delete(self, stream_id: str) -> None:
         if stream_id in self.live:

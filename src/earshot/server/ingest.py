@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from earshot.errors import ProtocolError, StorageError
+from earshot.errors import ProtocolError, StorageError, StorageFull
 from earshot.protocol import (
     CLOSE_UNAUTHORIZED,
     AudioIn,
@@ -147,6 +147,8 @@ class IngestSession:
             live, token, warnings = await self.hub.open(start, self)
         except ProtocolError as exc:
             return self.conn.refuse(exc.code, exc.message)
+        except StorageFull as exc:
+            return self.conn.refuse("storage_full", str(exc))
         except (StorageError, OSError) as exc:
             log.exception("cannot open stream")
             return self.conn.refuse("internal", f"cannot open the stream's archive: {exc}")

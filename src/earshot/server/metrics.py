@@ -53,6 +53,23 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )
+        self.streams_refused = Counter(
+            "earshot_streams_refused", "New publishers refused at the door, by reason "
+            "(full, overloaded, draining)", ["reason"], registry=r)
+        self.admission_state = Gauge(
+            "earshot_admission_state", "1 for the admission guard's current state "
+            "(ok, full, overloaded, draining)", ["state"], registry=r)
+        self.loop_lag = Gauge("earshot_loop_lag_seconds",
+                              "Event-loop lag, smoothed over about 2 s", registry=r)
+        self.ack_latency_recent = Gauge("earshot_ack_latency_recent_seconds",
+                                        "Ack latency, smoothed over about 2 s", registry=r)
+        self.storage_free = Gauge("earshot_storage_free_bytes",
+                                  "Free space on the data directory's filesystem", registry=r)
+        self.storage_state = Gauge("earshot_storage_state", "1 for the storage state "
+                                   "(ok, low: below --min-free-space, full)", ["state"],
+                                   registry=r)
+        self.max_streams = Gauge("earshot_max_streams", "--max-streams (0: no limit)",
+                                 registry=r)
 
     def observe_asr(self, result: object, skipped: bool) -> None:
         """Scheduler hook (called on its worker threads; prometheus metrics are thread-safe)."""

@@ -181,8 +181,11 @@ async def healthz(request: Request, hub: HubDep) -> dict[str, Any]:
     caps: dict[str, Any] = request.app.state.capabilities
     bus = hub.bus.health()
     status = "ok" if bus["state"] == "ok" else "degraded"
+    if hub.check_space() != "ok":
+        status = "degraded"
     return {"status": status, "version": __version__, "live_streams": len(hub.live_info("*")),
-            "bus": bus, **caps}
+            "bus": bus, "admission": hub.admission_report(), "storage": hub.space.report(),
+            **caps}
 
 
 @ops.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_token)])

@@ -15,6 +15,7 @@
 import { EarshotError } from "./common.js";
 
 const FATAL_CLOSE = (code) => (code >= 4400 && code < 4500) || code === 1008 || code === 1009;
+const TRY_AGAIN_LATER = 1013; // server_full, storage_full: back off and retry on our own
 
 export class IngestClient {
   constructor({ server, token = null, format = "s16", rate, channels = 1, preSkip = 0,
@@ -183,6 +184,11 @@ export class IngestClient {
           this._fail(err);
           return;
         }
+        if (!ready && !this.stream && e.code === TRY_AGAIN_LATER) {
+          // a busy server refused a new stream: retry, and settle the first connect() then
+          this._reconnect(e, () => this.connect().then(resolve, reject));
+          return;
+        }
         if (!ready && !this.stream) {
           this.closed = true;
           reject(new EarshotError(`Cannot reach the earshot server at ${this.server}.`,
@@ -194,13 +200,16 @@ export class IngestClient {
     });
   }
 
-  _reconnect(e) {
+  _reconnect(e, retry = null) {
     this._attempt += 1;
-    const delay = Math.min(5000, 150 * 2 ** Math.min(this._attempt - 1, 6));
+    // jittered (0.5x to 1.5x), so pages dropped together by a restart come back spread out
+    const delay = Math.min(5000, 150 * 2 ** Math.min(this._attempt - 1, 6)) *
+      (0.5 + Math.random());
     this.emit("reconnecting", { attempt: this._attempt, delay, code: e && e.code });
     setTimeout(() => {
       if (this.closed) return;
-      this.connect().catch(() => {}); // failures land in onclose: retried or fatal
+      if (retry) retry();
+      else this.connect().catch(() => {}); // failures land in onclose: retried or fatal
     }, delay);
   }
 }

@@ -193,6 +193,19 @@ def best_alignment(y: Any, x: Any) -> tuple[int, float]:
     return lag, float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
+def best_lag(y: np.ndarray, x: np.ndarray, max_lag: int = 50) -> tuple[int, float]:
+    """Lag (samples) of y against x within ±max_lag, and the normalized correlation there."""
+    best = (0, -1.0)
+    for lag in range(-max_lag, max_lag + 1):
+        a = y[max(lag, 0): len(y) + min(lag, 0)]
+        b = x[max(-lag, 0): len(x) + min(-lag, 0)]
+        m = min(len(a), len(b))
+        c = float(np.dot(a[:m], b[:m]) / (np.linalg.norm(a[:m]) * np.linalg.norm(b[:m]) + 1e-12))
+        if c > best[1]:
+            best = (lag, c)
+    return best
+
+
 def capture_correlation(y: Any, x: Any, rate: int, *, block_s: float = 0.5) -> float:
     """How well a browser's capture ``y`` matches its source ``x`` (the fake microphone's
     file, which it starts playing at the capture's start).

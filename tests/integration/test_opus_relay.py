@@ -17,22 +17,9 @@ import soundfile as sf
 from websockets.asyncio.client import connect
 
 from earshot.client import OpusPublisher, Reconnect, send_file
-from helpers import FIXTURES, ServerProcess, best_alignment, ffprobe_duration
+from helpers import FIXTURES, ServerProcess, best_alignment, best_lag, ffprobe_duration
 
 pytestmark = pytest.mark.slow
-
-
-def best_lag(y: np.ndarray, x: np.ndarray, max_lag: int = 50) -> tuple[int, float]:
-    """Lag (samples) of y against x within ±max_lag, and the normalized correlation there."""
-    best = (0, -1.0)
-    for lag in range(-max_lag, max_lag + 1):
-        a = y[max(lag, 0): len(y) + min(lag, 0)]
-        b = x[max(-lag, 0): len(x) + min(-lag, 0)]
-        m = min(len(a), len(b))
-        c = float(np.dot(a[:m], b[:m]) / (np.linalg.norm(a[:m]) * np.linalg.norm(b[:m]) + 1e-12))
-        if c > best[1]:
-            best = (lag, c)
-    return best
 
 
 def archive_of(server: ServerProcess, stream: str) -> tuple[np.ndarray, dict]:

@@ -437,13 +437,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """POST /api/streams/ID/replay: a processor over a finished stream's archive."""
     from urllib.parse import quote
 
-    from earshot.rest_client import request_json
-
     try:
-        result = request_json(args.url, f"/api/streams/{quote(args.stream)}/replay",
-                              token=args.token, method="POST",
-                              params={"processor": args.processor}, timeout=args.timeout,
-                              context=_ssl(args))
+        result = _http(args, "POST", f"/api/streams/{quote(args.stream)}/replay",
+                       params={"processor": args.processor}, timeout=args.timeout)
     except ClientError as exc:
         print(f"earshot replay: {exc}", file=sys.stderr)
         return exit_code(exc)
@@ -453,9 +449,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for e in result["events"]:
         if e.get("type") not in ("level", "spectrogram") or args.all:
             print(format_event(e))
-    kinds: dict[str, int] = {}
-    for e in result["events"]:
-        kinds[e.get("type", "?")] = kinds.get(e.get("type", "?"), 0) + 1
+    from collections import Counter
+
+    kinds = Counter(e.get("type", "?") for e in result["events"])
     summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no events"
     print(f"replayed {args.stream} through {args.processor}: {summary}", file=sys.stderr)
     return EXIT_OK

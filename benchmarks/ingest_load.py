@@ -154,6 +154,8 @@ def start_message(cfg: dict[str, Any], idx: int) -> dict[str, Any]:
                            "channels": cfg["channels"], "name": f"load-{idx}"}
     if cfg.get("processors") is not None:
         msg["processors"] = cfg["processors"]
+    if cfg.get("batch"):
+        msg["batch"] = True
     return msg
 
 
@@ -708,6 +710,10 @@ class Server:
             cmd = [str(exe) if exe.exists() else (shutil.which("earshot") or "earshot"),
                    "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
                    "--log-level", args.log_level]
+            self.kind = args.server_kind
+            if self.kind != "earshot":  # a bare discard server (benchmarks/bare_servers.py)
+                cmd = [sys.executable, str(Path(__file__).with_name("bare_servers.py")),
+                       self.kind.removeprefix("bare-"), "--port", str(self.port)]
             self.log_path = Path(self._tmp) / "server.log"
             self.cmd = cmd
             self._log = open(self.log_path, "wb")  # noqa: SIM115
@@ -727,6 +733,7 @@ class Server:
                                          env=env)
             self.pid: int | None = self.proc.pid
         else:
+            self.kind = args.server_kind
             self.url = args.url
             self.pid = args.server_pid
             if args.data_dir:
@@ -901,6 +908,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "token": args.token, "uvloop": not args.no_uvloop,
             "processors": processors_arg(args.processors),
             "compression": None if args.compression == "none" else args.compression,
+            "batch": args.batch,
         }
         ctx = mp.get_context("fork")
         settled = ctx.Value("i", 0)
@@ -973,12 +981,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _, peak_rss = server.rss()
         results.sort(key=lambda s: s["idx"])
 
-        arch = check_archives(server, results)
+        arch = check_archives(server, results) if server.kind == "earshot" else {
+            "checked": 0, "ok": 0, "mismatches": [], "missing": [], "method": "none (bare)"}
 
         n = args.streams
         failed = [s for s in results if s["failure"]]
-        held = [s for s in results if not s["failure"]
-                and s["rt_client"] >= args.held_ratio and s["rt_server"] >= args.held_ratio]
+        bare = server.kind != "earshot"  # no acks: only the client side can tell
+        held = [s for s in results if not s["failure"] and s["rt_client"] >= args.held_ratio
+                and (bare or s["rt_server"] >= args.held_ratio)]
         active = n - len(failed)
         cpu_pct = (cpu1 - cpu0) / window * 100.0 if cpu0 is not None and cpu1 is not None else None
         ccpu = [round((b - a) / window * 100.0, 1) for a, b in zip(ccpu0, ccpu1, strict=True)]
@@ -1008,6 +1018,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "compression": args.compression,
             "procs": procs,
             "processors": "server default" if args.processors is None else args.processors,
+            "server_kind": server.kind,
+            "batch": args.batch,
             "code": code,
             "server": "own" if server.owned else server.url,
             "ack_samples": len(ack_lat),
@@ -1033,6 +1045,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "window_s": round(window, 2),
             "all_started_before_window": all_started,
             "client_cpu_pct": ccpu,
+            "client_cpu_pct_per_stream": rnd(sum(ccpu) / active, 4) if ccpu and active
+            else None,
             "machine_cpu_pct": rnd(machine_pct, 1),
             "loadavg_before": [round(x, 2) for x in loadavg_before],
             "archives_checked": arch["checked"],
@@ -1140,6 +1154,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--procs", type=int, default=0,
                     help="load-generator processes (default: by N and client)")
     ap.add_argument("--client", choices=("raw", "websockets"), default="raw")
+    ap.add_argument("--server-kind", default="earshot",
+                    choices=("earshot", "bare-websockets", "bare-starlette"),
+                    help="own server: earshot, or a bare discard server from "
+                    "benchmarks/bare_servers.py (no acks: held by the client-side ratio)")
+    ap.add_argument("--no-batch", dest="batch", action="store_false",
+                    help="do not ask for events batched with their acks ('batch' in start; "
+                    "earshot's Python client and page ask for it)")
     ap.add_argument("--processors", help="processors to ask for in 'start': 'none' (pure "
                     "ingest) or names, comma-separated (default: the server's defaults)")
     ap.add_argument("--compression", choices=("none", "deflate"), default="none",

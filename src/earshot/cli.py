@@ -64,6 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from earshot.config import env_overrides, load_config_file, merge_settings
     from earshot.redact import uvicorn_log_config
     from earshot.server.app import create_app
+    from earshot.server.wsdirect import EarshotWebSocketProtocol
 
     config = args.config or os.environ.get("EARSHOT_CONFIG")
     file_opts = load_config_file(config) if config else {}
@@ -143,7 +144,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # no permessage-deflate: browsers offer it, and compressing acks and deflating
         # audio costs 30-80% more CPU for no gain on PCM (benchmarks/README)
         target, factory=settings.processes > 1, workers=settings.processes,
-        host=settings.host, port=settings.port, ws="websockets-sansio",
+        host=settings.host, port=settings.port, ws=EarshotWebSocketProtocol,
         ws_per_message_deflate=False,
         ws_max_size=max(16 << 20, settings.max_message_bytes * 2), log_level=settings.log_level,
         lifespan="on",

@@ -350,6 +350,7 @@ class Publisher:
         start: dict[str, Any] = {
             "type": "start", "format": self.format, "rate": self.rate,
             "channels": self.channels, "client": self.client_info,
+            "batch": True,  # events ride along with the ack: one message per ack interval
         }
         if self.name is not None:
             start["name"] = self.name
@@ -414,6 +415,10 @@ class Publisher:
                     msg = json.loads(raw)
                     kind = msg.get("type")
                     if kind == "ack":
+                        for e in msg.get("events") or ():  # (batch): before the ack, in order
+                            if e.get("type") == "error":
+                                last_error = e
+                            self._emit(e)
                         self._trim(int(msg["offset"]))
                         continue
                     if kind == "stopped":

@@ -92,6 +92,7 @@ class Start:
     pre_skip: int = 0  # opus: the encoder's lookahead, in samples at the stream rate
     archive: str | None = None  # archive format for this stream (default: the server's)
     language: str | None = None  # spoken language (BCP 47, e.g. "en-US"), for speech-to-text
+    batch: bool = False  # events ride along with the ack they precede (one message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +241,9 @@ def parse_start(obj: Mapping[str, Any], limits: Limits) -> Start:
     if language is not None and not re.fullmatch(r"[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*",
                                                  language):
         raise ProtocolError("bad_start", "'language' must be a language tag such as 'en-US'")
+    batch = obj.get("batch", False)
+    if not isinstance(batch, bool):
+        raise ProtocolError("bad_start", "'batch' must be true or false")
     return Start(
         spec=spec,
         name=name,
@@ -252,6 +256,7 @@ def parse_start(obj: Mapping[str, Any], limits: Limits) -> Start:
         pre_skip=pre_skip,
         archive=archive,
         language=language,
+        batch=batch,
     )
 
 
@@ -363,6 +368,20 @@ class IngestConnection:
         return self._fatal(
             "not_started", "binary audio before a successful 'start'; send 'start' first"
         )
+
+    def audio_frames(self, data: bytes) -> int:
+        """The hot path of :meth:`receive_bytes`: for a PCM message that needs nothing else
+        (streaming, within the size limit, whole frames, nothing to skip or carry over),
+        count its frames and return how many; 0 when :meth:`receive_bytes` must decide."""
+        fb = self._frame_bytes
+        if self.state is not State.STREAMING or not fb or self._skip_bytes or self._remainder:
+            return 0
+        n = len(data)
+        if n > self.limits.max_message_bytes or n % fb:
+            return 0
+        frames = n // fb
+        self.offset += frames
+        return frames
 
     # -- decisions of the I/O layer -------------------------------------------------------
     def accept(self, stream: str, resume_token: str, held: int,

@@ -34,6 +34,7 @@ from earshot.processors.base import Event, StreamInfo
 from earshot.processors.registry import Registry
 from earshot.protocol import Start
 from earshot.server.admission import STATES, Admission
+from earshot.server.deadlines import Deadlines
 from earshot.server.lifecycle import read_held, write_held
 from earshot.server.metrics import Metrics
 from earshot.server.relay import OpusRelay
@@ -117,6 +118,8 @@ class Hub:
         self.router = EventRouter(store, bus, metrics, settings.data_dir, self.owner_of,
                                   self._processed)
         self._background: set[asyncio.Task[Any]] = set()
+        self._flushes: Deadlines[LiveStream] = Deadlines()  # a trickling stream's next ack
+        self._syncs: Deadlines[LiveStream] = Deadlines()  # header syncs, every stream
         self.streams_dir = settings.data_dir / "streams"
         self.streams_dir.mkdir(parents=True, exist_ok=True)
         self.admission = Admission(max_streams=settings.max_streams,
@@ -353,6 +356,7 @@ class Hub:
 
     def _attach(self, live: LiveStream, *, resumed: bool) -> None:
         self.live[live.id] = live
+        self._syncs.push(self.clock() + self.settings.header_interval, live)
         self.metrics.streams_active.set(len(self.live))
         self.metrics.streams_started.labels("resume" if resumed else "new").inc()
         self._announce(live, resumed=resumed)
@@ -441,7 +445,10 @@ class Hub:
 
         Raises :class:`ProtocolError` (``bad_opus``) for a packet libopus cannot decode.
         """
-        return live.writer.add(data, frames, self.clock())
+        w, now = live.writer, self.clock()
+        if not w.pending_frames:  # a new batch: flushed by size, or by its deadline
+            self._flushes.push(now + w.ack_interval, live)
+        return w.add(data, frames, now)
 
     def _write(self, live: LiveStream) -> Written | None:
         """Write what is pending (synchronously), and hand the batch on: onto the log, to
@@ -490,6 +497,22 @@ class Hub:
             self.metrics.samples_fixed.labels("clipped").inc(w.result.clipped)
         return w
 
+    def flush_now(self, live: LiveStream) -> None:
+        """:meth:`flush` from a synchronous hot path (the direct WebSocket lane), for a
+        server without ``--fsync`` (where :meth:`_flush` never suspends anyway). A full
+        disk kicks the owner in a task, as :meth:`flush` would."""
+        assert not self.settings.fsync
+        try:
+            self._write(live)
+        except StorageFull as exc:
+            owner = live.owner
+            if owner is not None:
+                task = asyncio.create_task(owner.kick("storage_full", str(exc)))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            return
+        self._ack(live, live.writer.newest)
+
     async def flush(self, live: LiveStream) -> None:
         """Write pending audio, then acknowledge everything durably written. A full disk
         ends the connection with ``storage_full`` (1013); the stream stays resumable."""
@@ -531,7 +554,7 @@ class Hub:
         self.admission.observe_ack_latency(now - newest, now)
         for m in live.writer.warnings():
             owner.post(m)
-        owner.post_text(f'{{"type":"ack","offset":{offset}}}')
+        owner.ack(offset)
 
     def check_space(self) -> str:
         """Measure the data directory's free space (at most once a second)."""
@@ -546,13 +569,18 @@ class Hub:
         return self.space.state
 
     async def tick(self) -> None:
-        """Flush streams whose oldest pending audio waited an ack interval; sync headers."""
+        """Flush streams whose oldest pending audio waited an ack interval; sync headers.
+        Only the streams whose deadline has come are looked at (server/deadlines.py)."""
         self.check_space()
         now = self.clock()
-        for live in list(self.live.values()):
-            if live.writer.flush_due(now):
+        live_now = self.live
+        for live in self._flushes.due(now):
+            if live_now.get(live.id) is live and live.writer.flush_due(now):
                 await self.flush(live)
-            live.writer.sync_header_if_due(now)
+        for live in self._syncs.due(now):
+            if live_now.get(live.id) is live:
+                live.writer.sync_header_if_due(now)
+                self._syncs.push(now + self.settings.header_interval, live)
 
     async def run_ticker(self) -> None:
         period = min(self.settings.ack_interval / 2, 0.05)

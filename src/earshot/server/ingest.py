@@ -1,4 +1,17 @@
-"""The ingest WebSocket: a thin asyncio layer around :class:`earshot.protocol.IngestConnection`."""
+"""The ingest WebSocket: a thin asyncio layer around :class:`earshot.protocol.IngestConnection`.
+
+Two lanes. Under ``earshot serve`` the connection offers the direct lane of
+:mod:`earshot.server.wsdirect`: audio messages of a streaming connection are handled inside
+the socket's ``data_received`` (one protocol check, one append, and once per ack interval a
+write and the ack), and messages to the client are written to the transport at once. Any
+other message (start, stop, ping, a partial frame, an Opus packet) and every message on a
+server without the lane goes through the ASGI ``receive()`` loop below, in order.
+
+With ``"batch": true`` in ``start`` (or ``?batch=1`` in compatibility mode) the events
+posted just before an ack (the level readings of the batch it acknowledges, warnings) ride
+along in it, ``{"type": "ack", "offset": N, "events": [...]}``: one message back per ack
+interval instead of three. The Python client and the page ask for it.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +40,7 @@ from earshot.protocol import (
 )
 from earshot.server.auth import presented_token, token_ok
 from earshot.server.hub import Hub, LiveStream
+from earshot.server.wsdirect import DirectLane, lane_of
 
 log = logging.getLogger("earshot.ingest")
 OUTBOX_LIMIT = 10_000  # messages queued for a client that does not read
@@ -43,18 +57,25 @@ class IngestSession:
         self.metrics = hub.metrics
         self.live: LiveStream | None = None
         self._closed = False
+        self.busy = True  # handling a message of the receive loop (the lane queues behind it)
+        self._lane: DirectLane | None = None
+        self._batch = False  # events ride along with the next ack
+        self._held: list[str] = []  # serialized events waiting for the ack (batch mode)
+        self._held_flush = False  # a call_soon to send them if no ack comes this turn
         self._outbox: deque[str] = deque()
         self._outbox_wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         query = dict(ws.query_params)
         compat = None
         self._compat_error: ProtocolError | None = None
+        self._compat_batch = False
         limits = Limits(max_message_bytes=settings.max_message_bytes)
         if settings.compat:
             try:
                 compat = spec_from_query(query, limits)
             except ProtocolError as exc:
                 self._compat_error = exc
+            self._compat_batch = query.get("batch", "").lower() in ("1", "true", "yes")
         self.conn = IngestConnection(limits, compat)
         token = presented_token(ws.headers, query)
         self._presented = token
@@ -69,9 +90,15 @@ class IngestSession:
             await self._emit(self.conn.fail("unauthorized", "wrong token"))
             return
         conn = self.conn
+        if not self.settings.fsync:  # (with --fsync every flush awaits the disk)
+            self._lane = lane_of(ws.scope)
+            if self._lane is not None:
+                self._lane.attach(self)
         try:
             while not self._closed:
+                self.busy = False
                 msg = await ws.receive()
+                self.busy = True
                 if msg["type"] == "websocket.disconnect":
                     break
                 data = msg.get("bytes")
@@ -106,12 +133,28 @@ class IngestSession:
             if not self._closed:
                 await self._emit(conn.fail("internal", "internal server error; resume to go on"))
         finally:
+            if self._lane is not None:
+                self._lane.detach()
             conn.closed()
             self._closed = True
             if self.live is not None:
                 await self.hub.detach(self.live, self, stopped=False)
             if self._writer is not None:
                 self._writer.cancel()
+
+    # -- the direct lane (server/wsdirect.py): called inside data_received --------------
+    def on_bytes(self, data: bytes) -> bool:
+        """An audio message on the hot path; False hands it to the receive loop."""
+        live = self.live
+        if live is None or live.owner is not self or self._closed:
+            return False
+        frames = self.conn.audio_frames(data)
+        if not frames:
+            return False
+        hub = self.hub
+        if hub.add_audio(live, data, frames):  # (PCM: never raises)
+            hub.flush_now(live)
+        return True
 
     async def _emit(self, outs: list[Output]) -> None:
         for out in outs:
@@ -153,6 +196,7 @@ class IngestSession:
             log.exception("cannot open stream")
             return self.conn.refuse("internal", f"cannot open the stream's archive: {exc}")
         self.live = live
+        self._batch = start.batch or (start.compat and self._compat_batch)
         return [*self.conn.accept(live.id, token, live.offset, processors=live.processors),
                 *(Send(w) for w in warnings)]
 
@@ -178,15 +222,40 @@ class IngestSession:
             self.metrics.errors.labels(message.get("code", "unknown")).inc()
         elif kind == "warning":
             self.metrics.warnings.labels(message.get("code", "unknown")).inc()
-        self.post_text(json.dumps(message, separators=(",", ":")))
+        text = json.dumps(message, separators=(",", ":"))
+        if self._batch:
+            self._held.append(text)
+            if not self._held_flush:  # no ack this turn of the loop: send them alone
+                self._held_flush = True
+                asyncio.get_running_loop().call_soon(self._send_held)
+            return
+        self.post_text(text)
+
+    def ack(self, offset: int) -> None:
+        if self._held:
+            events, self._held = ",".join(self._held), []
+            self.post_text(f'{{"type":"ack","offset":{offset},"events":[{events}]}}')
+        else:
+            self.post_text(f'{{"type":"ack","offset":{offset}}}')
+
+    def _send_held(self) -> None:
+        self._held_flush = False
+        held, self._held = self._held, []
+        for text in held:
+            self.post_text(text)
 
     def post_text(self, text: str) -> None:
         if self._closed:
             return
-        if len(self._outbox) >= OUTBOX_LIMIT:
-            self._outbox.popleft()
+        out = self._outbox
+        if not out:
+            lane = self._lane
+            if lane is not None and lane.send_text(text):
+                return  # written to the transport now
+        if len(out) >= OUTBOX_LIMIT:
+            out.popleft()
             self.metrics.outbox_dropped.inc()
-        self._outbox.append(text)
+        out.append(text)
         self._outbox_wake.set()
 
     async def _write_loop(self) -> None:
@@ -201,6 +270,7 @@ class IngestSession:
             log.debug("writer stopped", exc_info=True)
 
     async def _drain_outbox(self, timeout: float = 5.0) -> None:
+        self._send_held()
         async def drained() -> None:
             while self._outbox and self._writer is not None and not self._writer.done():
                 await asyncio.sleep(0.005)

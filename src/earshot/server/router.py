@@ -34,8 +34,9 @@ class Owner(Protocol):
     def post(self, message: dict[str, Any]) -> None:
         """Queue a message for the client, in order, without waiting."""
 
-    def post_text(self, text: str) -> None:
-        """Same, for a message already serialized (the ack on the hot path)."""
+    def ack(self, offset: int) -> None:
+        """Queue the acknowledgement of everything up to ``offset`` frames (after the
+        events posted before it)."""
 
     async def kick(self, code: str, message: str) -> None: ...
 

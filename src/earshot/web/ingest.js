@@ -119,8 +119,9 @@ export class IngestClient {
       this._stopSent = false;
       let ready = false;
       ws.onopen = () => {
+        // batch: the events of an ack interval ride along with its ack (one message)
         const start = { type: "start", format: this.format, rate: this.rate,
-                        channels: this.channels, client: this.client };
+                        channels: this.channels, client: this.client, batch: true };
         if (this.packets) start.pre_skip = this.preSkip;
         if (this.packets && this.stream) start.offset = this.acked; // resend whole packets
         if (this.name) start.name = this.name;
@@ -132,6 +133,13 @@ export class IngestClient {
       ws.onmessage = (e) => {
         if (typeof e.data !== "string") return;
         const msg = JSON.parse(e.data);
+        if (msg.type === "ack" && msg.events) { // (batch) the events before the ack, in order
+          for (const ev of msg.events) handle(ev);
+          delete msg.events;
+        }
+        handle(msg);
+      };
+      const handle = (msg) => {
         switch (msg.type) {
           case "ready": {
             ready = true;

@@ -92,6 +92,7 @@ class Start:
     pre_skip: int = 0  # opus: the encoder's lookahead, in samples at the stream rate
     archive: str | None = None  # archive format for this stream (default: the server's)
     language: str | None = None  # spoken language (BCP 47, e.g. "en-US"), for speech-to-text
+    filters: tuple[Any, ...] | None = None  # voice cleanup (dsp/cleanup.py); None: the server's
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +241,9 @@ def parse_start(obj: Mapping[str, Any], limits: Limits) -> Start:
     if language is not None and not re.fullmatch(r"[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*",
                                                  language):
         raise ProtocolError("bad_start", "'language' must be a language tag such as 'en-US'")
+    from earshot.dsp.cleanup import start_filters
+
+    filters = start_filters(obj.get("filters"))  # a bad spec: ProtocolError bad_start
     return Start(
         spec=spec,
         name=name,
@@ -252,6 +256,7 @@ def parse_start(obj: Mapping[str, Any], limits: Limits) -> Start:
         pre_skip=pre_skip,
         archive=archive,
         language=language,
+        filters=filters,
     )
 
 

@@ -400,7 +400,7 @@ class AlignedCleanup:
         out = self.chain.process(samples)
         first = offset - self.latency
         skip = max(0, self._start - first)
-        return out[skip:], first + min(skip, len(out))
+        return out[skip:], first + skip
 
     def tail(self) -> tuple[np.ndarray, int]:
         """The last ``latency`` frames (at the end of the stream, or of a connection)."""

@@ -3,6 +3,7 @@ chunking, latency and stream-time alignment."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 
 import numpy as np
@@ -148,7 +149,7 @@ def test_latency_is_fixed_and_aligned_output_keeps_stream_time(rate: int) -> Non
     firsts.append((first, len(out)))
     y = np.concatenate(parts)
     assert len(y) == n and firsts[0][0] == start
-    assert all(a + la == b for (a, la), (b, _) in zip(firsts, firsts[1:], strict=False))
+    assert all(a + la == b for (a, la), (b, _) in itertools.pairwise(firsts))
     env = np.abs(y[:, 0])
     onset = int(np.argmax(env > 0.3))
     assert abs(onset - k) <= max(2, rate // 4000), (onset, k)  # within 0.25 ms

@@ -172,3 +172,17 @@ def test_a_missing_library_is_a_warning_naming_the_extra(monkeypatch: pytest.Mon
     assert "earshot[cleanup]" in warnings[0]["message"] and warnings[0]["filter"] == "denoise"
     none, _ = open_cleanup(Settings(filters=("denoise",)), None, 16000, 1, 0)
     assert none is None
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 32000, 44100, 48000])
+def test_the_resampled_denoise_never_runs_dry(rate: int) -> None:
+    """The fixed latency covers the resamplers' buffering at every point, for any chunks."""
+    chain = FilterChain(parse_filters(["denoise"]), rate)
+    rng = np.random.default_rng(rate)
+    x = (0.1 * rng.standard_normal(rate * 5)).astype(np.float32)
+    i = 0
+    while i < len(x):
+        step = int(rng.choice([1, 3, rate // 1000, rate // 50, rate // 7]))
+        chain.process(x[i:i + step])
+        i += step
+    assert chain._filters[0]._out.short == 0  # type: ignore[attr-defined]

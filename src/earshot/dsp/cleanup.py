@@ -23,8 +23,8 @@ Latency. :class:`FilterChain` gives back exactly as many frames as it is fed, de
 fixed :attr:`FilterChain.latency` (frames at the stream rate): output frame ``i`` is the
 filtered input frame ``i - latency`` (zeros before the first). It is the sum of its filters':
 ``gain`` and ``agc`` 0; ``denoise`` 10 ms of framing plus the suppressor's own 6 ms (96
-samples at 16 kHz), plus, off 16 kHz, the resamplers' buffering (about 35-115 ms, probed
-once per rate pair). The output does not depend on how the input is chunked.
+samples at 16 kHz), plus, off 16 kHz, the resamplers' buffering (75 ms at 48 kHz,
+233 ms at 8 kHz; probed once per rate pair). The output does not depend on how the input is chunked.
 :class:`AlignedCleanup` removes the delay from the timestamps: it stamps the output with
 the stream frame it belongs to (``offset - latency``), drops the leading zeros and yields the
 last ``latency`` frames at the end (:meth:`AlignedCleanup.tail`), so filtered audio and the
@@ -241,6 +241,7 @@ class _Fifo:
         self._parts: list[np.ndarray] = [np.zeros((prime, channels), np.float32)]
         self.size = prime
         self.channels = channels
+        self.short = 0  # frames it had to make up (never, with enough priming: tested)
 
     def push(self, x: np.ndarray) -> None:
         if len(x):
@@ -249,6 +250,7 @@ class _Fifo:
 
     def pop(self, n: int) -> np.ndarray:
         if n > self.size:  # never with the probed priming; kept aligned if it happened
+            self.short += n - self.size
             self.push(np.zeros((n - self.size, self.channels), np.float32))
         data = self._parts[0] if len(self._parts) == 1 else np.concatenate(self._parts)
         out, rest = data[:n], data[n:]

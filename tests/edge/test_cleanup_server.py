@@ -14,6 +14,7 @@ import soundfile as sf
 from websockets.asyncio.client import connect
 
 from earshot.audio import s16_to_f32
+from earshot.codec.opus import OpusDecoder
 from earshot.dsp.cleanup import FilterChain, parse_filters
 from helpers import FIXTURES, ROOT, ServerProcess
 
@@ -46,15 +47,18 @@ async def publish(url: str, x: np.ndarray, start: dict) -> list[dict]:
     return events
 
 
-async def listen(url: str, ready: asyncio.Event, out: dict[str, list], streams: int = 1) -> None:
-    """A PCM (f32) listener of every stream, until ``streams`` streams have ended."""
-    async with connect(url.replace("/ws", "/ws/subscribe") + "?stream=*&audio=f32") as ws:
+async def listen(url: str, ready: asyncio.Event, out: dict[str, list], streams: int = 1,
+                 audio: str = "f32") -> None:
+    """A listener of every stream, until ``streams`` streams have ended: (offset, samples)
+    for PCM, (offset, packet, pre_skip) for Opus."""
+    async with connect(url.replace("/ws", "/ws/subscribe") + f"?stream=*&audio={audio}") as ws:
         ready.set()
         header = None
         async for raw in ws:
             if isinstance(raw, bytes):
                 assert header is not None
                 out.setdefault(header["stream"], []).append(
+                    (header["offset"], raw, header["pre_skip"]) if audio == "opus" else
                     (header["offset"], np.frombuffer(raw, "<f4").copy()))
                 header = None
                 continue
@@ -122,18 +126,26 @@ async def test_agc_by_server_option_and_bad_filters_refused_alone(
     assert bad[0]["type"] == "error" and bad[0]["code"] == "bad_start"
     assert "between 1 and 4" in bad[0]["message"]
     heard: dict[str, list] = {}
-    ready = asyncio.Event()
-    sub = asyncio.create_task(listen(server.url, ready, heard, streams=2))
+    packets: dict[str, list] = {}
+    ready, opus_ready = asyncio.Event(), asyncio.Event()
+    subs = [asyncio.create_task(listen(server.url, ready, heard, streams=2)),
+            asyncio.create_task(listen(server.url, opus_ready, packets, 2, "opus"))]
     await ready.wait()
+    await opus_ready.wait()
     events, raw_events = await asyncio.gather(
         publish(server.url, quiet, {}),  # the server's filters: agc
         publish(server.url, quiet, {"filters": []}))  # none asked: raw
-    await asyncio.wait_for(sub, 10)
+    await asyncio.wait_for(asyncio.gather(*subs), 10)
     sid, raw_sid = events[0]["stream"], raw_events[0]["stream"]
     y = np.concatenate([a for _, a in heard[sid]])
     assert len(y) == len(quiet) and abs(db(y[RATE:]) - -20) < 1  # -43 dBFS brought to -20
     r = np.concatenate([a for _, a in heard[raw_sid]])
     np.testing.assert_array_equal(r, s16_to_f32(quiet))  # no filters: the raw audio
+    for stream, want in ((sid, -20), (raw_sid, -43)):  # the Opus relay: filtered too
+        dec = OpusDecoder(RATE, 1, pre_skip=packets[stream][0][2])
+        assert packets[stream][0][0] == -packets[stream][0][2]  # stream time, as without
+        z = np.concatenate([dec.decode(p) for _, p, _ in packets[stream]])[:, 0]
+        assert abs(db(z[RATE:RATE * 2 - RATE // 10]) - want) < 1.5, (stream, want)
     late = [e["rms"] for e in events if e["type"] == "level" and e["t"] >= 1]
     assert late and all(abs(v - -20) < 1 for v in late)  # level was given the agc's audio
     raw_late = [e["rms"] for e in raw_events if e["type"] == "level" and e["t"] >= 1]

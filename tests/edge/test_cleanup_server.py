@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -152,3 +156,62 @@ async def test_agc_by_server_option_and_bad_filters_refused_alone(
     assert raw_late and all(abs(v - -43) < 1 for v in raw_late)
     rec = httpx.get(f"{server.http}/api/streams/{sid}").json()
     assert np.array_equal(sf.read(server.data_dir / rec["path"], dtype="int16")[0], quiet)
+
+
+async def test_a_dropped_and_resumed_stream_gives_listeners_every_filtered_frame_once(
+        server_factory: Callable[..., ServerProcess]) -> None:
+    """The filters' tail is delivered when the connection drops; the resumed connection
+    starts a fresh chain where the archive ends: offsets stay contiguous stream time."""
+    server = server_factory()
+    rng = np.random.default_rng(8)
+    x = (0.1 * 32767 * rng.standard_normal(RATE * 2)).astype("<i2")
+    cut = RATE - 123
+    heard: dict[str, list] = {}
+    ready = asyncio.Event()
+    sub = asyncio.create_task(listen(server.url, ready, heard, streams=2))
+    await ready.wait()
+    start = {"type": "start", "format": "s16", "rate": RATE, "channels": 1,
+             "filters": ["denoise", "agc"]}
+    async with connect(server.url) as ws:
+        await ws.send(json.dumps(start))
+        first = json.loads(await ws.recv())
+        for i in range(0, cut, 320):
+            await ws.send(x[i:min(i + 320, cut)].tobytes())
+        while True:  # wait until all of it is acknowledged, then drop the connection
+            e = json.loads(await ws.recv())
+            if e["type"] == "ack" and e["offset"] == cut:
+                break
+    sid = first["stream"]
+    events = await publish(server.url, x[cut:], {"resume": sid, "offset": cut,
+                                                 "resume_token": first["resume_token"],
+                                                 "filters": ["denoise", "agc"]})
+    assert events[0]["type"] == "ready" and events[0]["offset"] == cut
+    await asyncio.wait_for(sub, 10)
+    parts = heard[sid]
+    assert parts[0][0] == 0 and all(
+        o + len(a) == n for (o, a), n in zip(parts, [o for o, _ in parts][1:], strict=False))
+    y = np.concatenate([a for _, a in parts])
+    assert len(y) == len(x)
+    raw = s16_to_f32(x)
+    for lo, hi in ((0, cut), (cut, len(x))):  # one chain per connection, each aligned
+        chain = FilterChain(parse_filters(["denoise", "agc"]), RATE)
+        want = chain.process(np.concatenate([raw[lo:hi], np.zeros(chain.latency, np.float32)]))
+        np.testing.assert_array_equal(y[lo:hi], want[chain.latency:])
+    rec = httpx.get(f"{server.http}/api/streams/{sid}").json()
+    assert np.array_equal(sf.read(server.data_dir / rec["path"], dtype="int16")[0], x)
+
+
+def test_serve_refuses_bad_or_unavailable_filters(tmp_path: Path) -> None:
+    def serve(*args: str, block: bool = False) -> subprocess.CompletedProcess[str]:
+        block_it = "sys.modules['webrtc_noise_gain'] = None; " if block else ""  # not installed
+        code = f"import sys; {block_it}from earshot.cli import main; sys.exit(main())"
+        return subprocess.run([sys.executable, "-c", code, "serve", "--data-dir",
+                               str(tmp_path), "--port", "1", *args],
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "COLUMNS": "200"})
+
+    bad = serve("--filters", "agc", "gain:db=100")
+    assert bad.returncode == 2 and "between -60 and 60" in bad.stdout + bad.stderr
+    missing = serve("--filters", "denoise", block=True)
+    assert missing.returncode == 2
+    assert "pip install 'earshot[cleanup]'" in missing.stdout + missing.stderr

@@ -186,3 +186,19 @@ def test_the_resampled_denoise_never_runs_dry(rate: int) -> None:
         chain.process(x[i:i + step])
         i += step
     assert chain._filters[0]._out.short == 0  # type: ignore[attr-defined]
+
+
+def test_start_message_filters_field() -> None:
+    from earshot.protocol import Limits, Start, parse_message
+
+    limits = Limits()
+    msg = parse_message('{"type":"start","rate":16000,"filters":["agc",'
+                        '{"name":"gain","db":-3}]}', limits)
+    assert isinstance(msg, Start)
+    assert [str(s) for s in msg.filters or ()] == ["agc:target=-20,max_gain=30", "gain:db=-3"]
+    assert parse_message('{"type":"start"}', limits).filters is None  # type: ignore[union-attr]
+    for bad in ('"agc"', '["gain:db=nan"]', '[["agc"]]', '[{"name":1}]',
+                '[' + ','.join(['"agc"'] * 9) + ']', '[{"name":"gain","db":[1]}]'):
+        with pytest.raises(ProtocolError) as err:
+            parse_message('{"type":"start","filters":' + bad + '}', limits)
+        assert err.value.code == "bad_start" and "filter" in err.value.message

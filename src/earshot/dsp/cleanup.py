@@ -131,10 +131,10 @@ def parse_filters(items: Iterable[str | Mapping[str, Any]] | str | None) -> tupl
         return ()
     if isinstance(items, str):
         items = [p for p in re.split(r"[;\s]+", items) if p]
-    specs = tuple(_parse_one(i) for i in items)
-    if len(specs) > MAX_FILTERS:
+    items = list(items)
+    if len(items) > MAX_FILTERS:
         raise FilterError(f"at most {MAX_FILTERS} filters per stream")
-    return specs
+    return tuple(_parse_one(i) for i in items)
 
 
 def start_filters(value: Any) -> tuple[FilterSpec, ...] | None:

@@ -91,6 +91,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         opts["fsync"] = True
     if args.processor:
         opts["processors"] = tuple(args.processor)
+    for key in ("filters", "filter_processors"):  # voice cleanup (README: Voice cleanup)
+        if getattr(args, key) is not None:
+            opts[key] = tuple(getattr(args, key))
     if args.db is not None:
         opts["db"] = args.db
     if args.web_origins is not None:
@@ -109,6 +112,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from earshot.codec.opus import import_av
 
         import_av()  # MissingDependency → exit 2 with the install hint
+    from earshot.dsp.cleanup import check_available, parse_filters
+
+    check_available(parse_filters(settings.filters))  # e.g. denoise without [cleanup]: exit 2
     console = _console(stderr=True)
     if settings.asr_model:
         console.print(f"loading speech-to-text model {escape(settings.asr_model)} …")
@@ -780,6 +786,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="offer this processor and run it on every stream by default "
                         "(repeatable): a built-in (level, spectrogram, vad) or "
                         "package.module:Class, with options: vad,threshold=0.6")
+    s.add_argument("--filters", nargs="+", metavar="SPEC",
+                   help="voice cleanup of streams whose start names no filters, for "
+                        "listeners and --filter-processors (the archive stays raw): "
+                        "gain:db=6, agc[:target=-20], denoise[:level=2] (needs "
+                        "'earshot[cleanup]')")
+    s.add_argument("--filter-processors", nargs="*", metavar="NAME",
+                   help="processors that get the filtered audio (default: asr vad; "
+                        "none: give the option alone)")
     s.add_argument("--max-lag", type=SECONDS,
                    help="seconds a processor may fall behind before it skips audio (10)")
     s.add_argument("--drain-timeout", type=SECONDS_OR_ZERO,

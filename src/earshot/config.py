@@ -49,6 +49,10 @@ class Settings:
     max_message_bytes: int = 1 << 20
     compat: bool = True
     processors: tuple[str, ...] = field(default_factory=tuple)
+    # voice cleanup (earshot.dsp.cleanup): filters of streams whose start names none, and
+    # the processors that get the filtered audio (the others, and the archive, get it raw)
+    filters: tuple[str, ...] = field(default_factory=tuple)
+    filter_processors: tuple[str, ...] = ("asr", "vad")
     max_lag: float = 10.0
     drain_timeout: float = 10.0
     asr_model: str | None = None
@@ -106,6 +110,9 @@ class Settings:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
         object.__setattr__(self, "web_origins", web_origins(self.web_origins))
+        from earshot.dsp.cleanup import parse_filters
+
+        parse_filters(self.filters)  # FilterError (a ConfigError) names the bad one
         if bool(self.certfile) != bool(self.keyfile):
             raise ConfigError("TLS needs both --certfile and --keyfile")
 

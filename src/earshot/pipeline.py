@@ -10,7 +10,10 @@ resampler, then hands each processor its chunks through its own :class:`Processo
   past ``max_lag`` it drops its oldest queued audio (for itself only) and reports it in a
   ``dropped`` event;
 * failure — a processor that raises gets one ``error`` event and is stopped for this stream;
-  the stream, its archive and the other processors go on.
+  the stream, its archive and the other processors go on;
+* cleanup — processors named in ``filtered`` get the stream's filtered audio
+  (earshot.dsp.cleanup, handed to :meth:`StreamPipeline.feed` as ``clean``, already stamped
+  with stream time) through converters of their own; the others get the raw audio.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -308,16 +311,16 @@ class StreamPipeline:
 
     def __init__(self, info: StreamInfo, processors: list[Processor], publish: Publish, *,
                  start_offset: int = 0, max_lag: float = 10.0, lag_report: float = 1.0,
-                 executor: Executor | None = None) -> None:
+                 executor: Executor | None = None, filtered: Collection[str] = ()) -> None:
         self.info = info
         self.publish = publish
         self.offset = start_offset
         executor = executor or default_executor()
-        self.converters: dict[tuple[int, bool], Converter] = {}
-        self.runners: list[tuple[tuple[int, bool], ProcessorRunner]] = []
+        self.converters: dict[tuple[int, bool, bool], Converter] = {}  # (rate, mono, clean)
+        self.runners: list[tuple[tuple[int, bool, bool], ProcessorRunner]] = []
         for proc in processors:
             rate = proc.rate or info.rate
-            key = (rate, proc.mono or info.channels == 1)
+            key = (rate, proc.mono or info.channels == 1, proc.name in filtered)
             runner = ProcessorRunner(proc, rate, publish, max_lag=max_lag, executor=executor,
                                      lag_report=lag_report)
             try:
@@ -335,17 +338,29 @@ class StreamPipeline:
             self.runners.append((key, runner))
         for _, runner in self.runners:
             runner.start()
+        self.filtered = any(key[2] for key, _ in self.runners)  # wants the filtered audio
 
     @property
     def names(self) -> list[str]:
         return [r.name for _, r in self.runners]
 
-    def feed(self, samples: np.ndarray, offset: int) -> None:
-        """samples: float32 (frames, channels) at the stream's rate, starting at ``offset``."""
+    def feed(self, samples: np.ndarray, offset: int,
+             clean: tuple[np.ndarray, int] | None = None) -> None:
+        """samples: float32 (frames, channels) at the stream's rate, starting at ``offset``;
+        ``clean``: the filtered audio for the filtered processors, (samples, first frame)."""
         if offset != self.offset:
             raise ValueError(f"pipeline at frame {self.offset} was fed frame {offset}")
         self.offset += len(samples)
-        self._dispatch({key: conv.convert(samples) for key, conv in self.converters.items()})
+        self._dispatch({key: conv.convert(samples) for key, conv in self.converters.items()
+                        if not key[2]})
+        if clean is not None:
+            self.feed_clean(*clean)
+
+    def feed_clean(self, samples: np.ndarray, first: int) -> None:
+        """Filtered audio (stamped with stream time) for the filtered processors."""
+        if len(samples):
+            self._dispatch({key: conv.convert(samples)
+                            for key, conv in self.converters.items() if key[2]})
 
     def checkpoint(self) -> int:
         """The stream frame from which fresh processors would find the same events as
@@ -363,7 +378,7 @@ class StreamPipeline:
         for _, r in self.runners:
             await r.idle()
 
-    def _dispatch(self, chunks: dict[tuple[int, bool], Chunk | None]) -> None:
+    def _dispatch(self, chunks: dict[tuple[int, bool, bool], Chunk | None]) -> None:
         for key, runner in self.runners:
             chunk = chunks.get(key)
             if chunk is not None:

@@ -93,6 +93,7 @@ class Start:
     archive: str | None = None  # archive format for this stream (default: the server's)
     language: str | None = None  # spoken language (BCP 47, e.g. "en-US"), for speech-to-text
     batch: bool = False  # events ride along with the ack they precede (one message)
+    filters: tuple[Any, ...] | None = None  # voice cleanup (dsp/cleanup.py); None: the server's
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +245,9 @@ def parse_start(obj: Mapping[str, Any], limits: Limits) -> Start:
     batch = obj.get("batch", False)
     if not isinstance(batch, bool):
         raise ProtocolError("bad_start", "'batch' must be true or false")
+    from earshot.dsp.cleanup import start_filters
+
+    filters = start_filters(obj.get("filters"))  # a bad spec: ProtocolError bad_start
     return Start(
         spec=spec,
         name=name,
@@ -257,6 +261,7 @@ def parse_start(obj: Mapping[str, Any], limits: Limits) -> Start:
         archive=archive,
         language=language,
         batch=batch,
+        filters=filters,
     )
 
 

@@ -82,7 +82,7 @@ async def test_one_resampler_per_rate_and_offsets_map_back() -> None:
     a, b = Record16k(), Spectrogram()
     pipe = StreamPipeline(StreamInfo("s", 48000, 2), [a, b, Level()], lambda e: None,
                           start_offset=48000)
-    assert set(pipe.converters) == {(16000, True), (48000, True)}
+    assert set(pipe.converters) == {(16000, True, False), (48000, True, False)}
     x = np.repeat(tone(48000, 2.0), 2, axis=1)
     x[24000:24010] = 0.9  # a click at 48 kHz frame 48000 + 24000
     pipe.feed(x, 48000)

@@ -28,12 +28,14 @@ from earshot.audio import StreamSpec, decode, sanitize_f32
 from earshot.bus import ALL, AudioItem
 from earshot.bus.base import Bus, LogAudio
 from earshot.config import Settings
+from earshot.dsp.cleanup import AlignedCleanup
 from earshot.errors import ProcessorError, ProtocolError, StorageError, StorageFull, StreamNotFound
 from earshot.pipeline import StreamPipeline
 from earshot.processors.base import Event, StreamInfo
 from earshot.processors.registry import Registry
 from earshot.protocol import Start
 from earshot.server.admission import STATES, Admission
+from earshot.server.cleanup import filtered_processors, open_cleanup
 from earshot.server.deadlines import Deadlines
 from earshot.server.lifecycle import read_held, write_held
 from earshot.server.metrics import Metrics
@@ -75,6 +77,7 @@ class LiveStream:
     pipeline: StreamPipeline | None = None
     detaching: asyncio.Event | None = None
     relay: OpusRelay | None = None
+    cleanup: AlignedCleanup | None = None  # voice cleanup for listeners, chosen processors
     processors: list[str] = field(default_factory=list)  # names told to the client
     done: set[str] = field(default_factory=set)  # remote processors done with the stream
     done_changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -256,11 +259,14 @@ class Hub:
         else:
             live, token = self._create(start, owner)
         warnings: list[Event] = []
+        if live.cleanup is None:
+            live.cleanup, warnings = open_cleanup(self.settings, start.filters, live.rec.rate,
+                                                  live.rec.channels, live.offset)
         if self.bus.remote:
             if not live.processors:
-                warnings = self._remote_processors(live, start)
+                warnings += self._remote_processors(live, start)
         elif live.pipeline is None:
-            warnings = self._start_pipeline(live, start)
+            warnings += self._start_pipeline(live, start)
         await self.bus.acquire(live.id)
         return live, token, warnings
 
@@ -386,7 +392,8 @@ class Hub:
             live.pipeline = StreamPipeline(
                 StreamInfo(rec.id, rec.rate, rec.channels, rec.name, start.language), procs,
                 lambda events: self.emit(live, events), start_offset=live.offset,
-                max_lag=self.settings.max_lag)
+                max_lag=self.settings.max_lag,
+                filtered=filtered_processors(self.settings, live.cleanup))
             live.processors = live.pipeline.names
         return warnings
 
@@ -477,18 +484,15 @@ class Hub:
             samples = decode(w.data, spec.format, spec.channels)
             if spec.format == "f32" and (w.result.non_finite or w.result.clipped):
                 samples = sanitize_f32(samples).samples
+            first, clean = w.first, None  # listeners and chosen processors get it filtered
+            if live.cleanup is not None and (pcm_listeners or opus_listeners or (
+                    pipeline is not None and pipeline.filtered)):
+                clean = live.cleanup.feed(samples, w.first)
             if pipeline is not None:
-                pipeline.feed(samples, w.first)
-            if pcm_listeners:
-                bus.publish_audio(AudioItem(live.id, w.first, spec.rate, samples,
-                                            channels=spec.channels))
-            if opus_listeners and OpusRelay.supports(spec.rate, spec.channels):
-                # documented: Opus relay needs an Opus rate; PCM listeners still work
-                if live.relay is None:
-                    live.relay = OpusRelay(live.id, spec.rate, spec.channels)
-                item = live.relay.encode(samples, w.first)
-                if item is not None:
-                    bus.publish_audio(item)
+                pipeline.feed(samples, w.first, clean)
+            if clean is not None:
+                samples, first = clean
+            self._relay(live, samples, first, pcm_listeners, opus_listeners)
         self.metrics.frames_in.inc(w.frames)
         self.metrics.bytes_in.inc(w.nbytes)
         if w.result.non_finite:
@@ -512,6 +516,30 @@ class Hub:
                 task.add_done_callback(self._background.discard)
             return
         self._ack(live, live.writer.newest)
+
+    def _relay(self, live: LiveStream, samples: Any, first: int, pcm: bool, opus: bool) -> None:
+        """Audio (float32, from stream frame ``first``) to the PCM and Opus listeners."""
+        spec, bus = live.spec, self.bus
+        if pcm and len(samples):
+            bus.publish_audio(AudioItem(live.id, first, spec.rate, samples,
+                                        channels=spec.channels))
+        if opus and len(samples) and OpusRelay.supports(spec.rate, spec.channels):
+            # documented: Opus relay needs an Opus rate; PCM listeners still work
+            if live.relay is None:
+                live.relay = OpusRelay(live.id, spec.rate, spec.channels)
+            item = live.relay.encode(samples, first)
+            if item is not None:
+                bus.publish_audio(item)
+
+    def _cleanup_tail(self, live: LiveStream) -> None:
+        """The end of a connection: what the filters still hold, to whoever gets it."""
+        if live.cleanup is None:
+            return
+        samples, first = live.cleanup.tail()
+        if live.pipeline is not None:
+            live.pipeline.feed_clean(samples, first)
+        self._relay(live, samples, first, self.bus.wants_audio(live.id, opus=False),
+                    self.bus.wants_audio(live.id, opus=True))
 
     async def flush(self, live: LiveStream) -> None:
         """Write pending audio, then acknowledge everything durably written. A full disk
@@ -613,6 +641,7 @@ class Hub:
         async with live.lock:
             with contextlib.suppress(StorageFull):  # the client resends what is not written
                 self._write(live)
+            self._cleanup_tail(live)
             if stopped and length is not None:
                 extra = live.writer.trim_tail(length, limit=live.rec.rate // 5)
                 if extra:

@@ -25,6 +25,7 @@ class Level(Processor):
         return [] if self._meter is None else self._events(self._meter.flush(), self._meter.rate)
 
     def _events(self, readings: list, rate: int) -> list[Event]:
-        return [self.event("level", r.offset / rate, rms=round(r.rms_db, 2),
-                           peak=round(r.peak_db, 2), clipped=r.clipped,
-                           duration=round(r.frames / rate, 4)) for r in readings]
+        # dict literals: two of these per 100 ms per stream, on the ingest hot path
+        return [{"type": "level", "t": round(r.offset / rate, 6), "rms": round(r.rms_db, 2),
+                 "peak": round(r.peak_db, 2), "clipped": r.clipped,
+                 "duration": round(r.frames / rate, 4)} for r in readings]

@@ -22,6 +22,7 @@ import logging
 from collections import deque
 from typing import Any
 
+import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from earshot.errors import ProtocolError, StorageError, StorageFull
@@ -222,7 +223,10 @@ class IngestSession:
             self.metrics.errors.labels(message.get("code", "unknown")).inc()
         elif kind == "warning":
             self.metrics.warnings.labels(message.get("code", "unknown")).inc()
-        text = json.dumps(message, separators=(",", ":"))
+        try:
+            text = orjson.dumps(message).decode()  # NaN/Inf become null: always valid JSON
+        except TypeError:  # e.g. numpy scalars in a user processor's event
+            text = json.dumps(message, separators=(",", ":"), default=_plain)
         if self._batch:
             self._held.append(text)
             if not self._held_flush:  # no ack this turn of the loop: send them alone
@@ -290,6 +294,18 @@ class IngestSession:
             await self.ws.close(code, reason)
         except Exception:  # already gone
             log.debug("close after disconnect", exc_info=True)
+
+
+def _plain(value: Any) -> Any:
+    """What ``json`` makes of values orjson refuses (numpy scalars and arrays, sets…)."""
+    for attr in ("item", "tolist"):
+        fn = getattr(value, attr, None)
+        if callable(fn):
+            with contextlib.suppress(Exception):
+                return fn()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
 
 
 async def refuse_unauthorized(ws: WebSocket) -> None:

@@ -225,3 +225,15 @@ def test_rf64_header_is_read_by_soundfile_and_ffprobe(tmp_path: Path) -> None:
     assert P.wav_header("pcm16", 8000, 2, 1 << 33)[:4] == b"RF64"
     y, _ = sf.read(io.BytesIO(P.rf64_header("float32", 8000, 1, 8) + b"\0" * 8))
     assert len(y) == 2
+
+
+def test_a_torn_sidecar_is_rebuilt_and_fsync_mode_syncs_the_rotation(tmp_path: Path) -> None:
+    x = noise(9000)
+    a = write_rotated(tmp_path, x, 0.5)
+    assert a._unsynced  # a rotation is not fsynced on the event loop...
+    a.sync(fsync=True)  # ...but by the next fsync (``--fsync``: before the ack)
+    assert not a._unsynced
+    a.close()
+    (tmp_path / "s.parts.json").write_bytes(b"")  # a power cut before its fsync
+    assert P.recover(tmp_path / "s.wav") == 9000
+    assert json.loads((tmp_path / "s.parts.json").read_text())["starts"] == [0, 4000, 8000]

@@ -14,6 +14,7 @@ Archive formats:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from earshot.audio import (
     sanitize_f32,
 )
 from earshot.errors import StorageError
+from earshot.storage import parts as P
+from earshot.storage.parts import chunks
 from earshot.storage.wav import MAX_DATA_BYTES, WavEncoding, WavWriter
 
 MEDIA_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg"}
@@ -53,7 +56,7 @@ class Archive:
 
     def __init__(self, writer: WavWriter, spec: StreamSpec, fmt: ArchiveFormat, *,
                  base: Path | None = None, starts: list[int] | None = None,
-                 part_frames: int = 0, fsync_dir: bool = True) -> None:
+                 part_frames: int = 0) -> None:
         self.part = writer  # the part being written
         self.spec = spec
         self.format = fmt
@@ -64,7 +67,7 @@ class Archive:
         fb = writer.layout.frame_bytes
         if self.part_frames and self.part_frames * fb > MAX_DATA_BYTES:
             self.part_frames = MAX_DATA_BYTES // fb  # no part ever nears the 4 GiB limit
-        self._fsync_dir = fsync_dir
+        self._unsynced: list[Path] = []  # closed parts (and the sidecar) not yet fsynced
         self.writer = _PartsWriter(self)
 
     @staticmethod
@@ -84,9 +87,7 @@ class Archive:
                part_seconds: float = 0.0) -> Archive:
         """Continue the archive whose part 0 is ``path``: its last part, repaired, at the
         total offset across parts."""
-        from earshot.storage import parts as P
-
-        if P.read_sidecar(path) is None and len(P.on_disk(path)) == 1:
+        if not P.is_rotated(path) and len(P.on_disk(path)) == 1:
             starts, last = [0], path
         else:
             P.recover(path)  # repairs the parts and lists any the sidecar missed
@@ -141,8 +142,6 @@ class Archive:
 
     def _write(self, data: bytes | bytearray) -> None:
         """Into the current part, rotating at a frame boundary when it is full."""
-        from earshot.storage.parts import chunks
-
         fb = self.part.layout.frame_bytes
         if len(data) % fb:
             raise StorageError(f"{len(data)} bytes is not a whole number of {fb}-byte frames")
@@ -155,33 +154,32 @@ class Archive:
                 view = view[n * fb:]
 
     def _rotate(self) -> None:
-        """Close the full part (header patched, fsynced) and start the next: its file first,
-        then the sidecar that lists it (a crash between leaves an empty unlisted part, which
-        recovery lists)."""
-        from earshot.storage import parts as P
-
+        """Close the full part (header patched) and start the next: its file first, then
+        the sidecar that lists it (a crash between leaves an empty unlisted part, which
+        recovery lists). Nothing is fsynced here, on the event loop: with ``--fsync`` the
+        next ``sync(fsync=True)`` (before the ack, in a thread) fsyncs the closed part, the
+        sidecar and the directory too."""
         offset = self.frames
-        self.part.sync_header()
-        self.part.fsync()
         self.part.close()
-        n = len(self.starts)
-        path = P.part_path(self.base, n)
+        self._unsynced.append(self.part.path)
+        path = P.part_path(self.base, len(self.starts))
         self.part = WavWriter.create(path, self._encoding, self.spec.rate, self.spec.channels)
         self.starts.append(offset)
+        self._list_parts()
+
+    def _list_parts(self) -> None:
         P.write_sidecar(self.base, {"rate": self.spec.rate, "starts": self.starts},
-                        fsync=self._fsync_dir)
+                        fsync=False)
+        self._unsynced.append(P.sidecar_path(self.base))
 
     def truncate(self, frames: int) -> None:
         """Cut the archive back to ``frames`` in all (never grows it); parts left empty
         past the cut are removed."""
-        from earshot.storage import parts as P
-
         while len(self.starts) > 1 and frames <= self.starts[-1]:
             self.part.close()
             self.part.path.unlink()
             self.starts.pop()
-            P.write_sidecar(self.base, {"rate": self.spec.rate, "starts": self.starts},
-                            fsync=self._fsync_dir)
+            self._list_parts()
             self.part = WavWriter.reopen(P.part_path(self.base, len(self.starts) - 1))
         self.part.truncate(frames - self.starts[-1])
 
@@ -189,6 +187,16 @@ class Archive:
         self.part.sync_header()
         if fsync:
             self.part.fsync()
+            if self._unsynced:
+                done, self._unsynced = self._unsynced, []
+                for path in dict.fromkeys(done):
+                    with contextlib.suppress(FileNotFoundError):  # (a part truncated away)
+                        fd = os.open(path, os.O_RDONLY)
+                        try:
+                            os.fsync(fd)
+                        finally:
+                            os.close(fd)
+                P.fsync_dir(self.base.parent)
 
     def close(self) -> None:
         self.part.close()
@@ -230,8 +238,6 @@ def finalize(path: Path, fmt: ArchiveFormat) -> Path:
     For FLAC and Ogg Opus, converts block by block (never the whole file in memory), then
     replaces the WAV atomically. Other formats are already final.
     """
-    from earshot.storage import parts as P
-
     meta = P.read_sidecar(path)
     if meta is None:
         return finalize_one(path, fmt)

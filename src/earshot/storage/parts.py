@@ -333,7 +333,10 @@ def recover(base: Path, fmt: str = "wav") -> int:
     from earshot.storage.wav import repair
 
     paths = on_disk(base)
-    meta = read_sidecar(base)
+    try:
+        meta = read_sidecar(base)
+    except StorageError:  # torn by a power cut before its fsync: rebuilt from the parts
+        meta = None
     if meta is None and len(paths) == 1:
         return repair(base)
     if any(p.suffix != ".wav" for p in paths):

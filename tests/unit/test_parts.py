@@ -237,3 +237,41 @@ def test_a_torn_sidecar_is_rebuilt_and_fsync_mode_syncs_the_rotation(tmp_path: P
     (tmp_path / "s.parts.json").write_bytes(b"")  # a power cut before its fsync
     assert P.recover(tmp_path / "s.wav") == 9000
     assert json.loads((tmp_path / "s.parts.json").read_text())["starts"] == [0, 4000, 8000]
+
+
+def test_a_failed_rotation_leaves_the_archive_as_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    x = noise(6000)
+    a = write_rotated(tmp_path, x[:3000], 0.5, block=3000)
+
+    def full(*_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(P, "write_sidecar", full)
+    with pytest.raises(OSError):
+        a.append(x[3000:5000].tobytes())  # fills part 0, then cannot list part 1
+    assert a.frames == 4000 and not (tmp_path / "s.part0001.wav").exists()
+    monkeypatch.undo()
+    a.append(x[4000:].tobytes())  # the client resends from the offset the server holds
+    a.close()
+    got = np.frombuffer(b"".join(P.iter_frames(P.load(tmp_path / "s.wav"), 0, 6000)), "<i2")
+    assert np.array_equal(got.reshape(-1, 2), x)
+
+
+@pytest.mark.parametrize("rate", [16000, 44100])
+def test_ogg_parts_keep_the_stream_length(tmp_path: Path, rate: int) -> None:
+    pytest.importorskip("av")
+    t = np.arange(rate * 2) / rate
+    x = (np.sin(2 * np.pi * 440 * t) * 8000).astype("<i2")[:, None]
+    a = Archive.create(tmp_path / "s.wav", StreamSpec("s16", rate, 1), "ogg", part_seconds=0.5)
+    a.append(x.tobytes())
+    a.close()
+    final = finalize(tmp_path / "s.wav", "ogg")
+    assert final.name == "s.ogg" and len(list(tmp_path.glob("s.part*.ogg"))) == 3
+    parts = P.load(final)
+    out_rate = parts[0].rate
+    assert out_rate == (rate if rate == 16000 else 48000)
+    assert abs(P.total_frames(parts) - 2 * out_rate) <= 4 * len(parts)
+    assert [p.start for p in parts] == [round(k * rate / 2 * out_rate / rate) for k in range(4)]
+    y = np.frombuffer(b"".join(P.iter_frames(parts, 0, P.total_frames(parts))), "<f4")
+    assert len(y) == P.total_frames(parts) and 0.15 < float(np.sqrt(np.mean(y ** 2))) < 0.2

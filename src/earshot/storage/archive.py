@@ -160,16 +160,21 @@ class Archive:
         next ``sync(fsync=True)`` (before the ack, in a thread) fsyncs the closed part, the
         sidecar and the directory too."""
         offset = self.frames
+        path = P.part_path(self.base, len(self.starts))
+        new = WavWriter.create(path, self._encoding, self.spec.rate, self.spec.channels)
+        try:  # (a full disk here leaves everything as it was: the old part is kept open)
+            self._list_parts([*self.starts, offset])
+        except BaseException:
+            new.close()
+            path.unlink(missing_ok=True)
+            raise
         self.part.close()
         self._unsynced.append(self.part.path)
-        path = P.part_path(self.base, len(self.starts))
-        self.part = WavWriter.create(path, self._encoding, self.spec.rate, self.spec.channels)
+        self.part = new
         self.starts.append(offset)
-        self._list_parts()
 
-    def _list_parts(self) -> None:
-        P.write_sidecar(self.base, {"rate": self.spec.rate, "starts": self.starts},
-                        fsync=False)
+    def _list_parts(self, starts: list[int]) -> None:
+        P.write_sidecar(self.base, {"rate": self.spec.rate, "starts": starts}, fsync=False)
         self._unsynced.append(P.sidecar_path(self.base))
 
     def truncate(self, frames: int) -> None:
@@ -179,7 +184,7 @@ class Archive:
             self.part.close()
             self.part.path.unlink()
             self.starts.pop()
-            self._list_parts()
+            self._list_parts(self.starts)
             self.part = WavWriter.reopen(P.part_path(self.base, len(self.starts) - 1))
         self.part.truncate(frames - self.starts[-1])
 

@@ -275,3 +275,28 @@ def test_ogg_parts_keep_the_stream_length(tmp_path: Path, rate: int) -> None:
     assert [p.start for p in parts] == [round(k * rate / 2 * out_rate / rate) for k in range(4)]
     y = np.frombuffer(b"".join(P.iter_frames(parts, 0, P.total_frames(parts))), "<f4")
     assert len(y) == P.total_frames(parts) and 0.15 < float(np.sqrt(np.mean(y ** 2))) < 0.2
+
+
+def test_a_range_across_huge_parts_reads_only_the_range(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two parts, the first a 3.9 GiB WAV (sparse): a range across the boundary is planned
+    from the sidecar, headers and sizes, and only its own bytes are read."""
+    head = header("pcm16", 48000, 2)
+    data_bytes = 0xF0000000
+    held0 = data_bytes // 4
+    marker = np.arange(4800 * 2, dtype="<i2")
+    with open(tmp_path / "s.wav", "wb") as f:
+        f.write(header("pcm16", 48000, 2, data_bytes))
+        f.seek(len(head) + data_bytes - 2400 * 4)
+        f.write(marker[:4800].tobytes())  # the last 2400 frames of part 0
+    with open(tmp_path / "s.part0001.wav", "wb") as f:
+        f.write(header("pcm16", 48000, 2, 2400 * 4) + marker[4800:].tobytes())
+    (tmp_path / "s.parts.json").write_text(json.dumps({"rate": 48000, "starts": [0, held0]}))
+    read: list[int] = []
+    real = os.pread
+    monkeypatch.setattr(P.os, "pread", lambda fd, n, pos: (read.append(n), real(fd, n, pos))[1])
+    parts = P.load(tmp_path / "s.wav")
+    assert P.total_frames(parts) == held0 + 2400
+    body = b"".join(P.iter_frames(parts, held0 - 2400, held0 + 2400, chunk=4096))
+    assert sum(read) == 4800 * 4 and max(read) <= 4096
+    assert np.array_equal(np.frombuffer(body, "<i2"), marker)

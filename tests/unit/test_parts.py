@@ -300,3 +300,21 @@ def test_a_range_across_huge_parts_reads_only_the_range(
     body = b"".join(P.iter_frames(parts, held0 - 2400, held0 + 2400, chunk=4096))
     assert sum(read) == 4800 * 4 and max(read) <= 4096
     assert np.array_equal(np.frombuffer(body, "<i2"), marker)
+
+
+def test_recovery_repairs_every_part(tmp_path: Path) -> None:
+    """A crash right after a rotation listed the new part, before the full part's sizes
+    were patched (or by a power cut): every WAV part is repaired, not just the last."""
+    x = noise(10000)
+    a = write_rotated(tmp_path, x, 0.5, block=1000)
+    os.close(a.part._fd)
+    for f in (tmp_path / "s.wav", tmp_path / "s.part0001.wav"):
+        with open(f, "r+b") as g:  # sizes as if never patched
+            g.seek(4)
+            g.write(b"\0\0\0\0")
+            g.seek(40)
+            g.write(b"\0\0\0\0")
+    assert P.recover(tmp_path / "s.wav") == 10000
+    for f, n in ((tmp_path / "s.wav", 4000), (tmp_path / "s.part0001.wav", 4000),
+                 (tmp_path / "s.part0002.wav", 2000)):
+        assert sf.info(str(f)).frames == n and soxi_frames(f) == n

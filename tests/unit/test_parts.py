@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 
 from earshot.audio import StreamSpec
+from earshot.errors import StorageError
 from earshot.storage import parts as P
 from earshot.storage.archive import Archive, finalize
 from earshot.storage.segments import cut
@@ -318,3 +319,17 @@ def test_recovery_repairs_every_part(tmp_path: Path) -> None:
     for f, n in ((tmp_path / "s.wav", 4000), (tmp_path / "s.part0001.wav", 4000),
                  (tmp_path / "s.part0002.wav", 2000)):
         assert sf.info(str(f)).frames == n and soxi_frames(f) == n
+
+
+def test_loading_opens_only_the_last_part(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    a = write_rotated(tmp_path, noise(8000 * 3), 0.5)
+    a.close()
+    opened: list[str] = []
+    real = P._open_info
+    monkeypatch.setattr(P, "_open_info", lambda p: (opened.append(p.name), real(p))[1])
+    parts = P.load(tmp_path / "s.wav")
+    assert len(parts) == 6 and opened == ["s.part0005.wav"]
+    (tmp_path / "s.part0002.flac").write_bytes(b"")  # a part being finalized
+    with pytest.raises(StorageError, match="being finalized"):
+        P.load(tmp_path / "s.wav")

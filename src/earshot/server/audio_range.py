@@ -142,7 +142,7 @@ def source_response(hub: Any, name: str, t_from: str, t_to: str) -> Response:
             parts = P.load(path)
         except (OSError, StorageError):
             continue
-        if any(p.data_start is None for p in parts):
+        if any(p.path.suffix != ".wav" for p in parts):
             continue
         archives[rec.id] = parts
         start = float((rec.client or {}).get("captured_at", rec.created))

@@ -110,7 +110,12 @@ async def get_peaks(stream_id: str, hub: HubDep,
     path = hub.path_of(rec)
     if not path.exists():
         raise HTTPException(410, f"the archive of stream {rec.id} is gone")
-    lo, hi, frames = await asyncio.to_thread(peaks, path, width)
+    try:
+        lo, hi, frames = await asyncio.to_thread(peaks, path, width)
+    except FileNotFoundError:
+        raise HTTPException(410, f"the archive of stream {rec.id} is gone") from None
+    except StorageError as exc:  # e.g. being finalized (storage/parts.py)
+        raise HTTPException(409, str(exc)) from None
     return {"stream": rec.id, "width": width, "duration": frames / rec.rate,
             "min": lo, "max": hi}
 

@@ -177,7 +177,6 @@ class Part:
     rate: int
     channels: int
     encoding: WavEncoding  # of what reading it yields: WAV as stored, FLAC pcm16, Ogg float
-    data_start: int | None  # WAV parts: byte offset of the first sample (read by pread)
 
     @property
     def frame_bytes(self) -> int:
@@ -188,14 +187,14 @@ class Part:
         return self.start + self.frames
 
 
-def _open_info(path: Path) -> tuple[int, int, int, WavEncoding, int | None]:
-    """(frames, rate, channels, encoding, data_start) of one part file."""
+def _open_info(path: Path) -> tuple[int, int, int, WavEncoding]:
+    """(frames, rate, channels, encoding) of one part file."""
     if path.suffix == ".wav":
         with open(path, "rb") as f:
             lay = parse_layout(f.read(4096))
             size = os.fstat(f.fileno()).st_size
         return (max(0, (size - lay.data_start) // lay.frame_bytes), lay.rate, lay.channels,
-                lay.encoding, lay.data_start)
+                lay.encoding)
     import soundfile as sf
 
     try:
@@ -203,32 +202,35 @@ def _open_info(path: Path) -> tuple[int, int, int, WavEncoding, int | None]:
     except RuntimeError as exc:
         raise StorageError(f"cannot read {path.name}: {exc}") from None
     enc: WavEncoding = "pcm16" if info.subtype.startswith("PCM_16") else "float32"
-    return info.frames, info.samplerate, info.channels, enc, None
+    return info.frames, info.samplerate, info.channels, enc
 
 
 def load(base: Path) -> list[Part]:
     """The parts of the archive whose part 0 is ``base`` (a stream that never rotated: one).
-    Raises FileNotFoundError when part 0 is gone."""
+    Raises FileNotFoundError when part 0 is gone, StorageError while it is being finalized.
+
+    Only the last part's file is opened (its frames grow while live); the others' lengths
+    come from the sidecar, so a weeks-long stream costs one small read per request, not
+    one per part."""
     meta = read_sidecar(base)
     if meta is None:
         path = find_part(base, 0) if not base.exists() else base
-        frames, rate, ch, enc, ds = _open_info(path)
-        return [Part(0, path, 0, frames, rate, ch, enc, ds)]
+        frames, rate, ch, enc = _open_info(path)
+        return [Part(0, path, 0, frames, rate, ch, enc)]
     starts = [int(s) for s in meta["starts"]]
+    paths = [find_part(base, n) for n in range(len(starts))]
+    if len({p.suffix == ".wav" for p in paths}) > 1:
+        raise StorageError(f"the archive {base.name} is being finalized; try again shortly")
+    held, rate, ch, enc = _open_info(paths[-1])
     stream_rate = int(meta.get("rate") or 0)
+    scale = rate / stream_rate if stream_rate and stream_rate != rate else 1.0
+    ends = [round(s * scale) for s in starts[1:]]
     total = meta.get("frames")
-    out: list[Part] = []
-    for n, s in enumerate(starts):
-        path = find_part(base, n)
-        frames, rate, ch, enc, ds = _open_info(path)
-        scale = rate / stream_rate if stream_rate and stream_rate != rate else 1.0
-        start = round(s * scale)
-        if n + 1 < len(starts):
-            frames = min(frames, round(starts[n + 1] * scale) - start)
-        elif total is not None:
-            frames = min(frames, round(int(total) * scale) - start)
-        out.append(Part(n, path, start, max(0, frames), rate, ch, enc, ds))
-    return out
+    last = round(starts[-1] * scale)
+    ends.append(last + held if total is None else min(last + held, round(int(total) * scale)))
+    begins = [round(s * scale) for s in starts]
+    return [Part(n, path, a, max(0, e - a), rate, ch, enc)
+            for n, (path, a, e) in enumerate(zip(paths, begins, ends, strict=True))]
 
 
 def total_frames(parts: list[Part]) -> int:
@@ -266,11 +268,19 @@ def iter_frames(parts: list[Part], a: int, b: int, chunk: int = 1 << 16) -> Iter
 
 
 def _read_part(p: Part, lo: int, hi: int, chunk: int) -> Iterator[bytes]:
+    """WAV parts in the expected layout: their bytes as they are (``os.pread``, only the
+    range); anything else (FLAC, Ogg) decoded from a seek to the expected sample type."""
     fb = p.frame_bytes
-    if p.data_start is not None:
+    lay = None
+    if p.path.suffix == ".wav":
+        with open(p.path, "rb") as f:
+            lay = parse_layout(f.read(4096))
+        if (lay.encoding, lay.rate, lay.channels) != (p.encoding, p.rate, p.channels):
+            lay = None
+    if lay is not None:
         fd = os.open(p.path, os.O_RDONLY)
         try:
-            pos, left = p.data_start + lo * fb, (hi - lo) * fb
+            pos, left = lay.data_start + lo * fb, (hi - lo) * fb
             step = max(fb, chunk // fb * fb)
             while left > 0:
                 data = os.pread(fd, min(step, left), pos)

@@ -148,9 +148,14 @@ async def test_resume_after_kill9_mid_part_and_at_a_rotation(
         # 1) killed in the middle of part 2
         await pub.send(x[:20000])
         await pub.wait_acked(20000, timeout=20)
-        server.kill9()
         sid = pub.stream_id
         assert sid is not None
+        async with httpx.AsyncClient(timeout=30) as c:  # a live stream in parts reads too
+            live = f"{server.http}/api/streams/{sid}/audio"
+            assert np.array_equal(wav_of(await c.get(live)), x[:20000])
+            r = await c.get(live, params={"start": 0.45, "end": 1.2})
+            assert np.array_equal(wav_of(r), x[7200:19200])
+        server.kill9()
         await pub.send(x[20000:24000])  # kept by the client meanwhile
         await asyncio.to_thread(server.start)
         await pub.wait_acked(24000, timeout=30)

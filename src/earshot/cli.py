@@ -70,7 +70,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     file_opts = load_config_file(config) if config else {}
     env_opts = env_overrides()
     opts: dict[str, Any] = {}
-    for key in ("host", "port", "data_dir", "token", "archive_format", "ack_interval",
+    for key in ("host", "port", "data_dir", "token", "archive_format", "archive_part",
+                "ack_interval",
                 "max_message_bytes", "log_level", "max_lag", "drain_timeout", *ASR_OPTIONS,
                 "bus", "bus_retention", "processes"):
         value = getattr(args, key)
@@ -777,6 +778,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow listening beyond loopback without a token")
     s.add_argument("--archive-format", choices=["wav", "wav-f32", "flac", "ogg"],
                    help="archive encoding (default wav = PCM16; ogg = Ogg Opus)")
+    s.add_argument("--archive-part", type=Range(float, 0, 7 * 86400, unit="seconds"),
+                   metavar="SECONDS",
+                   help="start a new archive part every SECONDS of audio (default 3600; "
+                        "0: one file, at most 4 GiB)")
     s.add_argument("--fsync", action="store_true", help="fsync before every ack (power-loss safe)")
     s.add_argument("--ack-interval", type=Range(float, 0.005, 5, unit="seconds"),
                    help="seconds of audio per ack (default 0.1)")

@@ -20,6 +20,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 RANGES: dict[str, Range] = {
     "port": PORT,
     "header_interval": SECONDS,
+    "archive_part": Range(float, 0, 7 * 86400, unit="seconds"),
     "max_lag": SECONDS,
     "drain_timeout": SECONDS_OR_ZERO,
     "asr_beam_size": POSITIVE_INT,
@@ -43,6 +44,7 @@ class Settings:
     token: str | None = None
     no_auth: bool = False
     archive_format: str = "wav"
+    archive_part: float = 3600.0  # seconds of audio per archive part; 0: one file (4 GiB max)
     fsync: bool = False
     ack_interval: float = 0.1
     header_interval: float = 1.0

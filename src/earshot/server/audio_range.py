@@ -1,7 +1,12 @@
-"""``GET /api/streams/{id}/audio?start=S&end=E``: the HTTP side of storage.ranges."""
+"""Stream audio over HTTP: ``GET /api/streams/{id}/audio`` (whole, or ``?start=S&end=E``)
+and ``/api/sources/{name}/audio``: the HTTP side of storage.ranges and storage.parts.
+
+Every reader goes through the archive's parts (storage/parts.py), so a stream rotated into
+parts reads as one file: one offset space, one WAV out."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,37 +14,97 @@ from typing import Any
 from fastapi import HTTPException
 from fastapi.responses import Response, StreamingResponse
 
-from earshot.storage.ranges import (
-    RangeError,
-    WavRange,
-    encoded_range,
-    iter_range,
-    stitch_plan,
-    wav_range,
-)
-from earshot.storage.wav import header, parse_layout
+from earshot.errors import StorageError
+from earshot.storage import parts as P
+from earshot.storage.ranges import RangeError, frame_range, stitch_plan
+
+
+def _load(path: Path) -> list[P.Part]:
+    try:
+        parts = P.load(path)
+        P.kind(parts)
+    except FileNotFoundError:
+        raise HTTPException(410, f"the archive {path.name} is gone") from None
+    except StorageError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return parts
 
 
 def range_response(path: Path, start: float | None, end: float | None,
                    filename: str) -> Response:
     """A streamed WAV of the range with ``X-Earshot-Range: first-frame end-frame``; 400
-    for a bad range, 416 for one beyond the archive."""
+    for a bad range, 416 for one beyond the archive. Across parts as one archive."""
+    parts = _load(path)
+    encoding, rate, channels = P.kind(parts)
     try:
-        if path.suffix == ".wav":
-            plan = wav_range(path, start, end)
-            first, stop = plan.start, plan.end
-        else:
-            body, first, stop = encoded_range(path, start, end)
+        first, stop = frame_range(start, end, rate, P.total_frames(parts))
     except RangeError as exc:
         raise HTTPException(416 if exc.beyond else 400, str(exc)) from None
+    length = (stop - first) * parts[0].frame_bytes
+    head = P.wav_header(encoding, rate, channels, length)
     name = f"{Path(filename).stem}-{first}-{stop}.wav"
     headers = {"Content-Disposition": f'attachment; filename="{name}"',
-               "X-Earshot-Range": f"{first} {stop}"}
-    if path.suffix == ".wav":
-        headers["Content-Length"] = str(plan.content_length)
-        return StreamingResponse(iter_range(path, plan), media_type="audio/wav",
-                                 headers=headers)
-    return Response(body, media_type="audio/wav", headers=headers)
+               "X-Earshot-Range": f"{first} {stop}",
+               "Content-Length": str(len(head) + length)}
+
+    def body() -> Iterator[bytes]:
+        yield head
+        yield from P.iter_frames(parts, first, stop)
+
+    return StreamingResponse(body(), media_type="audio/wav", headers=headers)
+
+
+_BYTES = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def whole_response(path: Path, filename: str, range_header: str | None) -> Response:
+    """The whole archive of a stream rotated into parts, as one WAV (RF64 past 4 GiB),
+    stitched on the fly; a single HTTP ``Range: bytes=`` is honoured (206)."""
+    parts = _load(path)
+    encoding, rate, channels = P.kind(parts)
+    fb = parts[0].frame_bytes
+    frames = P.total_frames(parts)
+    data_len = frames * fb
+    head = P.wav_header(encoding, rate, channels, data_len)
+    size = len(head) + data_len
+    lo, hi = 0, size  # bytes [lo, hi)
+    status = 200
+    headers = {"Content-Disposition": f'attachment; filename="{Path(filename).stem}.wav"',
+               "Accept-Ranges": "bytes", "X-Earshot-Parts": str(len(parts))}
+    m = _BYTES.match((range_header or "").strip())
+    if m and (m.group(1) or m.group(2)):
+        if m.group(1):
+            lo = int(m.group(1))
+            hi = min(size, int(m.group(2)) + 1) if m.group(2) else size
+        else:  # the last N bytes
+            lo = max(0, size - int(m.group(2)))
+        if lo >= size or hi <= lo:
+            raise HTTPException(416, "range not satisfiable",
+                                headers={"Content-Range": f"bytes */{size}"})
+        status = 206
+        headers["Content-Range"] = f"bytes {lo}-{hi - 1}/{size}"
+    headers["Content-Length"] = str(hi - lo)
+
+    def body() -> Iterator[bytes]:
+        if lo < len(head):
+            yield head[lo:min(hi, len(head))]
+        d0, d1 = max(0, lo - len(head)), hi - len(head)  # data bytes [d0, d1)
+        if d1 <= d0:
+            return
+        f0, f1 = d0 // fb, -(-d1 // fb)
+        skip, left = d0 - f0 * fb, d1 - d0
+        for chunk in P.iter_frames(parts, f0, f1):
+            if skip:
+                chunk, skip = chunk[skip:], max(0, skip - len(chunk))
+            chunk = chunk[:left]
+            left -= len(chunk)
+            if chunk:
+                yield chunk
+            if left <= 0:
+                return
+
+    return StreamingResponse(body(), status_code=status, media_type="audio/wav",
+                             headers=headers)
 
 
 def source_response(hub: Any, name: str, t_from: str, t_to: str) -> Response:
@@ -49,7 +114,6 @@ def source_response(hub: Any, name: str, t_from: str, t_to: str) -> Response:
     ``X-Earshot-Streams``."""
     import datetime as dt
     import json
-    import os
 
     try:
         a, b = (dt.datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (t_from, t_to))
@@ -65,7 +129,7 @@ def source_response(hub: Any, name: str, t_from: str, t_to: str) -> Response:
             break
     if not records:
         raise HTTPException(404, f"no streams named {name!r}")
-    layouts: dict[str, Any] = {}
+    archives: dict[str, list[P.Part]] = {}
     spans = []
     for rec in records:
         live = hub.live.get(rec.id)
@@ -74,13 +138,19 @@ def source_response(hub: Any, name: str, t_from: str, t_to: str) -> Response:
         path = hub.path_of(rec)
         if path.suffix != ".wav" or not path.exists():
             continue  # FLAC/Ogg archives are not stitched (yet)
-        with open(path, "rb") as f:
-            layout = parse_layout(f.read(4096))
-            held = (os.fstat(f.fileno()).st_size - layout.data_start) // layout.frame_bytes
-        layouts[rec.id] = (path, layout)
+        try:
+            parts = P.load(path)
+        except (OSError, StorageError):
+            continue
+        if any(p.path.suffix != ".wav" for p in parts):
+            continue
+        archives[rec.id] = parts
         start = float((rec.client or {}).get("captured_at", rec.created))
-        spans.append((rec.id, start, held))
-    kinds = {(lay.encoding, lay.rate, lay.channels) for _, lay in layouts.values()}
+        spans.append((rec.id, start, P.total_frames(parts)))
+    try:
+        kinds = {P.kind(ps) for ps in archives.values()}
+    except StorageError:
+        kinds = set()
     if len(kinds) != 1:
         raise HTTPException(409, f"the WAV archives named {name!r} differ in format "
                                  f"({sorted(kinds)}) or there are none")
@@ -89,11 +159,12 @@ def source_response(hub: Any, name: str, t_from: str, t_to: str) -> Response:
         pieces, gaps = stitch_plan(spans, a.timestamp(), b.timestamp(), rate)
     except RangeError as exc:
         raise HTTPException(400, str(exc)) from None
-    fb = next(iter(layouts.values()))[1].frame_bytes
+    fb = next(iter(archives.values()))[0].frame_bytes
     length = sum(p.frames for p in pieces) * fb
+    head = P.wav_header(encoding, rate, channels, length)
 
     def body() -> Iterator[bytes]:
-        yield header(encoding, rate, channels, length)
+        yield head
         for p in pieces:
             if p.key is None:
                 left = p.frames * fb
@@ -102,15 +173,10 @@ def source_response(hub: Any, name: str, t_from: str, t_to: str) -> Response:
                     yield bytes(n)
                     left -= n
                 continue
-            path, lay = layouts[p.key]
-            plan = WavRange(b"", lay.data_start + p.src * fb, p.frames * fb, p.src,
-                            p.src + p.frames, rate)
-            parts = iter_range(path, plan)
-            next(parts)  # its (empty) header
-            yield from parts
+            yield from P.iter_frames(archives[p.key], p.src, p.src + p.frames)
 
     used = sorted({p.key for p in pieces if p.key})
-    headers = {"Content-Length": str(len(header(encoding, rate, channels)) + length),
+    headers = {"Content-Length": str(len(head) + length),
                "X-Earshot-Gaps": json.dumps([[round(g0, 6), round(g1, 6)] for g0, g1 in gaps]),
                "X-Earshot-Streams": ",".join(used),
                "Content-Disposition": f'attachment; filename="{name[:60]}.wav"'}

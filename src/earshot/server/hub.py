@@ -45,7 +45,7 @@ from earshot.server.space import Space, free_bytes, is_no_space
 from earshot.server.writer import StreamWriter, Written
 from earshot.storage.archive import FINAL_SUFFIX, Archive, ArchiveFormat, finalize
 from earshot.storage.metadata import MetadataStore, StreamRecord
-from earshot.storage.wav import repair
+from earshot.storage.parts import recover as recover_parts
 
 __all__ = ["Hub", "LiveStream", "Owner", "hash_token", "new_stream_id"]
 
@@ -231,7 +231,7 @@ class Hub:
                 continue
             path = self.path_of(rec)
             try:
-                frames = repair(path)
+                frames = recover_parts(path, rec.archive_format)  # every part (storage/parts)
             except (OSError, StorageError) as exc:
                 done = path.with_suffix(FINAL_SUFFIX.get(rec.archive_format, ".wav"))
                 if done != path and done.exists():
@@ -284,7 +284,7 @@ class Hub:
         rel = f"streams/{sid}.wav"
         path = self.settings.data_dir / rel
         try:
-            archive = Archive.create(path, spec.pcm, fmt)
+            archive = Archive.create(path, spec.pcm, fmt, part_seconds=self.settings.archive_part)
         except OSError as exc:
             path.unlink(missing_ok=True)  # never leave a zero-byte archive behind
             if is_no_space(exc):
@@ -350,7 +350,8 @@ class Hub:
             self.metrics.streams_started.labels("resume").inc()
             self._announce(live, resumed=True)
             return live, token
-        archive = Archive.reopen(self.path_of(rec), spec.pcm, rec.archive_format)  # type: ignore[arg-type]
+        archive = Archive.reopen(self.path_of(rec), spec.pcm, rec.archive_format,  # type: ignore[arg-type]
+                                 part_seconds=self.settings.archive_part)
         rec.state = "live"
         rec.frames = archive.frames
         rec.format = spec.format

@@ -18,6 +18,7 @@ import soundfile as sf
 from earshot.errors import ProcessorError, StorageError
 from earshot.pipeline import StreamPipeline
 from earshot.processors.base import Event, StreamInfo
+from earshot.storage import parts
 
 if TYPE_CHECKING:
     from earshot.server.hub import Hub
@@ -37,14 +38,20 @@ async def replay(hub: Hub, stream_id: str, processor: str) -> dict[str, Any]:
     info = StreamInfo(rec.id, rec.rate, rec.channels, rec.name)
     pipeline = StreamPipeline(info, [specs[0].make()], events.extend, max_lag=1e9)
     try:
-        with sf.SoundFile(path) as f:
-            offset = 0
-            for block in f.blocks(blocksize=int(rec.rate * BLOCK_S), dtype="float32",
-                                  always_2d=True):
-                pipeline.feed(block, offset)
-                offset += len(block)
-                await pipeline.idle()  # bounded memory: one block in flight
-    except (OSError, RuntimeError) as exc:  # soundfile raises RuntimeError subclasses
+        offset = 0
+        for part in parts.load(path):  # a stream rotated into parts: one after the other
+            with sf.SoundFile(part.path) as f:
+                left = part.frames
+                for block in f.blocks(blocksize=int(rec.rate * BLOCK_S), dtype="float32",
+                                      always_2d=True):
+                    block = block[:left]
+                    if not len(block):
+                        break
+                    pipeline.feed(block, offset)
+                    offset += len(block)
+                    left -= len(block)
+                    await pipeline.idle()  # bounded memory: one block in flight
+    except (OSError, RuntimeError, StorageError) as exc:  # soundfile: RuntimeError subclasses
         await pipeline.close(0.0)
         raise StorageError(f"cannot read the archive of stream {rec.id}: {exc}") from None
     await pipeline.close(None)

@@ -12,10 +12,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from earshot import __version__
 from earshot.errors import StorageError, StreamNotFound
-from earshot.server.audio_range import range_response, source_response
+from earshot.server.audio_range import range_response, source_response, whole_response
 from earshot.server.auth import presented_token, token_ok
 from earshot.server.hub import Hub
 from earshot.storage.archive import MEDIA_TYPES
+from earshot.storage.parts import is_rotated
 from earshot.storage.peaks import peaks
 
 STREAM_ID = re.compile(r"^[0-9a-z]{6,40}$")
@@ -75,7 +76,7 @@ async def get_stream(stream_id: str, hub: HubDep) -> dict[str, Any]:
     summary="The stream's archive (WAV, or FLAC when so configured); supports HTTP Range",
     response_class=FileResponse,
 )
-async def get_audio(stream_id: str, hub: HubDep,
+async def get_audio(stream_id: str, hub: HubDep, request: Request,
               start: Annotated[float | None, Query(ge=0, description="stream seconds")] = None,
               end: Annotated[float | None, Query(gt=0, description="stream seconds")] = None,
               ) -> Response:
@@ -89,6 +90,8 @@ async def get_audio(stream_id: str, hub: HubDep,
     filename = f"{stem + '-' if stem else ''}{rec.id}{path.suffix}"
     if start is not None or end is not None:  # ?start=S&end=E: that range as a WAV
         return range_response(path, start, end, filename)
+    if is_rotated(path):  # parts: one WAV stitched on the fly (RF64 past 4 GiB)
+        return whole_response(path, filename, request.headers.get("range"))
     return FileResponse(path, media_type=media, filename=filename)
 
 
@@ -107,7 +110,12 @@ async def get_peaks(stream_id: str, hub: HubDep,
     path = hub.path_of(rec)
     if not path.exists():
         raise HTTPException(410, f"the archive of stream {rec.id} is gone")
-    lo, hi, frames = await asyncio.to_thread(peaks, path, width)
+    try:
+        lo, hi, frames = await asyncio.to_thread(peaks, path, width)
+    except FileNotFoundError:
+        raise HTTPException(410, f"the archive of stream {rec.id} is gone") from None
+    except StorageError as exc:  # e.g. being finalized (storage/parts.py)
+        raise HTTPException(409, str(exc)) from None
     return {"stream": rec.id, "width": width, "duration": frames / rec.rate,
             "min": lo, "max": hi}
 

@@ -14,6 +14,7 @@ Archive formats:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,9 @@ from earshot.audio import (
     sanitize_f32,
 )
 from earshot.errors import StorageError
-from earshot.storage.wav import WavEncoding, WavWriter
+from earshot.storage import parts as P
+from earshot.storage.parts import chunks
+from earshot.storage.wav import MAX_DATA_BYTES, WavEncoding, WavWriter
 
 MEDIA_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg"}
 FINAL_SUFFIX = {"flac": ".flac", "ogg": ".ogg"}
@@ -48,23 +51,49 @@ def encoding_for(fmt: ArchiveFormat) -> WavEncoding:
 
 
 class Archive:
-    """Appends a stream's wire audio to its archive file, converting as needed."""
+    """Appends a stream's wire audio to its archive, converting as needed, rotating into a
+    new part every ``part_frames`` frames (0: one file; storage/parts.py)."""
 
-    def __init__(self, writer: WavWriter, spec: StreamSpec, fmt: ArchiveFormat) -> None:
-        self.writer = writer
+    def __init__(self, writer: WavWriter, spec: StreamSpec, fmt: ArchiveFormat, *,
+                 base: Path | None = None, starts: list[int] | None = None,
+                 part_frames: int = 0) -> None:
+        self.part = writer  # the part being written
         self.spec = spec
         self.format = fmt
         self._encoding = writer.layout.encoding
+        self.base = base or writer.path  # part 0's path
+        self.starts = starts or [0]  # stream frame of each part's first frame
+        self.part_frames = max(0, part_frames)
+        fb = writer.layout.frame_bytes
+        if self.part_frames and self.part_frames * fb > MAX_DATA_BYTES:
+            self.part_frames = MAX_DATA_BYTES // fb  # no part ever nears the 4 GiB limit
+        self._unsynced: list[Path] = []  # closed parts (and the sidecar) not yet fsynced
+        self.writer = _PartsWriter(self)
+
+    @staticmethod
+    def frames_for(seconds: float, rate: int) -> int:
+        """The part size in frames for ``archive_part`` seconds (0: one file)."""
+        return max(1, round(seconds * rate)) if seconds > 0 else 0
 
     @classmethod
-    def create(cls, path: Path, spec: StreamSpec, fmt: ArchiveFormat) -> Archive:
-        """``path`` is the live file (always a ``.wav``)."""
+    def create(cls, path: Path, spec: StreamSpec, fmt: ArchiveFormat, *,
+               part_seconds: float = 0.0) -> Archive:
+        """``path`` is the live file (always a ``.wav``): part 0."""
         writer = WavWriter.create(path, encoding_for(fmt), spec.rate, spec.channels)
-        return cls(writer, spec, fmt)
+        return cls(writer, spec, fmt, part_frames=cls.frames_for(part_seconds, spec.rate))
 
     @classmethod
-    def reopen(cls, path: Path, spec: StreamSpec, fmt: ArchiveFormat) -> Archive:
-        writer = WavWriter.reopen(path)
+    def reopen(cls, path: Path, spec: StreamSpec, fmt: ArchiveFormat, *,
+               part_seconds: float = 0.0) -> Archive:
+        """Continue the archive whose part 0 is ``path``: its last part, repaired, at the
+        total offset across parts."""
+        if not P.is_rotated(path) and len(P.on_disk(path)) == 1:
+            starts, last = [0], path
+        else:
+            P.recover(path)  # repairs the parts and lists any the sidecar missed
+            starts = [int(s) for s in (P.read_sidecar(path) or {}).get("starts", [0])]
+            last = P.part_path(path, len(starts) - 1)
+        writer = WavWriter.reopen(last)
         layout = writer.layout
         if (layout.rate, layout.channels) != (spec.rate, spec.channels):
             writer.close()
@@ -72,11 +101,13 @@ class Archive:
                 f"archive {path.name} is {layout.rate} Hz x{layout.channels}, "
                 f"not {spec.rate} Hz x{spec.channels}"
             )
-        return cls(writer, spec, fmt)
+        return cls(writer, spec, fmt, base=path, starts=starts,
+                   part_frames=cls.frames_for(part_seconds, spec.rate))
 
     @property
     def frames(self) -> int:
-        return self.writer.frames
+        """Frames across all parts: the stream's offset."""
+        return self.starts[-1] + self.part.frames
 
     @property
     def sample_format(self) -> str:
@@ -86,7 +117,8 @@ class Archive:
 
     @property
     def path(self) -> Path:
-        return self.writer.path
+        """Part 0's path: what names the archive (readers find the parts from it)."""
+        return self.base
 
     def append(self, data: bytes | bytearray) -> AppendResult:
         """Append whole frames of wire-format audio. Returns what had to be fixed."""
@@ -94,7 +126,7 @@ class Archive:
         frames = len(data) // self.spec.frame_bytes
         result = AppendResult(frames)
         if wire == "s16" and self._encoding == "pcm16":
-            self.writer.write(data)
+            self._write(data)
             result.written = data
             return result
         if wire == "s16":
@@ -105,24 +137,124 @@ class Archive:
             out = fixed.samples
             result.non_finite, result.clipped = fixed.non_finite, fixed.clipped
         result.written = out.tobytes()
-        self.writer.write(result.written)
+        self._write(result.written)
         return result
 
+    def _write(self, data: bytes | bytearray) -> None:
+        """Into the current part, rotating at a frame boundary when it is full."""
+        fb = self.part.layout.frame_bytes
+        if len(data) % fb:
+            raise StorageError(f"{len(data)} bytes is not a whole number of {fb}-byte frames")
+        view = memoryview(data)
+        for i, n in enumerate(chunks(self.part.frames, self.part_frames, len(data) // fb)):
+            if i:
+                self._rotate()
+            if n:
+                self.part.write(view[: n * fb])
+                view = view[n * fb:]
+
+    def _rotate(self) -> None:
+        """Close the full part (header patched) and start the next: its file first, then
+        the sidecar that lists it (a crash between leaves an empty unlisted part, which
+        recovery lists). Nothing is fsynced here, on the event loop: with ``--fsync`` the
+        next ``sync(fsync=True)`` (before the ack, in a thread) fsyncs the closed part, the
+        sidecar and the directory too."""
+        offset = self.frames
+        path = P.part_path(self.base, len(self.starts))
+        new = WavWriter.create(path, self._encoding, self.spec.rate, self.spec.channels)
+        try:  # (a full disk here leaves everything as it was: the old part is kept open)
+            self._list_parts([*self.starts, offset])
+        except BaseException:
+            new.close()
+            path.unlink(missing_ok=True)
+            raise
+        self.part.close()
+        self._unsynced.append(self.part.path)
+        self.part = new
+        self.starts.append(offset)
+
+    def _list_parts(self, starts: list[int]) -> None:
+        P.write_sidecar(self.base, {"rate": self.spec.rate, "starts": starts}, fsync=False)
+        self._unsynced.append(P.sidecar_path(self.base))
+
+    def truncate(self, frames: int) -> None:
+        """Cut the archive back to ``frames`` in all (never grows it); parts left empty
+        past the cut are removed."""
+        while len(self.starts) > 1 and frames <= self.starts[-1]:
+            self.part.close()
+            self.part.path.unlink()
+            self.starts.pop()
+            self._list_parts(self.starts)
+            self.part = WavWriter.reopen(P.part_path(self.base, len(self.starts) - 1))
+        self.part.truncate(frames - self.starts[-1])
+
     def sync(self, fsync: bool = False) -> None:
-        self.writer.sync_header()
+        self.part.sync_header()
         if fsync:
-            self.writer.fsync()
+            self.part.fsync()
+            if self._unsynced:
+                done, self._unsynced = self._unsynced, []
+                for path in dict.fromkeys(done):
+                    with contextlib.suppress(FileNotFoundError):  # (a part truncated away)
+                        fd = os.open(path, os.O_RDONLY)
+                        try:
+                            os.fsync(fd)
+                        finally:
+                            os.close(fd)
+                P.fsync_dir(self.base.parent)
 
     def close(self) -> None:
-        self.writer.close()
+        self.part.close()
+
+
+class _PartsWriter:
+    """``archive.writer`` as the stream writer and the hub use it (closed, truncate in
+    stream frames), across parts."""
+
+    def __init__(self, archive: Archive) -> None:
+        self._archive = archive
+
+    @property
+    def closed(self) -> bool:
+        return self._archive.part.closed
+
+    @property
+    def frames(self) -> int:
+        return self._archive.frames
+
+    def truncate(self, frames: int) -> None:
+        self._archive.truncate(frames)
+
+    def sync_header(self) -> None:
+        self._archive.part.sync_header()
+
+    def fsync(self) -> None:
+        self._archive.part.fsync()
+
+    def close(self) -> None:
+        self._archive.close()
 
 
 def finalize(path: Path, fmt: ArchiveFormat) -> Path:
-    """Turn a closed live WAV into its final form; returns the final path.
+    """Turn a closed live archive (``path``: part 0's WAV) into its final form; returns
+    part 0's final path. Every part is finalized like a one-file archive (the later parts
+    first, part 0 last: see storage/parts.py).
 
     For FLAC and Ogg Opus, converts block by block (never the whole file in memory), then
     replaces the WAV atomically. Other formats are already final.
     """
+    meta = P.read_sidecar(path)
+    if meta is None:
+        return finalize_one(path, fmt)
+    if fmt in FINAL_SUFFIX:
+        P.finalize_parts(path, P.on_disk(path), meta, lambda p: finalize_one(p, fmt))
+    else:
+        P.finalize_parts(path, P.on_disk(path), meta, lambda p: p)
+    return P.find_part(path, 0)
+
+
+def finalize_one(path: Path, fmt: ArchiveFormat) -> Path:
+    """One closed WAV file in its final form (the old one replaced atomically)."""
     if fmt == "ogg":
         return _to_ogg(path)
     if fmt != "flac":

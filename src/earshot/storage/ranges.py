@@ -3,16 +3,15 @@
 Stream seconds map to frames as ``round(seconds * rate)``: the range ``[start, end)`` is
 frames ``[round(start * rate), round(end * rate))``, clipped to what the archive holds.
 
-* WAV archives (live or finished): :func:`wav_range` reads the header and the file size
-  only; :func:`iter_range` then yields a fresh header and the range's bytes, copied as
-  they are (``os.pread``), in bounded chunks.
-* FLAC and Ogg archives: :func:`encoded_range` seeks (libsndfile) to the first frame and
-  decodes just the range into a WAV in memory.
+* The server reads every archive through its parts (storage/parts.py,
+  ``parts.iter_frames``): WAV parts (live or finished) from the header and the file size
+  only, then the range's bytes copied as they are (``os.pread``), in bounded chunks; FLAC
+  and Ogg parts decoded from a seek (libsndfile), block by block.
+* :func:`wav_range` and :func:`iter_range` do the same for one WAV file.
 """
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -93,22 +92,6 @@ def iter_range(path: Path, plan: WavRange, chunk: int = 1 << 16) -> Iterator[byt
             yield data
     finally:
         os.close(fd)
-
-
-def encoded_range(path: Path, start: float | None, end: float | None) -> tuple[bytes, int, int]:
-    """A range of a FLAC or Ogg archive, decoded from a seek, as WAV bytes (PCM16 for
-    FLAC, which holds PCM16; float for Ogg Opus). Returns (wav, first frame, end frame)."""
-    import soundfile as sf
-
-    with sf.SoundFile(str(path)) as f:
-        a, b = frame_range(start, end, f.samplerate, f.frames)
-        f.seek(a)
-        pcm = f.subtype.startswith("PCM_16") or f.subtype == "PCM_16"
-        data = f.read(b - a, dtype="int16" if pcm else "float32", always_2d=True)
-        out = io.BytesIO()
-        sf.write(out, data, f.samplerate, format="WAV", subtype="PCM_16" if pcm else "FLOAT")
-    return out.getvalue(), a, a + len(data)
-
 
 
 @dataclass(frozen=True, slots=True)

@@ -145,8 +145,12 @@ class Archive:
         fb = self.part.layout.frame_bytes
         if len(data) % fb:
             raise StorageError(f"{len(data)} bytes is not a whole number of {fb}-byte frames")
+        part = self.part
+        if not self.part_frames or part.frames + len(data) // fb <= self.part_frames:
+            part.write(data)  # the common case: it fits in the current part
+            return
         view = memoryview(data)
-        for i, n in enumerate(chunks(self.part.frames, self.part_frames, len(data) // fb)):
+        for i, n in enumerate(chunks(part.frames, self.part_frames, len(data) // fb)):
             if i:
                 self._rotate()
             if n:

@@ -96,6 +96,9 @@ def parse_mqtt_url(url: str) -> MqttTarget:
         port = parts.port
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    if parts.fragment or url.rstrip().endswith("#"):
+        raise ConfigError(f"{where}: a topic prefix may not contain '+', '#' (in a password, "
+                          "write %23)")
     if parts.scheme not in ("mqtt", "mqtts"):
         raise ConfigError(f"{where}: use mqtt://HOST:1883[/prefix] or mqtts://HOST:8883"
                           "[/prefix]")

@@ -32,9 +32,12 @@ class Mosquitto(Child):
     """``mosquitto -c CONF`` with its own conf: one listener on 127.0.0.1, anonymous, no
     persistence (a restart comes back empty: no retained messages)."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.dir = workdir
         self.port = port or free_port()
+        self.tls = tls  # (certificate chain, key): a second listener, with TLS
+        self.tls_port = free_port() if tls else 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -45,8 +48,14 @@ class Mosquitto(Child):
         exe = mosquitto_exe()
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                        "persistence false\nlog_dest stderr\n")
+        text = (f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                "persistence false\nlog_dest stderr\n")
+        if os.geteuid() == 0:  # (else it becomes user mosquitto, who cannot read our tmp)
+            text += "user root\n"
+        if self.tls:
+            text += (f"listener {self.tls_port} 127.0.0.1\ncertfile {self.tls[0]}\n"
+                     f"keyfile {self.tls[1]}\n")
+        conf.write_text(text)
         self.proc = subprocess.Popen([exe, "-c", str(conf)],
                                      stdout=open(self.dir / "mosquitto.log", "ab"),  # noqa: SIM115
                                      stderr=subprocess.STDOUT)
@@ -55,8 +64,11 @@ class Mosquitto(Child):
             if self.proc.poll() is not None:
                 raise RuntimeError((self.dir / "mosquitto.log").read_text())
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
+                for port in (self.port, self.tls_port) if self.tls else (self.port,):
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                time.sleep(0.1)
+                if self.proc.poll() is None:
+                    return self
             except OSError:
                 if time.monotonic() > deadline:
                     raise

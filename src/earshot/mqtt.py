@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
@@ -512,7 +513,10 @@ class MqttBridge:
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
         with contextlib.suppress(Exception):
-            self._call(self._down, "connection failed")
+            # paho calls this while handling the OSError of the attempt: say what it was
+            exc = sys.exc_info()[1]
+            self._call(self._down, (str(exc) or type(exc).__name__) if exc is not None
+                       else "connection failed")
 
     # -- /metrics ---------------------------------------------------------------------------
     def collector(self) -> Any:

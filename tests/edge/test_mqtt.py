@@ -160,6 +160,35 @@ async def test_a_broker_restart_loses_no_ingest_and_the_bridge_comes_back(
     assert "earshot_mqtt_connects_total 2.0" in m
 
 
+async def test_mqtts_with_a_cafile(
+        tmp_path: Path, server_factory: Callable[..., ServerProcess],
+        subscribers: Callable[..., Subscriber]) -> None:
+    from hardening.hardening_helpers import make_ca, make_server_cert
+
+    ca, ca_cert, ca_key = make_ca(tmp_path, "mqtt")
+    other, _, _ = make_ca(tmp_path, "other")
+    cert, key = make_server_cert(tmp_path, ca_cert, ca_key)
+    broker = Mosquitto(tmp_path / "mosquitto", tls=(cert, key)).start()
+    try:
+        sub = subscribers(broker.port, "earshot/#", "wrong/#")  # on the plain listener
+        good = server_factory("--mqtt", f"mqtts://127.0.0.1:{broker.tls_port}?cafile={ca}")
+        bad = server_factory("--mqtt", f"mqtts://127.0.0.1:{broker.tls_port}/wrong"
+                                       f"?cafile={other}", data_dir=tmp_path / "bad")
+        x, rate = speech()
+        for srv in (good, bad):
+            pub, _, _ = await stream_file(srv.url, x[:rate], rate, processors=["level"],
+                                          realtime=False, name="tls")
+            assert np.array_equal(archive(srv, pub.stream_id), x[:rate])
+        sub.wait_for(lambda: sub.on("earshot/tls/stream_ended"))
+        assert len(sub.on("earshot/tls/level")) == 20
+        assert not [m for m in sub.messages if m.topic.startswith("wrong/")]
+        log = bad.log.read_text()  # a certificate it does not trust: refused, said once
+        assert log.count("mqtt: cannot reach") == 1 and "Traceback" not in log, log
+        assert "CERTIFICATE_VERIFY_FAILED" in log
+    finally:
+        broker.stop()
+
+
 class Proc(Child):
     def __init__(self, cmd: list[str], log: Path) -> None:
         self.log = log

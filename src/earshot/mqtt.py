@@ -306,7 +306,7 @@ class MqttBridge:
                  skip_worker_events: bool = False, queue_size: int = 10_000,
                  window: int = 1000, max_states: int = 10_000, keepalive: int = 30,
                  reconnect_delay: tuple[float, float] = (0.5, 30.0),
-                 cafile: str | None = None) -> None:
+                 cafile: str | None = None, slice: int = 64) -> None:
         target = parse_mqtt_url(url) if isinstance(url, str) else url
         if cafile and target.tls and target.cafile is None:
             target = MqttTarget(target.host, target.port, True, target.username,
@@ -316,6 +316,7 @@ class MqttBridge:
         self.skip_worker_events = skip_worker_events
         self.queue_size = queue_size
         self.window = window
+        self.slice = slice  # most messages handed to paho in one turn of the event loop
         self.max_states = max_states
         self.keepalive = keepalive
         self.reconnect_delay = reconnect_delay
@@ -442,7 +443,9 @@ class MqttBridge:
         if not self.connected or c is None:
             return
         self._prune()
-        while len(self._inflight) < self.window:
+        budget = self.slice  # per turn of the event loop: a publish costs ~20-80 µs here
+        while len(self._inflight) < self.window and budget > 0:
+            budget -= 1
             if self._dirty:
                 topic = next(iter(self._dirty))
                 del self._dirty[topic]
@@ -463,8 +466,13 @@ class MqttBridge:
                 continue
             self.stats.published += 1
             self._inflight.append(info)
-        if (self._queue or self._dirty) and self._timer is None and self._loop is not None:
-            self._timer = self._loop.call_later(0.01, self._tick)  # the window is full
+        if not (self._queue or self._dirty) or self._loop is None:
+            return
+        if budget <= 0 and not self._scheduled:  # more next turn, after other work
+            self._scheduled = True
+            self._loop.call_soon(self._pump)
+        elif budget > 0 and self._timer is None:  # the window is full: look again soon
+            self._timer = self._loop.call_later(0.01, self._tick)
 
     def _tick(self) -> None:
         self._timer = None

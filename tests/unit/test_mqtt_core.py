@@ -3,6 +3,7 @@ lines, and the queue policy (no socket: the bridge is never started here)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -260,3 +261,17 @@ def test_metrics() -> None:
 def test_messages_are_plain_values() -> None:
     m = Message("a/b", b"{}", 1, True)
     assert (m.topic, m.qos, m.retain) == ("a/b", 1, True)
+
+
+async def test_one_turn_of_the_event_loop_hands_over_at_most_a_slice() -> None:
+    b = bridge(slice=2)
+    c = FakeClient()
+    b._client, b._loop = c, asyncio.get_running_loop()
+    b._up()
+    for i in range(5):
+        b.offer("s", {"type": "speech_start", "t": i})
+    b._pump()
+    assert len(c.sent) == 2 and b._scheduled  # the rest on the next turns
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert [json.loads(p)["t"] for _, p, _, _ in c.sent] == [0, 1, 2, 3, 4]

@@ -187,20 +187,30 @@ class Topics:
         self.prefix = check_prefix(prefix)
         self.max_names = max_names
         self._names: OrderedDict[str, str] = OrderedDict()  # stream id → name
+        self._keys: dict[str, str] = {}  # stream id → its topic level (a cache)
+        self._levels: dict[str, str] = {}  # event type → its topic level (a cache)
 
     def remember(self, stream: str, name: str | None) -> None:
         if not name:
             return
         self._names[stream] = name
         self._names.move_to_end(stream)
+        self._keys.pop(stream, None)
         while len(self._names) > self.max_names:
-            self._names.popitem(last=False)
+            old, _ = self._names.popitem(last=False)
+            self._keys.pop(old, None)
 
     def key(self, stream: str) -> str:
         """The topic level of a stream: its name, else its id."""
-        sid = topic_level(stream, "unknown")
-        name = self._names.get(stream)
-        return topic_level(name, sid) if name else sid
+        key = self._keys.get(stream)
+        if key is None:
+            sid = topic_level(stream, "unknown")
+            name = self._names.get(stream)
+            key = topic_level(name, sid) if name else sid
+            if len(self._keys) >= self.max_names:
+                self._keys.clear()
+            self._keys[stream] = key
+        return key
 
     def messages(self, stream: str, event: dict[str, Any], now: float) -> list[Message]:
         kind = event.get("type")
@@ -210,7 +220,11 @@ class Topics:
             self.remember(stream, event.get("name"))
         base = f"{self.prefix}/{self.key(stream)}"
         qos = 1 if kind in QOS1 else 0
-        level = topic_level(kind, "event")
+        level = self._levels.get(kind)
+        if level is None:
+            level = topic_level(kind, "event")
+            if len(self._levels) < 1000:  # (types are few; a flood of made-up ones is not)
+                self._levels[kind] = level
         if kind == "transcript" and not event.get("final"):
             level, qos = "transcript_interim", 0
         out = [Message(f"{base}/{level}", _json(event), qos, False)]

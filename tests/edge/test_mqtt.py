@@ -272,16 +272,14 @@ async def test_bus_workers_and_gateways_publish_each_event_once(
         redis.stop()
 
 
-@pytest.mark.parametrize("url, says", [
-    ("http://127.0.0.1:1883", "use mqtt://"),
-    ("mqtt://:1883", "no broker host"),
-    ("mqtt://host:99999", "out of range"),
-    ("mqtt://host/a+b", "may not contain"),
-    ("mqtt://host?qos=2", "unknown parameter"),
-])
-def test_a_bad_url_fails_at_start(tmp_path: Path, url: str, says: str) -> None:
-    for cmd in (earshot("serve", "--data-dir", str(tmp_path / "d"), "--mqtt", url),
-                earshot("worker", "level", "--mqtt", url)):
+def test_a_bad_url_fails_at_start(tmp_path: Path) -> None:
+    """(Every way a URL can be wrong: tests/unit/test_mqtt_core.py.)"""
+    for cmd, says in (
+            (earshot("serve", "--data-dir", str(tmp_path / "d"), "--mqtt", "http://h:1883"),
+             "use mqtt://"),
+            (earshot("worker", "level", "--mqtt", "mqtt://me:secret@host:99999"),
+             "out of range")):
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert r.returncode == 2, r.stderr
         assert says in r.stderr and "Traceback" not in r.stderr
+        assert "secret" not in r.stderr

@@ -131,6 +131,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             console.print(f"    {escape(asr['hint'])}")
     else:
         console.print(f"  speech-to-text: [yellow]unavailable[/] — {escape(caps['asr']['reason'])}")
+    if settings.mqtt:
+        from earshot.mqtt import parse_mqtt_url
+
+        console.print(f"  mqtt: events to {escape(parse_mqtt_url(settings.mqtt).display)}"
+                      "/<stream>/<type>")
     target: Any = app
     if settings.processes > 1:  # the supervisor binds the port; each process a gateway
         from earshot.config import settings_to_json

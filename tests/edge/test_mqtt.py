@@ -160,6 +160,40 @@ async def test_a_broker_restart_loses_no_ingest_and_the_bridge_comes_back(
     assert "earshot_mqtt_connects_total 2.0" in m
 
 
+async def test_a_stalled_broker_never_stalls_ingest(
+        broker: Mosquitto, server_factory: Callable[..., ServerProcess],
+        subscribers: Callable[..., Subscriber]) -> None:
+    """The broker stops reading (SIGSTOP: its TCP connections stay up) while a stream makes
+    a level event every millisecond: acks and the archive go on; the bridge's queue holds
+    what the broker cannot take yet, and once it reads again everything arrives, in order."""
+    import signal
+
+    server = server_factory("--mqtt", broker.url)
+    sub = subscribers(broker.port, "earshot/#")
+    x, rate = speech()
+    x = x[: 4 * rate]
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        pub, events, _ = await stream_file(
+            server.url, x, rate, realtime=False, name="fast",
+            processors=[{"name": "level", "options": {"interval": 0.001}}])
+        took = time.monotonic() - t0
+        assert np.array_equal(archive(server, pub.stream_id), x)
+        assert len(of(events, "level")) == 4000  # the sender got every event meanwhile
+        queued = float(next(line.split()[-1] for line in
+                            httpx.get(f"{server.http}/metrics").text.splitlines()
+                            if line.startswith("earshot_mqtt_queue ")))
+        assert queued > 0  # waiting for the broker, not lost
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+    assert took < 20
+    sub.wait_for(lambda: len(sub.on("earshot/fast/level")) == 4000, 30)
+    ts = [e["t"] for e in payloads(sub.on("earshot/fast/level"))]
+    assert ts == sorted(ts) and ts == [e["t"] for e in of(events, "level")]
+
+
 async def test_mqtts_with_a_cafile(
         tmp_path: Path, server_factory: Callable[..., ServerProcess],
         subscribers: Callable[..., Subscriber]) -> None:

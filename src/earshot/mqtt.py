@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import sys
 import time
 from collections import OrderedDict, deque
@@ -292,6 +293,15 @@ def paho_module() -> Any:
     return mqtt
 
 
+def tls_context(target: MqttTarget) -> ssl.SSLContext:
+    """The client context of ``mqtts://``: the system's trust store, or the URL's cafile;
+    the broker's name is checked against its certificate."""
+    try:
+        return ssl.create_default_context(cafile=target.cafile)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--mqtt: cannot use the CA file {target.cafile}: {exc}") from None
+
+
 @dataclass
 class BridgeStats:
     published: int = 0  # handed to paho (QoS 0 written to the socket, QoS 1 queued)
@@ -326,6 +336,7 @@ class MqttBridge:
             target = MqttTarget(target.host, target.port, True, target.username,
                                 target.password, target.prefix, str(cafile))
         self.target = target
+        self.tls_context = tls_context(target) if target.tls else None  # (fails now if bad)
         self.role = role
         self.skip_worker_events = skip_worker_events
         self.queue_size = queue_size
@@ -359,11 +370,8 @@ class MqttBridge:
                         protocol=mqtt.MQTTv311)
         if self.target.username is not None:
             c.username_pw_set(self.target.username, self.target.password)
-        if self.target.tls:
-            try:
-                c.tls_set(ca_certs=self.target.cafile)  # None: the system's trust store
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"--mqtt: cannot set up TLS: {exc}") from None
+        if self.tls_context is not None:
+            c.tls_set_context(self.tls_context)
         c.max_inflight_messages_set(self.window)
         c.max_queued_messages_set(0)  # bounded by our window instead
         c.reconnect_delay_set(*self.reconnect_delay)  # type: ignore[arg-type]

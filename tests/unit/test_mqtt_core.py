@@ -45,6 +45,9 @@ def test_a_cafile_needs_mqtts_and_must_exist(tmp_path: Path) -> None:
         parse_mqtt_url(f"mqtt://h?cafile={ca}")
     with pytest.raises(ConfigError, match="does not exist"):
         parse_mqtt_url(f"mqtts://h?cafile={tmp_path / 'no.pem'}")
+    with pytest.raises(ConfigError, match="cannot use the CA file"):  # not PEM: at start
+        MqttBridge(f"mqtts://h?cafile={ca}")
+    assert MqttBridge("mqtts://h").tls_context is not None  # the system's trust store
 
 
 @pytest.mark.parametrize("url, says", [

@@ -73,7 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for key in ("host", "port", "data_dir", "token", "archive_format", "archive_part",
                 "ack_interval",
                 "max_message_bytes", "log_level", "max_lag", "drain_timeout", *ASR_OPTIONS,
-                "bus", "bus_retention", "processes"):
+                "bus", "bus_retention", "processes", "mqtt"):
         value = getattr(args, key)
         if value is not None:
             opts[key] = value
@@ -139,6 +139,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             console.print(f"    {escape(asr['hint'])}")
     else:
         console.print(f"  speech-to-text: [yellow]unavailable[/] — {escape(caps['asr']['reason'])}")
+    if settings.mqtt:
+        from earshot.mqtt import parse_mqtt_url
+
+        console.print(f"  mqtt: events to {escape(parse_mqtt_url(settings.mqtt).display)}"
+                      "/<stream>/<type>")
     target: Any = app
     if settings.processes > 1:  # the supervisor binds the port; each process a gateway
         from earshot.config import settings_to_json
@@ -642,9 +647,21 @@ def _run_log_worker(args: argparse.Namespace, specs: list[Any]) -> int:
     if not 0.5 <= args.lease_ttl <= 600:
         raise ConfigError("--lease-ttl must be between 0.5 and 600 seconds")
 
+    bridge = _worker_mqtt(args)
     return _run_until_signal(lambda: LogWorker(
         args.bus, specs, name=args.name, lease_ttl=args.lease_ttl,
-        retention=args.bus_retention, start_from=args.start_from).run())
+        retention=args.bus_retention, start_from=args.start_from, mqtt=bridge).run())
+
+
+def _worker_mqtt(args: argparse.Namespace) -> Any:
+    """``earshot worker --mqtt URL``: the bridge for its processors' events (or None)."""
+    if not args.mqtt:
+        return None
+    from earshot.mqtt import MqttBridge, paho_module
+
+    paho_module()  # MissingDependency → exit 2 with the install hint
+    return MqttBridge(args.mqtt, role="worker",
+                      cafile=str(args.cafile) if args.cafile else None)
 
 
 def _run_until_signal(make: Callable[[], Any]) -> int:
@@ -696,10 +713,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if len(specs) > 1:
         raise ConfigError("one processor per worker with --url; several need --bus")
     spec = specs[0]
+    bridge = _worker_mqtt(args)  # (a bad --mqtt URL: exit 2 before connecting anywhere)
 
     return _run_until_signal(lambda: Worker(
         args.url, spec, stream=args.stream, token=args.token, name=args.name,
-        reconnect=Reconnect(attempts=args.retries), ssl=_ssl(args)).run())
+        reconnect=Reconnect(attempts=args.retries), ssl=_ssl(args), mqtt=bridge).run())
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
@@ -833,6 +851,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of audio kept on the Redis log (default 60)")
     b.add_argument("--processes", type=POSITIVE_INT,
                    help="gateway processes sharing the port (needs --bus; default 1)")
+    q = s.add_argument_group("MQTT (README: MQTT)")
+    q.add_argument("--mqtt", metavar="URL",
+                   help="publish events to an MQTT broker: mqtt://[USER:PASS@]HOST:1883"
+                        "[/PREFIX] or mqtts://HOST:8883[/PREFIX][?cafile=PEM] (topics "
+                        "PREFIX/<stream name or id>/<event type>; PREFIX earshot)")
     d = s.add_argument_group("admission control (new publishers past a limit get "
                              "'server_full', close 1013, and retry; resumes always get in)")
     d.add_argument("--max-streams", type=COUNT, metavar="N",
@@ -973,6 +996,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--name", help="worker name shown in its events")
     w.add_argument("--retries", type=COUNT, default=None,
                    help="give up after this many failed reconnects (default: never)")
+    w.add_argument("--mqtt", metavar="URL", default=_env("mqtt"),
+                   help="also publish its processors' events to an MQTT broker, as "
+                        "`earshot serve --mqtt` does (or EARSHOT_MQTT; mqtts:// trusts "
+                        "--cafile when given)")
     w.set_defaults(func=cmd_worker)
     return p
 

@@ -71,6 +71,7 @@ class Settings:
     bus: str | None = None  # None: in-process; redis://host:port/db: Redis Streams
     bus_retention: float = 60.0  # seconds of audio kept on the Redis log
     processes: int = 1  # gateway processes (needs a shared bus)
+    mqtt: str | None = None  # mqtt[s]://[user:pass@]host:port[/prefix]: publish events there
     web_origins: tuple[str, ...] = ("*",)  # CORS for /web/* (earshot.js on other sites)
     # admission control (server/admission.py); 0 turns a limit off
     max_streams: int = 0  # publishers held at once (per gateway process)
@@ -103,6 +104,10 @@ class Settings:
             raise ConfigError("--processes must be between 1 and 64")
         if self.processes > 1 and self.bus is None:
             raise ConfigError("--processes needs a shared bus: add --bus redis://HOST:PORT/DB")
+        if self.mqtt is not None:
+            from earshot.mqtt import parse_mqtt_url
+
+            parse_mqtt_url(self.mqtt)  # a bad URL fails at start, saying why
         if self.max_message_bytes < 1024:
             raise ConfigError("max message size must be at least 1024 bytes")
         for name, allowed in RANGES.items():

@@ -39,7 +39,7 @@ class Worker:
     def __init__(self, url: str, spec: ProcessorSpec, *, stream: str = "*",
                  token: str | None = None, name: str | None = None,
                  reconnect: Reconnect | None = None, max_lag: float = 10.0,
-                 ssl: Any = None) -> None:
+                 ssl: Any = None, mqtt: Any = None) -> None:
         self.url = url
         self.ssl = ssl  # an ssl.SSLContext for wss:// (earshot.transport.client_ssl)
         self.spec = spec
@@ -51,6 +51,7 @@ class Worker:
         self.pipelines: dict[str, StreamPipeline] = {}
         self.connected = asyncio.Event()
         self._out: asyncio.Queue[str] = asyncio.Queue()
+        self.mqtt = mqtt  # an earshot.mqtt.MqttBridge: publishes the events made here
 
     def subscribe_url(self) -> str:
         from earshot.urls import ws_url
@@ -59,6 +60,15 @@ class Worker:
 
     async def run(self) -> None:
         """Serve until cancelled, reconnecting whenever the server goes away."""
+        if self.mqtt is not None:
+            self.mqtt.start()
+        try:
+            await self._run()
+        finally:
+            if self.mqtt is not None:
+                await self.mqtt.close()
+
+    async def _run(self) -> None:
         attempt = 0
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         while True:
@@ -96,6 +106,11 @@ class Worker:
                 if kind == "subscribed":
                     self.connected.set()
                     log.info("worker %s attached to %s", self.name, self.stream)
+                    if self.mqtt is not None:
+                        for info in msg.get("live") or ():
+                            self.mqtt.remember(str(info.get("stream")), info.get("name"))
+                elif kind == "stream_started" and self.mqtt is not None:
+                    self.mqtt.remember(str(msg.get("stream")), msg.get("name"))
                 elif kind == "stream_ended":
                     pipe = self.pipelines.pop(msg["stream"], None)
                     if pipe is not None:
@@ -123,6 +138,9 @@ class Worker:
         pipe.feed(samples, offset)
 
     def _publish(self, sid: str, events: list[Event]) -> None:
+        if self.mqtt is not None:
+            for e in events:
+                self.mqtt.offer(sid, {**e, "stream": sid, "worker": self.name})
         self._out.put_nowait(json.dumps({"type": "event", "stream": sid, "events": events,
                                          "worker": self.name}, separators=(",", ":")))
 

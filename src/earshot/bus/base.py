@@ -48,6 +48,9 @@ class LogAudio:
 class Bus(Protocol):
     #: True when processors run in other processes (the gateway runs none itself)
     remote: bool
+    #: called with (stream, event) for each event published by this process (not those of
+    #: other gateways or workers that a shared bus delivers): the MQTT bridge's hook
+    taps: list[Callable[[str, Event], None]]
 
     def subscribe(self, stream: str, *, audio: str | None = None,
                   maxsize: int = 1000) -> Subscription: ...

@@ -108,8 +108,9 @@ class KindConsumer:
     def __init__(self, redis: Any, keys: Keys, spec: ProcessorSpec, *, name: str,
                  lease_ttl: float = 3.0, start_from: str = "latest",
                  max_lag: float = 3600.0, drain_timeout: float = 10.0,
-                 retention: float = 60.0) -> None:
+                 retention: float = 60.0, mqtt: Any = None) -> None:
         self.redis = redis
+        self.mqtt = mqtt  # an earshot.mqtt.MqttBridge: the events published, once on Redis
         self.retention = retention  # events and jobs are trimmed by age, like the log
         self.keys = keys
         self.spec = spec
@@ -339,6 +340,8 @@ class KindConsumer:
     async def _open(self, p: int, sid: str, fields: dict[bytes, bytes]) -> _Stream:
         raw = await self.redis.hget(self.keys.dedup(sid), self.kind)
         dedup = Deduper(json.loads(raw) if raw else None)
+        if self.mqtt is not None and fields.get(b"name"):
+            self.mqtt.remember(sid, fields[b"name"].decode(errors="replace"))
         st = _Stream(sid, p, self._pipeline(sid, fields, int(fields[b"offset"])), dedup)
         self.streams[sid] = st
         return st
@@ -403,6 +406,11 @@ class KindConsumer:
                 continue
             for _ in batch:
                 self._outbox.popleft()
+            if self.mqtt is not None:  # committed on Redis: now to MQTT, once each
+                for kind, item in batch:
+                    if kind == "events":
+                        for e in item[1]:
+                            self.mqtt.offer(item[0], e)
 
     async def _send(self, batch: list[tuple[str, Any]]) -> None:
         k = self.keys
@@ -441,8 +449,10 @@ class LogWorker:
 
     def __init__(self, url: str, specs: list[ProcessorSpec], *, name: str | None = None,
                  lease_ttl: float = 3.0, start_from: str = "latest",
-                 max_lag: float = 3600.0, retention: float = 60.0) -> None:
+                 max_lag: float = 3600.0, retention: float = 60.0,
+                 mqtt: Any = None) -> None:
         self.url, self.keys = parse_bus_url(url)
+        self.mqtt = mqtt
         self.retention = retention
         self.specs = specs
         self.name = name or worker_name()
@@ -453,9 +463,12 @@ class LogWorker:
 
     async def run(self) -> None:
         redis = connect(self.url)
+        if self.mqtt is not None:
+            self.mqtt.start()
         self.consumers = [KindConsumer(redis, self.keys, spec, name=self.name,
                                        lease_ttl=self.lease_ttl, start_from=self.start_from,
-                                       max_lag=self.max_lag, retention=self.retention)
+                                       max_lag=self.max_lag, retention=self.retention,
+                                       mqtt=self.mqtt)
                           for spec in self.specs]
         tasks = [asyncio.create_task(f()) for c in self.consumers
                  for f in (c.lease_loop, c.read_loop, c.send_loop)]
@@ -470,3 +483,5 @@ class LogWorker:
                 await c.release_all()
             with contextlib.suppress(Exception):
                 await redis.aclose()
+            if self.mqtt is not None:
+                await self.mqtt.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,8 @@ class AudioItem:
 
 
 Item = dict[str, Any] | AudioItem
+#: sees every event this process publishes (the MQTT bridge): called with (stream, event)
+Tap = Callable[[str, dict[str, Any]], None]
 
 
 class Subscription:
@@ -101,6 +104,7 @@ class MemoryBus:
     def __init__(self) -> None:
         self._subs: dict[str, set[Subscription]] = {}
         self._audio_subs = 0
+        self.taps: list[Tap] = []  # the events published here, not those of other processes
 
     # -- the cluster side of the Bus interface: nothing to do in one process -------------
     async def start(self, on_events: Any = None, on_release: Any = None) -> None:
@@ -155,6 +159,11 @@ class MemoryBus:
                    for key in (stream, ALL) for s in self._subs.get(key, ()))
 
     def publish(self, stream: str, event: dict[str, Any]) -> None:
+        for tap in self.taps:
+            tap(stream, event)
+        self._fan_out(stream, event)
+
+    def _fan_out(self, stream: str, event: dict[str, Any]) -> None:
         for key in (stream, ALL):
             for sub in self._subs.get(key, ()):
                 sub.offer(event)

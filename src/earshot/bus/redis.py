@@ -79,6 +79,7 @@ class RedisStreamsBus(MemoryBus):
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._held: set[str] = set()
+        self._names: dict[str, str] = {}  # live streams' names, on their log entries
         self._on_events: EventSink | None = None
         self._on_release: ReleaseSink | None = None
         self.on_job: JobSink | None = None
@@ -181,23 +182,32 @@ class RedisStreamsBus(MemoryBus):
                 self._outbox_bytes -= len(fields.get("data", b""))
 
     # -- the log and events ----------------------------------------------------------------
+    def _named(self, stream: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """A log entry with the stream's name, when it has one (workers name their MQTT
+        topics by it, whichever entry they start at)."""
+        name = self._names.get(stream)
+        if name:
+            fields["name"] = name
+        return fields
+
     def append(self, batch: LogAudio) -> None:
-        self._enqueue(self.keys.audio_of(batch.stream), {
+        self._enqueue(self.keys.audio_of(batch.stream), self._named(batch.stream, {
             "kind": "audio", "stream": batch.stream, "offset": batch.offset,
             "frames": batch.frames, "rate": batch.rate, "channels": batch.channels,
-            "format": batch.format, "procs": batch.processors, "data": bytes(batch.data)},
+            "format": batch.format, "procs": batch.processors, "data": bytes(batch.data)}),
             len(batch.data))
 
     def log_start(self, stream: str, *, rate: int, channels: int, offset: int,
                   processors: str) -> None:
-        self._enqueue(self.keys.audio_of(stream), {
+        self._enqueue(self.keys.audio_of(stream), self._named(stream, {
             "kind": "start", "stream": stream, "offset": offset, "rate": rate,
-            "channels": channels, "procs": processors})
+            "channels": channels, "procs": processors}))
 
     def log_end(self, stream: str, *, offset: int, state: str, processors: str = "") -> None:
         self._enqueue(self.keys.audio_of(stream), {
             "kind": "end", "stream": stream, "offset": offset, "state": state,
             "procs": processors})
+        self._names.pop(stream, None)
 
     async def live_workers(self, kind: str) -> int:
         """Workers of ``kind`` with a heartbeat within their lease time (a few seconds)."""
@@ -212,6 +222,11 @@ class RedisStreamsBus(MemoryBus):
         self.publish_many(stream, [event])
 
     def publish_many(self, stream: str, events: list[Event]) -> None:
+        for e in events:
+            if e.get("type") == "stream_started" and e.get("name"):
+                self._names[stream] = str(e["name"])  # for workers' topics (MQTT)
+            for tap in self.taps:
+                tap(stream, e)
         self._enqueue(self.keys.events, {"stream": stream, "origin": self.name,
                                          "events": json.dumps(events, separators=(",", ":"))})
 
@@ -259,7 +274,7 @@ class RedisStreamsBus(MemoryBus):
             return
         for e in events:
             e.setdefault("stream", stream)
-            MemoryBus.publish(self, stream, e)
+            self._fan_out(stream, e)
         # our own events were posted to our senders already
         if self._on_events is not None and fields.get(b"origin") != self._name_b:
             self._on_events(stream, events)

@@ -91,6 +91,14 @@ def create_app(settings: Settings) -> FastAPI:
         registry = Registry(settings.processors,
                             unavailable={"asr": loaded.reason or ASR_HINT})
 
+    bridge = None
+    if settings.mqtt:
+        from earshot.mqtt import MqttBridge, paho_module
+
+        paho_module()  # a missing paho-mqtt fails at start, with how to install it
+        bridge = MqttBridge(settings.mqtt, role="gateway", skip_worker_events=True)
+        metrics.registry.register(bridge.collector())  # type: ignore[arg-type]
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(db)  # opened in the serving process (never across a fork)
@@ -98,6 +106,9 @@ def create_app(settings: Settings) -> FastAPI:
         hub = Hub(settings, store, app.state.metrics, bus, registry=registry)
         await bus.start(hub.on_bus_events, hub.on_bus_release)
         bus.on_job = hub.on_bus_job
+        if bridge is not None:  # --mqtt: the events this gateway publishes (earshot.mqtt)
+            bridge.start()
+            bus.taps.append(bridge.offer)
         repaired = await hub.recover()
         if repaired:
             log.warning("repaired %d archive(s) left open by a crash", len(repaired))
@@ -113,6 +124,8 @@ def create_app(settings: Settings) -> FastAPI:
             ticker.cancel()
             probe.cancel()
             await hub.shutdown()
+            if bridge is not None:
+                await bridge.close()
             await bus.close()
             if scheduler is not None:
                 scheduler.close()

@@ -297,15 +297,67 @@ function recordingItem(s) {
       showError(err.message);
     }
   });
-  drawWaveform($(".waveform", li), s).catch(() => {});
+  rangeControls(li, s);
   return li;
 }
 
-async function drawWaveform(canvas, s) {
-  const [peaks, segs] = await Promise.all([
-    api(`/api/streams/${s.id}/peaks?width=${canvas.width}`),
+// A range of a recording: typed in seconds, or dragged on the waveform; the link asks the
+// server for exactly that range (GET /api/streams/ID/audio?start=S&end=E, a WAV).
+function rangeControls(li, s) {
+  const start = $(".range-start", li), end = $(".range-end", li);
+  const link = $(".download-range", li), info = $(".range-info", li);
+  const canvas = $(".waveform", li);
+  start.max = end.max = s.duration.toFixed(3);
+  end.value = s.duration.toFixed(3);
+  let waveform = null; // the peaks, once loaded: redrawn with the selection
+  const update = () => {
+    const a = Number(start.value), b = Number(end.value);
+    const ok = start.value !== "" && end.value !== "" && a >= 0 && b > a &&
+               b <= Number(end.max);
+    if (ok) {
+      link.href = withToken(`/api/streams/${s.id}/audio?start=${a}&end=${b}`);
+      link.removeAttribute("aria-disabled");
+      info.textContent = `${(b - a).toFixed(3)} s`;
+    } else {
+      link.removeAttribute("href");
+      link.setAttribute("aria-disabled", "true");
+      info.textContent = `choose a start before the end, within 0–${end.max} s`;
+    }
+    li.range = ok ? [a, b] : null;
+    if (waveform) paintWaveform(canvas, ...waveform, li.range);
+  };
+  start.addEventListener("input", update);
+  end.addEventListener("input", update);
+  let anchor = null;
+  const at = (ev) => {
+    const r = canvas.getBoundingClientRect();
+    return Math.min(1, Math.max(0, (ev.clientX - r.left) / r.width)) * s.duration;
+  };
+  canvas.addEventListener("pointerdown", (ev) => {
+    anchor = at(ev);
+    canvas.setPointerCapture(ev.pointerId);
+  });
+  canvas.addEventListener("pointermove", (ev) => {
+    if (anchor === null) return;
+    const t = at(ev);
+    start.value = Math.min(anchor, t).toFixed(3);
+    end.value = Math.max(anchor, t).toFixed(3);
+    update();
+  });
+  canvas.addEventListener("pointerup", () => { anchor = null; });
+  update();
+  loadWaveform(s, canvas.width).then((w) => { waveform = w; paintWaveform(canvas, ...w, li.range); })
+                 .catch(() => {});
+}
+
+async function loadWaveform(s, width) {
+  return Promise.all([
+    api(`/api/streams/${s.id}/peaks?width=${width}`),
     api(`/api/streams/${s.id}/segments`),
   ]);
+}
+
+function paintWaveform(canvas, peaks, segs, range = null) {
   const ctx = canvas.getContext("2d");
   const w = canvas.width, h = canvas.height, mid = h / 2;
   ctx.clearRect(0, 0, w, h);
@@ -321,6 +373,11 @@ async function drawWaveform(canvas, s) {
     const lo = peaks.min[x];
     ctx.fillRect(x, mid - hi * mid, 1, Math.max(1, (hi - lo) * mid));
   });
+  if (range && peaks.duration > 0 && (range[0] > 0 || range[1] < peaks.duration)) {
+    const x0 = (range[0] / peaks.duration) * w, x1 = (range[1] / peaks.duration) * w;
+    ctx.fillStyle = "rgba(217, 119, 6, 0.28)"; // the selected range
+    ctx.fillRect(x0, 0, Math.max(1, x1 - x0), h);
+  }
 }
 
 // -- dashboard ----------------------------------------------------------------------------

@@ -63,6 +63,7 @@ class IngestSession:
         self._batch = False  # events ride along with the next ack
         self._held: list[str] = []  # serialized events waiting for the ack (batch mode)
         self._held_flush = False  # a call_soon to send them if no ack comes this turn
+        self._flushing = False  # inside the lane's flush: its ack follows, no call_soon
         self._outbox: deque[str] = deque()
         self._outbox_wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -154,7 +155,13 @@ class IngestSession:
             return False
         hub = self.hub
         if hub.add_audio(live, data, frames):  # (PCM: never raises)
-            hub.flush_now(live)
+            self._flushing = True
+            try:
+                hub.flush_now(live)
+            finally:
+                self._flushing = False
+            if self._held:  # nothing new was acknowledged: the events go alone
+                self._send_held()
         return True
 
     async def _emit(self, outs: list[Output]) -> None:
@@ -229,7 +236,7 @@ class IngestSession:
             text = json.dumps(message, separators=(",", ":"), default=_plain)
         if self._batch:
             self._held.append(text)
-            if not self._held_flush:  # no ack this turn of the loop: send them alone
+            if not self._flushing and not self._held_flush:  # no ack may follow: send
                 self._held_flush = True
                 asyncio.get_running_loop().call_soon(self._send_held)
             return

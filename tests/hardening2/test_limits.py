@@ -26,11 +26,12 @@ async def subscribe(server: ServerProcess) -> tuple[Any, dict[str, Any]]:
     return ws, json.loads(await ws.recv())
 
 
-async def until(cond: Callable[[], bool], what: str, timeout: float = 10) -> None:
+async def until(cond: Callable[[], bool], what: str, timeout: float = 10,
+                every: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(every)
 
 
 def healthz(server: ServerProcess) -> dict[str, Any]:
@@ -113,3 +114,39 @@ async def test_rest_rate_limit_never_touches_publishers(
     assert metric(text, 'earshot_errors_total{code="rate_limited"}') == 1
     assert await pub.stop() == len(x)
     assert "Traceback" not in server.log.read_text()
+
+
+async def test_max_streams_auto_refuses_a_newcomer_without_headroom(
+        server_factory: Callable[..., ServerProcess]) -> None:
+    """Before any stream is measured, each costs the prior 0.01 cores: with --max-cpu 0.05
+    an idle loop (under 0.01 cores) takes at most four newcomers, never a fifth."""
+    server = server_factory("--max-streams", "auto", "--max-cpu", "0.05")
+    await until(lambda: healthz(server)["admission"]["headroom"]["loop_cpu"] < 0.01,
+                "an idle event loop", timeout=40, every=0.5)
+    adm = healthz(server)["admission"]
+    assert adm["max_streams"] == "auto" and adm["headroom"]["max_cpu"] == 0.05
+    assert adm["state"] == "ok"
+    pubs: list[Publisher] = []
+    for i in range(6):  # would a newcomer get in now? then one comes and stays
+        msg, code = await raw_start(server.url)
+        if msg["type"] != "ready":
+            break
+        pub = Publisher(server.url, rate=RATE, format="s16", name=f"p{i}")
+        await asyncio.wait_for(pub.start(), 10)
+        pubs.append(pub)
+    assert 2 <= len(pubs) <= 4, len(pubs)
+    assert msg["code"] == "server_full" and code == 1013, msg
+    assert "no headroom" in msg["message"] and f"{len(pubs)} held" in msg["message"]
+    assert healthz(server)["admission"]["state"] == "full"
+    text = httpx.get(server.http + "/metrics").text
+    assert metric(text, "earshot_max_streams") == -1
+    assert metric(text, 'earshot_admission_state{state="full"}') == 1
+    assert metric(text, "earshot_loop_cpu_cores") >= 0
+    for i, pub in enumerate(pubs):  # the held ones are served to the end
+        x = source(10 + i, 0.3)
+        await pub.send(x)
+        assert await pub.stop() == len(x)
+    # with the streams gone, the door opens again
+    await until(lambda: healthz(server)["admission"]["state"] == "ok", "the door to open")
+    msg, code = await raw_start(server.url)
+    assert msg["type"] == "ready"

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             now = time.monotonic()
             if now < next_sample:
                 continue
-            next_sample += 2.0
+            next_sample = max(next_sample + 2.0, now + 2.0 / 2)  # no catch-up burst
             if now > end_of_ramp_hold:
                 continue
             try:

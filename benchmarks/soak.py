@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             now = time.monotonic()
             if now < next_sample:
                 continue
-            next_sample += args.sample
+            next_sample = max(next_sample + args.sample, now + args.sample / 2)  # no catch-up burst
             if now > end_of_audio:  # streams are stopping: the steady state is over
                 continue
             rss, _ = server.rss()

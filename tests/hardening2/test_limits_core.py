@@ -12,7 +12,7 @@ import pytest
 
 from earshot.config import Settings, env_overrides, parse_config_file
 from earshot.errors import ConfigError
-from earshot.server.admission import Admission, Headroom, Rate, Slots
+from earshot.server.admission import Admission, Headroom, Rate, Slots, thread_wait
 from earshot.server.guard import Guard, GuardCore, OriginPolicy
 
 
@@ -264,3 +264,26 @@ def test_limit_settings_are_checked() -> None:
                {"max_rest_requests": -2}, {"max_cpu": 0.0}):
         with pytest.raises(ConfigError):
             Settings(**kw)  # type: ignore[arg-type]
+
+
+def test_waiting_for_a_cpu_counts_as_busy(tmp_path: Any) -> None:
+    """On a shared machine the loop thread also waits to run: that wait closes the door
+    as surely as its own CPU (both measured, both smoothed)."""
+    alone, shared = Headroom(max_cpu=0.6, window=1.0), Headroom(max_cpu=0.6, window=1.0)
+    c = w = 0.0
+    for k in range(1, 101):  # 10 s: the loop runs 0.3 cores; shared, it waits 0.3 more
+        c += 0.03
+        w += 0.03
+        alone.observe_cpu(c, c, k * 0.1, 0.0)
+        shared.observe_cpu(c, c, k * 0.1, w)
+    assert alone.busy(10.0) == pytest.approx(0.3, rel=1e-3)
+    assert shared.busy(10.0) == pytest.approx(0.6, rel=1e-3)
+    assert not alone.full(10.0, held=20)  # 0.3 + 0.015
+    assert shared.full(10.0, held=20)  # 0.6 + 0.03
+    assert shared.report(10.0, 20)["loop_wait"] == pytest.approx(0.3, rel=1e-3)
+    stat = tmp_path / "schedstat"
+    stat.write_text("123456789 2500000000 77\n")
+    assert thread_wait(str(stat)) == 2.5
+    assert thread_wait(str(tmp_path / "absent")) is None
+    stat.write_text("garbage\n")
+    assert thread_wait(str(stat)) is None

@@ -19,16 +19,19 @@ A newcomer is admitted only while all of these hold:
 - the smoothed event-loop lag is under a tenth of ``max_loop_lag`` (50 ms by default) and the
   smoothed ack latency under a tenth of ``max_ack_latency`` (100 ms): signs of a loop that
   still waits for work, long before a held stream falls behind;
-- the predicted CPU of the event-loop thread stays at most ``max_cpu`` (cores, 0.8 by
-  default): the smoothed loop-thread CPU now, plus one stream's share for the newcomer and
-  for every stream admitted (or kept for a resume) within the last ``settle`` seconds,
-  whose cost the smoothed CPU does not show yet. One stream's share is the loop CPU divided
-  by the streams held long enough to be measured (a conservative estimate: it includes the
-  idle cost), or ``prior`` before any is.
+- the predicted busy time of the event-loop thread stays at most ``max_cpu`` (cores, 0.8
+  by default): the thread's smoothed CPU plus its smoothed time spent waiting for a CPU
+  (runnable, not running: Linux ``/proc/thread-self/schedstat``; 0 elsewhere), plus one
+  stream's share for the newcomer and for every stream admitted (or kept for a resume)
+  within the last ``settle`` seconds, whose cost the smoothed figures do not show yet. One
+  stream's share is the busy time divided by the streams held long enough to be measured
+  (a conservative estimate: it includes the idle cost), or ``prior`` before any is.
 
 One event loop runs on one core, so the loop thread's CPU (``time.thread_time`` read on the
-loop) is what saturates first; the whole process's CPU (``time.process_time``) is reported
-alongside. Refused newcomers get ``server_full`` (1013) like past a fixed count.
+loop) is what saturates first; on a machine shared with other work the thread also waits
+for a CPU, and that wait counts as busy, so the door closes earlier there. The whole
+process's CPU (``time.process_time``) is reported alongside. Refused newcomers get
+``server_full`` (1013) like past a fixed count.
 
 Subscribers (``/ws/subscribe``) have a count of their own (:class:`Slots`,
 ``--max-subscribers``), apart from publishers: neither ever takes the other's slots.
@@ -109,17 +112,26 @@ class Headroom:
     #                      (0: three windows, when the mean has taken 95 % of a step)
     prior: float = 0.01  # cores per stream assumed before any stream is measured
     loop_cpu: Rate = field(init=False)
+    loop_wait: Rate = field(init=False)
     process_cpu: Rate = field(init=False)
     admitted: deque[float] = field(default_factory=deque)  # when newcomers got in
 
     def __post_init__(self) -> None:
         self.settle = self.settle or 3.0 * self.window
         self.loop_cpu = Rate(self.window)
+        self.loop_wait = Rate(self.window)
         self.process_cpu = Rate(self.window)
 
-    def observe_cpu(self, loop_seconds: float, process_seconds: float, now: float) -> None:
+    def observe_cpu(self, loop_seconds: float, process_seconds: float, now: float,
+                    wait_seconds: float | None = None) -> None:
         self.loop_cpu.add(loop_seconds, now)
         self.process_cpu.add(process_seconds, now)
+        if wait_seconds is not None:
+            self.loop_wait.add(wait_seconds, now)
+
+    def busy(self, now: float) -> float:
+        """The loop thread's time running or waiting to run, per second (cores)."""
+        return self.loop_cpu.current(now) + self.loop_wait.current(now)
 
     def recent(self, now: float, held: int) -> int:
         """Streams admitted within ``settle`` seconds (and still counted as held)."""
@@ -131,12 +143,12 @@ class Headroom:
         measured = held - self.recent(now, held)
         if measured <= 0:
             return self.prior
-        return self.loop_cpu.current(now) / measured
+        return self.busy(now) / measured
 
     def predicted(self, now: float, held: int, reserved: int = 0) -> float:
-        """Loop CPU with one more stream (and the unmeasured and reserved ones) in."""
+        """Loop busy time with one more stream (and the unmeasured and reserved ones) in."""
         pending = 1 + self.recent(now, held) + reserved
-        return self.loop_cpu.current(now) + self.per_stream(now, held) * pending
+        return self.busy(now) + self.per_stream(now, held) * pending
 
     def full(self, now: float, held: int, reserved: int = 0) -> bool:
         return self.predicted(now, held, reserved) > self.max_cpu
@@ -146,6 +158,7 @@ class Headroom:
 
     def report(self, now: float, held: int) -> dict[str, Any]:
         return {"loop_cpu": round(self.loop_cpu.current(now), 4),
+                "loop_wait": round(self.loop_wait.current(now), 4),
                 "process_cpu": round(self.process_cpu.current(now), 4),
                 "per_stream_cpu": round(self.per_stream(now, held), 5),
                 "max_cpu": self.max_cpu}
@@ -211,9 +224,11 @@ class Admission:
     def observe_ack_latency(self, latency: float, now: float) -> None:
         self.ack.add(max(0.0, latency), now)
 
-    def observe_cpu(self, loop_seconds: float, process_seconds: float, now: float) -> None:
-        """Cumulative CPU seconds of the loop thread and of the process (the probe's)."""
-        self.headroom.observe_cpu(loop_seconds, process_seconds, now)
+    def observe_cpu(self, loop_seconds: float, process_seconds: float, now: float,
+                    wait_seconds: float | None = None) -> None:
+        """Cumulative CPU seconds of the loop thread and of the process, and the seconds the
+        loop thread waited for a CPU (the probe's)."""
+        self.headroom.observe_cpu(loop_seconds, process_seconds, now, wait_seconds)
 
     def reserve(self, stream_ids: Iterable[str], now: float,
                 grace: float | None = None) -> None:
@@ -264,7 +279,7 @@ class Admission:
         if state == FULL and self.auto:
             cpu = self.headroom.predicted(now, len(held), self._reserved(now, held))
             return (f"the server has no headroom for another stream (predicted event-loop "
-                    f"CPU {cpu:.2f} > {self.max_cpu:g} cores with {len(held)} held); "
+                    f"busy {cpu:.2f} > {self.max_cpu:g} cores with {len(held)} held); "
                     "try again later")
         if state == FULL:
             reserved = self._reserved(now, held)
@@ -305,20 +320,31 @@ class Admission:
         metrics.ack_latency_recent.set(self.ack.current(now))
         metrics.max_streams.set(-1 if self.auto else self.max_streams)
         metrics.loop_cpu.set(self.headroom.loop_cpu.current(now))
+        metrics.loop_wait.set(self.headroom.loop_wait.current(now))
         metrics.process_cpu.set(self.headroom.process_cpu.current(now))
         metrics.subscribers.set(self.subscribers.held)
         metrics.max_subscribers.set(self.max_subscribers)
 
 
+def thread_wait(path: str = "/proc/thread-self/schedstat") -> float | None:
+    """Seconds this thread has spent runnable but waiting for a CPU (Linux), or None."""
+    try:
+        with open(path, "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 async def probe_loop_lag(report: Callable[[float, float], None], period: float = 0.1,
                          clock: Callable[[], float] = time.monotonic,
-                         cpu: Callable[[float, float, float], None] | None = None) -> None:
+                         cpu: Callable[..., None] | None = None) -> None:
     """Forever: sleep ``period``, report how much later than asked the loop woke us; with
-    ``cpu``, also the CPU seconds used so far by this (the loop's) thread and the process."""
+    ``cpu``, also the CPU seconds used so far by this (the loop's) thread and the process,
+    and the seconds the thread waited for a CPU (None where that is not known)."""
     while True:
         asked = clock()
         await asyncio.sleep(period)
         now = clock()
         if cpu is not None:
-            cpu(time.thread_time(), time.process_time(), now)
+            cpu(time.thread_time(), time.process_time(), now, thread_wait())
         report(max(0.0, now - asked - period), now)

@@ -73,6 +73,9 @@ class Metrics:
         # --max-streams auto, --max-subscribers, REST limits (admission.py, guard.py)
         self.loop_cpu = Gauge("earshot_loop_cpu_cores", "CPU of the event-loop thread, "
                               "smoothed over about 2 s (cores)", registry=r)
+        self.loop_wait = Gauge("earshot_loop_wait_cores", "Time the event-loop thread "
+                               "waited for a CPU (runnable, not running), smoothed (cores)",
+                               registry=r)
         self.process_cpu = Gauge("earshot_process_cpu_cores", "CPU of the gateway process, "
                                  "smoothed over about 2 s (cores)", registry=r)
         self.subscribers = Gauge("earshot_subscribers_active", "Live /ws/subscribe "

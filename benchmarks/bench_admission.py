@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["EARSHOT_MAX_LOOP_LAG"] = "0.5"
     os.environ["EARSHOT_MAX_ACK_LATENCY"] = "1.0"
     procs = [p for p in args.processors.split(",") if p] if args.processors != "none" else []
-    loadavg_before = os.getloadavg()
+    loadavg_before, psi_before = os.getloadavg(), soak.cpu_pressure()
     server = il.Server(soak.server_args())
     try:
         server.wait_up()
@@ -75,11 +75,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "held": adm["held"], "loop_lag": adm["loop_lag"],
                             "ack_latency": adm["ack_latency"],
                             "loop_cpu": head.get("loop_cpu"),
+                            "loop_wait": head.get("loop_wait"),
                             "process_cpu": head.get("process_cpu"),
                             "per_stream_cpu": head.get("per_stream_cpu")})
             s = samples[-1]
             print(f"  t={s['t']:5.0f}s held={s['held']:4d} {s['state']:10s} "
-                  f"loop_cpu={s['loop_cpu']} process_cpu={s['process_cpu']} "
+                  f"loop_cpu={s['loop_cpu']} loop_wait={s['loop_wait']} "
+                  f"process_cpu={s['process_cpu']} "
                   f"lag={s['loop_lag']} ack={s['ack_latency']}", flush=True)
         results = fleet.results
         soak.unpack_acks(results)
@@ -131,6 +133,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "samples": samples,
             "machine": {"cpus": os.cpu_count(), "nice": os.nice(0), "shared": args.shared,
                         "loadavg_before": [round(x, 2) for x in loadavg_before],
+                        "cpu_pressure_before": psi_before,
+                        "cpu_pressure_after": soak.cpu_pressure(),
                         "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
             "code": il.code_fingerprint(),
             "worker_errors": fleet.errors,
@@ -141,8 +145,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def table(records: list[dict[str, Any]]) -> str:
     head = ("| attempted over ramp | processors | --max-cpu | admitted | refused | degraded "
-            "| worst ack p99 ms | loop / process CPU at peak (cores) | archives exact |\n"
-            "|---|---|---:|---:|---:|---:|---:|---|:---|")
+            "| worst ack p99 ms | loop / process CPU at peak (cores) | archives exact "
+            "| CPU pressure (PSI avg60) |\n"
+            "|---|---|---:|---:|---:|---:|---:|---|:---|---:|")
     rows = []
     for r in records:
         p = r.get("at_peak") or {}
@@ -151,7 +156,8 @@ def table(records: list[dict[str, Any]]) -> str:
             f"{'+'.join(r['processors']) or 'none'} | {r['max_cpu']:g} | "
             f"**{r['admitted']}** | {r['refused']} | {r['degraded']} | "
             f"{r['worst_stream_ack_p99_ms']} | {p.get('loop_cpu')} / {p.get('process_cpu')} | "
-            f"{'yes' if r['archives_exact'] else 'no'} |")
+            f"{'yes' if r['archives_exact'] else 'no'} | "
+            f"{(r['machine'].get('cpu_pressure_before') or {}).get('avg60', '?')} % |")
     return "\n".join([head, *rows])
 
 

@@ -137,6 +137,16 @@ def server_args(log_level: str = "warning") -> argparse.Namespace:
                               server_pid=None, data_dir=None)
 
 
+def cpu_pressure() -> dict[str, float] | None:
+    """Linux PSI: the share of time some task waited for a CPU (avg10, avg60, %)."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    kv = dict(p.split("=", 1) for p in line.split()[1:])
+    return {k: float(kv[k]) for k in ("avg10", "avg60") if k in kv}
+
+
 def open_fds(pid: int) -> int | None:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -251,7 +261,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     il.raise_nofile()
     seconds = args.minutes * 60.0
     procs = [p for p in args.processors.split(",") if p]
-    loadavg_before = os.getloadavg()
+    loadavg_before, psi_before = os.getloadavg(), cpu_pressure()
     server = il.Server(server_args(args.log_level))
     rec: dict[str, Any] = {}
     try:
@@ -315,6 +325,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rate": args.rate, "frame_ms": args.frame_ms, "sample_s": args.sample,
             "machine": {"cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in
                                                                     loadavg_before],
+                        "cpu_pressure_before": psi_before, "cpu_pressure_after": cpu_pressure(),
                         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
                         "nice": os.nice(0), "shared": args.shared},
             "code": il.code_fingerprint(),

@@ -725,6 +725,7 @@ class Server:
             env.setdefault("EARSHOT_MAX_ACK_LATENCY", "0")
             # thousands of streams from one address: no per-address connection limit
             env.setdefault("EARSHOT_CONN_RATE", "0")
+            env.setdefault("EARSHOT_REST_RATE", "0")  # the archive check: a GET per stream
             if args.server_src:  # run the server from a snapshot of the package
                 env["PYTHONPATH"] = os.pathsep.join(
                     [str(Path(args.server_src).resolve())]

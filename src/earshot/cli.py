@@ -47,6 +47,13 @@ def _env(name: str, default: Any = None) -> Any:
 
 
 # -- serve --------------------------------------------------------------------------------
+def _max_streams(text: str) -> int | str:
+    """``--max-streams``: a count, or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return COUNT(text)  # type: ignore[no-any-return]
+
+
 def _size(text: str) -> int:
     """argparse type for sizes (64M, 1G, bytes)."""
     from earshot.server.space import parse_size
@@ -78,7 +85,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if value is not None:
             opts[key] = value
     for key in ("max_streams", "max_loop_lag", "max_ack_latency",  # admission control
-                "min_free_space"):
+                "min_free_space", "max_cpu", "max_subscribers", "rest_rate", "rest_burst",
+                "max_rest_requests"):
         if getattr(args, key, None) is not None:
             opts[key] = getattr(args, key)
     for key in ("allowed_origins", "forwarded_allow_ips", "certfile", "keyfile", "conn_rate",
@@ -858,8 +866,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "PREFIX/<stream name or id>/<event type>; PREFIX earshot)")
     d = s.add_argument_group("admission control (new publishers past a limit get "
                              "'server_full', close 1013, and retry; resumes always get in)")
-    d.add_argument("--max-streams", type=COUNT, metavar="N",
-                   help="publishers held at once per gateway process (default 0: no limit)")
+    d.add_argument("--max-streams", type=_max_streams, metavar="N|auto",
+                   help="publishers held at once per gateway process (default 0: no limit); "
+                        "auto: admit while the measured headroom allows (--max-cpu)")
+    d.add_argument("--max-cpu", type=Range(float, 0, 64, lo_open=True), metavar="CORES",
+                   help="with --max-streams auto: the event loop's CPU kept under this, "
+                        "new streams included (default 0.8)")
+    d.add_argument("--max-subscribers", type=COUNT, metavar="N",
+                   help="live /ws/subscribe connections at once; past it 'server_full', "
+                        "1013 (default 0: no limit)")
+    d.add_argument("--rest-rate", type=Range(float, 0), metavar="PER_SECOND",
+                   help="REST requests per second per client address (default 100; 0: off)")
+    d.add_argument("--rest-burst", type=POSITIVE_INT, metavar="N",
+                   help="... allowed at once (default 500)")
+    d.add_argument("--max-rest-requests", type=COUNT, metavar="N",
+                   help="REST requests in flight at once; past it 429 'rate_limited' "
+                        "(default 64; 0: no limit)")
     d.add_argument("--max-loop-lag", type=SECONDS_OR_ZERO, metavar="SECONDS",
                    help="refuse new streams while the smoothed event-loop lag exceeds this "
                         "(default 0.5; 0: off)")

@@ -13,6 +13,8 @@ from earshot.audio import ARCHIVE_FORMATS
 from earshot.errors import ConfigError
 from earshot.ranges import COUNT, PORT, POSITIVE_INT, SECONDS, SECONDS_OR_ZERO, Range
 
+AUTO = "auto"  # --max-streams auto: admit while the measured headroom allows
+
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 # Allowed values of numeric settings (the command line checks the same ranges); a field
@@ -30,6 +32,11 @@ RANGES: dict[str, Range] = {
     "max_loop_lag": SECONDS_OR_ZERO,
     "max_ack_latency": SECONDS_OR_ZERO,
     "min_free_space": COUNT,
+    "max_cpu": Range(float, 0, 64, lo_open=True, unit="cores"),
+    "max_subscribers": COUNT,
+    "rest_rate": Range(float, 0),
+    "rest_burst": POSITIVE_INT,
+    "max_rest_requests": COUNT,
     "asr_batch": COUNT,
 }
 
@@ -74,7 +81,8 @@ class Settings:
     mqtt: str | None = None  # mqtt[s]://[user:pass@]host:port[/prefix]: publish events there
     web_origins: tuple[str, ...] = ("*",)  # CORS for /web/* (earshot.js on other sites)
     # admission control (server/admission.py); 0 turns a limit off
-    max_streams: int = 0  # publishers held at once (per gateway process)
+    max_streams: int | str = 0  # publishers held at once (per gateway process), or "auto"
+    max_cpu: float = 0.8  # --max-streams auto: the event loop's CPU (cores) kept under this
     max_loop_lag: float = 0.5  # smoothed event-loop lag beyond which new streams wait
     max_ack_latency: float = 1.0  # smoothed ack latency beyond which new streams wait
     min_free_space: int = 64 << 20  # bytes kept free on the data dir: new streams wait below
@@ -87,6 +95,11 @@ class Settings:
     conn_burst: int = 1000
     auth_fail_rate: float = 0.2
     auth_fail_burst: int = 20
+    # subscribers and REST have limits of their own (publishers never lose slots to them)
+    max_subscribers: int = 0  # live /ws/subscribe connections at once (0: no limit)
+    rest_rate: float = 100.0  # REST requests per second per client address (0: off)
+    rest_burst: int = 500
+    max_rest_requests: int = 64  # REST requests in flight at once (0: no limit)
 
     def __post_init__(self) -> None:
         if self.archive_format not in ARCHIVE_FORMATS:
@@ -110,7 +123,10 @@ class Settings:
             parse_mqtt_url(self.mqtt)  # a bad URL fails at start, saying why
         if self.max_message_bytes < 1024:
             raise ConfigError("max message size must be at least 1024 bytes")
+        object.__setattr__(self, "max_streams", max_streams_value(self.max_streams))
         for name, allowed in RANGES.items():
+            if name == "max_streams" and self.max_streams == AUTO:
+                continue
             problem = allowed.problem(getattr(self, name))
             if problem is not None:
                 raise ConfigError(f"{name.replace('_', ' ')} {problem}")
@@ -130,6 +146,19 @@ class Settings:
                 f"refusing to listen on {self.host} without a token: set --token "
                 "(or EARSHOT_TOKEN), or pass --no-auth to run open on purpose"
             )
+
+
+def max_streams_value(value: object) -> int | str:
+    """``--max-streams``: a count, or ``auto`` (admit while the measured headroom allows)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == AUTO:
+            return AUTO
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"max streams must be a count or 'auto', not {value!r}") from None
+    return value  # type: ignore[return-value]  # a number: RANGES checks it
 
 
 def web_origins(values: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
@@ -217,6 +246,10 @@ def _file_value(name: str, value: Any, kind: Any) -> Any:
         return tuple(value)
     if value is None:
         raise ConfigError(f"{where}: TOML has no null; leave the key out instead")
+    if text == "int | str":  # max_streams: a count or "auto"
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ConfigError(f"{where} must be an integer or \"auto\", not {value!r}")
+        return value
     if kind in (bool, "bool"):
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, not {value!r}")

@@ -116,7 +116,8 @@ def create_app(settings: Settings) -> FastAPI:
         hub.reserve_held()  # after a planned restart, resumes are admitted first
         restore_signals = drain_on_signals(hub.drain, DRAIN_TIMEOUT)
         ticker = asyncio.create_task(hub.run_ticker(), name="earshot-ticker")
-        probe = asyncio.create_task(probe_loop_lag(hub.observe_loop_lag), name="earshot-lag")
+        probe = asyncio.create_task(probe_loop_lag(hub.observe_loop_lag,
+                                               cpu=hub.admission.observe_cpu), name="earshot-lag")
         try:
             yield
         finally:
@@ -150,7 +151,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.capabilities = capabilities(settings, registry, loaded)
     app.include_router(api)
     app.include_router(ops)
-    app.add_middleware(Guard.from_settings, settings=settings, metrics=metrics)  # see guard.py
+    app.add_middleware(Guard.from_settings, settings=settings, metrics=metrics,
+                       state=app.state)  # see guard.py
 
     web = Path(__file__).resolve().parent.parent / "web"
     app.mount("/web", CorsStaticFiles(directory=web, origins=settings.web_origins), name="web")

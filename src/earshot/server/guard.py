@@ -17,6 +17,11 @@ a small ASGI middleware that applies them to every HTTP request and WebSocket ha
   or 4403). An address out of either gets HTTP 429 with a ``rate_limited`` error and a
   ``Retry-After``; an address out of failed-auth budget is refused everything but
   ``/healthz`` until it refills, so a token cannot be guessed faster than the refill rate.
+* **REST limits**, apart from the WebSocket ones (so REST never takes a publisher's or a
+  subscriber's place): a token bucket of HTTP requests per client address
+  (``--rest-rate``/``--rest-burst``) and a cap on requests in flight at once over all
+  addresses (``--max-rest-requests``; a download holds its place until its last byte).
+  Past either: HTTP 429, ``rate_limited``, ``Retry-After``. ``/healthz`` is never limited.
 """
 
 from __future__ import annotations
@@ -247,6 +252,7 @@ class Refusal:
     code: str  # the earshot error code
     message: str
     retry_after: float | None = None
+    limit: str = ""  # which limit refused it (REST: "rate" or "concurrency")
 
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message,
@@ -261,10 +267,41 @@ class GuardCore:
     and :meth:`auth_failed` when one was refused for its credentials."""
 
     def __init__(self, policy: OriginPolicy, *, conn_rate: float, conn_burst: float,
-                 auth_fail_rate: float, auth_fail_burst: float) -> None:
+                 auth_fail_rate: float, auth_fail_burst: float, rest_rate: float = 0.0,
+                 rest_burst: float = 1.0, max_rest_requests: int = 0) -> None:
         self.policy = policy
         self.connections = KeyedBuckets(conn_rate, conn_burst)
         self.auth_failures = KeyedBuckets(auth_fail_rate, auth_fail_burst)
+        self.rest = KeyedBuckets(rest_rate, rest_burst)
+        self.max_rest_requests = max_rest_requests
+        self.rest_in_flight = 0
+        self.rest_refused = {"rate": 0, "concurrency": 0}
+
+    def enter_rest(self, client: str, now: float) -> Refusal | None:
+        """An HTTP request admitted by :meth:`admit`: within its address's request rate and
+        the cap on requests in flight? None: it counts as in flight until :meth:`leave_rest`."""
+        wait = self.rest.take(client, now)
+        if wait:
+            self.rest_refused["rate"] += 1
+            return Refusal(429, "rate_limited",
+                           f"too many requests from {client}; retry in {wait:.1f} s", wait,
+                           "rate")
+        if self.max_rest_requests and self.rest_in_flight >= self.max_rest_requests:
+            self.rest_refused["concurrency"] += 1
+            return Refusal(429, "rate_limited",
+                           f"the server is serving its maximum of {self.max_rest_requests} "
+                           "requests at once; retry in 1 s", 1.0, "concurrency")
+        self.rest_in_flight += 1
+        return None
+
+    def leave_rest(self) -> None:
+        self.rest_in_flight = max(0, self.rest_in_flight - 1)
+
+    def report(self) -> dict[str, Any]:
+        """For /healthz: the REST limits and where they stand."""
+        return {"in_flight": self.rest_in_flight, "max_requests": self.max_rest_requests,
+                "rate": self.rest.rate, "burst": self.rest.burst,
+                "refused": dict(self.rest_refused)}
 
     def admit(self, *, websocket: bool, path: str, client: str, host: str | None,
               origin: str | None, now: float) -> Refusal | None:
@@ -314,12 +351,18 @@ class Guard:
         self.metrics = metrics  # earshot.server.metrics.Metrics: refusals by code
 
     @classmethod
-    def from_settings(cls, app: ASGIApp, settings: Any, metrics: Any = None) -> Guard:
+    def from_settings(cls, app: ASGIApp, settings: Any, metrics: Any = None,
+                      state: Any = None) -> Guard:
+        """``state`` (the app's): gets ``.guard``, the core, for /healthz."""
         policy = OriginPolicy.build(settings.allowed_origins, bind_host=settings.host)
-        return cls(app, GuardCore(policy, conn_rate=settings.conn_rate,
-                                  conn_burst=settings.conn_burst,
-                                  auth_fail_rate=settings.auth_fail_rate,
-                                  auth_fail_burst=settings.auth_fail_burst), metrics=metrics)
+        core = GuardCore(policy, conn_rate=settings.conn_rate, conn_burst=settings.conn_burst,
+                         auth_fail_rate=settings.auth_fail_rate,
+                         auth_fail_burst=settings.auth_fail_burst,
+                         rest_rate=settings.rest_rate, rest_burst=settings.rest_burst,
+                         max_rest_requests=settings.max_rest_requests)
+        if state is not None:
+            state.guard = core
+        return cls(app, core, metrics=metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -332,6 +375,13 @@ class Guard:
         refusal = self.core.admit(
             websocket=kind == "websocket", path=path, client=addr,
             host=_header(scope, b"host"), origin=_header(scope, b"origin"), now=self.clock())
+        rest = kind == "http" and path not in UNGUARDED_PATHS
+        if refusal is None and rest:
+            refusal = self.core.enter_rest(addr, self.clock())
+            if refusal is not None and self.metrics is not None:
+                self.metrics.rest_refused.labels(refusal.limit).inc()
+        else:
+            rest = False  # refused before it counted
         if refusal is not None:
             log.warning("refused %s %s from %s: %s", "WebSocket" if kind == "websocket" else
                         scope.get("method", "?"), path, addr, refusal.code)
@@ -339,7 +389,22 @@ class Guard:
                 self.metrics.errors.labels(refusal.code).inc()
             await self._refuse(scope, send, refusal)
             return
+        if rest:
+            self._show_rest()
+            try:
+                await self._serve(scope, receive, send, kind, addr, path)
+            finally:
+                self.core.leave_rest()
+                self._show_rest()
+            return
+        await self._serve(scope, receive, send, kind, addr, path)
 
+    def _show_rest(self) -> None:
+        if self.metrics is not None:
+            self.metrics.rest_in_flight.set(self.core.rest_in_flight)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, kind: str, addr: str,
+                     path: str) -> None:
         failed = False
 
         async def watch(message: Message) -> None:

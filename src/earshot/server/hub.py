@@ -34,7 +34,7 @@ from earshot.pipeline import StreamPipeline
 from earshot.processors.base import Event, StreamInfo
 from earshot.processors.registry import Registry
 from earshot.protocol import Start
-from earshot.server.admission import STATES, Admission
+from earshot.server.admission import Admission
 from earshot.server.cleanup import filtered_processors, open_cleanup
 from earshot.server.deadlines import Deadlines
 from earshot.server.lifecycle import read_held, write_held
@@ -125,10 +125,7 @@ class Hub:
         self._syncs: Deadlines[LiveStream] = Deadlines()  # header syncs, every stream
         self.streams_dir = settings.data_dir / "streams"
         self.streams_dir.mkdir(parents=True, exist_ok=True)
-        self.admission = Admission(max_streams=settings.max_streams,
-                                   max_loop_lag=settings.max_loop_lag,
-                                   max_ack_latency=settings.max_ack_latency)
-        metrics.max_streams.set(settings.max_streams)
+        self.admission = Admission.from_settings(settings)
         self.space = Space(settings.min_free_space, str(settings.data_dir))
         self.check_space()
         self._show_admission()
@@ -185,21 +182,11 @@ class Hub:
         self._show_admission(now)
 
     def _show_admission(self, now: float | None = None) -> None:
-        now = self.clock() if now is None else now
-        a, m = self.admission, self.metrics
-        state = a.state(self.live, now)
-        for s in STATES:
-            m.admission_state.labels(s).set(1 if s == state else 0)
-        m.loop_lag.set(a.lag.current(now))
-        m.ack_latency_recent.set(a.ack.current(now))
+        self.admission.show(self.metrics, self.live, self.clock() if now is None else now)
 
     def admission_report(self) -> dict[str, Any]:
         """For /healthz: whether new publishers get in now, and why not."""
-        a, now = self.admission, self.clock()
-        return {"state": a.state(self.live, now), "held": len(self.live),
-                "max_streams": a.max_streams,
-                "loop_lag": round(a.lag.current(now), 4),
-                "ack_latency": round(a.ack.current(now), 4)}
+        return self.admission.report(self.live, self.clock())
 
     def _admit(self, start: Start) -> None:
         """Refuse a new publisher past --max-streams or the CPU-headroom guard; a resume

@@ -68,8 +68,26 @@ class Metrics:
         self.storage_state = Gauge("earshot_storage_state", "1 for the storage state "
                                    "(ok, low: below --min-free-space, full)", ["state"],
                                    registry=r)
-        self.max_streams = Gauge("earshot_max_streams", "--max-streams (0: no limit)",
-                                 registry=r)
+        self.max_streams = Gauge("earshot_max_streams", "--max-streams (0: no limit, "
+                                 "-1: auto, by the measured headroom)", registry=r)
+        # --max-streams auto, --max-subscribers, REST limits (admission.py, guard.py)
+        self.loop_cpu = Gauge("earshot_loop_cpu_cores", "CPU of the event-loop thread, "
+                              "smoothed over about 2 s (cores)", registry=r)
+        self.loop_wait = Gauge("earshot_loop_wait_cores", "Time the event-loop thread "
+                               "waited for a CPU (runnable, not running), smoothed (cores)",
+                               registry=r)
+        self.process_cpu = Gauge("earshot_process_cpu_cores", "CPU of the gateway process, "
+                                 "smoothed over about 2 s (cores)", registry=r)
+        self.subscribers = Gauge("earshot_subscribers_active", "Live /ws/subscribe "
+                                 "connections", registry=r)
+        self.max_subscribers = Gauge("earshot_max_subscribers", "--max-subscribers "
+                                     "(0: no limit)", registry=r)
+        self.subscribers_refused = Counter("earshot_subscribers_refused", "Subscribers "
+                                           "refused past --max-subscribers", registry=r)
+        self.rest_in_flight = Gauge("earshot_rest_in_flight", "REST requests being "
+                                    "served", registry=r)
+        self.rest_refused = Counter("earshot_rest_refused", "REST requests refused (429), "
+                                    "by limit (rate, concurrency)", ["limit"], registry=r)
 
     def observe_asr(self, result: object, skipped: bool) -> None:
         """Scheduler hook (called on its worker threads; prometheus metrics are thread-safe)."""

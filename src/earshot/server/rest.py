@@ -193,7 +193,13 @@ async def healthz(request: Request, hub: HubDep) -> dict[str, Any]:
         status = "degraded"
     return {"status": status, "version": __version__, "live_streams": len(hub.live_info("*")),
             "bus": bus, "admission": hub.admission_report(), "storage": hub.space.report(),
-            **caps}
+            "rest": rest_report(request), **caps}
+
+
+def rest_report(request: Request) -> dict[str, Any] | None:
+    """The REST limits (server/guard.py) and where they stand, for /healthz."""
+    guard = getattr(request.app.state, "guard", None)
+    return guard.report() if guard is not None else None
 
 
 @ops.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_token)])

@@ -1,6 +1,10 @@
 """``/ws/subscribe``: live events (and optionally audio) of one stream or all, and the way
 remote workers send their processors' events back.
 
+Past ``--max-subscribers`` live subscribers, a newcomer gets ``{"type":"error",
+"code":"server_full"}`` and close 1013 (try again later); publishers' slots are counted
+apart, so subscribers never take them.
+
 Server → subscriber:
 
 * ``{"type":"subscribed","stream":S,"audio":F|null,"live":[{stream info}...]}`` first;
@@ -24,7 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from earshot.audio import f32_to_s16
 from earshot.bus import ALL, AudioItem, MemoryBus
-from earshot.protocol import error_message
+from earshot.protocol import CLOSE_TRY_AGAIN_LATER, error_message
 from earshot.server.hub import Hub
 
 log = logging.getLogger("earshot.subscribe")
@@ -42,6 +46,23 @@ async def subscribe(ws: WebSocket, hub: Hub) -> None:
             "unsupported_format", f"audio={audio!r}: use audio=s16, f32 or opus")))
         await ws.close(4400, "unsupported audio format")
         return
+    slots = hub.admission  # --max-subscribers, apart from publishers' slots
+    refused = slots.subscriber_refusal()
+    if refused is not None:
+        hub.metrics.subscribers_refused.inc()
+        hub.metrics.errors.labels("server_full").inc()
+        await ws.send_text(json.dumps(error_message("server_full", refused)))
+        await ws.close(CLOSE_TRY_AGAIN_LATER, "server full")
+        return
+    hub.metrics.subscribers.set(slots.subscribers.held)
+    try:
+        await _serve(ws, hub, stream, audio)
+    finally:
+        slots.subscribers.release()
+        hub.metrics.subscribers.set(slots.subscribers.held)
+
+
+async def _serve(ws: WebSocket, hub: Hub, stream: str, audio: str | None) -> None:
     bus: MemoryBus = hub.bus
     sub = bus.subscribe(stream, audio=audio)
     await ws.send_text(json.dumps({"type": "subscribed", "stream": stream, "audio": audio,

@@ -55,6 +55,7 @@ from typing import Any, Literal
 
 from earshot.audio import BYTES_PER_SAMPLE
 from earshot.errors import ClientError
+from earshot.fsutil import fsync_dir
 
 WhenFull = Literal["drop-oldest", "stop"]
 FsyncPolicy = Literal["interval", "always", "never"]
@@ -89,14 +90,6 @@ class Dropped:
         return self.end - self.start
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     data = json.dumps(obj, indent=1).encode()
@@ -107,7 +100,7 @@ def _write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class SpoolEntry:
@@ -334,7 +327,7 @@ class SpoolEntry:
         self._fd = os.open(self._seg_path(start), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._fd_start = start
         if created and self.fsync != "never":
-            _fsync_dir(self.path)  # the new file's name survives a power cut
+            fsync_dir(self.path)  # the new file's name survives a power cut
 
     def sync(self) -> None:
         if self._fd is not None and self._unsynced and self.fsync != "never":

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from earshot.errors import StorageError
+from earshot.fsutil import fsync_dir
+from earshot.storage.ranges import read_bytes
 from earshot.storage.wav import WavEncoding, parse_layout
 
 FINAL_SUFFIXES = (".flac", ".ogg")
@@ -138,12 +140,6 @@ def write_sidecar(base: Path, meta: dict, *, fsync: bool = True) -> None:
         fsync_dir(target.parent)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def on_disk(base: Path) -> list[Path]:
@@ -278,19 +274,8 @@ def _read_part(p: Part, lo: int, hi: int, chunk: int) -> Iterator[bytes]:
         if (lay.encoding, lay.rate, lay.channels) != (p.encoding, p.rate, p.channels):
             lay = None
     if lay is not None:
-        fd = os.open(p.path, os.O_RDONLY)
-        try:
-            pos, left = lay.data_start + lo * fb, (hi - lo) * fb
-            step = max(fb, chunk // fb * fb)
-            while left > 0:
-                data = os.pread(fd, min(step, left), pos)
-                if not data:
-                    return
-                pos += len(data)
-                left -= len(data)
-                yield data
-        finally:
-            os.close(fd)
+        yield from read_bytes(p.path, lay.data_start + lo * fb, (hi - lo) * fb,
+                              max(fb, chunk // fb * fb))
         return
     import soundfile as sf
 

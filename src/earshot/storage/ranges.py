@@ -80,12 +80,18 @@ def wav_range(path: Path, start: float | None, end: float | None) -> WavRange:
 def iter_range(path: Path, plan: WavRange, chunk: int = 1 << 16) -> Iterator[bytes]:
     """The header, then the range's bytes in chunks of at most ``chunk`` bytes."""
     yield plan.header
+    yield from read_bytes(path, plan.offset, plan.length, chunk)
+
+
+def read_bytes(path: Path, offset: int, length: int, chunk: int = 1 << 16) -> Iterator[bytes]:
+    """``length`` bytes of a file from ``offset`` (``os.pread``), in chunks of at most
+    ``chunk``; a file that shrank (deleted under us) stops short, never padded."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        pos, left = plan.offset, plan.length
+        pos, left = offset, length
         while left > 0:
             data = os.pread(fd, min(chunk, left), pos)
-            if not data:  # the file shrank (deleted under us): stop short, never pad
+            if not data:
                 return
             pos += len(data)
             left -= len(data)

@@ -110,6 +110,9 @@ class StreamWriter:
 
     def warnings(self) -> list[dict[str, Any]]:
         """One warning per kind, the first time samples had to be fixed."""
+        fixed = self.fixed
+        if not (fixed["non_finite"] or fixed["clipped"]):
+            return []  # the common case, once per ack
         out = []
         for code, what in FIXES:
             count = self.fixed[code]

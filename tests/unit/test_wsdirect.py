@@ -9,12 +9,19 @@ import struct
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from earshot.server.wsdirect import EarshotWebSocketProtocol, lane_of, text_frame
+from earshot.server.wsdirect import (
+    EarshotWebSocketProtocol,
+    FrameSplitter,
+    lane_of,
+    text_frame,
+)
 
 HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -197,3 +204,109 @@ def test_text_frames_of_every_length_class_parse_back(n: int) -> None:
     payload = b"x" * n
     (frame,) = server_frames(text_frame(payload))
     assert frame.opcode is Opcode.TEXT and frame.fin and frame.data == payload
+
+
+# -- the frame splitter (a pure core) ---------------------------------------------------------
+
+
+def cut(data: bytes, sizes: list[int]) -> list[bytes]:
+    """``data`` in pieces of the given sizes (cycled), as reads from a socket may come."""
+    out, pos, i = [], 0, 0
+    while pos < len(data):
+        n = max(1, sizes[i % len(sizes)]) if sizes else len(data)
+        out.append(data[pos:pos + n])
+        pos += n
+        i += 1
+    return out
+
+
+frames_st = st.lists(st.one_of(
+    st.binary(max_size=300).map(lambda b: ("bin", b)),
+    st.sampled_from([0, 125, 126, 65535, 65536]).map(lambda n: ("bin", b"\x07" * n)),
+    st.binary(max_size=40).map(lambda b: ("ping", b)),
+    st.text(max_size=40).map(lambda t: ("text", t.encode())),
+), max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(frames=frames_st, sizes=st.lists(st.integers(1, 70000), max_size=6))
+def test_the_splitter_gives_audio_unmasked_and_everything_else_whole_in_order(
+        frames: list[tuple[str, bytes]], sizes: list[int]) -> None:
+    wire = b"".join(client_frame({"bin": Opcode.BINARY, "ping": Opcode.PING,
+                                  "text": Opcode.TEXT}[k], p) for k, p in frames)
+    sp = FrameSplitter(1 << 20)
+    got: list[tuple[bool, bytes]] = []
+    for piece in cut(wire, sizes):
+        got += sp.feed(piece)
+    assert len(got) == len(frames)
+    for (kind, payload), (fast, chunk) in zip(frames, got, strict=True):
+        if kind == "bin":
+            assert fast and chunk == payload
+        else:
+            assert not fast  # whole and untouched: websockets parses it to the same frame
+            (frame,) = parse_client_frames(chunk)
+            assert frame.data == payload
+
+
+def parse_client_frames(data: bytes) -> list[Frame]:
+    reader = StreamReader()
+    reader.feed_data(data)
+    gen = Frame.parse(reader.read_exact, mask=True)
+    try:
+        next(gen)
+        while True:
+            gen.send(None)
+    except StopIteration as stop:
+        return [stop.value]
+
+
+def test_fragments_close_and_oversized_frames_go_to_websockets() -> None:
+    sp = FrameSplitter(1000)
+    first = Frame(Opcode.BINARY, b"part1", fin=False).serialize(mask=True)
+    cont = Frame(Opcode.CONT, b"part2", fin=True).serialize(mask=True)
+    whole = client_frame(Opcode.BINARY, b"whole")
+    out = sp.feed(first + whole + cont + whole)
+    # a binary frame inside an open fragmented message is websockets' to refuse
+    assert [f for f, _ in out] == [False, False, False, True]
+    close = client_frame(Opcode.CLOSE, struct.pack("!H", 1000))
+    out = sp.feed(close + whole)
+    assert [f for f, _ in out] == [False, False] and sp.off
+    assert sp.feed(whole) == [(False, whole)]  # after a close: everything as it comes
+    big = FrameSplitter(1000)
+    head = client_frame(Opcode.BINARY, b"x" * 2000)[:20]
+    assert big.feed(head) == [(False, head)] and big.off
+
+
+def test_the_handshake_and_frames_in_one_read_are_told_apart() -> None:
+    async def go() -> None:
+        sink = Sink()
+        received: list[dict[str, Any]] = []
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            assert (await receive())["type"] == "websocket.connect"
+            await send({"type": "websocket.accept"})
+            lane = lane_of(scope)
+            assert lane is not None
+            lane.attach(sink)
+            while (msg := await receive())["type"] != "websocket.disconnect":
+                received.append(msg)
+
+        config = Config(app, ws=EarshotWebSocketProtocol, log_level="warning")
+        config.load()
+        proto = EarshotWebSocketProtocol(config, ServerState(), {})
+        transport = FakeTransport()
+        proto.connection_made(transport)
+        # an eager client: the request and its first frame in one segment, split oddly
+        wire = HANDSHAKE + client_frame(Opcode.BINARY, b"early")
+        for i in range(0, len(wire), 7):
+            proto.data_received(wire[i:i + 7])
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert transport.out.startswith(b"HTTP/1.1 101")
+        proto.data_received(client_frame(Opcode.BINARY, b"later"))
+        await asyncio.sleep(0)
+        # the early frame came before the sink was there: through receive(), in order
+        assert received == [{"type": "websocket.receive", "bytes": b"early"}]
+        assert sink.got == [b"later"]
+
+    asyncio.run(go())

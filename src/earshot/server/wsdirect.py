@@ -50,6 +50,91 @@ class DirectSink(Protocol):
         """A complete binary message; True if handled here and now."""
 
 
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets without its C extension
+    from websockets.utils import apply_mask
+
+MAX_HEAD = 65536  # an opening handshake longer than this is left to websockets whole
+
+
+class FrameSplitter:
+    """Cuts a client's byte stream into whole WebSocket frames (RFC 6455 §5.2). Pure.
+
+    :meth:`feed` returns ``(True, payload)`` for a whole, final, masked binary frame no
+    larger than ``max_size`` (unmasked here: the audio hot path), and ``(False, raw)`` for
+    any other frame, whole and untouched, for websockets' parser, which so only ever sees
+    whole frames and stays at a frame boundary. Bytes of an incomplete frame wait for the
+    next call. Once a close frame or a frame too large goes by, or while a fragmented
+    message is open, binary frames go to websockets too (it judges them); after a close or
+    an oversized header, splitting stops: everything is passed on as it comes.
+    """
+
+    __slots__ = ("_buf", "fragmented", "max_size", "off")
+
+    def __init__(self, max_size: int | None) -> None:
+        self.max_size = max_size if max_size is not None else 1 << 62
+        self._buf = bytearray()
+        self.fragmented = False
+        self.off = False
+
+    def feed(self, data: bytes) -> list[tuple[bool, bytes]]:
+        if self.off:
+            return [(False, data)] if data else []
+        buf = self._buf
+        if buf:
+            buf += data
+            view: bytes | bytearray = buf
+        else:
+            view = data
+        out: list[tuple[bool, bytes]] = []
+        pos, n = 0, len(view)
+        while n - pos >= 2:
+            b0, b1 = view[pos], view[pos + 1]
+            size = b1 & 0x7F
+            head = 2
+            if size == 126:
+                if n - pos < 4:
+                    break
+                size = (view[pos + 2] << 8) | view[pos + 3]
+                head = 4
+            elif size == 127:
+                if n - pos < 10:
+                    break
+                size = int.from_bytes(view[pos + 2:pos + 10], "big")
+                head = 10
+            if b1 & 0x80:
+                head += 4
+            if size > self.max_size:  # websockets refuses it (1009); nothing after counts
+                self.off = True
+                out.append((False, bytes(view[pos:])))
+                pos = n
+                break
+            end = pos + head + size
+            if end > n:
+                break
+            opcode = b0 & 0x0F
+            if b0 == 0x82 and b1 & 0x80 and not self.fragmented:
+                out.append((True, apply_mask(view[pos + head:end], view[pos + head - 4:
+                                                                       pos + head])))
+            else:
+                out.append((False, bytes(view[pos:end])))
+                if opcode in (0, 1, 2):  # data frames: is a fragmented message open?
+                    self.fragmented = not b0 & 0x80
+                elif opcode == 8:  # close: websockets takes everything from here on
+                    self.off = True
+                    if end < n:
+                        out.append((False, bytes(view[end:])))
+                    pos = n
+                    break
+            pos = end
+        if buf:
+            del buf[:pos]
+        elif pos < n:
+            buf += view[pos:]
+        return out
+
+
 def text_frame(payload: bytes) -> bytes:
     """An unmasked, unfragmented server-to-client text frame (RFC 6455 §5.2)."""
     n = len(payload)
@@ -95,6 +180,58 @@ class EarshotWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's ``websockets-sansio`` protocol plus the ``earshot.direct`` lane."""
 
     sink: DirectSink | None = None
+    _splitter: FrameSplitter | None = None
+    _head: bytearray | None = None  # the opening handshake, until its blank line
+
+    def data_received(self, data: bytes) -> None:
+        """Frames are cut here (:class:`FrameSplitter`): audio goes to the sink, or the
+        queue, without websockets' generator-based parser; the opening handshake and
+        every other frame go to websockets whole, as uvicorn would feed them."""
+        sp = self._splitter
+        if sp is None:
+            head = self._head
+            if head is None:
+                head = self._head = bytearray()
+            head += data
+            end = head.find(b"\r\n\r\n")
+            if end < 0:
+                if len(head) > MAX_HEAD:  # not ours to judge: websockets refuses it
+                    self._head = None
+                    sp = self._splitter = FrameSplitter(None)
+                    sp.off = True
+                    super().data_received(bytes(head))
+                return
+            rest = bytes(head[end + 4:])
+            self._head = None
+            sp = self._splitter = FrameSplitter(self.conn.max_message_size)
+            super().data_received(bytes(head[:end + 4]))
+            if not rest or self.transport.is_closing():
+                return
+            data = rest
+        for fast, chunk in sp.feed(data):
+            if fast:
+                self._binary(chunk)
+            else:
+                super().data_received(chunk)
+            if self.transport.is_closing():
+                return
+
+    def _binary(self, data: bytes) -> None:
+        """A whole binary message cut by the splitter: to the sink when nothing is queued
+        before it, else to ``receive()`` (as ``handle_events`` does for websockets')."""
+        if self.close_sent:
+            return  # past `websocket.close`: discarded, as uvicorn does
+        sink = self.sink
+        if sink is not None and not sink.busy and self.queue.empty():
+            try:
+                if sink.on_bytes(data):
+                    return
+            except Exception:  # a bug in the sink: it may have taken part of the message
+                log.exception("direct lane failed; closing the connection")
+                self.conn.send_close(1011, "internal server error; resume to go on")
+                self.handle_parser_exception()
+                return
+        self._to_receive(data)
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)

@@ -122,6 +122,7 @@ class Hub:
                                   self._processed)
         self._background: set[asyncio.Task[Any]] = set()
         self._flushes: Deadlines[LiveStream] = Deadlines()  # a trickling stream's next ack
+        self._counts = [0, 0, 0]  # frames in, bytes in, acks: not yet in the metrics
         self._syncs: Deadlines[LiveStream] = Deadlines()  # header syncs, every stream
         self.streams_dir = settings.data_dir / "streams"
         self.streams_dir.mkdir(parents=True, exist_ok=True)
@@ -462,7 +463,7 @@ class Hub:
         rec = live.rec
         if bus.remote:
             bus.append(LogAudio(live.id, w.first, w.frames, rec.rate, rec.channels,
-                                live.archive.sample_format, w.result.written,
+                                live.archive.sample_format, bytes(w.result.written),
                                 ",".join(live.processors)))
         pipeline = live.pipeline
         pcm_listeners = bus.wants_audio(live.id, opus=False)
@@ -481,8 +482,8 @@ class Hub:
             if clean is not None:
                 samples, first = clean
             self._relay(live, samples, first, pcm_listeners, opus_listeners)
-        self.metrics.frames_in.inc(w.frames)
-        self.metrics.bytes_in.inc(w.nbytes)
+        self._counts[0] += w.frames  # into the metrics once a tick (_count)
+        self._counts[1] += w.nbytes
         if w.result.non_finite:
             self.metrics.samples_fixed.labels("non_finite").inc(w.result.non_finite)
         if w.result.clipped:
@@ -564,13 +565,24 @@ class Hub:
         offset = live.writer.take_ack()
         if offset is None:
             return
-        self.metrics.acks.inc()
+        self._counts[2] += 1
         now = self.clock()
         self.metrics.ack_latency.observe(now - newest)
         self.admission.observe_ack_latency(now - newest, now)
         for m in live.writer.warnings():
             owner.post(m)
         owner.ack(offset)
+
+    def _count(self) -> None:
+        """Add the hot path's counts to the metrics (a lock each: once a tick, not per
+        batch)."""
+        c, m = self._counts, self.metrics
+        if c[0]:
+            m.frames_in.inc(c[0])
+            m.bytes_in.inc(c[1])
+        if c[2]:
+            m.acks.inc(c[2])
+        c[0] = c[1] = c[2] = 0
 
     def check_space(self) -> str:
         """Measure the data directory's free space (at most once a second)."""
@@ -588,6 +600,7 @@ class Hub:
         """Flush streams whose oldest pending audio waited an ack interval; sync headers.
         Only the streams whose deadline has come are looked at (server/deadlines.py)."""
         self.check_space()
+        self._count()
         now = self.clock()
         live_now = self.live
         for live in self._flushes.due(now):

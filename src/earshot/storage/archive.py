@@ -43,7 +43,7 @@ class AppendResult:
     frames: int
     non_finite: int = 0
     clipped: int = 0
-    written: bytes | bytearray = b""  # the bytes appended, in the archive's encoding
+    written: bytes | bytearray | memoryview = b""  # appended, in the archive's encoding
 
 
 def encoding_for(fmt: ArchiveFormat) -> WavEncoding:
@@ -136,11 +136,11 @@ class Archive:
             fixed = f32_to_s16(x) if self._encoding == "pcm16" else sanitize_f32(x)
             out = fixed.samples
             result.non_finite, result.clipped = fixed.non_finite, fixed.clipped
-        result.written = out.tobytes()
+        result.written = memoryview(out).cast("B")  # (no copy: os.write takes the buffer)
         self._write(result.written)
         return result
 
-    def _write(self, data: bytes | bytearray) -> None:
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
         """Into the current part, rotating at a frame boundary when it is full."""
         fb = self.part.layout.frame_bytes
         if len(data) % fb:

@@ -9,6 +9,9 @@ resampler, then hands each processor its chunks through its own :class:`Processo
 * lag — how far a processor is behind the audio fed, in seconds, reported in ``lag`` events;
   past ``max_lag`` it drops its oldest queued audio (for itself only) and reports it in a
   ``dropped`` event;
+* async — a processor with ``async def process_async(chunk)`` (the VAD, batched across
+  streams by :mod:`earshot.processors.vad_batch`) is awaited on the loop instead of being
+  run on a thread; queueing, lag, drops and checkpoints are the same;
 * failure — a processor that raises gets one ``error`` event and is stopped for this stream;
   the stream, its archive and the other processors go on.
 """
@@ -115,6 +118,7 @@ class ProcessorRunner:
         self._idle.set()
         self._closing = False
         self.task: asyncio.Task[None] | None = None
+        self._aprocess = getattr(proc, "process_async", None)
         loop = asyncio.get_running_loop()
 
         def sink(events: list[Event]) -> None:  # Processor.emit, from any thread
@@ -201,6 +205,8 @@ class ProcessorRunner:
             try:
                 if self.proc.inline:
                     produced = self._process(batch)
+                elif self._aprocess is not None:
+                    produced = await self._process_async(batch)
                 else:
                     produced = await loop.run_in_executor(self.executor, self._process, batch)
             except Exception as exc:
@@ -238,6 +244,17 @@ class ProcessorRunner:
                 out.extend(produced)
             self.stats.processed += chunk.frames
         self.stats.busy += time.perf_counter() - t0
+        return self._stamp(out)
+
+    async def _process_async(self, batch: list[Chunk]) -> list[Event]:
+        t0 = time.perf_counter()
+        out: list[Event] = []
+        for chunk in _merge(batch):
+            produced = await self._aprocess(chunk)
+            if produced:
+                out.extend(produced)
+            self.stats.processed += chunk.frames
+        self.stats.busy += time.perf_counter() - t0  # wall time here, queueing included
         return self._stamp(out)
 
     def _stamp(self, events: Iterable[Event]) -> list[Event]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from earshot.dsp.vad import StreamingVad, VadEvent
 from earshot.processors.base import Chunk, Event, Processor
+from earshot.processors.vad_batch import batcher_for
 
 
 class Vad(Processor):
@@ -33,6 +34,17 @@ class Vad(Processor):
             self._vad = StreamingVad(chunk.rate, **self.options)
         self._processed = chunk.end
         return self._events(self._vad.feed(chunk.samples, chunk.offset).events, chunk.rate)
+
+    async def process_async(self, chunk: Chunk) -> list[Event]:
+        """:meth:`process`, batched with every other stream's VAD (see
+        :mod:`earshot.processors.vad_batch`): the runner awaits this on the loop instead of
+        calling :meth:`process` on a thread. Same events, same offsets."""
+        if self._vad is None:
+            self._vad = StreamingVad(chunk.rate, **self.options)
+        result = await batcher_for(self._vad.model).submit(self._vad, chunk.samples,
+                                                            chunk.offset)
+        self._processed = chunk.end
+        return self._events(result.events, chunk.rate)
 
     #: silence kept before the checkpoint: a fresh VAD settles, and speech just begun
     #: (not yet min_speech_ms long) is found again from there

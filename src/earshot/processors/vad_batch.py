@@ -7,7 +7,10 @@ So every stream's :class:`~earshot.processors.vad.Vad` hands its audio to the pr
 :class:`VadBatcher` of its model and rate, which:
 
 * collects the jobs submitted meanwhile (waiting at most ``linger`` seconds after the oldest,
-  so that a lightly loaded server still batches a little), on one worker thread;
+  so that a lightly loaded server still batches a little), on its first worker thread; the
+  others (``workers`` in all, 2) only take jobs that have waited ``backlog`` seconds (50 ms),
+  when the first is busy with a long batch or starved of CPU on a busy machine: one thread
+  batches best, two keep up when one cannot;
 * frames each stream's audio into whole windows (:meth:`StreamingVad.frame`), scores all of
   them with :func:`~earshot.dsp.vad.score_batch` (each stream keeps its own recurrent state
   and context: the numbers are those of scoring each stream alone), and segments each
@@ -59,12 +62,15 @@ class BatcherStats:
 class VadBatcher:
     """Scores the VAD windows of every stream of one model and rate, in batches."""
 
-    def __init__(self, *, linger: float = 0.004) -> None:
+    def __init__(self, *, linger: float = 0.004, workers: int = 2,
+                 backlog: float = 0.05) -> None:
         self.linger = linger
+        self.workers = workers
+        self.backlog = backlog
         self.stats = BatcherStats()
         self._cv = threading.Condition()
         self._jobs: list[VadJob] = []
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._pid = 0
 
     # -- the core ---------------------------------------------------------------------------
@@ -115,24 +121,31 @@ class VadBatcher:
         job = VadJob(vad, samples, offset, loop, loop.create_future())
         with self._cv:
             self._jobs.append(job)
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._work, name="earshot-vad-batch",
-                                                daemon=True)
-                self._thread.start()
-            self._cv.notify()
+            if self._pid != os.getpid():  # first use, or a forked child: no threads yet
+                self._pid, self._threads = os.getpid(), []
+            self._threads = [t for t in self._threads if t.is_alive()]
+            while len(self._threads) < self.workers:
+                i = len(self._threads)  # the first worker batches; the others take backlogs
+                t = threading.Thread(target=self._work, daemon=True, name=f"earshot-vad-{i}",
+                                     args=(self.linger if i == 0 else self.backlog,))
+                t.start()
+                self._threads.append(t)
+            if len(self._jobs) == 1:  # was empty: wake the workers (they time their waits)
+                self._cv.notify_all()
         assert job.future is not None
         return job.future
 
-    def _work(self) -> None:
+    def _work(self, linger: float) -> None:
         while True:
             with self._cv:
-                while not self._jobs:
-                    self._cv.wait()
-                wait = self._jobs[0].queued + self.linger - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            with self._cv:
+                while True:
+                    if self._jobs:
+                        wait = self._jobs[0].queued + linger - time.monotonic()
+                        if wait <= 0:
+                            break
+                        self._cv.wait(wait)
+                    else:
+                        self._cv.wait()
                 jobs, later, seen = [], [], set()
                 for job in self._jobs:  # one job per stream per round: they are sequential
                     (later if id(job.vad) in seen else jobs).append(job)

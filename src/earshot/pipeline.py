@@ -9,9 +9,6 @@ resampler, then hands each processor its chunks through its own :class:`Processo
 * lag — how far a processor is behind the audio fed, in seconds, reported in ``lag`` events;
   past ``max_lag`` it drops its oldest queued audio (for itself only) and reports it in a
   ``dropped`` event;
-* async — a processor with ``async def process_async(chunk)`` (the VAD, batched across
-  streams by :mod:`earshot.processors.vad_batch`) is awaited on the loop instead of being
-  run on a thread; queueing, lag, drops and checkpoints are the same;
 * failure — a processor that raises gets one ``error`` event and is stopped for this stream;
   the stream, its archive and the other processors go on.
 """
@@ -247,6 +244,9 @@ class ProcessorRunner:
         return self._stamp(out)
 
     async def _process_async(self, batch: list[Chunk]) -> list[Event]:
+        """For a processor with ``async def process_async(chunk)`` (the VAD, batched across
+        streams by :mod:`earshot.processors.vad_batch`): awaited on the loop instead of a
+        thread hop; queueing, lag, drops and checkpoints are the same."""
         t0 = time.perf_counter()
         out: list[Event] = []
         for chunk in _merge(batch):

@@ -11,7 +11,8 @@ So every stream's :class:`~earshot.processors.vad.Vad` hands its audio to the pr
   others (``workers`` in all, 2) only take jobs that have waited ``backlog`` seconds (50 ms),
   when the first is busy with a long batch or starved of CPU on a busy machine: one thread
   batches best, two keep up when one cannot;
-* frames each stream's audio into whole windows (:meth:`StreamingVad.frame`), scores all of
+* resamples each stream's new audio to 16 kHz (soxr releases the GIL: not on the loop), and
+  frames it into whole windows (:meth:`StreamingVad.frame`), scores all of
   them with :func:`~earshot.dsp.vad.score_batch` (each stream keeps its own recurrent state
   and context: the numbers are those of scoring each stream alone), and segments each
   stream's probabilities (:meth:`StreamingVad.consume`);
@@ -31,6 +32,7 @@ import os
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,7 +46,8 @@ class VadJob:
 
     vad: StreamingVad
     samples: np.ndarray
-    offset: int
+    offset: int  # of the samples after ``convert``
+    convert: Callable[[np.ndarray], np.ndarray] | None = None  # e.g. the stream's resampler
     loop: asyncio.AbstractEventLoop | None = None
     future: asyncio.Future[VadResult] | None = None
     queued: float = field(default_factory=time.monotonic)
@@ -81,7 +84,8 @@ class VadBatcher:
         framed: list[tuple[int, np.ndarray, int]] = []  # (job index, windows, offset)
         for i, job in enumerate(jobs):
             try:
-                windows, offset = job.vad.frame(job.samples, job.offset)
+                x = job.samples if job.convert is None else job.convert(job.samples)
+                windows, offset = job.vad.frame(x, job.offset)
             except Exception as exc:
                 results[i] = exc
                 continue
@@ -114,11 +118,13 @@ class VadBatcher:
         return results
 
     # -- the asyncio side -------------------------------------------------------------------
-    def submit(self, vad: StreamingVad, samples: np.ndarray, offset: int
+    def submit(self, vad: StreamingVad, samples: np.ndarray, offset: int,
+               convert: Callable[[np.ndarray], np.ndarray] | None = None
                ) -> asyncio.Future[VadResult]:
-        """Queue a stream's audio; the future resolves on the running loop."""
+        """Queue a stream's audio (``convert`` first, on the batcher's thread, if given); the
+        future resolves on the running loop."""
         loop = asyncio.get_running_loop()
-        job = VadJob(vad, samples, offset, loop, loop.create_future())
+        job = VadJob(vad, samples, offset, convert, loop, loop.create_future())
         with self._cv:
             self._jobs.append(job)
             if self._pid != os.getpid():  # first use, or a forked child: no threads yet
@@ -137,33 +143,38 @@ class VadBatcher:
 
     def _work(self, linger: float) -> None:
         while True:
-            with self._cv:
-                while True:
-                    if self._jobs:
-                        wait = self._jobs[0].queued + linger - time.monotonic()
-                        if wait <= 0:
-                            break
-                        self._cv.wait(wait)
-                    else:
-                        self._cv.wait()
-                jobs, later, seen = [], [], set()
-                for job in self._jobs:  # one job per stream per round: they are sequential
-                    (later if id(job.vad) in seen else jobs).append(job)
-                    seen.add(id(job.vad))
-                self._jobs = later
-            try:
-                results = self.run_jobs(jobs)
-            except BaseException as exc:  # pragma: no cover - run_jobs catches per job
-                results = [exc if isinstance(exc, Exception) else RuntimeError(str(exc))] * len(
-                    jobs)
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[VadJob, object]]] = (
-                defaultdict(list))
-            for job, res in zip(jobs, results, strict=True):
-                if job.loop is not None:
-                    by_loop[job.loop].append((job, res))
-            for loop, items in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for these
-                    loop.call_soon_threadsafe(_deliver, items)
+            self._round(self._take(linger))  # no reference to a job outlives its round
+
+    def _take(self, linger: float) -> list[VadJob]:
+        with self._cv:
+            while True:
+                if self._jobs:
+                    wait = self._jobs[0].queued + linger - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._cv.wait(wait)
+                else:
+                    self._cv.wait()
+            jobs, later, seen = [], [], set()
+            for job in self._jobs:  # one job per stream per round: they are sequential
+                (later if id(job.vad) in seen else jobs).append(job)
+                seen.add(id(job.vad))
+            self._jobs = later
+            return jobs
+
+    def _round(self, jobs: list[VadJob]) -> None:
+        try:
+            results: list[VadResult | Exception] = self.run_jobs(jobs)
+        except Exception as exc:  # pragma: no cover - run_jobs catches per job
+            results = [exc] * len(jobs)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[VadJob, object]]] = (
+            defaultdict(list))
+        for job, res in zip(jobs, results, strict=True):
+            if job.loop is not None:
+                by_loop[job.loop].append((job, res))
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for these
+                loop.call_soon_threadsafe(_deliver, items)
 
 
 def _deliver(items: list[tuple[VadJob, object]]) -> None:

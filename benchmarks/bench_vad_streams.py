@@ -35,7 +35,7 @@ FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "speec
 BATCH = 0.1
 
 
-async def run(n: int, seconds: float) -> dict:
+async def run(n: int, seconds: float, busy: float = 0.0) -> dict:
     x, rate = sf.read(FIXTURE, dtype="float32", always_2d=True)
     x = np.concatenate([x] * (int(seconds * rate) // x.shape[0] + 2))
     step = int(rate * BATCH)
@@ -46,6 +46,16 @@ async def run(n: int, seconds: float) -> dict:
 
     pipes = [StreamPipeline(StreamInfo(f"s{k}", rate, 1), [Level(), Vad()], publish,
                             max_lag=1e9, lag_report=float("inf")) for k in range(n)]
+    stop = False
+
+    async def burn() -> None:  # the rest of a busy server's loop: pure Python, holding the GIL
+        while not stop:
+            end = time.perf_counter() + busy * 0.01
+            while time.perf_counter() < end:
+                pass
+            await asyncio.sleep((1 - busy) * 0.01)
+
+    burner = asyncio.create_task(burn()) if busy > 0 else None
     rounds = int(seconds / BATCH)
     slots = 20
     loop = asyncio.get_running_loop()
@@ -64,6 +74,9 @@ async def run(n: int, seconds: float) -> dict:
     await asyncio.gather(*(p.idle() for p in pipes))  # the CPU of the whole work, backlog too
     drain = loop.time() - t0 - wall
     c1, l1 = time.process_time(), time.thread_time()
+    stop = True
+    if burner is not None:
+        await burner
     for p in pipes:
         await p.close(None)
     audio = rounds * BATCH
@@ -81,10 +94,13 @@ def main() -> None:
     ap.add_argument("--streams", type=int, nargs="+", default=[100, 250])
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--label", default="")
+    ap.add_argument("--busy", type=float, default=0.0,
+                    help="keep the loop this busy (0..1) with other pure-Python work")
     ap.add_argument("--json-append", help="append the records to this JSON list file")
     args = ap.parse_args()
     for n in args.streams:
-        rec = asyncio.run(run(n, args.seconds))
+        rec = asyncio.run(run(n, args.seconds, args.busy))
+        rec["busy"] = args.busy
         rec["label"] = args.label
         print(json.dumps(rec), flush=True)
         if args.json_append:

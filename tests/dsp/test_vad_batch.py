@@ -116,14 +116,12 @@ def test_a_failing_stream_does_not_harm_the_others(speech_16k: np.ndarray) -> No
 
 
 async def test_pipelines_batched_equal_threaded() -> None:
-    """Four 48 kHz streams through real pipelines at once: the batched Vad (resampling on its
-    batcher's thread) gives the events of the threaded one (resampled by the pipeline,
-    process() on the executor), and its checkpoints move on."""
+    """Four 48 kHz streams through real pipelines at once: the batched Vad gives the events of
+    the threaded one (process() on the executor), with the checkpoint semantics intact."""
     x, rate = sf.read(FIXTURES / "speech_48k.wav", dtype="float32", always_2d=True)
 
-    class ThreadedVad(Vad):  # as before batching: resampled by the pipeline, on a thread
+    class ThreadedVad(Vad):
         process_async = None  # type: ignore[assignment]
-        rate = 16000  # type: ignore[assignment]
 
     async def run(make: type[Vad], k: int) -> tuple[list[dict], list[int]]:
         events: list[dict] = []

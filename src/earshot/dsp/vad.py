@@ -127,6 +127,66 @@ class SileroModel:
         return float(prob[0, 0])
 
 
+def score_batch(models: Sequence[SileroModel], windows: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Score many streams' windows with one ONNX call per step: ``probs[i]`` for ``windows[i]``
+    ((n_i, window) float32, consecutive windows of ``models[i]``'s stream).
+
+    The same numbers as ``models[i].score(windows[i])`` for each i (the model treats the
+    batch rows independently: each row carries its own recurrent state and context, gathered
+    into the batch and scattered back), but one ``session.run`` per step for all the streams
+    that have a window at that step, instead of one per window. Step t scores window t of
+    every stream with more than t windows; streams are sorted by window count, so the active
+    streams are always a prefix of the batch. Every model must share one session and rate,
+    and appear once.
+    """
+    if len(models) != len(windows):
+        raise ValueError("one array of windows per model")
+    if not models:
+        return []
+    first = models[0]
+    win, ctx = first.window, first.context
+    counts = [int(w.shape[0]) for w in windows]
+    for m, w in zip(models, windows, strict=True):
+        if m._session is not first._session or m.rate != first.rate:
+            raise ValueError("score_batch needs models sharing one session and rate")
+        if w.ndim != 2 or w.shape[1] != win:
+            raise ValueError(f"expected (n, {win}) windows, got shape {w.shape}")
+    out = [np.zeros(0, dtype=np.float32) for _ in models]
+    order = sorted((i for i in range(len(models)) if counts[i]), key=lambda i: -counts[i])
+    b = len(order)
+    if not b:
+        return out
+    steps = counts[order[0]]
+    # x[t, j] = the model input of stream order[j] at step t: context + window
+    x = np.empty((steps, b, ctx + win), dtype=np.float32)
+    state = np.empty((2, b, 128), dtype=np.float32)
+    active = np.empty(steps, dtype=np.intp)  # streams with a window at step t: a prefix
+    for j, i in enumerate(order):
+        m, w, k = models[i], windows[i], counts[i]
+        x[:k, j, ctx:] = w
+        x[0, j, :ctx] = m._x[0, :ctx]
+        if k > 1:
+            x[1:k, j, :ctx] = w[:-1, -ctx:]
+        state[:, j] = m._state[:, 0]
+    active[:] = 0
+    for i in order:
+        active[: counts[i]] += 1
+    probs = np.empty((steps, b), dtype=np.float32)
+    run, sr = first._session.run, first._sr
+    for t in range(steps):
+        n = int(active[t])
+        st = state if n == b else np.ascontiguousarray(state[:, :n])
+        prob, new_state = run(_OUTPUTS, {"input": x[t, :n], "state": st, "sr": sr})
+        probs[t, :n] = prob[:, 0]
+        state[:, :n] = new_state
+    for j, i in enumerate(order):
+        m, k = models[i], counts[i]
+        m._state = state[:, j : j + 1].copy()
+        m._x[0, :ctx] = windows[i][-1, -ctx:]
+        out[i] = probs[:k, j].copy()
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class VadEvent:
     """A speech boundary at frame ``offset``.
@@ -205,6 +265,11 @@ class VadSegmenter:
         events: list[VadEvent] = []
         w = self.window
         values = probs.tolist() if isinstance(probs, np.ndarray) else probs
+        if not values:
+            return events
+        if not self._open and max(values) < self.threshold:  # silence: nothing can change
+            self._last_prob = float(values[-1])
+            return events
         for i, p in enumerate(values):
             start = offset + i * w
             self._step(float(p), start, start + w, events)
@@ -295,7 +360,8 @@ class StreamingVad:
         self.refine_db = refine_db
         # audio history for end refinement: the silence countdown plus a second of speech
         self._hist_len = int(rate * (min_silence_ms / 1000 + 1.2))
-        self._hist = np.zeros(0, dtype=np.float32)
+        self._ring = np.empty(4 * self._hist_len + 8192, dtype=np.float32)
+        self._hist_n = 0  # audio history: _ring[:_hist_n], ending at _pos
         if model is None:
             model = SileroModel(rate=rate)
         elif model.rate != rate:
@@ -322,6 +388,14 @@ class StreamingVad:
 
     def feed(self, samples: np.ndarray, offset: int) -> VadResult:
         """Consume samples whose first frame is ``offset`` (contiguous with the last call)."""
+        windows, probs_offset = self.frame(samples, offset)
+        probs = self.model.score(windows) if len(windows) else np.zeros(0, dtype=np.float32)
+        return self.consume(windows, probs, probs_offset)
+
+    def frame(self, samples: np.ndarray, offset: int) -> tuple[np.ndarray, int]:
+        """First half of :meth:`feed`: the whole windows now available, shape (n, window),
+        and the offset of the first; the partial rest is buffered. Score the windows with
+        ``self.model`` (alone or in :func:`score_batch`), then call :meth:`consume`."""
         x = as_mono(samples)
         if self._pos is None:
             if offset < 0:
@@ -334,21 +408,34 @@ class StreamingVad:
         data = np.concatenate((self._buf, x)) if self._buf.size else x
         n = data.size // self.window
         probs_offset = self._pos
-        if n:
-            scored = data[: n * self.window]
-            probs = self.model.score(scored.reshape(n, self.window))
-            audio = np.concatenate((self._hist, scored))
-            start = probs_offset - self._hist.size
-            events = [
-                self._refine(e, audio, start) for e in self.segmenter.feed(probs, probs_offset)
-            ]
-            self._hist = audio[-self._hist_len :]
-        else:
-            probs = np.zeros(0, dtype=np.float32)
-            events = []
+        windows = data[: n * self.window].reshape(n, self.window)
         self._buf = data[n * self.window :].copy()
         self._pos += n * self.window
+        return windows, probs_offset
+
+    def consume(self, windows: np.ndarray, probs: np.ndarray, probs_offset: int) -> VadResult:
+        """Second half of :meth:`feed`: segment the probabilities of what :meth:`frame` gave."""
+        if not len(windows):
+            return VadResult([], probs, probs_offset)
+        audio = self._push_history(windows.reshape(-1))
+        start = probs_offset + windows.size - audio.size
+        events = [self._refine(e, audio, start) for e in self.segmenter.feed(probs, probs_offset)]
         return VadResult(events, probs, probs_offset)
+
+    def _push_history(self, scored: np.ndarray) -> np.ndarray:
+        """Append scored audio to the history; return a view of all of it (at least the last
+        ``_hist_len`` samples before ``scored``, then ``scored``), with no per-call copy of
+        the whole history."""
+        h, ring = self._hist_n, self._ring
+        if h + scored.size > ring.size:
+            keep = min(h, self._hist_len)
+            if keep + scored.size > ring.size:
+                ring = np.empty(2 * (keep + scored.size), dtype=np.float32)
+            ring[:keep] = self._ring[h - keep : h]
+            self._ring, h = ring, keep
+        ring[h : h + scored.size] = scored
+        self._hist_n = h + scored.size
+        return ring[: self._hist_n]
 
     def _refine(self, event: VadEvent, audio: np.ndarray, audio_start: int) -> VadEvent:
         """Move a speech end back to where the sound actually stops.
@@ -382,8 +469,9 @@ class StreamingVad:
         if self._pos is None:
             return []
         end = self._pos + self._buf.size
-        hist_start = self._pos - self._hist.size
-        events = [self._refine(e, self._hist, hist_start) for e in self.segmenter.flush(end)]
+        hist = self._ring[: self._hist_n]
+        hist_start = self._pos - hist.size
+        events = [self._refine(e, hist, hist_start) for e in self.segmenter.flush(end)]
         self._pos = end
         self._buf = np.zeros(0, dtype=np.float32)
         return events

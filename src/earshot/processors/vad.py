@@ -11,6 +11,7 @@ from typing import Any
 
 from earshot.dsp.vad import StreamingVad, VadEvent
 from earshot.processors.base import Chunk, Event, Processor
+from earshot.processors.vad_batch import batcher_for
 
 
 class Vad(Processor):
@@ -29,10 +30,34 @@ class Vad(Processor):
         self._last_end = 0  # end of the last utterance (a fresh VAD may start there)
 
     def process(self, chunk: Chunk) -> list[Event]:
+        out = self._prepare(chunk)
+        self._processed = chunk.end
+        assert self._vad is not None
+        return out + self._events(self._vad.feed(chunk.samples, chunk.offset).events,
+                                  chunk.rate)
+
+    def _prepare(self, chunk: Chunk) -> list[Event]:
+        """Make the VAD for ``chunk``; after a gap (audio dropped for lag) the open segment is
+        closed where the audio stopped and a fresh VAD starts at the chunk."""
+        out: list[Event] = []
+        vad = self._vad
+        if vad is not None and vad.position is not None and chunk.offset != vad.position:
+            out = self._events(vad.flush(), vad.rate)
+            self._vad = None
         if self._vad is None:
             self._vad = StreamingVad(chunk.rate, **self.options)
+        return out
+
+    async def process_async(self, chunk: Chunk) -> list[Event]:
+        """:meth:`process`, batched with every other stream's VAD (see
+        :mod:`earshot.processors.vad_batch`): the runner awaits this on the loop instead of
+        calling :meth:`process` on a thread. Same events, same offsets."""
+        out = self._prepare(chunk)
+        assert self._vad is not None
+        result = await batcher_for(self._vad.model).submit(self._vad, chunk.samples,
+                                                            chunk.offset)
         self._processed = chunk.end
-        return self._events(self._vad.feed(chunk.samples, chunk.offset).events, chunk.rate)
+        return out + self._events(result.events, chunk.rate)
 
     #: silence kept before the checkpoint: a fresh VAD settles, and speech just begun
     #: (not yet min_speech_ms long) is found again from there

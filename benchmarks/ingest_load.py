@@ -710,7 +710,7 @@ class Server:
             cmd = [str(exe) if exe.exists() else (shutil.which("earshot") or "earshot"),
                    "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
                    "--log-level", args.log_level]
-            self.kind = args.server_kind
+            self.kind = getattr(args, "server_kind", "earshot")
             if self.kind != "earshot":  # a bare discard server (benchmarks/bare_servers.py)
                 cmd = [sys.executable, str(Path(__file__).with_name("bare_servers.py")),
                        self.kind.removeprefix("bare-"), "--port", str(self.port)]
@@ -734,7 +734,7 @@ class Server:
                                          env=env)
             self.pid: int | None = self.proc.pid
         else:
-            self.kind = args.server_kind
+            self.kind = getattr(args, "server_kind", "earshot")
             self.url = args.url
             self.pid = args.server_pid
             if args.data_dir:

@@ -129,7 +129,7 @@ def fleet_config(args: argparse.Namespace, url: str, streams: int, seconds: floa
             "due_frames": round(seconds * 1000.0 / args.frame_ms), "stagger": stagger,
             "client": "raw", "clock": "scheduled", "connect_timeout": 15.0,
             "stop_timeout": 60.0, "token": None, "uvloop": True, "processors": processors,
-            "compression": None}
+            "compression": None, "batch": True}  # as earshot's own clients ask
 
 
 def server_args(log_level: str = "warning") -> argparse.Namespace:

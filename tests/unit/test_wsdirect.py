@@ -88,8 +88,10 @@ def server_frames(data: bytes) -> list[Frame]:
             return frames
 
 
-async def connected(sink: Sink) -> tuple[EarshotWebSocketProtocol, FakeTransport,
-                                         list[dict[str, Any]]]:
+def opened(sink: Sink) -> tuple[EarshotWebSocketProtocol, FakeTransport,
+                                list[dict[str, Any]]]:
+    """uvicorn's protocol object on a fake transport, serving an ASGI app that accepts,
+    attaches ``sink`` to the lane and records what ``receive()`` gives it."""
     received: list[dict[str, Any]] = []
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -109,6 +111,12 @@ async def connected(sink: Sink) -> tuple[EarshotWebSocketProtocol, FakeTransport
     proto = EarshotWebSocketProtocol(config, ServerState(), {})
     transport = FakeTransport()
     proto.connection_made(transport)
+    return proto, transport, received
+
+
+async def connected(sink: Sink) -> tuple[EarshotWebSocketProtocol, FakeTransport,
+                                         list[dict[str, Any]]]:
+    proto, transport, received = opened(sink)
     proto.data_received(HANDSHAKE)
     for _ in range(5):
         await asyncio.sleep(0)
@@ -280,22 +288,7 @@ def test_fragments_close_and_oversized_frames_go_to_websockets() -> None:
 def test_the_handshake_and_frames_in_one_read_are_told_apart() -> None:
     async def go() -> None:
         sink = Sink()
-        received: list[dict[str, Any]] = []
-
-        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            assert (await receive())["type"] == "websocket.connect"
-            await send({"type": "websocket.accept"})
-            lane = lane_of(scope)
-            assert lane is not None
-            lane.attach(sink)
-            while (msg := await receive())["type"] != "websocket.disconnect":
-                received.append(msg)
-
-        config = Config(app, ws=EarshotWebSocketProtocol, log_level="warning")
-        config.load()
-        proto = EarshotWebSocketProtocol(config, ServerState(), {})
-        transport = FakeTransport()
-        proto.connection_made(transport)
+        proto, transport, received = opened(sink)
         # an eager client: the request and its first frame in one segment, split oddly
         wire = HANDSHAKE + client_frame(Opcode.BINARY, b"early")
         for i in range(0, len(wire), 7):
@@ -308,5 +301,19 @@ def test_the_handshake_and_frames_in_one_read_are_told_apart() -> None:
         # the early frame came before the sink was there: through receive(), in order
         assert received == [{"type": "websocket.receive", "bytes": b"early"}]
         assert sink.got == [b"later"]
+
+    asyncio.run(go())
+
+
+def test_a_fragmented_binary_message_is_assembled_by_websockets_and_reaches_the_sink() -> None:
+    async def go() -> None:
+        sink = Sink()
+        proto, _, received = await connected(sink)
+        proto.data_received(Frame(Opcode.BINARY, b"frag", fin=False).serialize(mask=True)
+                            + Frame(Opcode.CONT, b"ment", fin=True).serialize(mask=True)
+                            + client_frame(Opcode.BINARY, b"next"))
+        assert sink.got == [b"fragment", b"next"]  # in order, synchronously
+        await asyncio.sleep(0)
+        assert received == []
 
     asyncio.run(go())

@@ -31,8 +31,6 @@ import struct
 from typing import Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Request
 from websockets.protocol import State
 
 log = logging.getLogger("earshot.ws")
@@ -217,8 +215,8 @@ class EarshotWebSocketProtocol(WebSocketsSansIOProtocol):
                 return
 
     def _binary(self, data: bytes) -> None:
-        """A whole binary message cut by the splitter: to the sink when nothing is queued
-        before it, else to ``receive()`` (as ``handle_events`` does for websockets')."""
+        """A whole binary message (cut by the splitter, or assembled by websockets): to the
+        sink when nothing is queued before it, else to ``receive()``."""
         if self.close_sent:
             return  # past `websocket.close`: discarded, as uvicorn does
         sink = self.sink
@@ -238,48 +236,6 @@ class EarshotWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None and self.response.status_code == 101:
             scope["extensions"][EXTENSION] = {"lane": DirectLane(self)}
-
-    def handle_events(self) -> None:
-        """uvicorn's dispatch of parsed events, with the audio hot path first: a whole
-        binary frame goes straight to the sink when nothing is queued before it."""
-        conn = self.conn
-        for event in conn.events_received():
-            sink = self.sink
-            if (sink is not None and type(event) is Frame and event.opcode is Opcode.BINARY
-                    and event.fin and not sink.busy and not self.close_sent
-                    and self.queue.empty()):
-                try:
-                    if sink.on_bytes(event.data):  # type: ignore[arg-type]
-                        continue
-                except Exception:  # a bug in the sink: it may have taken part of the message
-                    log.exception("direct lane failed; closing the connection")
-                    conn.send_close(1011, "internal server error; resume to go on")
-                    self.handle_parser_exception()
-                    return
-                self.curr_msg_data_type = "bytes"
-                self.frames = [event.data]  # type: ignore[list-item]
-                self._to_receive(event.data)  # type: ignore[arg-type]
-                continue
-            self._handle_event(event)
-
-    def _handle_event(self, event: Any) -> None:
-        """One event, as uvicorn's ``handle_events`` treats it."""
-        if isinstance(event, Request):
-            self.handle_connect(event)
-        elif isinstance(event, Frame):
-            op = event.opcode
-            if op == Opcode.CONT:
-                self.handle_cont(event)
-            elif op == Opcode.TEXT:
-                self.handle_text(event)
-            elif op == Opcode.BINARY:
-                self.handle_bytes(event)
-            elif op == Opcode.PING:
-                self.handle_ping()
-            elif op == Opcode.PONG:
-                self.handle_pong(event)
-            elif op == Opcode.CLOSE:
-                self.handle_close(event)
 
     def _to_receive(self, data: bytes) -> None:
         """Queue a binary message for the endpoint's ``receive()`` (reading paused until
@@ -306,18 +262,9 @@ class EarshotWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.handle_parser_exception()
                 return
             self.queue.put_nowait({"type": "websocket.receive", "text": text})
-        else:
-            sink = self.sink
-            if sink is not None and not sink.busy and self.queue.empty():
-                try:
-                    if sink.on_bytes(data):
-                        return
-                except Exception:  # a bug in the sink: it may have taken part of the message
-                    log.exception("direct lane failed; closing the connection")
-                    self.conn.send_close(1011, "internal server error; resume to go on")
-                    self.handle_parser_exception()
-                    return
-            self.queue.put_nowait({"type": "websocket.receive", "bytes": data})
+        else:  # a message websockets assembled (e.g. from fragments)
+            self._binary(data)
+            return
         if not self.read_paused:
             self.read_paused = True
             self.transport.pause_reading()

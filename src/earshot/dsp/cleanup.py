@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,11 +168,12 @@ def check_available(specs: Sequence[FilterSpec]) -> None:
 
 
 # -- filters ------------------------------------------------------------------------------
-class _Filter:
+class _Filter(ABC):
     latency = 0
 
+    @abstractmethod
     def process(self, x: np.ndarray) -> np.ndarray:  # (n, channels) float32 -> same
-        raise NotImplementedError
+        """Filter a chunk; as many frames out as in (after ``latency`` frames of delay)."""
 
 
 class _Gain(_Filter):

@@ -490,22 +490,6 @@ class Hub:
             self.metrics.samples_fixed.labels("clipped").inc(w.result.clipped)
         return w
 
-    def flush_now(self, live: LiveStream) -> None:
-        """:meth:`flush` from a synchronous hot path (the direct WebSocket lane), for a
-        server without ``--fsync`` (where :meth:`_flush` never suspends anyway). A full
-        disk kicks the owner in a task, as :meth:`flush` would."""
-        assert not self.settings.fsync
-        try:
-            self._write(live)
-        except StorageFull as exc:
-            owner = live.owner
-            if owner is not None:
-                task = asyncio.create_task(owner.kick("storage_full", str(exc)))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-            return
-        self._ack(live, live.writer.newest)
-
     def _relay(self, live: LiveStream, samples: Any, first: int, pcm: bool, opus: bool) -> None:
         """Audio (float32, from stream frame ``first``) to the PCM and Opus listeners."""
         spec, bus = live.spec, self.bus
@@ -529,6 +513,26 @@ class Hub:
             live.pipeline.feed_clean(samples, first)
         self._relay(live, samples, first, self.bus.wants_audio(live.id, opus=False),
                     self.bus.wants_audio(live.id, opus=True))
+
+    def flush_now(self, live: LiveStream) -> None:
+        """:meth:`flush` from a synchronous hot path (the direct WebSocket lane), for a
+        server without ``--fsync`` (where :meth:`_flush` never suspends anyway). A full
+        disk kicks the owner in a task, as :meth:`flush` would."""
+        assert not self.settings.fsync
+        try:
+            self._write(live)
+        except StorageFull as exc:
+            owner = live.owner
+            if owner is not None:
+                self._spawn(owner.kick("storage_full", str(exc)))
+            return
+        self._ack(live, live.writer.newest)
+
+    def _spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background; shutdown waits for what is still running."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def flush(self, live: LiveStream) -> None:
         """Write pending audio, then acknowledge everything durably written. A full disk
@@ -663,9 +667,7 @@ class Hub:
                 late = await pipeline.close(self.settings.drain_timeout)
                 self._late(live, late, "their last events are lost")
             else:
-                task = asyncio.create_task(pipeline.close(self.settings.drain_timeout))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._spawn(pipeline.close(self.settings.drain_timeout))
         async with live.lock:
             live.owner = None
             archive = live.archive

@@ -152,6 +152,27 @@ _COLUMNS = (
 BUSY_TIMEOUT = 30.0
 
 
+def _wal_mode(db: sqlite3.Connection, deadline: float) -> None:
+    """Switch ``db`` to WAL, waiting for other processes until ``deadline``.
+
+    Making a fresh file WAL takes an exclusive lock, and SQLite answers ``SQLITE_BUSY``
+    at once for it, without the busy handler: gateways starting together on an empty
+    database saw "database is locked" about once in ten. So it is retried here.
+    """
+    pause = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+
+
 class SqliteStore:
     """:class:`MetadataStore` on one SQLite file (WAL mode, one connection per process).
 
@@ -170,7 +191,7 @@ class SqliteStore:
             raise StorageError(f"cannot open SQLite database {self.path}: {exc}") from None
         try:
             self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _wal_mode(self._db, time.monotonic() + BUSY_TIMEOUT)
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self.migrated = migrate_sqlite(self._db)

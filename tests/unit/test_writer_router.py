@@ -139,3 +139,25 @@ async def test_router_delivers_cuts_segments_and_stores_finals(tmp_path: Path) -
     assert len(owner.sent) == 4
     await asyncio.sleep(0)
     store.close()
+
+
+async def test_finals_from_the_bus_are_stored_by_the_gateway_holding_the_stream(
+        tmp_path: Path) -> None:
+    """A worker's final reaches the sender through the bus: it is in the store before the
+    sender's `stopped` (the job on the bus only repeats it, an upsert by segment)."""
+    store = SqliteStore(tmp_path / "db")
+    rec = _record()
+    store.create(rec)
+    owner = FakeOwner()
+    router = EventRouter(store, MemoryBus(), Metrics(), tmp_path,
+                         lambda sid: owner if sid == rec.id else None)
+    final = {"type": "transcript", "final": True, "segment": 3, "start": 0.5, "end": 1.5,
+             "text": "hello there", "t": 1.5, "stream": rec.id}
+    router.from_bus(rec.id, [{**final, "final": False, "text": "hello"}, final])
+    assert [m["text"] for m in owner.sent] == ["hello", "hello there"]
+    assert [(t["segment"], t["text"]) for t in store.transcripts(rec.id)] == [(3, "hello there")]
+    await router.job(rec.id, dict(final))  # the fallback job: still one row
+    assert len(store.transcripts(rec.id)) == 1
+    router.from_bus("bbbbbb22", [dict(final, stream="bbbbbb22")])  # not held here: no-op
+    assert store.transcripts("bbbbbb22") == []
+    store.close()

@@ -110,8 +110,8 @@ class EventRouter:
 
     # -- events from the bus (workers on Redis, other gateways) -----------------------------
     def from_bus(self, sid: str, events: list[Event]) -> None:
-        """To this stream's sender, if it is connected here; the segments of streams held
-        here are cut here, as the ``speech_end`` arrives."""
+        """To this stream's sender, if it is connected here; the segments and final
+        transcripts of streams held here are cut and stored here, as they arrive."""
         owner = self.owner_of(sid)
         if owner is None:
             return
@@ -125,7 +125,11 @@ class EventRouter:
                 continue
             self.count(e)
             owner.post(e)
-            if kind == "speech_end" and "start" in e and "end" in e:
+            if kind == "transcript" and e.get("final"):
+                # stored before the sender can hear `stopped` (the job on the bus stores it
+                # again, an upsert by segment, when no gateway holds the stream)
+                self.store_transcript(sid, e)
+            elif kind == "speech_end" and "start" in e and "end" in e:
                 task = asyncio.create_task(self.cut_once(sid, e))
                 cuts = self._cuts.setdefault(sid, set())
                 cuts.add(task)

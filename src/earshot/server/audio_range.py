@@ -16,6 +16,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from earshot.errors import StorageError
 from earshot.storage import parts as P
+from earshot.storage.metadata import StreamRecord
 from earshot.storage.ranges import RangeError, frame_range, stitch_plan
 
 
@@ -107,35 +108,46 @@ def whole_response(path: Path, filename: str, range_header: str | None) -> Respo
                              headers=headers)
 
 
-def source_response(hub: Any, name: str, t_from: str, t_to: str) -> Response:
-    """``GET /api/sources/{name}/audio?from=ISO&to=ISO``: every WAV archive of the streams
-    named ``name`` on one wall-clock timeline, silence where nothing was captured; the
-    gaps (seconds from ``from``) in ``X-Earshot-Gaps``, the streams in
-    ``X-Earshot-Streams``."""
+def named(store: Any, name: str) -> list[StreamRecord]:
+    """Every stream called ``name``. The store has no index by name: it is paged through
+    (fine for one device's day)."""
+    records: list[StreamRecord] = []
+    offset = 0
+    while True:
+        page, total = store.list(limit=500, offset=offset)
+        records += [r for r in page if r.name == name]
+        offset += len(page)
+        if not page or offset >= total:
+            return records
+
+
+def source_times(t_from: str, t_to: str) -> tuple[float, float]:
+    """``from`` and ``to`` (ISO 8601; UTC when no zone is given) as Unix times; 400 if
+    either is not one."""
     import datetime as dt
-    import json
 
     try:
         a, b = (dt.datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (t_from, t_to))
     except ValueError:
         raise HTTPException(400, "'from' and 'to' must be ISO 8601 times") from None
     a, b = (t if t.tzinfo else t.replace(tzinfo=dt.UTC) for t in (a, b))
-    records, offset = [], 0
-    while True:  # the store has no index by name: page through (fine for one device's day)
-        page, total = hub.store.list(limit=500, offset=offset)
-        records += [r for r in page if r.name == name]
-        offset += len(page)
-        if not page or offset >= total:
-            break
-    if not records:
+    return a.timestamp(), b.timestamp()
+
+
+def source_response(name: str, streams: list[tuple[StreamRecord, Path]], t_from: float,
+                    t_to: float) -> Response:
+    """``GET /api/sources/{name}/audio?from=ISO&to=ISO``: every WAV archive of the streams
+    named ``name`` (their records and archive paths, live archives' headers already
+    synced by the caller, on the event loop) on one wall-clock timeline, silence where
+    nothing was captured; the gaps (seconds from ``from``) in ``X-Earshot-Gaps``, the
+    streams in ``X-Earshot-Streams``. Reads files: run it in a thread."""
+    import json
+
+    if not streams:
         raise HTTPException(404, f"no streams named {name!r}")
     archives: dict[str, list[P.Part]] = {}
     spans = []
-    for rec in records:
-        live = hub.live.get(rec.id)
-        if live is not None:
-            live.archive.sync()
-        path = hub.path_of(rec)
+    for rec, path in streams:
         if path.suffix != ".wav" or not path.exists():
             continue  # FLAC/Ogg archives are not stitched (yet)
         try:
@@ -156,7 +168,7 @@ def source_response(hub: Any, name: str, t_from: str, t_to: str) -> Response:
                                  f"({sorted(kinds)}) or there are none")
     encoding, rate, channels = kinds.pop()
     try:
-        pieces, gaps = stitch_plan(spans, a.timestamp(), b.timestamp(), rate)
+        pieces, gaps = stitch_plan(spans, t_from, t_to, rate)
     except RangeError as exc:
         raise HTTPException(400, str(exc)) from None
     fb = next(iter(archives.values()))[0].frame_bytes

@@ -12,7 +12,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from earshot import __version__
 from earshot.errors import StorageError, StreamNotFound
-from earshot.server.audio_range import range_response, source_response, whole_response
+from earshot.server.audio_range import (
+    named,
+    range_response,
+    source_response,
+    source_times,
+    whole_response,
+)
 from earshot.server.auth import presented_token, token_ok
 from earshot.server.hub import Hub
 from earshot.storage.archive import MEDIA_TYPES
@@ -97,9 +103,16 @@ async def get_audio(stream_id: str, hub: HubDep, request: Request,
 
 @api.get("/sources/{name}/audio", summary="All streams of one name, stitched by wall clock",
          response_class=FileResponse)
-def get_source_audio(name: str, hub: HubDep, from_: Annotated[str, Query(alias="from")],
-                     to: str) -> Response:
-    return source_response(hub, name, from_, to)
+async def get_source_audio(name: str, hub: HubDep,
+                           from_: Annotated[str, Query(alias="from")], to: str) -> Response:
+    t_from, t_to = source_times(from_, to)
+    streams = []
+    for rec in named(hub.store, name):  # live state is read here, on the event loop
+        if hub.is_live(rec.id):
+            hub.sync_archive(rec.id)
+            rec = hub.record(rec.id)
+        streams.append((rec, hub.path_of(rec)))
+    return await asyncio.to_thread(source_response, name, streams, t_from, t_to)
 
 
 @api.get("/streams/{stream_id}/peaks", summary="Waveform peaks for drawing: min/max per column")
@@ -121,14 +134,14 @@ async def get_peaks(stream_id: str, hub: HubDep,
 
 
 @api.get("/streams/{stream_id}/segments", summary="Speech segments found by the VAD")
-def list_segments(stream_id: str, hub: HubDep) -> dict[str, Any]:
+async def list_segments(stream_id: str, hub: HubDep) -> dict[str, Any]:
     rec = _record(hub, stream_id)
     return {"stream": rec.id, "segments": [s.public() for s in hub.store.segments(rec.id)]}
 
 
 @api.get("/streams/{stream_id}/segments/{n}/audio", summary="One speech segment as WAV",
          response_class=FileResponse)
-def get_segment_audio(stream_id: str, n: int, hub: HubDep) -> FileResponse:
+async def get_segment_audio(stream_id: str, n: int, hub: HubDep) -> FileResponse:
     rec = _record(hub, stream_id)
     seg = next((s for s in hub.store.segments(rec.id) if s.n == n), None)
     if seg is None:
@@ -143,7 +156,7 @@ def get_segment_audio(stream_id: str, n: int, hub: HubDep) -> FileResponse:
          summary="Final transcripts: JSON, or ?format=srt|vtt|txt",
          responses={200: {"content": {"application/json": {}, "application/x-subrip": {},
                                       "text/vtt": {}, "text/plain": {}}}})
-def get_transcript(stream_id: str, hub: HubDep,
+async def get_transcript(stream_id: str, hub: HubDep,
                    format: Annotated[str, Query(pattern="^(json|srt|vtt|txt)$")] = "json"
                    ) -> Response:
     from earshot.asr.export import FORMATS

@@ -163,3 +163,34 @@ async def test_200_publishers_resume_at_once_after_a_restart(
     await late.pub.send(late.x)
     assert await late.pub.stop() == len(late.x)
     assert "Traceback" not in server.log.read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_the_wire_on_a_planned_stop_acks_everything_then_closes_1001(
+        server_factory: Callable[..., ServerProcess], sig: int) -> None:
+    """What a publisher of its own sees: the ack of every frame it sent, then the
+    `shutting_down` error, then close code 1001 (going away), and a resumable stream."""
+    server = server_factory()
+    x = source(7, 1.0)
+    async with websockets.connect(server.url) as ws:
+        await ws.send(json.dumps({"type": "start", "format": "s16", "rate": RATE}))
+        ready = json.loads(await ws.recv())
+        assert ready["type"] == "ready"
+        for i in range(0, len(x), BLOCK):
+            await ws.send(x[i:i + BLOCK].tobytes())
+        await asyncio.sleep(0.3)  # (the audio is in; acks may or may not have come yet)
+        assert server.proc is not None
+        server.proc.send_signal(sig)
+        seen: list[dict[str, Any]] = []
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                seen.append(json.loads(await asyncio.wait_for(ws.recv(), 20)))
+    assert ws.close_code == 1001, (ws.close_code, ws.close_reason)
+    acks = [m["offset"] for m in seen if m["type"] == "ack"]
+    errors = [m for m in seen if m["type"] == "error"]
+    assert [e["code"] for e in errors] == ["shutting_down"]
+    assert max(acks, default=-1) == len(x)  # (earlier acks are in `seen` too: read in order)
+    assert seen.index(errors[0]) > max((i for i, m in enumerate(seen) if m["type"] == "ack"),
+                                       default=-1)  # the ack comes before the error
+    await asyncio.to_thread(server.proc.wait, 30)
+    assert db_rows(server)[ready["stream"]] == ("interrupted", len(x))

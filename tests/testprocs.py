@@ -79,3 +79,20 @@ class LoopHog(Processor):
     def process(self, chunk: Chunk) -> list[Event]:
         time.sleep(chunk.frames / chunk.rate * self.factor)
         return []
+
+
+class LoopBurn(Processor):
+    """Runs ON the event loop (inline) and burns ``share`` of a core while the stream
+    runs (a busy loop, not a sleep): an event loop busy with real CPU work."""
+
+    name = "loopburn"
+    inline = True
+
+    def __init__(self, share: float = 0.8) -> None:
+        self.share = share
+
+    def process(self, chunk: Chunk) -> list[Event]:
+        end = time.thread_time() + chunk.frames / chunk.rate * self.share
+        while time.thread_time() < end:
+            pass
+        return []

@@ -78,7 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     env_opts = env_overrides()
     opts: dict[str, Any] = {}
     for key in ("host", "port", "data_dir", "token", "archive_format", "archive_part",
-                "ack_interval",
+                "ack_interval", "ack_interval_max",
                 "max_message_bytes", "log_level", "max_lag", "drain_timeout", *ASR_OPTIONS,
                 "bus", "bus_retention", "processes", "mqtt"):
         value = getattr(args, key)
@@ -810,7 +810,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "0: one file, at most 4 GiB)")
     s.add_argument("--fsync", action="store_true", help="fsync before every ack (power-loss safe)")
     s.add_argument("--ack-interval", type=Range(float, 0.005, 5, unit="seconds"),
-                   help="seconds of audio per ack (default 0.1)")
+                   help="seconds of audio per ack while the server has headroom "
+                        "(default 0.1)")
+    s.add_argument("--ack-interval-max", type=Range(float, 0.005, 5, unit="seconds"),
+                   help="under load, batches (acks, level events) stretch up to this "
+                        "(default 0.25; the --ack-interval value: a fixed cadence)")
     s.add_argument("--max-message-bytes", type=Range(int, 1024),
                    help="largest accepted message (1 MiB)")
     s.add_argument("--processor", action="append", metavar="SPEC",

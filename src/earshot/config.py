@@ -53,7 +53,8 @@ class Settings:
     archive_format: str = "wav"
     archive_part: float = 3600.0  # seconds of audio per archive part; 0: one file (4 GiB max)
     fsync: bool = False
-    ack_interval: float = 0.1
+    ack_interval: float = 0.1  # seconds of audio per ack while the event loop has headroom
+    ack_interval_max: float = 0.25  # under load batches stretch up to this (server/cadence.py)
     header_interval: float = 1.0
     max_message_bytes: int = 1 << 20
     compat: bool = True
@@ -108,6 +109,10 @@ class Settings:
             )
         if not 0.005 <= self.ack_interval <= 5:
             raise ConfigError("ack interval must be between 0.005 and 5 seconds")
+        if not 0.005 <= self.ack_interval_max <= 5:
+            raise ConfigError("--ack-interval-max must be between 0.005 and 5 seconds")
+        if self.ack_interval_max < self.ack_interval:  # (an --ack-interval above the
+            self.ack_interval_max = self.ack_interval  # default max fixes the cadence)
         if self.bus is not None and not self.bus.startswith(("redis://", "rediss://",
                                                             "unix://")):
             raise ConfigError(f"--bus {self.bus!r}: use redis://HOST:PORT/DB")

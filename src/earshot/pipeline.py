@@ -119,6 +119,8 @@ class ProcessorRunner:
         self._closing = False
         self.task: asyncio.Task[None] | None = None
         self._aprocess = getattr(proc, "process_async", None)
+        self._inline = proc.inline
+        self._checkpoints = type(proc).checkpoint is not Processor.checkpoint
         loop = asyncio.get_running_loop()
 
         def sink(events: list[Event]) -> None:  # Processor.emit, from any thread
@@ -145,17 +147,22 @@ class ProcessorRunner:
         if self._fed_end is None:
             self._done_end = chunk.offset  # first chunk: nothing before it is owed
             self.safe_end = chunk.offset
-        if self.proc.inline:  # microseconds of work: do it now, no queue, no task switch
-            self._fed_end = chunk.end
+        if self._inline:  # microseconds of work: do it now, no queue, no task switch
+            end = chunk.offset + len(chunk.samples)
+            self._fed_end = end
             try:
-                events = self._process([chunk])
+                produced = self.proc.process(chunk)
             except Exception as exc:
                 self._fail(exc, chunk)
                 return
-            self._done_end = chunk.end
-            self._update_safe()
-            if events:
-                self.publish(events)
+            self.stats.processed += end - chunk.offset
+            self._done_end = end
+            if self._checkpoints:
+                self._update_safe()
+            else:  # (the base class's: nothing held beyond what was processed)
+                self.safe_end = end
+            if produced:
+                self.publish(self._stamp(produced))
             return
         self._queue.append(chunk)
         self._idle.clear()

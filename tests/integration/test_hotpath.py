@@ -180,3 +180,68 @@ def test_a_text_frame_that_is_not_utf8_closes_1007_with_one_log_line(
     log = srv.log.read_text()
     assert "not valid UTF-8" in log
     assert "Traceback" not in log
+
+
+async def _paced_stream(url: str, x: np.ndarray, processors: list[str]
+                        ) -> list[dict[str, Any]]:
+    """Send ``x`` in real time (20 ms messages), stop; every message back, batched events
+    expanded before their ack."""
+    out: list[dict[str, Any]] = []
+    async with connect(url, compression=None) as ws:
+        await ws.send(json.dumps({"type": "start", "format": "f32", "rate": RATE,
+                                  "processors": processors, "batch": True}))
+        assert json.loads(await ws.recv())["type"] == "ready"
+
+        async def read() -> None:
+            async for raw in ws:
+                m = json.loads(raw)
+                out.extend(m.pop("events", []))
+                out.append(m)
+                if m["type"] == "stopped":
+                    return
+
+        reader = asyncio.create_task(read())
+        t0 = asyncio.get_running_loop().time()
+        for n, i in enumerate(range(0, len(x), FRAME)):
+            await ws.send(x[i:i + FRAME].tobytes())
+            await asyncio.sleep(max(0.0, t0 + (n + 1) * FRAME / RATE
+                                    - asyncio.get_running_loop().time()))
+        await ws.send('{"type":"stop"}')
+        await asyncio.wait_for(reader, 30)
+    return out
+
+
+def test_acks_stretch_while_the_loop_is_busy_and_every_level_still_comes(
+        server_factory: Any) -> None:
+    """A processor burning 80 % of the event loop's core: batches (acks with their level
+    readings) stretch from 0.1 s towards --ack-interval-max, every 50 ms still has its
+    reading in order, and once the load is gone the cadence is back to 0.1 s."""
+    import httpx
+
+    root = Path(__file__).resolve().parent.parent
+    server = server_factory("--ack-interval-max", "0.3", "--processor", "level",
+                            "--processor", "testprocs:LoopBurn,share=0.8",
+                            env={"PYTHONPATH": str(root)})
+    x = source(seconds=8.0, seed=5)
+    messages = asyncio.run(_paced_stream(server.url, x, ["level", "loopburn"]))
+    check_order_and_coverage(messages, x)
+    acks = [m["offset"] for m in messages if m["type"] == "ack"]
+    steps = np.diff([0, *acks]) / RATE
+    late = steps[len(steps) // 2:-1]  # the second half, once the load is measured
+    assert steps[0] == pytest.approx(0.1, abs=0.021)  # the first, before any load showed
+    assert np.median(late) >= 0.17, steps  # stretched: (0.8 - 0.5) / 0.4 of the way to 0.3
+    assert max(steps) <= 0.3 + 0.021
+    metrics = httpx.get(server.http + "/metrics").text
+    assert "earshot_ack_interval_seconds" in metrics
+
+    async def settles() -> float:
+        for _ in range(100):
+            now = httpx.get(server.http + "/healthz").json()["ingest"]["ack_interval"]
+            if now == 0.1:
+                return now
+            await asyncio.sleep(0.1)
+        return now
+
+    assert asyncio.run(settles()) == 0.1  # the load is gone: back to the base cadence
+    health = httpx.get(server.http + "/healthz").json()["ingest"]
+    assert health == {"ack_interval": 0.1, "ack_interval_min": 0.1, "ack_interval_max": 0.3}

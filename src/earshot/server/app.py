@@ -147,7 +147,11 @@ def create_app(settings: Settings) -> FastAPI:
     if app.state.bus.remote:
         from earshot.server.metrics import BusCollector
 
-        metrics.registry.register(BusCollector(app.state.bus, settings.ack_interval))  # type: ignore[arg-type]
+        def entry_seconds() -> float:  # one log entry is one ack batch, which stretches
+            hub = getattr(app.state, "hub", None)  # under load (server/cadence.py)
+            return hub.cadence.current if hub is not None else settings.ack_interval
+
+        metrics.registry.register(BusCollector(app.state.bus, entry_seconds))  # type: ignore[arg-type]
     app.state.capabilities = capabilities(settings, registry, loaded)
     app.include_router(api)
     app.include_router(ops)

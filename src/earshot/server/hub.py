@@ -35,6 +35,7 @@ from earshot.processors.base import Event, StreamInfo
 from earshot.processors.registry import Registry
 from earshot.protocol import Start
 from earshot.server.admission import Admission
+from earshot.server.cadence import AckCadence
 from earshot.server.cleanup import filtered_processors, open_cleanup
 from earshot.server.deadlines import Deadlines
 from earshot.server.lifecycle import read_held, write_held
@@ -122,11 +123,14 @@ class Hub:
                                   self._processed)
         self._background: set[asyncio.Task[Any]] = set()
         self._flushes: Deadlines[LiveStream] = Deadlines()  # a trickling stream's next ack
-        self._counts = [0, 0, 0]  # frames in, bytes in, acks: not yet in the metrics
+        # frames in, bytes in, acks, ack latencies (count, sum): not yet in the metrics
+        self._counts: list[Any] = [0, 0, 0, 0, 0.0]
         self._syncs: Deadlines[LiveStream] = Deadlines()  # header syncs, every stream
         self.streams_dir = settings.data_dir / "streams"
         self.streams_dir.mkdir(parents=True, exist_ok=True)
         self.admission = Admission.from_settings(settings)
+        self.cadence = AckCadence(settings.ack_interval, settings.ack_interval_max)
+        metrics.ack_interval.set(self.cadence.current)
         self.space = Space(settings.min_free_space, str(settings.data_dir))
         self.check_space()
         self._show_admission()
@@ -260,7 +264,7 @@ class Hub:
 
     def _writer(self, archive: Archive, spec: StreamSpec, pre_skip: int) -> StreamWriter:
         s = self.settings
-        return StreamWriter(archive, ack_interval=s.ack_interval,
+        return StreamWriter(archive, ack_interval=self.cadence.current,
                             header_interval=s.header_interval, now=self.clock(),
                             decoder=_decoder(spec, pre_skip))
 
@@ -569,24 +573,29 @@ class Hub:
         offset = live.writer.take_ack()
         if offset is None:
             return
-        self._counts[2] += 1
-        now = self.clock()
-        self.metrics.ack_latency.observe(now - newest)
-        self.admission.observe_ack_latency(now - newest, now)
+        c = self._counts
+        c[2] += 1
+        latency = self.clock() - newest
+        self.metrics.ack_latency.observe(latency)
+        c[3] += 1  # the admission guard gets the mean once a tick (_count)
+        c[4] += latency
         for m in live.writer.warnings():
             owner.post(m)
         owner.ack(offset)
 
     def _count(self) -> None:
         """Add the hot path's counts to the metrics (a lock each: once a tick, not per
-        batch)."""
+        batch), and the tick's mean ack latency to the admission guard's smoothing."""
         c, m = self._counts, self.metrics
         if c[0]:
             m.frames_in.inc(c[0])
             m.bytes_in.inc(c[1])
         if c[2]:
             m.acks.inc(c[2])
-        c[0] = c[1] = c[2] = 0
+        if c[3]:
+            self.admission.observe_ack_latency(c[4] / c[3], self.clock())
+        c[0] = c[1] = c[2] = c[3] = 0
+        c[4] = 0.0
 
     def check_space(self) -> str:
         """Measure the data directory's free space (at most once a second)."""
@@ -602,10 +611,14 @@ class Hub:
 
     async def tick(self) -> None:
         """Flush streams whose oldest pending audio waited an ack interval; sync headers.
-        Only the streams whose deadline has come are looked at (server/deadlines.py)."""
+        Only the streams whose deadline has come are looked at (server/deadlines.py).
+        Under load, batches stretch (server/cadence.py)."""
         self.check_space()
         self._count()
         now = self.clock()
+        interval = self.cadence.update(self.admission.headroom.busy(now))
+        if interval is not None:
+            self._set_interval(interval)
         live_now = self.live
         for live in self._flushes.due(now):
             if live_now.get(live.id) is live and live.writer.flush_due(now):
@@ -614,6 +627,20 @@ class Hub:
             if live_now.get(live.id) is live:
                 live.writer.sync_header_if_due(now)
                 self._syncs.push(now + self.settings.header_interval, live)
+
+    def _set_interval(self, interval: float) -> None:
+        """Every live stream's batches are ``interval`` long from now on."""
+        for live in self.live.values():
+            live.writer.set_interval(interval)
+        self.metrics.ack_interval.set(interval)
+        log.info("ack interval %.2f s (event loop %.2f cores busy)", interval,
+                 self.admission.headroom.busy(self.clock()))
+
+    def ingest_report(self) -> dict[str, Any]:
+        """For /healthz: the current ack interval and its bounds."""
+        c = self.cadence
+        return {"ack_interval": round(c.current, 4), "ack_interval_min": c.base,
+                "ack_interval_max": c.most}
 
     async def run_ticker(self) -> None:
         period = min(self.settings.ack_interval / 2, 0.05)

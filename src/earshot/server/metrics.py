@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -47,12 +48,11 @@ class Metrics:
             ["kind"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10), registry=r)
         self.asr_skipped = Counter(
             "earshot_asr_skipped_interims", "Interim decodes skipped as stale", registry=r)
-        self.ack_latency = Histogram(
+        self.ack_latency = LoopHistogram(
             "earshot_ack_latency_seconds",
             "From receipt of the newest audio an ack covers to the ack being sent",
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
-            registry=r,
-        )
+            (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
+        r.register(self.ack_latency)  # type: ignore[arg-type]
         self.streams_refused = Counter(
             "earshot_streams_refused", "New publishers refused at the door, by reason "
             "(full, overloaded, draining)", ["reason"], registry=r)
@@ -61,6 +61,9 @@ class Metrics:
             "(ok, full, overloaded, draining)", ["state"], registry=r)
         self.loop_lag = Gauge("earshot_loop_lag_seconds",
                               "Event-loop lag, smoothed over about 2 s", registry=r)
+        self.ack_interval = Gauge("earshot_ack_interval_seconds", "Seconds of audio per "
+                                  "ack batch now (stretches under load up to "
+                                  "--ack-interval-max)", registry=r)
         self.ack_latency_recent = Gauge("earshot_ack_latency_recent_seconds",
                                         "Ack latency, smoothed over about 2 s", registry=r)
         self.storage_free = Gauge("earshot_storage_free_bytes",
@@ -99,13 +102,45 @@ class Metrics:
         self.asr_infer.labels(kind).observe(result.infer)  # type: ignore[attr-defined]
 
 
+class LoopHistogram:
+    """A Prometheus histogram observed by the event loop alone, once per ack of every
+    stream: a bisect and a list increment (``prometheus_client.Histogram`` takes a lock
+    per observation). Scrapes (any thread) read a copy of the counts."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = [float(b) for b in buckets]
+        self.counts = [0] * (len(self.bounds) + 1)  # the last: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # le: value <= bound
+        self.sum += value
+
+    def describe(self) -> list[object]:
+        return []
+
+    def collect(self) -> Iterator[object]:
+        from prometheus_client.core import HistogramMetricFamily
+        from prometheus_client.utils import floatToGoString
+
+        counts, total = list(self.counts), self.sum
+        buckets, running = [], 0
+        for bound, n in zip([*self.bounds, float("inf")], counts, strict=True):
+            running += n
+            buckets.append((floatToGoString(bound), running))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets,
+                                    sum_value=total)
+
+
 class BusCollector:
     """The Redis bus as Prometheus sees it, from what the bus last read (every 1.25 s):
     no Redis call at scrape time."""
 
-    def __init__(self, bus: object, seconds_per_entry: float) -> None:
+    def __init__(self, bus: object, seconds_per_entry: Callable[[], float]) -> None:
         self.bus = bus
-        self.seconds_per_entry = seconds_per_entry  # one log entry is one ack batch
+        self.seconds_per_entry = seconds_per_entry  # one log entry is one ack batch, now
 
     def describe(self) -> list[object]:
         return []
@@ -133,10 +168,11 @@ class BusCollector:
                                    "How far a processor kind is behind the log, in seconds "
                                    "of audio (unread plus unacknowledged entries)",
                                    labels=["processor"])
+        per_entry = self.seconds_per_entry()
         for kind, g in sorted((stats.get("groups") or {}).items()):
             lag.add_metric([kind], g["lag"])
             pending.add_metric([kind], g["pending"])
-            behind.add_metric([kind], (g["lag"] + g["pending"]) * self.seconds_per_entry)
+            behind.add_metric([kind], (g["lag"] + g["pending"]) * per_entry)
         yield lag
         yield pending
         yield behind

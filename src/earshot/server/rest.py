@@ -205,7 +205,8 @@ async def healthz(request: Request, hub: HubDep) -> dict[str, Any]:
     if hub.check_space() != "ok":
         status = "degraded"
     return {"status": status, "version": __version__, "live_streams": len(hub.live_info("*")),
-            "bus": bus, "admission": hub.admission_report(), "storage": hub.space.report(),
+            "bus": bus, "admission": hub.admission_report(), "ingest": hub.ingest_report(),
+            "storage": hub.space.report(),
             "rest": rest_report(request), **caps}
 
 

@@ -57,6 +57,12 @@ class StreamWriter:
     def spec(self) -> StreamSpec:
         return self.archive.spec
 
+    def set_interval(self, ack_interval: float) -> None:
+        """Batches of this length from now on (the gateway's cadence, server/cadence.py);
+        the batch being filled is flushed by the new rule."""
+        self.ack_interval = ack_interval
+        self._due_frames = self.archive.spec.rate * ack_interval
+
     def reformat(self, spec: StreamSpec, decoder: Any) -> None:
         """After a resume the wire format may differ (same rate and channels)."""
         self.archive.spec = spec

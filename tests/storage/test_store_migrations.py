@@ -142,10 +142,8 @@ def test_a_newer_schema_is_refused(store_target: str) -> None:
         open_store(store_target)
 
 
-def test_concurrent_start_ups_migrate_once(store_target: str) -> None:
-    """Four gateways starting at the same moment on an empty database (the PostgreSQL
-    advisory lock, SQLite's BEGIN IMMEDIATE): all open, the schema is made once."""
-    n = 4
+def race_open(target: str, n: int = 4) -> tuple[list[list[int]], list[BaseException]]:
+    """``n`` threads open the store at the same moment; what each migrated, and errors."""
     barrier = threading.Barrier(n)
     applied: list[list[int]] = []
     errors: list[BaseException] = []
@@ -153,7 +151,7 @@ def test_concurrent_start_ups_migrate_once(store_target: str) -> None:
     def start() -> None:
         try:
             barrier.wait(30)
-            s = open_store(store_target)
+            s = open_store(target)
             applied.append(s.migrated)  # type: ignore[attr-defined]
             s.close()
         except BaseException as exc:
@@ -164,6 +162,13 @@ def test_concurrent_start_ups_migrate_once(store_target: str) -> None:
         t.start()
     for t in threads:
         t.join(60)
+    return applied, errors
+
+
+def test_concurrent_start_ups_migrate_once(store_target: str) -> None:
+    """Four gateways starting at the same moment on an empty database (the PostgreSQL
+    advisory lock, SQLite's BEGIN IMMEDIATE): all open, the schema is made once."""
+    applied, errors = race_open(store_target)
     assert errors == []
     assert sorted(applied) == [[], [], [], [1, 2]]
     assert versions(store_target) == SHIPPED
@@ -173,26 +178,11 @@ def test_sqlite_files_made_by_racing_start_ups_all_open(tmp_path: Path) -> None:
     """Switching a fresh file to WAL takes an exclusive lock that SQLite refuses at once,
     without its busy handler: four racing openers failed about one round in ten before
     the switch was retried. Forty rounds, each on a new file."""
-    n = 4
     for i in range(40):
         target = str(tmp_path / f"meta{i}.db")
-        barrier = threading.Barrier(n)
-        errors: list[BaseException] = []
-
-        def start(target: str = target, barrier: threading.Barrier = barrier,
-                  errors: list[BaseException] = errors) -> None:
-            try:
-                barrier.wait(30)
-                open_store(target).close()
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=start) for _ in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        applied, errors = race_open(target)
         assert errors == [], f"round {i}"
+        assert sorted(applied) == [[], [], [], [1, 2]]
         with sqlite3.connect(target) as db:
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert versions(target) == SHIPPED

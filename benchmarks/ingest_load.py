@@ -262,7 +262,12 @@ class StreamState:
         kind = msg.get("type")
         if kind != "ack":
             self.kinds[str(kind)] += 1
+            self.on_event(msg)
         if kind == "ack":
+            for e in msg.get("events") or ():  # batched events: counted as "events:TYPE"
+                if isinstance(e, dict):
+                    self.kinds[f"events:{e.get('type')}"] += 1
+                    self.on_event(e)
             self.on_ack(int(msg.get("offset", 0)), now)
         elif kind == "stopped":
             self.stopped_offset = int(msg.get("offset", -1))
@@ -274,6 +279,14 @@ class StreamState:
         elif kind == "warning":
             self.warnings.append(str(msg.get("code")))
         return kind if isinstance(kind, str) else None
+
+    def on_event(self, e: dict[str, Any]) -> None:
+        """Processors falling behind: ``lag`` (how far, seconds) and ``dropped`` reports."""
+        if e.get("type") == "lag":
+            self.kinds["lag_max_ms"] = max(self.kinds["lag_max_ms"],
+                                           int(float(e.get("lag", 0)) * 1000))
+        elif e.get("type") == "dropped":
+            self.kinds["dropped_ms"] += int(float(e.get("seconds", 0)) * 1000)
 
     def result(self, seconds: float) -> dict[str, Any]:
         sent_frames = self.sent * self.spf
@@ -1000,8 +1013,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         late = [s["max_late_ms"] for s in results if not s["failure"]]
         conn_s = [s["connect_s"] for s in results if s["connect_s"] is not None]
         kinds: collections.Counter[str] = collections.Counter()
+        lag_max_ms = 0
         for s in results:
-            kinds.update(s["messages_received"])
+            got = dict(s["messages_received"])
+            lag_max_ms = max(lag_max_ms, got.pop("lag_max_ms", 0))
+            kinds.update(got)
+        dropped_s = kinds.pop("dropped_ms", 0) / 1000.0
         rec = {
             "tool": "benchmarks/ingest_load.py",
             "time": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -1061,6 +1078,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "server_messages_per_stream_s": {
                 k: round(v / max(1, len(results) - len(failed)) / args.seconds, 2)
                 for k, v in sorted(kinds.items())},
+            "processor_lag_max_s": lag_max_ms / 1000.0,  # from `lag` events (0: none)
+            "processor_dropped_s": round(dropped_s, 3),  # audio processors skipped
             "worker_errors": errors,
         }
         if args.per_stream:
@@ -1098,6 +1117,8 @@ def summary_line(r: dict[str, Any]) -> str:
         f"RSS={f(r['server_rss_mb'], '.0f')}MB | archives {r['archives_ok']}/{checked(r)} exact"
         f" ({r['archives_mismatch']} mismatched, {r['archives_missing']} missing) | "
         f"start p50/max={f(r.get('start_p50_ms'), '.0f')}/{f(r.get('start_max_ms'), '.0f')}ms | "
+        f"processors: lag max {f(r.get('processor_lag_max_s'))} s, "
+        f"dropped {f(r.get('processor_dropped_s'))} s | "
         f"client CPU={r['client_cpu_pct']}% x{r['procs']} ({r['client']}) "
         f"machine={f(r['machine_cpu_pct'], '.0f')}%/{(os.cpu_count() or 1) * 100}%"
     )

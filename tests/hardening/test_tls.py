@@ -158,3 +158,37 @@ def test_serve_refuses_a_bad_certificate_clearly(pki: dict[str, Path], tmp_path:
                              timeout=60)
         assert out.returncode == 2 and words in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
+
+
+async def test_listen_and_tail_over_wss_with_cafile(tls_server: ServerProcess,
+                                                    pki: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    """The success path of the reading commands over wss:// with --cafile: `listen --out`
+    records a live stream from where it joins to the end, `tail ID` follows it to its end."""
+    x = tone(4.0)
+    pub = Publisher(tls_server.url, rate=RATE, format="s16", ssl=client_ssl(pki["ca"]))
+    await pub.start()
+    sid = pub.stream_id
+    cli = [sys.executable, "-m", "earshot.cli"]
+    tls = ["--url", tls_server.url, "--cafile", str(pki["ca"])]
+    heard = tmp_path / "heard.wav"
+    listen = await asyncio.create_subprocess_exec(
+        *cli, "listen", sid, "--out", str(heard), *tls, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    tail = await asyncio.create_subprocess_exec(
+        *cli, "tail", sid, *tls, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    await asyncio.sleep(1.5)  # both connected (a second for the interpreter, TLS)
+    for i in range(0, len(x), RATE // 10):  # real time
+        await pub.send(x[i:i + RATE // 10])
+        await asyncio.sleep(0.1)
+    assert await pub.stop() == len(x)
+    out, err = await asyncio.wait_for(listen.communicate(), 60)
+    assert listen.returncode == 0, err.decode()
+    y = sf.read(heard, dtype="int16")[0]
+    first = len(x) - len(y)
+    assert 0 <= first < len(x) // 2, "heard less than half"
+    assert np.array_equal(y, x[first:])  # every frame from joining to the end, over TLS
+    out, err = await asyncio.wait_for(tail.communicate(), 60)
+    assert tail.returncode == 0, err.decode()
+    assert "stream_ended" in out.decode()

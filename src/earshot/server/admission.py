@@ -230,6 +230,10 @@ class Admission:
         loop thread waited for a CPU (the probe's)."""
         self.headroom.observe_cpu(loop_seconds, process_seconds, now, wait_seconds)
 
+    def loop_busy(self, now: float) -> float:
+        """The event-loop thread's smoothed time running or waiting to run (cores)."""
+        return self.headroom.busy(now)
+
     def reserve(self, stream_ids: Iterable[str], now: float,
                 grace: float | None = None) -> None:
         """Keep slots for streams held at the last planned shutdown, until they resume

@@ -616,9 +616,11 @@ class Hub:
         self.check_space()
         self._count()
         now = self.clock()
-        interval = self.cadence.update(self.admission.headroom.busy(now))
+        busy = self.admission.loop_busy(now)
+        before = self.cadence.current
+        interval = self.cadence.update(busy)
         if interval is not None:
-            self._set_interval(interval)
+            self._set_interval(interval, before, busy)
         live_now = self.live
         for live in self._flushes.due(now):
             if live_now.get(live.id) is live and live.writer.flush_due(now):
@@ -628,13 +630,16 @@ class Hub:
                 live.writer.sync_header_if_due(now)
                 self._syncs.push(now + self.settings.header_interval, live)
 
-    def _set_interval(self, interval: float) -> None:
-        """Every live stream's batches are ``interval`` long from now on."""
+    def _set_interval(self, interval: float, before: float, busy: float) -> None:
+        """Every live stream's batches are ``interval`` long from now on. Said at INFO
+        when they start or stop stretching, at DEBUG in between."""
         for live in self.live.values():
             live.writer.set_interval(interval)
         self.metrics.ack_interval.set(interval)
-        log.info("ack interval %.2f s (event loop %.2f cores busy)", interval,
-                 self.admission.headroom.busy(self.clock()))
+        base = self.cadence.base
+        level = logging.INFO if (before == base) != (interval == base) else logging.DEBUG
+        log.log(level, "ack interval %.2f s (the event loop is %.2f cores busy)", interval,
+                busy)
 
     def ingest_report(self) -> dict[str, Any]:
         """For /healthz: the current ack interval and its bounds."""

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from earshot.config import Settings
@@ -48,7 +50,11 @@ async def run(app: Any, scope: dict[str, Any]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=200_000)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "guard.json"),
+                    help="write the numbers here (JSON)")
     args = ap.parse_args()
+    out: dict[str, Any] = {"tool": "benchmarks/bench_guard.py",
+                           "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     n = args.messages
     scope = {"type": "websocket", "path": "/ws", "client": ("127.0.0.1", 5000),
              "headers": [(b"host", b"127.0.0.1:8000"), (b"origin", b"http://127.0.0.1:8000")]}
@@ -61,6 +67,7 @@ def main() -> None:
     b, g = min(times["bare"]), min(times["guard"])
     print(f"per message: bare {b / n * 1e9:.0f} ns, with Guard {g / n * 1e9:.0f} ns "
           f"(+{(g - b) / n * 1e9:.0f} ns, ratio {g / b:.2f})")
+    out["per_message_ns"] = {"bare": round(b / n * 1e9), "guard": round(g / n * 1e9)}
 
     core = GuardCore(OriginPolicy.build(["https://app.example.com"], bind_host="127.0.0.1"),
                      conn_rate=1e9, conn_burst=1e9, auth_fail_rate=0.2, auth_fail_burst=20)
@@ -71,7 +78,8 @@ def main() -> None:
             core.admit(websocket=True, path="/ws", client=f"10.0.{i % 250}.{i % 200}",
                        host="127.0.0.1:8000", origin="http://localhost:5173", now=i * 1e-3)
 
-    print(f"per handshake decision: {best(admit) / k * 1e6:.2f} µs")
+    out["per_handshake_us"] = round(best(admit) / k * 1e6, 2)
+    print(f"per handshake decision: {out['per_handshake_us']:.2f} µs")
 
     f = RedactFilter(["Tk-9f2c81e7d4b0a6"])
     for label, path in (("with ?token=", "/api/streams?limit=5&token=Tk-9f2c81e7d4b0a6"),
@@ -86,7 +94,10 @@ def main() -> None:
             for _ in range(k):
                 f.filter(next(it))
 
-        print(f"per access-log line {label}: {best(one_pass) / k * 1e6:.2f} µs")
+        per_line = round(best(one_pass) / k * 1e6, 2)
+        out[f"per_log_line_us_{'token' if 'token' in label else 'plain'}"] = per_line
+        print(f"per access-log line {label}: {per_line:.2f} µs")
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
 
 
 def best(fn: Any, repeats: int = 5) -> float:

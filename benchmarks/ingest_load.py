@@ -201,10 +201,12 @@ class StreamState:
         "connect_s",
         "deadline",
         "done",
+        "dropped_s",
         "due_frames",
         "failure",
         "idx",
         "kinds",
+        "lag_max",
         "late_frames",
         "max_late",
         "send_times",
@@ -243,6 +245,8 @@ class StreamState:
         self.connect_s: float | None = None
         self.close_code: int | None = None
         self.kinds: collections.Counter[str] = collections.Counter()  # server messages
+        self.lag_max = 0.0  # seconds, the most a processor said it was behind (lag events)
+        self.dropped_s = 0.0  # audio processors skipped (dropped events)
 
     # -- messages from the server -------------------------------------------------------
     def on_ack(self, offset: int, now: float) -> None:
@@ -283,10 +287,9 @@ class StreamState:
     def on_event(self, e: dict[str, Any]) -> None:
         """Processors falling behind: ``lag`` (how far, seconds) and ``dropped`` reports."""
         if e.get("type") == "lag":
-            self.kinds["lag_max_ms"] = max(self.kinds["lag_max_ms"],
-                                           int(float(e.get("lag", 0)) * 1000))
+            self.lag_max = max(self.lag_max, float(e.get("lag", 0)))
         elif e.get("type") == "dropped":
-            self.kinds["dropped_ms"] += int(float(e.get("seconds", 0)) * 1000)
+            self.dropped_s += float(e.get("seconds", 0))
 
     def result(self, seconds: float) -> dict[str, Any]:
         sent_frames = self.sent * self.spf
@@ -314,6 +317,8 @@ class StreamState:
             "connect_s": rnd(self.connect_s, 4),
             "warnings": sorted(set(self.warnings)),
             "messages_received": dict(self.kinds),
+            "processor_lag_max_s": self.lag_max,
+            "processor_dropped_s": self.dropped_s,
         }
 
 
@@ -1013,12 +1018,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         late = [s["max_late_ms"] for s in results if not s["failure"]]
         conn_s = [s["connect_s"] for s in results if s["connect_s"] is not None]
         kinds: collections.Counter[str] = collections.Counter()
-        lag_max_ms = 0
         for s in results:
-            got = dict(s["messages_received"])
-            lag_max_ms = max(lag_max_ms, got.pop("lag_max_ms", 0))
-            kinds.update(got)
-        dropped_s = kinds.pop("dropped_ms", 0) / 1000.0
+            kinds.update(s["messages_received"])
         rec = {
             "tool": "benchmarks/ingest_load.py",
             "time": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -1078,8 +1079,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "server_messages_per_stream_s": {
                 k: round(v / max(1, len(results) - len(failed)) / args.seconds, 2)
                 for k, v in sorted(kinds.items())},
-            "processor_lag_max_s": lag_max_ms / 1000.0,  # from `lag` events (0: none)
-            "processor_dropped_s": round(dropped_s, 3),  # audio processors skipped
+            # from the `lag` and `dropped` events the senders got (0: none)
+            "processor_lag_max_s": max((s["processor_lag_max_s"] for s in results), default=0),
+            "processor_dropped_s": round(sum(s["processor_dropped_s"] for s in results), 3),
             "worker_errors": errors,
         }
         if args.per_stream:

@@ -138,7 +138,7 @@ class ProcessorRunner:
         return max(0, self._fed_end - self._done_end) / self.rate
 
     def start(self) -> None:
-        if not self.proc.inline:
+        if not self._inline:
             self.task = asyncio.create_task(self._run(), name=f"earshot-proc-{self.name}")
 
     def put(self, chunk: Chunk) -> None:
@@ -180,7 +180,7 @@ class ProcessorRunner:
     def close(self) -> None:
         self._closing = True
         self._wake.set()
-        if self.proc.inline and not self.failed:
+        if self._inline and not self.failed:
             try:
                 tail = self.proc.flush()
             except Exception as exc:
@@ -210,9 +210,7 @@ class ProcessorRunner:
             self._queued = 0
             events: list[Event] = []
             try:
-                if self.proc.inline:
-                    produced = self._process(batch)
-                elif self._aprocess is not None:
+                if self._aprocess is not None:
                     produced = await self._process_async(batch)
                 else:
                     produced = await loop.run_in_executor(self.executor, self._process, batch)
@@ -228,8 +226,7 @@ class ProcessorRunner:
             self.publish(self._report_drops(self._done_end))
         if not self.failed:
             try:
-                tail = self.proc.flush() if self.proc.inline else await loop.run_in_executor(
-                    self.executor, self.proc.flush)
+                tail = await loop.run_in_executor(self.executor, self.proc.flush)
             except Exception as exc:
                 self._fail(exc, None)
                 return

@@ -68,6 +68,16 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+@dataclass(slots=True)
+class _Tally:
+    """What the hot path counted since the last tick."""
+
+    frames: int = 0
+    bytes: int = 0
+    acks: int = 0
+    latency: float = 0.0  # sum of the acks' latencies
+
+
 @dataclass(eq=False)
 class LiveStream:
     rec: StreamRecord
@@ -123,8 +133,7 @@ class Hub:
                                   self._processed)
         self._background: set[asyncio.Task[Any]] = set()
         self._flushes: Deadlines[LiveStream] = Deadlines()  # a trickling stream's next ack
-        # frames in, bytes in, acks, ack latencies (count, sum): not yet in the metrics
-        self._counts: list[Any] = [0, 0, 0, 0, 0.0]
+        self._tally = _Tally()  # the hot path's counts, not yet in the metrics
         self._syncs: Deadlines[LiveStream] = Deadlines()  # header syncs, every stream
         self.streams_dir = settings.data_dir / "streams"
         self.streams_dir.mkdir(parents=True, exist_ok=True)
@@ -486,8 +495,9 @@ class Hub:
             if clean is not None:
                 samples, first = clean
             self._relay(live, samples, first, pcm_listeners, opus_listeners)
-        self._counts[0] += w.frames  # into the metrics once a tick (_count)
-        self._counts[1] += w.nbytes
+        t = self._tally  # into the metrics once a tick (_count)
+        t.frames += w.frames
+        t.bytes += w.nbytes
         if w.result.non_finite:
             self.metrics.samples_fixed.labels("non_finite").inc(w.result.non_finite)
         if w.result.clipped:
@@ -573,12 +583,11 @@ class Hub:
         offset = live.writer.take_ack()
         if offset is None:
             return
-        c = self._counts
-        c[2] += 1
         latency = self.clock() - newest
         self.metrics.ack_latency.observe(latency)
-        c[3] += 1  # the admission guard gets the mean once a tick (_count)
-        c[4] += latency
+        t = self._tally
+        t.acks += 1
+        t.latency += latency  # the admission guard gets the mean once a tick (_count)
         for m in live.writer.warnings():
             owner.post(m)
         owner.ack(offset)
@@ -586,16 +595,14 @@ class Hub:
     def _count(self) -> None:
         """Add the hot path's counts to the metrics (a lock each: once a tick, not per
         batch), and the tick's mean ack latency to the admission guard's smoothing."""
-        c, m = self._counts, self.metrics
-        if c[0]:
-            m.frames_in.inc(c[0])
-            m.bytes_in.inc(c[1])
-        if c[2]:
-            m.acks.inc(c[2])
-        if c[3]:
-            self.admission.observe_ack_latency(c[4] / c[3], self.clock())
-        c[0] = c[1] = c[2] = c[3] = 0
-        c[4] = 0.0
+        t, m = self._tally, self.metrics
+        self._tally = _Tally()
+        if t.frames:
+            m.frames_in.inc(t.frames)
+            m.bytes_in.inc(t.bytes)
+        if t.acks:
+            m.acks.inc(t.acks)
+            self.admission.observe_ack_latency(t.latency / t.acks, self.clock())
 
     def check_space(self) -> str:
         """Measure the data directory's free space (at most once a second)."""

@@ -40,7 +40,7 @@ class StreamWriter:
     def __init__(self, archive: Archive, *, ack_interval: float, header_interval: float,
                  now: float, decoder: Any = None) -> None:
         self.archive = archive
-        self.ack_interval = ack_interval
+        self.set_interval(ack_interval)
         self.header_interval = header_interval
         self.decoder = decoder  # OpusDecoder for opus streams: packets become s16 on arrival
         self.pending = bytearray()
@@ -51,7 +51,6 @@ class StreamWriter:
         self.header_synced = now
         self.fixed = {"non_finite": 0, "clipped": 0}
         self._warned: set[str] = set()
-        self._due_frames = archive.spec.rate * ack_interval
 
     @property
     def spec(self) -> StreamSpec:

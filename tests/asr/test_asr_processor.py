@@ -65,3 +65,48 @@ def test_language_option_reaches_the_engine() -> None:
     assert set(engine.languages_seen) == {"fr"}
     _, engine = finals(0.1)
     assert set(engine.languages_seen) == {None}
+
+
+class Retracting:
+    """Interims that agree twice, then take most of it back: 'a b c', 'a b c d', 'a', …"""
+
+    name = "retracting"
+    languages = ("en",)
+    HYPOTHESES = ("a b c", "a b c d", "a")
+
+    def __init__(self) -> None:
+        self.interims = 0
+
+    def transcribe(self, audio: np.ndarray, *, final: bool,
+                   language: str | None = None) -> Transcription:
+        if final:
+            text = "a b c d e"
+        else:
+            text = self.HYPOTHESES[self.interims % len(self.HYPOTHESES)]
+            self.interims += 1
+        dur = audio.size / 16000
+        words = text.split()
+        return Transcription(text, tuple(Word(w, i * dur / len(words), (i + 1) * dur / len(words),
+                                              0.9) for i, w in enumerate(words)), "en", dur)
+
+
+def test_an_interim_never_takes_back_what_was_promised_stable() -> None:
+    """Found by the tiny random Whisper: an interim shorter than the stable prefix came out
+    as it was, its text no longer starting with its own `stable`."""
+    engine = Retracting()
+    scheduler = AsrScheduler(engine)
+    cls = type("Asr", (Asr,), {"scheduler": scheduler})
+    x, rate = sf.read(FIXTURES / "speech_16k.wav", dtype="int16")
+    try:
+        events = run_processor(cls(), x, rate, chunk_seconds=0.05)
+    finally:
+        scheduler.close()
+    interims = [e for e in events if e["type"] == "transcript" and not e["final"]]
+    assert engine.interims >= 3 and any(e["stable"] for e in interims)
+    promised: dict[int, str] = {}
+    for e in interims:
+        assert e["text"].startswith(e["stable"]), e
+        assert [w["w"] for w in e["words"]] == e["text"].split()
+        before = promised.get(e["segment"], "")
+        assert e["stable"].startswith(before), (before, e)  # a stable prefix only grows
+        promised[e["segment"]] = e["stable"]

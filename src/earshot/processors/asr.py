@@ -183,7 +183,10 @@ class Asr(Processor):
                   "end": round(max(offset + w.end, speech), 3), "p": round(w.p, 3)}
                  for w in tr.words]
         text = tr.text
-        if agreed is not None and agreed.stable:
+        if not req.final:
+            agreed = self._agree.setdefault(req.segment, LocalAgreement(self.holdback))
+            agreed.update([w["w"] for w in words])
+        if agreed is not None and agreed.stable:  # interims and finals keep what was promised
             words, text = _keep_stable(agreed.stable, words, text, speech, req.end / RATE)
         event = self.event("transcript", speech, final=req.final, text=text,
                            start=round(speech, 3), end=round(req.end / RATE, 3),
@@ -192,9 +195,7 @@ class Asr(Processor):
         if result.batch > 1:
             event["batch"] = result.batch
         if not req.final:
-            stable, _ = self._agree.setdefault(req.segment, LocalAgreement(self.holdback)).update(
-                [w["w"] for w in words])
-            event["stable"] = " ".join(stable)
+            event["stable"] = " ".join(agreed.stable) if agreed is not None else ""
         else:
             event["stable"] = text
             if tr.language:
@@ -205,8 +206,9 @@ class Asr(Processor):
 
 def _keep_stable(stable: list[str], words: list[dict[str, Any]], text: str, start: float,
                  end: float) -> tuple[list[dict[str, Any]], str]:
-    """The final's words with the utterance's stable prefix kept (a promise to the client:
-    stable words are never taken back). Unchanged when the final agrees."""
+    """A hypothesis's words with the utterance's stable prefix kept (a promise to the
+    client: stable words are never taken back, by a later interim or by the final).
+    Unchanged when the hypothesis agrees."""
     j = stable_span(stable, [w["w"] for w in words])
     head = words[:j]
     if [w["w"] for w in head] == stable:

@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from earshot.bus import MemoryBus
+from earshot.cluster.bus import MemoryBus
 from earshot.config import Settings
-from earshot.protocol import Limits, parse_start
-from earshot.server.hub import Hub
-from earshot.server.ingest import IngestSession
+from earshot.server.ingest.session import IngestSession
 from earshot.server.metrics import Metrics
+from earshot.server.streams.hub import Hub
 from earshot.storage.metadata import SqliteStore
+from earshot.wire.ingest import Limits, parse_start
 
 
 class _WS:

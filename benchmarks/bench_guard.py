@@ -21,7 +21,7 @@ from typing import Any
 
 from earshot.config import Settings
 from earshot.redact import RedactFilter
-from earshot.server.guard import Guard, GuardCore, OriginPolicy
+from earshot.server.http.guard import Guard, GuardCore, OriginPolicy
 
 
 def make_app(n: int) -> Any:

@@ -29,7 +29,7 @@ import numpy as np
 import psycopg
 
 from earshot.storage.metadata import MetadataStore, SegmentRecord, StreamRecord, open_store
-from earshot.storage.postgres import PostgresStore
+from earshot.storage.metadata.postgres import PostgresStore
 
 RESULTS = Path(__file__).parent / "results" / "metadata.jsonl"
 

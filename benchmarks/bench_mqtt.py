@@ -15,7 +15,8 @@ dashboard would) counts every level event and its arrival. Reported per run:
 * **server CPU**: the ``earshot serve`` process's CPU seconds per second of the run, with
   and without the bridge: the difference is what the bridge costs ingest.
 
-``--burst N`` also offers N events to one :class:`earshot.mqtt.MqttBridge` in this process as
+``--burst N`` also offers N events to one
+:class:`earshot.integrations.mqtt.MqttBridge` in this process as
 fast as the event loop goes, and reports how fast they reach the subscriber (the bridge's
 own ceiling). Results are appended to ``benchmarks/results/mqtt.jsonl``.
 """
@@ -160,7 +161,7 @@ def run(tmp: Path, broker: Mosquitto | None, streams: int, seconds: float) -> di
 
 
 async def burst(port: int, n: int) -> dict[str, Any]:
-    from earshot.mqtt import MqttBridge
+    from earshot.integrations.mqtt import MqttBridge
 
     b = MqttBridge(f"mqtt://127.0.0.1:{port}/bench", queue_size=n + 10)
     b.start()

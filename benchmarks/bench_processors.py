@@ -17,11 +17,11 @@ import time
 
 import numpy as np
 
-from earshot.pipeline import StreamPipeline
 from earshot.processors import Processor, StreamInfo
-from earshot.processors.level import Level
-from earshot.processors.spectrogram import Spectrogram
-from earshot.processors.vad import Vad
+from earshot.processors.builtin.level import Level
+from earshot.processors.builtin.spectrogram import Spectrogram
+from earshot.processors.builtin.vad import Vad
+from earshot.processors.runner import StreamPipeline
 
 
 def speechlike(rate: int, seconds: float) -> np.ndarray:

@@ -8,7 +8,7 @@ when it received every frame of the stream, in order, and its last frame arrived
 1 s of the publisher sending it. Also reported:
 
 * bytes on the wire per second of audio for the listeners (payload only);
-* listener playout delay through :class:`earshot.jitter.JitterBuffer` (p50/p99 of the
+* listener playout delay through :class:`earshot.client.jitter.JitterBuffer` (p50/p99 of the
   buffered delay) with jitter injected on arrival: uniform 0-60 ms per packet plus a 300 ms
   stall every 3 s — what a phone on Wi-Fi sees;
 * server CPU for the run.
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from websockets.asyncio.client import connect  # noqa: E402
 
 from earshot.client import Publisher  # noqa: E402
-from earshot.jitter import JitterBuffer  # noqa: E402
+from earshot.client.jitter import JitterBuffer  # noqa: E402
 from helpers import FIXTURES, ServerProcess  # noqa: E402
 
 RATE = 16000

@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from earshot.spool import Spool  # noqa: E402
+from earshot.client.spool import Spool  # noqa: E402
 
 
 def blocks(rate: int, fmt: str, seconds: float) -> list[bytes]:

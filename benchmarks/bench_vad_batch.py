@@ -28,7 +28,7 @@ import numpy as np
 import soundfile as sf
 
 from earshot.dsp.vad import StreamingVad
-from earshot.processors.vad_batch import VadBatcher, VadJob
+from earshot.processors.builtin.vad_batch import VadBatcher, VadJob
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "speech_16k.wav"
 

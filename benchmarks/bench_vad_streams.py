@@ -26,10 +26,10 @@ import numpy as np
 import soundfile as sf
 
 import earshot
-from earshot.pipeline import StreamPipeline
 from earshot.processors import StreamInfo
-from earshot.processors.level import Level
-from earshot.processors.vad import Vad
+from earshot.processors.builtin.level import Level
+from earshot.processors.builtin.vad import Vad
+from earshot.processors.runner import StreamPipeline
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "speech_48k.wav"
 BATCH = 0.1

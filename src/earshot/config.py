@@ -87,7 +87,7 @@ class Settings:
     max_loop_lag: float = 0.5  # smoothed event-loop lag beyond which new streams wait
     max_ack_latency: float = 1.0  # smoothed ack latency beyond which new streams wait
     min_free_space: int = 64 << 20  # bytes kept free on the data dir: new streams wait below
-    # hardening (earshot.server.guard, TLS, proxies): see the README's "Security" section
+    # hardening (earshot.server.http.guard, TLS, proxies): see the README's "Security" section
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     forwarded_allow_ips: str | None = None
     certfile: str | None = None
@@ -123,7 +123,7 @@ class Settings:
         if self.processes > 1 and self.bus is None:
             raise ConfigError("--processes needs a shared bus: add --bus redis://HOST:PORT/DB")
         if self.mqtt is not None:
-            from earshot.mqtt import parse_mqtt_url
+            from earshot.integrations.mqtt import parse_mqtt_url
 
             parse_mqtt_url(self.mqtt)  # a bad URL fails at start, saying why
         if self.max_message_bytes < 1024:

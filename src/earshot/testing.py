@@ -11,8 +11,8 @@ import asyncio
 import numpy as np
 
 from earshot.audio import s16_to_f32
-from earshot.pipeline import StreamPipeline
 from earshot.processors.base import Event, Processor, StreamInfo
+from earshot.processors.runner import StreamPipeline
 
 
 def run_processor(processor: Processor, samples: np.ndarray, rate: int, *,

@@ -6,7 +6,7 @@ import pytest
 
 from earshot.asr.engine import language_problem, primary_language
 from earshot.errors import ProtocolError
-from earshot.protocol import Limits, parse_start
+from earshot.wire.ingest import Limits, parse_start
 
 
 def test_start_carries_a_language_tag() -> None:

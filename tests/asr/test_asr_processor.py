@@ -12,7 +12,7 @@ import soundfile as sf
 
 from earshot.asr.engine import Transcription, Word
 from earshot.asr.scheduler import AsrScheduler
-from earshot.processors.asr import Asr
+from earshot.processors.builtin.asr import Asr
 from earshot.testing import run_processor
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

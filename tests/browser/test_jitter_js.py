@@ -1,5 +1,5 @@
 """The page's jitter buffer (web/jitter.js) makes exactly the decisions of earshot's Python
-one (earshot.jitter): the same schedule of arrivals and playout ticks goes through both,
+one (earshot.client.jitter): the same schedule of arrivals and playout ticks goes through both,
 under node, and every pop and every counter must match."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from earshot.jitter import JitterBuffer, JitterError
+from earshot.client.jitter import JitterBuffer, JitterError
 
 HERE = Path(__file__).resolve().parent
 WEB = HERE.parents[1] / "src" / "earshot" / "web"

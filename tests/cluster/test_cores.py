@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from earshot.bus.consumer import decode_audio, plan
-from earshot.bus.keys import Keys, parse_bus_url
-from earshot.dedup import Deduper
+from earshot.cluster.bus.keys import Keys, parse_bus_url
+from earshot.cluster.consumer import decode_audio, plan
+from earshot.cluster.dedup import Deduper
 from earshot.errors import ConfigError
-from earshot.pipeline import StreamPipeline
 from earshot.processors.base import StreamInfo
-from earshot.processors.vad import Vad
+from earshot.processors.builtin.vad import Vad
+from earshot.processors.runner import StreamPipeline
 from helpers import FIXTURES
 
 

@@ -18,7 +18,7 @@ from earshot.dsp.cleanup import (
     start_filters,
 )
 from earshot.errors import MissingDependency, ProtocolError
-from earshot.server.cleanup import open_cleanup
+from earshot.server.streams.cleanup import open_cleanup
 from helpers import FIXTURES
 
 
@@ -189,7 +189,7 @@ def test_the_resampled_denoise_never_runs_dry(rate: int) -> None:
 
 
 def test_start_message_filters_field() -> None:
-    from earshot.protocol import Limits, Start, parse_message
+    from earshot.wire.ingest import Limits, Start, parse_message
 
     limits = Limits()
     msg = parse_message('{"type":"start","rate":16000,"filters":["agc",'

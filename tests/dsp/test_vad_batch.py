@@ -10,10 +10,10 @@ import pytest
 import soundfile as sf
 
 from earshot.dsp.vad import SileroModel, StreamingVad, VadEvent, score_batch
-from earshot.pipeline import StreamPipeline
 from earshot.processors.base import StreamInfo
-from earshot.processors.vad import Vad
-from earshot.processors.vad_batch import VadBatcher, VadJob, batcher_for
+from earshot.processors.builtin.vad import Vad
+from earshot.processors.builtin.vad_batch import VadBatcher, VadJob, batcher_for
+from earshot.processors.runner import StreamPipeline
 from helpers import FIXTURES
 
 RATE = 16000

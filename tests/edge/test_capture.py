@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 import soxr
 
+from earshot.client.sources import Conditioner, FileSource, mix_channels, resolve_device
 from earshot.errors import ClientError
-from earshot.sources import Conditioner, FileSource, mix_channels, resolve_device
 from helpers import ServerProcess
 
 

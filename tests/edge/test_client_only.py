@@ -31,7 +31,8 @@ def test_the_client_install_has_no_server_stack(client_venv: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == dict.fromkeys(SERVER_ONLY, False)
     r = run(client_venv, "python", "-c",
-            "import earshot, earshot.client, earshot.spooled, earshot.listen, earshot.sources;"
+            "import earshot, earshot.client, earshot.client.spooled, earshot.client.listen,"
+            " earshot.client.sources;"
             " print(earshot.__file__)")
     assert r.returncode == 0, r.stderr
     assert str(client_venv) in r.stdout  # the installed copy, not this source tree

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from websockets.asyncio.client import connect
 
-from earshot.protocol import Limits, default_pre_skip, parse_start
+from earshot.wire.ingest import Limits, default_pre_skip, parse_start
 from helpers import FIXTURES, ServerProcess, best_lag
 
 

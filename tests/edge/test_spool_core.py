@@ -1,4 +1,4 @@
-"""The spool's core (earshot.spool), directly: segments, index, acks, limits, locks."""
+"""The spool's core (earshot.client.spool), directly: segments, index, acks, limits, locks."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import earshot.spool as spool_mod
-from earshot.spool import Spool, SpoolError, SpoolFull
+import earshot.client.spool as spool_mod
+from earshot.client.spool import Spool, SpoolError, SpoolFull
 
 RATE = 1000  # 1 kHz s16 mono: 2 bytes a frame, 10 s segments = 10000 frames = 20 kB
 

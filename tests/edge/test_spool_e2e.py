@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 
 from earshot.client import Publisher
-from earshot.spool import Spool, SpoolFull
+from earshot.client.spool import Spool, SpoolFull
 from helpers import FIXTURES, ServerProcess, free_port
 
 pytestmark = pytest.mark.slow

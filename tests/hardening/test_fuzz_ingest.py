@@ -1,6 +1,6 @@
 """Stateful fuzzing of the ingest protocol core (issue 12, must-show 5).
 
-A hypothesis :class:`RuleBasedStateMachine` drives :class:`earshot.protocol.IngestConnection`
+A hypothesis :class:`RuleBasedStateMachine` drives :class:`earshot.wire.ingest.IngestConnection`
 with random interleavings of connect (plain or compatibility mode), start, resume (with and
 without a declared offset, past the end, with the wrong format), audio of any length (split
 anywhere, too large), stop, ping, garbage text and binary, acks, disconnects and crashes
@@ -38,7 +38,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase, ReadOnlyDatabase
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from earshot.audio import StreamSpec
-from earshot.protocol import (
+from earshot.wire.ingest import (
     FATAL_CLOSE,
     AudioIn,
     Close,

@@ -1,10 +1,10 @@
-"""The pure decisions of earshot.server.guard: Origin, Host, token buckets."""
+"""The pure decisions of earshot.server.http.guard: Origin, Host, token buckets."""
 
 from __future__ import annotations
 
 import pytest
 
-from earshot.server.guard import (
+from earshot.server.http.guard import (
     GuardCore,
     KeyedBuckets,
     OriginPolicy,

@@ -22,8 +22,8 @@ from hardening_helpers import TlsServer, client_context, make_ca, make_server_ce
 from websockets.asyncio.client import connect
 
 from earshot.client import Publisher
+from earshot.client.transport import client_ssl
 from earshot.errors import ClientError
-from earshot.transport import client_ssl
 from helpers import CutProxy, ServerProcess
 
 pytestmark = pytest.mark.slow

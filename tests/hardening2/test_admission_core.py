@@ -12,10 +12,10 @@ import pytest
 from earshot.client import Reconnect
 from earshot.config import Settings
 from earshot.errors import ConfigError, StorageError
-from earshot.protocol import BUSY, FATAL_CLOSE, RETRYABLE
-from earshot.server.admission import Admission, Smoothed, probe_loop_lag
-from earshot.server.lifecycle import read_held, write_held
-from earshot.server.space import Space, is_no_space, parse_size
+from earshot.server.streams.admission import Admission, Smoothed, probe_loop_lag
+from earshot.server.streams.lifecycle import read_held, write_held
+from earshot.server.streams.space import Space, is_no_space, parse_size
+from earshot.wire.ingest import BUSY, FATAL_CLOSE, RETRYABLE
 
 
 def test_max_streams_counts_held_streams_and_reserved_slots() -> None:

@@ -12,8 +12,8 @@ import pytest
 
 from earshot.config import Settings, env_overrides, parse_config_file
 from earshot.errors import ConfigError
-from earshot.server.admission import Admission, Headroom, Rate, Slots, thread_wait
-from earshot.server.guard import Guard, GuardCore, OriginPolicy
+from earshot.server.http.guard import Guard, GuardCore, OriginPolicy
+from earshot.server.streams.admission import Admission, Headroom, Rate, Slots, thread_wait
 
 
 # -- subscribers ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from storage_helpers import record
 
 import pg
 from earshot.errors import ConfigError, StorageError
-from earshot.storage import migrate
+from earshot.storage.metadata import migrate
 from earshot.storage.metadata import SqliteStore, open_store
 
 # The schema earshot 0.1 created (before versioned migrations), verbatim: files in the

@@ -32,7 +32,7 @@ def test_sqlite_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
 
 @pytest.mark.parametrize("url", ["postgresql", "postgres"])
 def test_postgres_urls(pg_url: str, url: str) -> None:
-    from earshot.storage.postgres import PostgresStore
+    from earshot.storage.metadata.postgres import PostgresStore
 
     store = open_store(pg_url.replace("postgresql://", f"{url}://", 1))
     assert isinstance(store, PostgresStore)
@@ -69,7 +69,7 @@ def test_a_missing_database_is_named(pg_database: str) -> None:
 
 def test_without_the_extra_it_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg now fails
-    monkeypatch.delitem(sys.modules, "earshot.storage.postgres", raising=False)
+    monkeypatch.delitem(sys.modules, "earshot.storage.metadata.postgres", raising=False)
     with pytest.raises(MissingDependency, match=r"pip install 'earshot\[postgres\]'"):
         open_store("postgresql://127.0.0.1/earshot")
 

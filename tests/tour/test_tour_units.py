@@ -16,13 +16,13 @@ from rich.console import Console
 from rich.text import Text
 
 from earshot.cli import TailBoard, build_parser, level_bar
+from earshot.cli.term import console
+from earshot.client.jitter import JitterBuffer
+from earshot.client.listen import Listener
 from earshot.config import Settings, env_overrides
 from earshot.errors import ConfigError
-from earshot.jitter import JitterBuffer
-from earshot.listen import Listener
-from earshot.netcheck import check_bindable
 from earshot.ranges import PORT, SECONDS, Range, server_url
-from earshot.term import console
+from earshot.server.netcheck import check_bindable
 
 
 def test_ranges_accept_the_edges_and_say_why_not() -> None:

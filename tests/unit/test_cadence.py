@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from earshot.audio import StreamSpec
-from earshot.server.cadence import HIGH, LOW, AckCadence
-from earshot.server.writer import StreamWriter
+from earshot.server.streams.cadence import HIGH, LOW, AckCadence
+from earshot.server.streams.writer import StreamWriter
 from earshot.storage.archive import Archive
 
 

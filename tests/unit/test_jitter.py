@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from earshot.client.jitter import JitterBuffer, JitterError, JitterStats, Playout
 from earshot.errors import EarshotError
-from earshot.jitter import JitterBuffer, JitterError, JitterStats, Playout
 
 RATE = 48_000
 FRAME = 960  # 20 ms

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from earshot.errors import ConfigError
-from earshot.mqtt import (
+from earshot.integrations.mqtt import (
     MAX_LEVEL_BYTES,
     LinkLog,
     Message,

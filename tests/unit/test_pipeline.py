@@ -10,12 +10,12 @@ import pytest
 
 from earshot.dsp.mel import LogMelSpectrogram
 from earshot.errors import ProcessorError
-from earshot.pipeline import StreamPipeline
 from earshot.processors import Chunk, Event, Processor, StreamInfo
-from earshot.processors.level import Level
+from earshot.processors.builtin.level import Level
+from earshot.processors.builtin.spectrogram import Spectrogram, decode_spectrogram
+from earshot.processors.builtin.vad import Vad
 from earshot.processors.registry import Registry, parse_cli_spec, resolve
-from earshot.processors.spectrogram import Spectrogram, decode_spectrogram
-from earshot.processors.vad import Vad
+from earshot.processors.runner import StreamPipeline
 from earshot.testing import run_processor
 
 

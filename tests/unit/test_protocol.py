@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from earshot.audio import StreamSpec
 from earshot.errors import ProtocolError
-from earshot.protocol import (
+from earshot.wire.ingest import (
     CLOSE_BAD_REQUEST,
     CLOSE_TOO_BIG,
     AudioIn,

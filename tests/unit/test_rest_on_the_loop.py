@@ -9,7 +9,7 @@ import inspect
 
 from fastapi.routing import APIRoute
 
-from earshot.server.rest import api, hub_of, ops
+from earshot.server.http.rest import api, hub_of, ops
 
 
 def _takes_the_hub(route: APIRoute) -> bool:

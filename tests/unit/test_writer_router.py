@@ -12,10 +12,10 @@ import numpy as np
 import soundfile as sf
 
 from earshot.audio import StreamSpec
-from earshot.bus import MemoryBus
+from earshot.cluster.bus import MemoryBus
+from earshot.server.events import EventRouter
 from earshot.server.metrics import Metrics
-from earshot.server.router import EventRouter
-from earshot.server.writer import StreamWriter
+from earshot.server.streams.writer import StreamWriter
 from earshot.storage.archive import Archive
 from earshot.storage.metadata import SqliteStore, StreamRecord
 

@@ -16,7 +16,7 @@ from uvicorn.server import ServerState
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from earshot.server.wsdirect import (
+from earshot.server.ingest.lane import (
     EarshotWebSocketProtocol,
     FrameSplitter,
     lane_of,

@@ -21,9 +21,9 @@ from typing import Any
 
 from earshot.errors import ProcessorError
 from earshot.processors.base import Processor
-from earshot.processors.level import Level
-from earshot.processors.spectrogram import Spectrogram
-from earshot.processors.vad import Vad
+from earshot.processors.builtin.level import Level
+from earshot.processors.builtin.spectrogram import Spectrogram
+from earshot.processors.builtin.vad import Vad
 
 BUILTINS: dict[str, type[Processor]] = {"level": Level, "spectrogram": Spectrogram, "vad": Vad}
 

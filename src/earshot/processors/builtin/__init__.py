@@ -1,0 +1,1 @@
+"""The processors that ship with earshot: level, spectrogram, VAD, speech-to-text."""

@@ -1,0 +1,191 @@
+"""The ASGI application: routes, lifespan (recovery on start, clean detach on stop)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from starlette.websockets import WebSocket
+
+from earshot import __version__
+from earshot.cluster.bus import MemoryBus
+from earshot.cluster.bus.base import Bus
+from earshot.config import Settings
+from earshot.processors.builtin.asr import Asr
+from earshot.processors.registry import Registry
+from earshot.server.auth import presented_token, token_ok
+from earshot.server.http.docs import add_docs
+from earshot.server.http.guard import Guard
+from earshot.server.http.rest import api, ops
+from earshot.server.http.static import CorsStaticFiles
+from earshot.server.http.subscribe import subscribe
+from earshot.server.ingest.session import IngestSession, refuse_unauthorized
+from earshot.server.metrics import Metrics
+from earshot.server.streams.admission import probe_loop_lag
+from earshot.server.streams.hub import Hub
+from earshot.server.streams.lifecycle import DRAIN_TIMEOUT, drain_on_signals
+from earshot.storage.metadata import open_store
+
+if TYPE_CHECKING:
+    from earshot.asr.loading import LoadedAsr
+
+log = logging.getLogger("earshot")
+
+
+ASR_HINT = ("speech-to-text is not configured: install 'earshot[asr]' and start the server "
+            "with --asr-model NAME_OR_PATH")
+
+
+def load_asr(settings: Settings, metrics: Metrics | None = None) -> LoadedAsr:
+    """The shared speech-to-text engine and its scheduler (:mod:`earshot.asr.loading`)."""
+    from earshot.asr.loading import load_asr as load
+
+    return load(settings, metrics.observe_asr if metrics is not None else None)
+
+
+def capabilities(settings: Settings, registry: Registry,
+                 asr: LoadedAsr | None = None) -> dict[str, Any]:
+    """What this server can do, reported by /healthz (and the CLI at start-up)."""
+    report = asr.report() if asr is not None else {"available": False, "reason": ASR_HINT}
+    if "asr" not in registry.offered:
+        report = {"available": False,
+                  "reason": registry.unavailable.get("asr", report.get("reason", ASR_HINT))}
+    return {
+        "archive_format": settings.archive_format,
+        "auth": bool(settings.token),
+        "processors": sorted(registry.offered),
+        "default_processors": [s.ref for s in registry.defaults],
+        "asr": report,
+    }
+
+
+def make_bus(settings: Settings) -> Bus:
+    """The in-process bus, or Redis Streams with ``--bus redis://…``."""
+    if settings.bus is None:
+        return MemoryBus()
+    from earshot.cluster.bus.redis import RedisStreamsBus, _redis_module
+
+    _redis_module()  # a missing extra fails at start, with how to install it
+    return RedisStreamsBus(settings.bus, retention=settings.bus_retention)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The application. Loads the speech-to-text model (if configured) and checks every
+    ``--processor`` now, so a misconfiguration fails at start with a clear message."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = settings.db or settings.data_dir / "earshot.db"
+    open_store(db).close()  # a bad --db fails here, before listening, with a clear message
+    metrics = Metrics()
+    loaded = load_asr(settings, metrics)
+    scheduler = loaded.scheduler
+    if scheduler is not None:
+        registry = Registry(settings.processors,
+                            extra={"asr": type("Asr", (Asr,), {"scheduler": scheduler})})
+    else:
+        registry = Registry(settings.processors,
+                            unavailable={"asr": loaded.reason or ASR_HINT})
+
+    bridge = None
+    if settings.mqtt:
+        from earshot.integrations.mqtt import MqttBridge, paho_module
+
+        paho_module()  # a missing paho-mqtt fails at start, with how to install it
+        bridge = MqttBridge(settings.mqtt, role="gateway", skip_worker_events=True)
+        metrics.registry.register(bridge.collector())  # type: ignore[arg-type]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = open_store(db)  # opened in the serving process (never across a fork)
+        bus = app.state.bus
+        hub = Hub(settings, store, app.state.metrics, bus, registry=registry)
+        await bus.start(hub.on_bus_events, hub.on_bus_release)
+        bus.on_job = hub.on_bus_job
+        if bridge is not None:  # --mqtt: the events this gateway publishes
+            bridge.start()
+            bus.taps.append(bridge.offer)
+        repaired = await hub.recover()
+        if repaired:
+            log.warning("repaired %d archive(s) left open by a crash", len(repaired))
+        app.state.hub = hub
+        hub.reserve_held()  # after a planned restart, resumes are admitted first
+        restore_signals = drain_on_signals(hub.drain, DRAIN_TIMEOUT)
+        ticker = asyncio.create_task(hub.run_ticker(), name="earshot-ticker")
+        probe = asyncio.create_task(probe_loop_lag(hub.observe_loop_lag,
+                                               cpu=hub.admission.observe_cpu), name="earshot-lag")
+        try:
+            yield
+        finally:
+            restore_signals()
+            ticker.cancel()
+            probe.cancel()
+            await hub.shutdown()
+            if bridge is not None:
+                await bridge.close()
+            await bus.close()
+            if scheduler is not None:
+                scheduler.close()
+            store.close()
+
+    app = FastAPI(
+        title="earshot",
+        version=__version__,
+        summary="Self-hosted real-time audio server",
+        lifespan=lifespan,
+        docs_url=None,  # served by add_docs, with local assets instead of a CDN's
+        redoc_url=None,
+    )
+    add_docs(app)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.bus = make_bus(settings)
+    if app.state.bus.remote:
+        from earshot.server.metrics import BusCollector
+
+        def entry_seconds() -> float:  # one log entry is one ack batch, which stretches
+            hub = getattr(app.state, "hub", None)  # under load (server/cadence.py)
+            return hub.cadence.current if hub is not None else settings.ack_interval
+
+        metrics.registry.register(BusCollector(app.state.bus, entry_seconds))  # type: ignore[arg-type]
+    app.state.capabilities = capabilities(settings, registry, loaded)
+    app.include_router(api)
+    app.include_router(ops)
+    app.add_middleware(Guard.from_settings, settings=settings, metrics=metrics,
+                       state=app.state)  # see guard.py
+
+    web = Path(__file__).resolve().parents[2] / "web"
+    app.mount("/web", CorsStaticFiles(directory=web, origins=settings.web_origins), name="web")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(web / "index.html", media_type="text/html")
+
+    @app.websocket("/ws")
+    async def ingest(ws: WebSocket) -> None:
+        await IngestSession(ws, app.state.hub).run()
+
+    @app.websocket("/ws/subscribe")
+    async def subscribe_route(ws: WebSocket) -> None:
+        if not token_ok(settings.token, presented_token(ws.headers, ws.query_params)):
+            await refuse_unauthorized(ws)
+            return
+        await subscribe(ws, app.state.hub)
+
+    return app
+
+
+SETTINGS_ENV = "EARSHOT_SETTINGS_JSON"
+
+
+def app_from_env() -> FastAPI:
+    """The app factory of each gateway process under ``earshot serve --processes N``."""
+    import os
+
+    from earshot.config import settings_from_json
+
+    return create_app(settings_from_json(os.environ[SETTINGS_ENV]))

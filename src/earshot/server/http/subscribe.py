@@ -1,0 +1,143 @@
+"""``/ws/subscribe``: live events (and optionally audio) of one stream or all, and the way
+remote workers send their processors' events back.
+
+Past ``--max-subscribers`` live subscribers, a newcomer gets ``{"type":"error",
+"code":"server_full"}`` and close 1013 (try again later); publishers' slots are counted
+apart, so subscribers never take them.
+
+Server → subscriber:
+
+* ``{"type":"subscribed","stream":S,"audio":F|null,"live":[{stream info}...]}`` first;
+* every event of the stream(s), as JSON;
+* with ``audio=s16|f32``: for each archived batch a JSON header
+  ``{"type":"audio","stream":ID,"offset":N,"frames":M,"rate":R,"channels":C,"format":F}``
+  immediately followed by one binary message with those samples, interleaved little-endian.
+
+Subscriber → server (remote workers): ``{"type":"event","stream":ID,"events":[{...}, ...],
+"worker":"name"}``; the server fans these out like events of local processors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from earshot.audio import f32_to_s16
+from earshot.cluster.bus import ALL, AudioItem, MemoryBus
+from earshot.server.streams.hub import Hub
+from earshot.wire.ingest import CLOSE_TRY_AGAIN_LATER, error_message
+
+log = logging.getLogger("earshot.subscribe")
+RESERVED = frozenset({"ready", "ack", "stopped", "audio", "subscribed", "stream_started",
+                      "stream_ended", "segment", "pong"})
+MAX_EVENTS_PER_MESSAGE = 1000
+
+
+async def subscribe(ws: WebSocket, hub: Hub) -> None:
+    stream = ws.query_params.get("stream", ALL)
+    audio = ws.query_params.get("audio")
+    await ws.accept()
+    if audio not in (None, "s16", "f32", "opus"):
+        await ws.send_text(json.dumps(error_message(
+            "unsupported_format", f"audio={audio!r}: use audio=s16, f32 or opus")))
+        await ws.close(4400, "unsupported audio format")
+        return
+    slots = hub.admission  # --max-subscribers, apart from publishers' slots
+    refused = slots.subscriber_refusal()
+    if refused is not None:
+        hub.metrics.subscribers_refused.inc()
+        hub.metrics.errors.labels("server_full").inc()
+        await ws.send_text(json.dumps(error_message("server_full", refused)))
+        await ws.close(CLOSE_TRY_AGAIN_LATER, "server full")
+        return
+    hub.metrics.subscribers.set(slots.subscribers.held)
+    try:
+        await _serve(ws, hub, stream, audio)
+    finally:
+        slots.subscribers.release()
+        hub.metrics.subscribers.set(slots.subscribers.held)
+
+
+async def _serve(ws: WebSocket, hub: Hub, stream: str, audio: str | None) -> None:
+    bus: MemoryBus = hub.bus
+    sub = bus.subscribe(stream, audio=audio)
+    await ws.send_text(json.dumps({"type": "subscribed", "stream": stream, "audio": audio,
+                                   "live": hub.live_info(stream)}))
+
+    async def pump() -> None:
+        async for item in sub:
+            if isinstance(item, AudioItem):
+                for header, payload in audio_messages(item, audio or "f32"):
+                    await ws.send_text(header)
+                    await ws.send_bytes(payload)
+            else:
+                await ws.send_text(json.dumps(item, separators=(",", ":")))
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            msg = await ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                break
+            if msg.get("text") is not None:
+                reply = handle_worker_message(hub, msg["text"])
+                if reply is not None:
+                    await ws.send_text(json.dumps(reply))
+            elif msg.get("bytes") is not None:
+                await ws.send_text(json.dumps(error_message(
+                    "unexpected_binary", "subscribers send only JSON text messages")))
+    except WebSocketDisconnect:
+        pass
+    finally:
+        bus.unsubscribe(sub)
+        task.cancel()
+
+
+def audio_messages(item: AudioItem, fmt: str) -> list[tuple[str, bytes]]:
+    """(JSON header, binary payload) pairs: one per PCM batch, one per Opus packet."""
+    if item.samples is None:
+        return [(json.dumps({"type": "audio", "stream": item.stream, "offset": off,
+                             "frames": n, "rate": item.rate, "channels": item.channels,
+                             "format": "opus", "pre_skip": item.pre_skip},
+                            separators=(",", ":")), packet)
+                for off, n, packet in item.packets]
+    frames, channels = item.samples.shape
+    header = json.dumps({"type": "audio", "stream": item.stream, "offset": item.offset,
+                         "frames": frames, "rate": item.rate, "channels": channels,
+                         "format": fmt}, separators=(",", ":"))
+    if fmt == "s16":
+        return [(header, f32_to_s16(item.samples).samples.tobytes())]
+    return [(header, item.samples.astype("<f4", copy=False).tobytes())]
+
+
+def handle_worker_message(hub: Hub, text: str) -> dict[str, Any] | None:
+    """Validate events sent back by a remote worker and fan them out; None when fine."""
+    if len(text) > hub.settings.max_message_bytes:
+        return error_message("message_too_large", "event message too large")
+    try:
+        msg = json.loads(text)
+    except ValueError as exc:
+        return error_message("invalid_json", f"not valid JSON: {exc}")
+    if not isinstance(msg, dict) or msg.get("type") != "event":
+        return error_message("unknown_type", "subscribers may only send {'type': 'event', ...}")
+    events = msg.get("events")
+    if not isinstance(events, list) or len(events) > MAX_EVENTS_PER_MESSAGE:
+        return error_message("bad_event", f"'events' must be a list of at most "
+                                          f"{MAX_EVENTS_PER_MESSAGE} objects")
+    for e in events:
+        if not isinstance(e, dict) or not isinstance(e.get("type"), str):
+            return error_message("bad_event", "each event is an object with a string 'type'")
+        if e["type"] in RESERVED:
+            return error_message("bad_event", f"event type {e['type']!r} is reserved")
+    sid = str(msg.get("stream"))
+    worker = msg.get("worker")
+    if isinstance(worker, str):
+        for e in events:
+            e["worker"] = worker[:100]
+    if not hub.from_worker(sid, events):
+        return error_message("unknown_stream", f"no stream {sid!r}")
+    return None

@@ -1,0 +1,322 @@
+"""The ingest WebSocket: a thin asyncio layer around :class:`earshot.wire.ingest.IngestConnection`.
+
+Two lanes. Under ``earshot serve`` the connection offers the direct lane of
+:mod:`earshot.server.ingest.lane`: audio messages of a streaming connection are handled inside
+the socket's ``data_received`` (one protocol check, one append, and once per ack interval a
+write and the ack), and messages to the client are written to the transport at once. Any
+other message (start, stop, ping, a partial frame, an Opus packet) and every message on a
+server without the lane goes through the ASGI ``receive()`` loop below, in order.
+
+With ``"batch": true`` in ``start`` (or ``?batch=1`` in compatibility mode) the events
+posted just before an ack (the level readings of the batch it acknowledges, warnings) ride
+along in it, ``{"type": "ack", "offset": N, "events": [...]}``: one message back per ack
+interval instead of three. The Python client and the page ask for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from typing import Any
+
+import orjson
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from earshot.errors import ProtocolError, StorageError, StorageFull
+from earshot.server.auth import presented_token, token_ok
+from earshot.server.ingest.lane import DirectLane, lane_of
+from earshot.server.streams.hub import Hub, LiveStream
+from earshot.wire.ingest import (
+    CLOSE_UNAUTHORIZED,
+    AudioIn,
+    Close,
+    IngestConnection,
+    Limits,
+    Output,
+    Send,
+    StartRequested,
+    StopRequested,
+    error_message,
+    spec_from_query,
+)
+
+log = logging.getLogger("earshot.ingest")
+OUTBOX_LIMIT = 10_000  # messages queued for a client that does not read
+
+
+class IngestSession:
+    """One ingest connection: feeds messages to the protocol core and carries out its outputs."""
+
+    def __init__(self, ws: WebSocket, hub: Hub) -> None:
+        self.ws = ws
+        self.hub = hub
+        settings = hub.settings
+        self.settings = settings
+        self.metrics = hub.metrics
+        self.live: LiveStream | None = None
+        self._closed = False
+        self.busy = True  # handling a message of the receive loop (the lane queues behind it)
+        self._lane: DirectLane | None = None
+        self._batch = False  # events ride along with the next ack
+        self._held: list[str] = []  # serialized events waiting for the ack (batch mode)
+        self._held_flush = False  # a call_soon to send them if no ack comes this turn
+        self._flushing = False  # inside the lane's flush: its ack follows, no call_soon
+        self._outbox: deque[str] = deque()
+        self._outbox_wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        query = dict(ws.query_params)
+        compat = None
+        self._compat_error: ProtocolError | None = None
+        self._compat_batch = False
+        limits = Limits(max_message_bytes=settings.max_message_bytes)
+        if settings.compat:
+            try:
+                compat = spec_from_query(query, limits)
+            except ProtocolError as exc:
+                self._compat_error = exc
+            self._compat_batch = query.get("batch", "").lower() in ("1", "true", "yes")
+        self.conn = IngestConnection(limits, compat)
+        token = presented_token(ws.headers, query)
+        self._presented = token
+        self._authed = settings.token is None or (token is not None and
+                                                  token_ok(settings.token, token))
+
+    async def run(self) -> None:
+        ws = self.ws
+        await ws.accept()
+        self._writer = asyncio.create_task(self._write_loop())
+        if self._presented is not None and not self._authed:
+            await self._emit(self.conn.fail("unauthorized", "wrong token"))
+            return
+        conn = self.conn
+        if not self.settings.fsync:  # (with --fsync every flush awaits the disk)
+            self._lane = lane_of(ws.scope)
+            if self._lane is not None:
+                self._lane.attach(self)
+        try:
+            while not self._closed:
+                self.busy = False
+                msg = await ws.receive()
+                self.busy = True
+                if msg["type"] == "websocket.disconnect":
+                    break
+                data = msg.get("bytes")
+                if data is not None:
+                    if self._compat_error is not None and self.live is None:
+                        exc = self._compat_error
+                        await self._emit(conn.fail(exc.code, exc.message))
+                        break
+                    live = self.live
+                    if live is not None and live.owner is not self:
+                        break  # superseded by a resume: nothing more of ours goes in
+                    outs = conn.receive_bytes(data)
+                    # Hot path: the common case is exactly one AudioIn.
+                    if len(outs) == 1 and type(outs[0]) is AudioIn and live is not None:
+                        out = outs[0]
+                        try:
+                            due = self.hub.add_audio(live, out.data, out.frames)
+                        except ProtocolError as exc:  # an Opus packet libopus rejects
+                            await self._emit(conn.fail(exc.code, exc.message))
+                            break
+                        if due:
+                            await self.hub.flush(live)
+                        continue
+                else:
+                    outs = conn.receive_text(msg.get("text") or "")
+                await self._emit(outs)
+        except WebSocketDisconnect:
+            pass
+        except Exception:
+            log.exception("ingest connection failed")
+            self.metrics.errors.labels("internal").inc()
+            if not self._closed:
+                await self._emit(conn.fail("internal", "internal server error; resume to go on"))
+        finally:
+            if self._lane is not None:
+                self._lane.detach()
+            conn.closed()
+            self._closed = True
+            if self.live is not None:
+                await self.hub.detach(self.live, self, stopped=False)
+            if self._writer is not None:
+                self._writer.cancel()
+
+    # -- the direct lane (server/wsdirect.py): called inside data_received --------------
+    def on_bytes(self, data: bytes) -> bool:
+        """An audio message on the hot path; False hands it to the receive loop."""
+        live = self.live
+        if live is None or live.owner is not self or self._closed:
+            return False
+        frames = self.conn.audio_frames(data)
+        if not frames:
+            return False
+        hub = self.hub
+        if hub.add_audio(live, data, frames):  # (PCM: never raises)
+            self._flushing = True
+            try:
+                hub.flush_now(live)
+            finally:
+                self._flushing = False
+            if self._held:  # nothing new was acknowledged: the events go alone
+                self._send_held()
+        return True
+
+    async def _emit(self, outs: list[Output]) -> None:
+        for out in outs:
+            if isinstance(out, AudioIn):
+                live = self.live
+                assert live is not None
+                if live.owner is not self:
+                    continue  # superseded
+                try:
+                    due = self.hub.add_audio(live, out.data, out.frames)
+                except ProtocolError as exc:
+                    await self._emit(self.conn.fail(exc.code, exc.message))
+                    return
+                if due:
+                    await self.hub.flush(live)
+            elif isinstance(out, Send):
+                self.post(out.message)
+            elif isinstance(out, StartRequested):
+                await self._emit(await self._start(out))
+            elif isinstance(out, StopRequested):
+                await self._stop(out.length)
+            elif isinstance(out, Close):
+                await self._close(out.code, out.reason)
+
+    async def _start(self, req: StartRequested) -> list[Output]:
+        start = req.start
+        if not self._authed and not token_ok(self.settings.token, start.token):
+            return self.conn.refuse(
+                "unauthorized",
+                "this server needs a token: ?token=, 'Authorization: Bearer', or 'token' in start",
+            )
+        try:
+            live, token, warnings = await self.hub.open(start, self)
+        except ProtocolError as exc:
+            return self.conn.refuse(exc.code, exc.message)
+        except StorageFull as exc:
+            return self.conn.refuse("storage_full", str(exc))
+        except (StorageError, OSError) as exc:
+            log.exception("cannot open stream")
+            return self.conn.refuse("internal", f"cannot open the stream's archive: {exc}")
+        self.live = live
+        self._batch = start.batch or (start.compat and self._compat_batch)
+        return [*self.conn.accept(live.id, token, live.offset, processors=live.processors),
+                *(Send(w) for w in warnings)]
+
+    async def _stop(self, length: int | None = None) -> None:
+        live = self.live
+        assert live is not None
+        await self.hub.flush(live)
+        frames = await self.hub.detach(live, self, stopped=True, length=length)
+        self.live = None
+        self.post({
+            "type": "stopped", "stream": live.id, "offset": frames,
+            "duration": frames / live.spec.rate,
+        })
+        await self._close(1000, "stopped")
+
+    # -- Owner interface (used by the hub) ---------------------------------------------
+    def post(self, message: dict[str, Any]) -> None:
+        """Queue a message for the client; one writer task sends them in order."""
+        if self._closed:
+            return
+        kind = message.get("type")
+        if kind == "error":
+            self.metrics.errors.labels(message.get("code", "unknown")).inc()
+        elif kind == "warning":
+            self.metrics.warnings.labels(message.get("code", "unknown")).inc()
+        try:
+            text = orjson.dumps(message).decode()  # NaN/Inf become null: always valid JSON
+        except TypeError:  # e.g. numpy scalars in a user processor's event
+            text = json.dumps(message, separators=(",", ":"), default=_plain)
+        if self._batch:
+            self._held.append(text)
+            if not self._flushing and not self._held_flush:  # no ack may follow: send
+                self._held_flush = True
+                asyncio.get_running_loop().call_soon(self._send_held)
+            return
+        self.post_text(text)
+
+    def ack(self, offset: int) -> None:
+        if self._held:
+            events, self._held = ",".join(self._held), []
+            self.post_text(f'{{"type":"ack","offset":{offset},"events":[{events}]}}')
+        else:
+            self.post_text(f'{{"type":"ack","offset":{offset}}}')
+
+    def _send_held(self) -> None:
+        self._held_flush = False
+        held, self._held = self._held, []
+        for text in held:
+            self.post_text(text)
+
+    def post_text(self, text: str) -> None:
+        if self._closed:
+            return
+        out = self._outbox
+        if not out:
+            lane = self._lane
+            if lane is not None and lane.send_text(text):
+                return  # written to the transport now
+        if len(out) >= OUTBOX_LIMIT:
+            out.popleft()
+            self.metrics.outbox_dropped.inc()
+        out.append(text)
+        self._outbox_wake.set()
+
+    async def _write_loop(self) -> None:
+        out, wake = self._outbox, self._outbox_wake
+        try:
+            while True:
+                while out:
+                    await self.ws.send_text(out.popleft())
+                wake.clear()
+                await wake.wait()
+        except Exception:  # the client is gone; the receive loop notices
+            log.debug("writer stopped", exc_info=True)
+
+    async def _drain_outbox(self, timeout: float = 5.0) -> None:
+        self._send_held()
+        async def drained() -> None:
+            while self._outbox and self._writer is not None and not self._writer.done():
+                await asyncio.sleep(0.005)
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(drained(), timeout)
+
+    async def kick(self, code: str, message: str) -> None:
+        await self._emit(self.conn.fail(code, message))
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self._closed:
+            return
+        await self._drain_outbox()
+        self._closed = True
+        try:
+            await self.ws.close(code, reason)
+        except Exception:  # already gone
+            log.debug("close after disconnect", exc_info=True)
+
+
+def _plain(value: Any) -> Any:
+    """What ``json`` makes of values orjson refuses (numpy scalars and arrays, sets…)."""
+    for attr in ("item", "tolist"):
+        fn = getattr(value, attr, None)
+        if callable(fn):
+            with contextlib.suppress(Exception):
+                return fn()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
+
+
+async def refuse_unauthorized(ws: WebSocket) -> None:
+    """For endpoints that need the token up front (subscribe)."""
+    await ws.accept()
+    await ws.send_text(json.dumps(error_message("unauthorized", "missing or wrong token")))
+    await ws.close(CLOSE_UNAUTHORIZED, "unauthorized")

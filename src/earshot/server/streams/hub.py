@@ -1,0 +1,851 @@
+"""The live streams of one gateway: create, resume, feed, detach, recover.
+
+The hub owns the registry of live streams and their life cycle. Each live stream's
+archive and acknowledgements belong to its :class:`~earshot.server.streams.writer.StreamWriter`
+(a core without sockets, time passed in); where its events go is the
+:class:`~earshot.server.events.EventRouter`'s business; the audio itself goes to the
+stream's processors (in-process bus), onto the log (Redis bus), and to relay listeners
+(:class:`~earshot.server.streams.relay.OpusRelay` for Opus). Nothing outside reads the hub's dict:
+REST and subscribers ask the hub's methods, which answer on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from earshot.audio import StreamSpec, decode, sanitize_f32
+from earshot.cluster.bus import ALL, AudioItem
+from earshot.cluster.bus.base import Bus, LogAudio
+from earshot.config import Settings
+from earshot.dsp.cleanup import AlignedCleanup
+from earshot.errors import ProcessorError, ProtocolError, StorageError, StorageFull, StreamNotFound
+from earshot.processors.base import Event, StreamInfo
+from earshot.processors.registry import Registry
+from earshot.processors.runner import StreamPipeline
+from earshot.server.events import EventRouter, Owner
+from earshot.server.metrics import Metrics
+from earshot.server.streams.admission import Admission
+from earshot.server.streams.cadence import AckCadence
+from earshot.server.streams.cleanup import filtered_processors, open_cleanup
+from earshot.server.streams.deadlines import Deadlines
+from earshot.server.streams.lifecycle import read_held, write_held
+from earshot.server.streams.relay import OpusRelay
+from earshot.server.streams.space import Space, free_bytes, is_no_space
+from earshot.server.streams.writer import StreamWriter, Written
+from earshot.storage.archive import FINAL_SUFFIX, Archive, ArchiveFormat, finalize
+from earshot.storage.metadata import MetadataStore, StreamRecord
+from earshot.storage.parts import recover as recover_parts
+from earshot.wire.ingest import Start
+
+__all__ = ["Hub", "LiveStream", "Owner", "hash_token", "new_stream_id"]
+
+log = logging.getLogger("earshot.hub")
+_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def new_stream_id(now: float | None = None) -> str:
+    """Time-sortable, unguessable, filename-safe: base36 milliseconds + 8 random hex."""
+    ms = int((time.time() if now is None else now) * 1000)
+    head = ""
+    while ms:
+        ms, r = divmod(ms, 36)
+        head = _B36[r] + head
+    return head + secrets.token_hex(4)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What the hot path counted since the last tick."""
+
+    frames: int = 0
+    bytes: int = 0
+    acks: int = 0
+    latency: float = 0.0  # sum of the acks' latencies
+
+
+@dataclass(eq=False)
+class LiveStream:
+    rec: StreamRecord
+    writer: StreamWriter
+    compat: bool
+    owner: Owner | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pipeline: StreamPipeline | None = None
+    detaching: asyncio.Event | None = None
+    relay: OpusRelay | None = None
+    cleanup: AlignedCleanup | None = None  # voice cleanup for listeners, chosen processors
+    processors: list[str] = field(default_factory=list)  # names told to the client
+    done: set[str] = field(default_factory=set)  # remote processors done with the stream
+    done_changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def id(self) -> str:
+        return self.rec.id
+
+    @property
+    def archive(self) -> Archive:
+        return self.writer.archive
+
+    @property
+    def spec(self) -> StreamSpec:
+        return self.writer.spec
+
+    @property
+    def offset(self) -> int:
+        """Frames received: written to the archive plus pending."""
+        return self.writer.offset
+
+
+class Hub:
+    def __init__(
+        self,
+        settings: Settings,
+        store: MetadataStore,
+        metrics: Metrics,
+        bus: Bus,
+        *,
+        registry: Registry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.bus = bus
+        self.registry = registry or Registry(settings.processors)
+        self.clock = clock
+        self.live: dict[str, LiveStream] = {}
+        self.router = EventRouter(store, bus, metrics, settings.data_dir, self.owner_of,
+                                  self._processed)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._flushes: Deadlines[LiveStream] = Deadlines()  # a trickling stream's next ack
+        self._tally = _Tally()  # the hot path's counts, not yet in the metrics
+        self._syncs: Deadlines[LiveStream] = Deadlines()  # header syncs, every stream
+        self.streams_dir = settings.data_dir / "streams"
+        self.streams_dir.mkdir(parents=True, exist_ok=True)
+        self.admission = Admission.from_settings(settings)
+        self.cadence = AckCadence(settings.ack_interval, settings.ack_interval_max)
+        metrics.ack_interval.set(self.cadence.current)
+        self.space = Space(settings.min_free_space, str(settings.data_dir))
+        self.check_space()
+        self._show_admission()
+
+    # -- what others may ask (on the event loop) ----------------------------------------
+    def owner_of(self, stream_id: str) -> Owner | None:
+        live = self.live.get(stream_id)
+        return live.owner if live is not None else None
+
+    def path_of(self, rec: StreamRecord) -> Path:
+        return self.settings.data_dir / rec.path
+
+    def is_live(self, stream_id: str) -> bool:
+        return stream_id in self.live
+
+    def live_info(self, stream: str) -> list[dict[str, Any]]:
+        """The live streams a subscriber of ``stream`` (an id or ``*``) is told about: here,
+        or in the whole cluster on a shared bus (from the store)."""
+        if self.bus.remote:
+            recs = self.store.with_state("live")
+            held = {s: lv.offset for s, lv in self.live.items()}
+            return [{"stream": r.id, "name": r.name, "rate": r.rate, "channels": r.channels,
+                     "offset": held.get(r.id, r.frames)} for r in recs
+                    if stream in (ALL, r.id)]
+        lives = self.live.values() if stream == ALL else [self.live[stream]] \
+            if stream in self.live else []
+        return [{"stream": lv.id, "name": lv.rec.name, "rate": lv.rec.rate,
+                 "channels": lv.rec.channels, "offset": lv.offset} for lv in lives]
+
+    def record(self, stream_id: str) -> StreamRecord:
+        """A stream's record, with the frames archived so far if it is live here."""
+        live = self.live.get(stream_id)
+        if live is not None:
+            live.rec.frames = live.archive.frames
+            return live.rec
+        return self.store.get(stream_id)
+
+    def sync_archive(self, stream_id: str) -> None:
+        """Make a live archive's header match what is on disk (before serving the file)."""
+        live = self.live.get(stream_id)
+        if live is not None:
+            live.archive.sync()
+
+    def from_worker(self, stream_id: str, events: list[Event]) -> bool:
+        """Events a remote WebSocket worker sends back; False for an unknown stream."""
+        live = self.live.get(stream_id)
+        return self.router.from_worker(stream_id, events, live.rec if live else None,
+                                       live.archive.path if live else None)
+
+    # -- admission (server/admission.py) -------------------------------------------------
+    def observe_loop_lag(self, lag: float, now: float) -> None:
+        """The loop-lag probe's report (every 0.1 s); also refreshes the gauges."""
+        self.admission.observe_loop_lag(lag, now)
+        self._show_admission(now)
+
+    def _show_admission(self, now: float | None = None) -> None:
+        self.admission.show(self.metrics, self.live, self.clock() if now is None else now)
+
+    def admission_report(self) -> dict[str, Any]:
+        """For /healthz: whether new publishers get in now, and why not."""
+        return self.admission.report(self.live, self.clock())
+
+    def _admit(self, start: Start) -> None:
+        """Refuse a new publisher past --max-streams or the CPU-headroom guard; a resume
+        is always admitted (unless the server is shutting down)."""
+        a = self.admission
+        full = self.space.refusal(resume=start.resume is not None)
+        if full is not None and not a.draining:
+            self.metrics.streams_refused.labels("storage").inc()
+            raise ProtocolError("storage_full", full)
+        if start.resume is not None:
+            if a.draining:
+                raise ProtocolError("shutting_down", "the server is shutting down; resume later")
+            return
+        now = self.clock()
+        why = a.refusal(self.live, now)
+        if why is not None:
+            state = a.state(self.live, now)
+            self.metrics.streams_refused.labels(state).inc()
+            raise ProtocolError("shutting_down" if a.draining else "server_full", why)
+
+    # -- recovery -----------------------------------------------------------------------
+    async def recover(self) -> list[str]:
+        """Repair every archive a crash left open; those streams become resumable.
+
+        On a shared bus, streams another live gateway holds are left alone."""
+        repaired = []
+        for rec in self.store.with_state("live"):
+            if await self.bus.held_elsewhere(rec.id):
+                continue
+            path = self.path_of(rec)
+            try:
+                frames = recover_parts(path, rec.archive_format)  # every part (storage/parts)
+            except (OSError, StorageError) as exc:
+                done = path.with_suffix(FINAL_SUFFIX.get(rec.archive_format, ".wav"))
+                if done != path and done.exists():
+                    self.store.update(rec.id, state="finished", path=str(done.relative_to(
+                        self.settings.data_dir)))
+                    continue
+                log.error("stream %s: cannot repair %s: %s", rec.id, path, exc)
+                self.store.update(rec.id, state="interrupted")
+                continue
+            self.store.update(rec.id, frames=frames, state="interrupted")
+            log.warning("stream %s: repaired archive after a crash, %d frames", rec.id, frames)
+            repaired.append(rec.id)
+        return repaired
+
+    # -- start / resume -----------------------------------------------------------------
+    async def open(self, start: Start, owner: Owner) -> tuple[LiveStream, str, list[Event]]:
+        """Create or resume the stream a start asks for.
+
+        Returns it, its resume token, and warnings for the client (e.g. processors refused).
+        """
+        self._admit(start)
+        if start.resume is not None:
+            live, token = await self._resume(start, owner)
+            self.admission.resumed(live.id)
+        else:
+            live, token = self._create(start, owner)
+        warnings: list[Event] = []
+        if live.cleanup is None:
+            live.cleanup, warnings = open_cleanup(self.settings, start.filters, live.rec.rate,
+                                                  live.rec.channels, live.offset)
+        if self.bus.remote:
+            if not live.processors:
+                warnings += self._remote_processors(live, start)
+        elif live.pipeline is None:
+            warnings += self._start_pipeline(live, start)
+        await self.bus.acquire(live.id)
+        return live, token, warnings
+
+    def _writer(self, archive: Archive, spec: StreamSpec, pre_skip: int) -> StreamWriter:
+        s = self.settings
+        return StreamWriter(archive, ack_interval=self.cadence.current,
+                            header_interval=s.header_interval, now=self.clock(),
+                            decoder=_decoder(spec, pre_skip))
+
+    def _create(self, start: Start, owner: Owner) -> tuple[LiveStream, str]:
+        spec = start.spec
+        fmt: ArchiveFormat = (start.archive or self.settings.archive_format)  # type: ignore[assignment]
+        sid = new_stream_id()
+        token = secrets.token_urlsafe(18)
+        rel = f"streams/{sid}.wav"
+        path = self.settings.data_dir / rel
+        try:
+            archive = Archive.create(path, spec.pcm, fmt, part_seconds=self.settings.archive_part)
+        except OSError as exc:
+            path.unlink(missing_ok=True)  # never leave a zero-byte archive behind
+            if is_no_space(exc):
+                self.space.write_failed(f"creating {rel}")
+                raise ProtocolError("storage_full", "the server's disk is full; "
+                                    "try again later") from None
+            raise
+        rec = StreamRecord(
+            id=sid, name=start.name, created=time.time(), format=spec.format,
+            archive_format=fmt, rate=spec.rate, channels=spec.channels, path=rel,
+            token_hash=hash_token(token), client=dict(start.client),
+        )
+        try:
+            self.store.create(rec)
+        except StorageError as exc:
+            archive.close()
+            path.unlink(missing_ok=True)
+            if is_no_space(exc):
+                self.space.write_failed("the metadata database")
+                raise ProtocolError("storage_full", "the server's disk is full; "
+                                    "try again later") from None
+            raise
+        live = LiveStream(rec, self._writer(archive, spec, start.pre_skip), start.compat, owner)
+        self._attach(live, resumed=False)
+        return live, token
+
+    async def _resume(self, start: Start, owner: Owner) -> tuple[LiveStream, str]:
+        sid, token = start.resume or "", start.resume_token or ""
+        try:
+            rec = self.store.get(sid)
+        except StreamNotFound:
+            raise ProtocolError("unknown_stream", f"no stream {sid!r} to resume") from None
+        if not hmac.compare_digest(rec.token_hash, hash_token(token)):
+            raise ProtocolError("bad_resume_token", "wrong resume_token for this stream")
+        if rec.state == "finished":
+            raise ProtocolError("stream_finished", f"stream {sid} has finished; start a new one")
+        spec = start.spec
+        if (spec.rate, spec.channels) != (rec.rate, rec.channels):
+            raise ProtocolError(
+                "resume_mismatch",
+                f"stream {sid} is {rec.rate} Hz x{rec.channels}; "
+                f"resume asked for {spec.rate} Hz x{spec.channels}",
+            )
+        if sid not in self.live and self.bus.remote and not await self.bus.take_over(sid):
+            raise ProtocolError("stream_busy", f"stream {sid} is held by another gateway "
+                                "that did not let go; try again")
+        live = self.live.get(sid)
+        if live is not None and live.detaching is not None:
+            await live.detaching.wait()  # finishing a detach: resume from disk once done
+            live = self.live.get(sid)
+        if live is not None:
+            # The old connection has not noticed it is dead yet: it loses the stream.
+            old = live.owner
+            async with live.lock:
+                self._write(live)
+                live.owner = owner
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await old.kick("superseded", "this stream was resumed by another connection")
+            # the wire format may differ after a resume
+            live.writer.reformat(spec.pcm, _decoder(spec, _resume_skip(spec, start,
+                                                                       live.offset)))
+            self.metrics.streams_started.labels("resume").inc()
+            self._announce(live, resumed=True)
+            return live, token
+        archive = Archive.reopen(self.path_of(rec), spec.pcm, rec.archive_format,  # type: ignore[arg-type]
+                                 part_seconds=self.settings.archive_part)
+        rec.state = "live"
+        rec.frames = archive.frames
+        rec.format = spec.format
+        self.store.update(sid, state="live", frames=archive.frames, format=spec.format)
+        writer = self._writer(archive, spec, _resume_skip(spec, start, archive.frames))
+        live = LiveStream(rec, writer, False, owner)
+        self._attach(live, resumed=True)
+        return live, token
+
+    def _attach(self, live: LiveStream, *, resumed: bool) -> None:
+        self.live[live.id] = live
+        self._syncs.push(self.clock() + self.settings.header_interval, live)
+        self.metrics.streams_active.set(len(self.live))
+        self.metrics.streams_started.labels("resume" if resumed else "new").inc()
+        self._announce(live, resumed=resumed)
+
+    def _announce(self, live: LiveStream, *, resumed: bool) -> None:
+        rec = live.rec
+        self.bus.publish(live.id, {
+            "type": "stream_started", "stream": live.id, "t": live.offset / rec.rate,
+            "name": rec.name, "rate": rec.rate, "channels": rec.channels,
+            "format": live.spec.format, "offset": live.offset, "resumed": resumed,
+        })
+
+    # -- processors -------------------------------------------------------------------------
+    def _start_pipeline(self, live: LiveStream, start: Start) -> list[Event]:
+        specs, problems = self.registry.for_start(start.processors)
+        warnings: list[Event] = [
+            {"type": "warning", "code": "processor_unavailable", "message": p} for p in problems]
+        procs = []
+        for spec in specs:
+            try:
+                procs.append(spec.make())
+            except ProcessorError as exc:
+                warnings.append({"type": "warning", "code": "processor_unavailable",
+                                 "message": str(exc)})
+        if procs:
+            rec = live.rec
+            live.pipeline = StreamPipeline(
+                StreamInfo(rec.id, rec.rate, rec.channels, rec.name, start.language), procs,
+                lambda events: self.emit(live, events), start_offset=live.offset,
+                max_lag=self.settings.max_lag,
+                filtered=filtered_processors(self.settings, live.cleanup))
+            live.processors = live.pipeline.names
+        return warnings
+
+    def _remote_processors(self, live: LiveStream, start: Start) -> list[Event]:
+        """On a shared bus the workers run the processors: name them on the log."""
+        warnings: list[Event] = []
+        if start.processors is None:
+            names = [s.ref for s in self.registry.defaults]
+        else:
+            names = []
+            for item in start.processors:
+                ref = item if isinstance(item, str) else str(item.get("name", ""))
+                if ref in self.registry.offered or ref in self.registry.unavailable:
+                    names.append(ref)
+                else:
+                    warnings.append({"type": "warning", "code": "processor_unavailable",
+                                     "message": f"processor {ref!r} is not offered by this "
+                                                f"server (offered: "
+                                                f"{', '.join(sorted(self.registry.offered))})"})
+        live.processors = names
+        rec = live.rec
+        self.bus.log_start(live.id, rate=rec.rate, channels=rec.channels, offset=live.offset,
+                           processors=",".join(names))
+        return warnings
+
+    def emit(self, live: LiveStream, events: list[Event]) -> None:
+        """Events of a stream held here (its processors, the hub's own warnings)."""
+        self.router.emit(live.rec, live.archive.path, events)
+
+    # -- the bus's callbacks ------------------------------------------------------------------
+    def on_bus_events(self, sid: str, events: list[Event]) -> None:
+        self.router.from_bus(sid, events)
+
+    async def on_bus_job(self, sid: str, e: Event) -> None:
+        await self.router.job(sid, e)
+
+    def _processed(self, sid: str, processor: str) -> None:
+        live = self.live.get(sid)
+        if live is not None:
+            live.done.add(processor)
+            live.done_changed.set()
+
+    async def on_bus_release(self, sid: str) -> None:
+        """Another gateway is resuming this stream: our connection to it is stale."""
+        live = self.live.get(sid)
+        if live is None or live.owner is None:
+            return
+        owner = live.owner
+        with contextlib.suppress(Exception):
+            await owner.kick("superseded", "this stream was resumed on another gateway")
+        await self.detach(live, owner, stopped=False)
+
+    # -- audio --------------------------------------------------------------------------
+    def add_audio(self, live: LiveStream, data: bytes, frames: int) -> bool:
+        """Queue whole frames (or one Opus packet); True when a flush (write + ack) is due.
+
+        Raises :class:`ProtocolError` (``bad_opus``) for a packet libopus cannot decode.
+        """
+        w, now = live.writer, self.clock()
+        if not w.pending_frames:  # a new batch: flushed by size, or by its deadline
+            self._flushes.push(now + w.ack_interval, live)
+        return w.add(data, frames, now)
+
+    def _write(self, live: LiveStream) -> Written | None:
+        """Write what is pending (synchronously), and hand the batch on: onto the log, to
+        the processors, to relay listeners."""
+        try:
+            w = live.writer.write()
+        except OSError as exc:
+            if not is_no_space(exc):
+                raise
+            self.space.write_failed(f"stream {live.id}")
+            raise StorageFull(f"the server's disk is full; {live.offset} frames of stream "
+                              f"{live.id} are kept, resume later") from None
+        if w is None:
+            return None
+        bus = self.bus
+        rec = live.rec
+        if bus.remote:
+            bus.append(LogAudio(live.id, w.first, w.frames, rec.rate, rec.channels,
+                                live.archive.sample_format, bytes(w.result.written),
+                                ",".join(live.processors)))
+        pipeline = live.pipeline
+        pcm_listeners = bus.wants_audio(live.id, opus=False)
+        opus_listeners = bus.wants_audio(live.id, opus=True)
+        if pipeline is not None or pcm_listeners or opus_listeners:
+            spec = live.spec
+            samples = decode(w.data, spec.format, spec.channels)
+            if spec.format == "f32" and (w.result.non_finite or w.result.clipped):
+                samples = sanitize_f32(samples).samples
+            first, clean = w.first, None  # listeners and chosen processors get it filtered
+            if live.cleanup is not None and (pcm_listeners or opus_listeners or (
+                    pipeline is not None and pipeline.filtered)):
+                clean = live.cleanup.feed(samples, w.first)
+            if pipeline is not None:
+                pipeline.feed(samples, w.first, clean)
+            if clean is not None:
+                samples, first = clean
+            self._relay(live, samples, first, pcm_listeners, opus_listeners)
+        t = self._tally  # into the metrics once a tick (_count)
+        t.frames += w.frames
+        t.bytes += w.nbytes
+        if w.result.non_finite:
+            self.metrics.samples_fixed.labels("non_finite").inc(w.result.non_finite)
+        if w.result.clipped:
+            self.metrics.samples_fixed.labels("clipped").inc(w.result.clipped)
+        return w
+
+    def _relay(self, live: LiveStream, samples: Any, first: int, pcm: bool, opus: bool) -> None:
+        """Audio (float32, from stream frame ``first``) to the PCM and Opus listeners."""
+        spec, bus = live.spec, self.bus
+        if pcm and len(samples):
+            bus.publish_audio(AudioItem(live.id, first, spec.rate, samples,
+                                        channels=spec.channels))
+        if opus and len(samples) and OpusRelay.supports(spec.rate, spec.channels):
+            # documented: Opus relay needs an Opus rate; PCM listeners still work
+            if live.relay is None:
+                live.relay = OpusRelay(live.id, spec.rate, spec.channels)
+            item = live.relay.encode(samples, first)
+            if item is not None:
+                bus.publish_audio(item)
+
+    def _cleanup_tail(self, live: LiveStream) -> None:
+        """The end of a connection: what the filters still hold, to whoever gets it."""
+        if live.cleanup is None:
+            return
+        samples, first = live.cleanup.tail()
+        if live.pipeline is not None:
+            live.pipeline.feed_clean(samples, first)
+        self._relay(live, samples, first, self.bus.wants_audio(live.id, opus=False),
+                    self.bus.wants_audio(live.id, opus=True))
+
+    def flush_now(self, live: LiveStream) -> None:
+        """:meth:`flush` from a synchronous hot path (the direct WebSocket lane), for a
+        server without ``--fsync`` (where :meth:`_flush` never suspends anyway). A full
+        disk kicks the owner in a task, as :meth:`flush` would."""
+        assert not self.settings.fsync
+        try:
+            self._write(live)
+        except StorageFull as exc:
+            owner = live.owner
+            if owner is not None:
+                self._spawn(owner.kick("storage_full", str(exc)))
+            return
+        self._ack(live, live.writer.newest)
+
+    def _spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background; shutdown waits for what is still running."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def flush(self, live: LiveStream) -> None:
+        """Write pending audio, then acknowledge everything durably written. A full disk
+        ends the connection with ``storage_full`` (1013); the stream stays resumable."""
+        try:
+            await self._flush(live)
+        except StorageFull as exc:
+            owner = live.owner
+            if owner is not None:
+                with contextlib.suppress(Exception):
+                    await owner.kick("storage_full", str(exc))
+
+    async def _flush(self, live: LiveStream) -> None:
+        """Write pending audio, then acknowledge everything durably written.
+
+        Without ``--fsync`` this never suspends (one ``os.write``, then the ack is queued),
+        so it needs no lock: nothing else can run on the loop in between.
+        """
+        if not self.settings.fsync:
+            self._write(live)
+            self._ack(live, live.writer.newest)
+            return
+        async with live.lock:
+            newest = live.writer.newest
+            self._write(live)
+            if not live.archive.writer.closed:
+                await asyncio.to_thread(live.archive.sync, True)
+            self._ack(live, newest)
+
+    def _ack(self, live: LiveStream, newest: float) -> None:
+        owner = live.owner
+        if owner is None:
+            return
+        offset = live.writer.take_ack()
+        if offset is None:
+            return
+        latency = self.clock() - newest
+        self.metrics.ack_latency.observe(latency)
+        t = self._tally
+        t.acks += 1
+        t.latency += latency  # the admission guard gets the mean once a tick (_count)
+        for m in live.writer.warnings():
+            owner.post(m)
+        owner.ack(offset)
+
+    def _count(self) -> None:
+        """Add the hot path's counts to the metrics (a lock each: once a tick, not per
+        batch), and the tick's mean ack latency to the admission guard's smoothing."""
+        t, m = self._tally, self.metrics
+        self._tally = _Tally()
+        if t.frames:
+            m.frames_in.inc(t.frames)
+            m.bytes_in.inc(t.bytes)
+        if t.acks:
+            m.acks.inc(t.acks)
+            self.admission.observe_ack_latency(t.latency / t.acks, self.clock())
+
+    def check_space(self) -> str:
+        """Measure the data directory's free space (at most once a second)."""
+        now = self.clock()
+        if self.space.due(now):
+            with contextlib.suppress(OSError):
+                self.space.update(free_bytes(self.settings.data_dir), now)
+        m = self.metrics
+        m.storage_free.set(self.space.free or 0)
+        for st in ("ok", "low", "full"):
+            m.storage_state.labels(st).set(1 if st == self.space.state else 0)
+        return self.space.state
+
+    async def tick(self) -> None:
+        """Flush streams whose oldest pending audio waited an ack interval; sync headers.
+        Only the streams whose deadline has come are looked at (server/deadlines.py).
+        Under load, batches stretch (server/cadence.py)."""
+        self.check_space()
+        self._count()
+        now = self.clock()
+        busy = self.admission.loop_busy(now)
+        before = self.cadence.current
+        interval = self.cadence.update(busy)
+        if interval is not None:
+            self._set_interval(interval, before, busy)
+        live_now = self.live
+        for live in self._flushes.due(now):
+            if live_now.get(live.id) is live and live.writer.flush_due(now):
+                await self.flush(live)
+        for live in self._syncs.due(now):
+            if live_now.get(live.id) is live:
+                live.writer.sync_header_if_due(now)
+                self._syncs.push(now + self.settings.header_interval, live)
+
+    def _set_interval(self, interval: float, before: float, busy: float) -> None:
+        """Every live stream's batches are ``interval`` long from now on. Said at INFO
+        when they start or stop stretching, at DEBUG in between."""
+        for live in self.live.values():
+            live.writer.set_interval(interval)
+        self.metrics.ack_interval.set(interval)
+        base = self.cadence.base
+        level = logging.INFO if (before == base) != (interval == base) else logging.DEBUG
+        log.log(level, "ack interval %.2f s (the event loop is %.2f cores busy)", interval,
+                busy)
+
+    def ingest_report(self) -> dict[str, Any]:
+        """For /healthz: the current ack interval and its bounds."""
+        c = self.cadence
+        return {"ack_interval": round(c.current, 4), "ack_interval_min": c.base,
+                "ack_interval_max": c.most}
+
+    async def run_ticker(self) -> None:
+        period = min(self.settings.ack_interval / 2, 0.05)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.tick()
+            except Exception:  # never let one bad stream stop the ticker
+                log.exception("ticker")
+
+    # -- end ----------------------------------------------------------------------------
+    async def detach(self, live: LiveStream, owner: Owner, *, stopped: bool,
+                     length: int | None = None) -> int:
+        """The owner is done with the stream: stop it cleanly or leave it resumable.
+
+        On a clean stop the processors get up to ``drain_timeout`` to finish (their last
+        events still reach the sender) before the archive is finalized. After a drop the
+        archive is closed at once and the processors finish in the background, so a resume
+        is never kept waiting by a slow processor.
+        """
+        if live.owner is not owner or live.detaching is not None:
+            return live.offset  # superseded by a resume: the stream lives on
+        live.detaching = asyncio.Event()
+        try:
+            return await self._detach(live, stopped=stopped, length=length)
+        finally:
+            live.detaching.set()
+
+    async def _detach(self, live: LiveStream, *, stopped: bool, length: int | None) -> int:
+        async with live.lock:
+            with contextlib.suppress(StorageFull):  # the client resends what is not written
+                self._write(live)
+            self._cleanup_tail(live)
+            if stopped and length is not None:
+                extra = live.writer.trim_tail(length, limit=live.rec.rate // 5)
+                if extra:
+                    self.emit(live, [{"type": "warning", "code": "length_ignored",
+                                      "t": live.offset / live.rec.rate,
+                                      "message": f"stop asked to cut {extra} frames; only an "
+                                                 "encoder's padding (at most 200 ms) is cut"}])
+        finished = stopped or live.compat
+        if self.bus.remote:
+            self.bus.log_end(live.id, offset=live.offset,
+                             state="finished" if finished else "interrupted",
+                             processors=",".join(live.processors))
+            if finished:
+                await self._await_workers(live)
+        pipeline, live.pipeline = live.pipeline, None
+        if pipeline is not None:
+            if finished:
+                late = await pipeline.close(self.settings.drain_timeout)
+                self._late(live, late, "their last events are lost")
+            else:
+                self._spawn(pipeline.close(self.settings.drain_timeout))
+        async with live.lock:
+            live.owner = None
+            archive = live.archive
+            archive.sync(self.settings.fsync)
+            archive.close()
+            rec = live.rec
+            rec.frames = archive.frames
+            fields: dict[str, Any] = {"frames": rec.frames}
+            if finished:
+                final = await asyncio.to_thread(
+                    finalize, archive.path, rec.archive_format  # type: ignore[arg-type]
+                )
+                rec.path = str(final.relative_to(self.settings.data_dir))
+                rec.state, rec.ended = "finished", time.time()
+                fields.update(state="finished", ended=rec.ended, path=rec.path)
+            else:
+                rec.state = "interrupted"
+                fields.update(state="interrupted")
+            try:
+                self.store.update(rec.id, **fields)
+            except StorageError as exc:  # e.g. SQLite on a full disk: repaired at start
+                if not is_no_space(exc):
+                    raise
+                self.space.write_failed("the metadata database")
+            self.live.pop(rec.id, None)
+            self.metrics.streams_active.set(len(self.live))
+        await self.bus.release(rec.id)
+        self.bus.publish(rec.id, {
+            "type": "stream_ended", "stream": rec.id, "t": rec.frames / rec.rate,
+            "state": rec.state, "frames": rec.frames,
+        })
+        return rec.frames
+
+    async def _await_workers(self, live: LiveStream) -> None:
+        """A clean stop on a shared bus: wait (up to ``drain_timeout``) until every worker
+        processing the stream has flushed, so its last events reach the sender first."""
+        bus: Any = self.bus
+        wanted = set()
+        for kind in live.processors:
+            if await bus.live_workers(kind):
+                wanted.add(kind)
+        deadline = self.clock() + self.settings.drain_timeout
+        while not wanted <= live.done and self.clock() < deadline:
+            live.done_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(live.done_changed.wait(), deadline - self.clock())
+        self._late(live, sorted(wanted - live.done), "their last events may come after it")
+        await self.router.settle(live.id, self.settings.drain_timeout)
+
+    def _late(self, live: LiveStream, late: list[str], consequence: str) -> None:
+        """Tell the sender which processors did not finish in time after its stop."""
+        if late:
+            self.emit(live, [{
+                "type": "warning", "code": "processor_timeout",
+                "t": live.offset / live.rec.rate,
+                "message": f"{', '.join(late)} did not finish within "
+                           f"{self.settings.drain_timeout:g} s of the stop; {consequence}"}])
+
+    async def shutdown(self) -> None:
+        for live in list(self.live.values()):
+            owner = live.owner
+            if owner is not None:
+                with contextlib.suppress(Exception):
+                    await owner.kick("shutting_down", "the server is shutting down; resume later")
+                await self.detach(live, owner, stopped=False)
+        if self._background:
+            await asyncio.wait(self._background, timeout=self.settings.drain_timeout)
+
+    async def drain(self, timeout: float = 5.0) -> list[str]:
+        """A planned shutdown (SIGTERM/SIGINT, server/lifecycle.py): refuse new streams and
+        resumes, write and acknowledge what every publisher sent, tell it ``shutting_down``
+        (close 1001; it stops taking audio from then on) and leave its stream resumable.
+        Streams being stopped finish their stop. Returns the streams that were held."""
+        self.admission.draining = True
+        self._show_admission()
+        held = [lv for lv in self.live.values()
+                if lv.owner is not None and lv.detaching is None]
+
+        async def tell(live: LiveStream) -> None:
+            owner = live.owner
+            if owner is None or live.detaching is not None:
+                return
+            await self.flush(live)
+            with contextlib.suppress(Exception):
+                await owner.kick("shutting_down", "the server is restarting; resume shortly")
+
+        deadline = self.clock() + timeout
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(tell(lv) for lv in held)), timeout)
+            # a resume that was under way when the drain began
+            late = [lv for lv in self.live.values() if lv.owner is not None
+                    and lv.detaching is None and lv not in held]
+            held += late
+            await asyncio.wait_for(asyncio.gather(*(tell(lv) for lv in late)),
+                                   max(0.1, deadline - self.clock()))
+        while self.live and self.clock() < deadline:  # each session detaches as it closes
+            await asyncio.sleep(0.02)
+        ids = [lv.id for lv in held]
+        if self.settings.processes == 1 and not self.bus.remote:  # one gateway, its own dir
+            write_held(self.settings.data_dir, ids)
+        log.info("drained %d stream(s) for a restart; they stay resumable", len(ids))
+        return ids
+
+    def reserve_held(self) -> int:
+        """After a planned restart: keep slots for the streams held at shutdown."""
+        if self.settings.processes != 1 or self.bus.remote:
+            return 0
+        ids, left = read_held(self.settings.data_dir, self.admission.resume_grace)
+        if ids:
+            self.admission.reserve(ids, self.clock(), left)
+        return len(ids)
+
+    def delete(self, stream_id: str) -> None:
+        if stream_id in self.live:
+            raise StorageError(f"stream {stream_id} is live; stop it before deleting")
+        rec = self.store.get(stream_id)
+        seg_dir = self.streams_dir / f"{rec.id}.segments"
+        if seg_dir.is_dir():
+            shutil.rmtree(seg_dir)
+        for p in self.streams_dir.glob(f"{rec.id}.*"):
+            p.unlink(missing_ok=True)
+        self.store.delete(stream_id)
+
+
+def _decoder(spec: StreamSpec, pre_skip: int) -> Any:
+    """An Opus decoder for opus streams (None for PCM)."""
+    if spec.format != "opus":
+        return None
+    from earshot.codec.opus import OpusDecoder
+
+    return OpusDecoder(spec.rate, spec.channels, pre_skip=pre_skip)
+
+
+def _resume_skip(spec: StreamSpec, start: Start, held: int) -> int:
+    """Opus resume: the client resends packets from ``start.offset`` (a packet boundary at
+    or before ``held``); a fresh decoder drops the ``held - offset`` samples already held."""
+    if spec.format != "opus" or start.offset is None:
+        return 0
+    if start.offset > held:
+        raise ProtocolError("gap", f"the server holds {held} frames but the client would "
+                                   f"continue at {start.offset}")
+    return held - start.offset

@@ -1,8 +1,9 @@
 """Generated regions of the docs: text between ``<!-- generated:NAME -->`` and
 ``<!-- /generated:NAME -->`` in docs/*.md is written by a generator, never by hand.
 
-NAME is ``config`` (the configuration table, scripts/config_table.py) or ``bench.TABLE``
-(a benchmark table, scripts/bench_tables.py). The docs build fills the regions as it renders
+NAME is ``config`` (the configuration table, scripts/config_table.py), ``metrics`` (the
+gateway's Prometheus metrics, scripts/metrics_table.py) or ``bench.TABLE`` (a benchmark
+table, scripts/bench_tables.py). The docs build fills the regions as it renders
 (docs/hooks.py), and the committed pages are kept up to date so they read right on GitHub
 too (tests/docs/ checks it):
 
@@ -21,13 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_tables import TABLES
 from config_table import config_table
+from metrics_table import metrics_table
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 REGION = re.compile(r"(<!-- generated:([\w.-]+) -->\n)(.*?)(<!-- /generated:\2 -->)", re.S)
 
 
 def generators() -> dict[str, Callable[[], str]]:
-    out: dict[str, Callable[[], str]] = {"config": config_table}
+    out: dict[str, Callable[[], str]] = {"config": config_table, "metrics": metrics_table}
     out.update({f"bench.{name}": fn for name, fn in TABLES.items()})
     return out
 

@@ -108,7 +108,8 @@ def file_only_keys() -> list[tuple[str, str]]:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Help text in a table cell: ``|`` ends a cell, ``[a][b]`` would be a link reference."""
+    return text.replace("|", "\\|").replace("[", "\\[").replace("]", "\\]")
 
 
 def config_table() -> str:

@@ -15,8 +15,8 @@ from helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from config_table import config_rows  # noqa: E402
-from docs_regions import fill, regions  # noqa: E402
+from config_table import config_rows
+from docs_regions import fill, regions
 
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.rglob("*.md"))

@@ -58,8 +58,8 @@ def test_the_site_needs_no_internet(site: Path) -> None:
 def test_the_client_api_is_generated_from_docstrings(site: Path) -> None:
     client = (site / "client.html").read_text()
     for name in ("earshot.client.Publisher", "earshot.client.SyncPublisher",
-                 "earshot.spool.Spool", "earshot.sources.FileSource", "earshot.listen.Listener",
-                 "earshot.jitter.JitterBuffer"):
+                 "earshot.client.spool.Spool", "earshot.client.sources.FileSource",
+                 "earshot.client.listen.Listener", "earshot.client.jitter.JitterBuffer"):
         assert f'id="{name}"' in client, name
     # a docstring's own words, so the page shows the code's documentation, not just names
     assert "One resumable stream from this program to an earshot server" in client

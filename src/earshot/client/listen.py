@@ -7,8 +7,8 @@ and play it (sounddevice) or write it to a WAV file, with low and steady delay.
 Playing (no ``--out``, or ``--out`` with ``--play``): the relay delivers PCM in batches (or
 Opus in 20 ms packets); PCM is re-framed into 20 ms frames, each frame is pushed into
 :class:`earshot.client.jitter.JitterBuffer` with its arrival time, and a playout clock pops
-one frame every 20 ms: audio, concealment (Opus PLC, or silence for PCM) when a frame is missing, never
-a stall in the output once playback started. When the stream ends, whatever is still
+one frame every 20 ms: audio, concealment (Opus PLC, or silence for PCM) when a frame is
+missing, never a stall in the output once playback started. When the stream ends, whatever is still
 buffered is played out, the last partial frame included.
 
 Recording (``--out`` alone): no clock and no jitter buffer, since nobody listens in real

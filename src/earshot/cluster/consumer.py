@@ -42,6 +42,7 @@ from earshot.cluster.dedup import Deduper
 from earshot.processors.base import Event, StreamInfo
 from earshot.processors.registry import ProcessorSpec
 from earshot.processors.runner import StreamPipeline
+from earshot.server.events import storage_work
 
 log = logging.getLogger("earshot.cluster.worker")
 
@@ -430,8 +431,7 @@ class KindConsumer:
                                  "events": json.dumps(events, separators=(",", ":"))},
                       minid=minid, approximate=True)
             for e in events:
-                if e.get("type") == "speech_end" or (e.get("type") == "transcript"
-                                                     and e.get("final")):
+                if storage_work(e) is not None:  # stored or cut once, by a gateway
                     pipe.xadd(k.jobs, {"stream": sid,
                                        "event": json.dumps(e, separators=(",", ":"))},
                               minid=minid, approximate=True)

@@ -1,48 +1,75 @@
-"""Where a stream's events go: its sender, subscribers (through the bus), and storage.
+"""Where a stream's events go — its sender, subscribers (through the bus), storage — and
+the one place the rules about them live.
 
-One router per gateway. Events come from the stream's own processors (in-process bus),
-from the bus (workers on Redis, other gateways), from remote WebSocket workers and from
-replays. The router counts them in metrics, posts them to the sender when this gateway
-holds the stream, publishes them, stores final transcripts and cuts speech segments from
-the archive — on a shared bus once in the cluster (a claim on Redis), whichever process
-made the event. It never looks into another module's state: the hub hands it a way to
-find a stream's sender (``owner_of``).
+**The rules** (pure, :func:`storage_work`): a final ``transcript`` is stored (idempotent by
+segment); a ``speech_end`` with ``start`` and ``end`` gets its segment cut from the archive
+and announced as a ``segment`` event; nothing else touches storage. The gateway's own
+``stream_started``/``stream_ended`` are never sent back to a sender. Every caller applies
+them through this module: the hub (events of the stream's processors in this process), the
+bus (events of workers, :meth:`EventRouter.from_bus`, and the jobs of the Redis log,
+:meth:`EventRouter.job`), remote WebSocket workers (:meth:`EventRouter.from_worker`),
+replays (:meth:`EventRouter.replayed`), and the Redis log workers when they decide which
+events become jobs (:mod:`earshot.cluster.consumer`).
+
+**The router** (one per gateway) counts events in metrics, posts them to the sender when
+this gateway holds the stream, publishes them, stores final transcripts and cuts speech
+segments — on a shared bus once in the cluster (a claim in the metadata store), whichever
+process made the event. It never looks into another module's state: the hub hands it a way
+to find a stream's sender (``owner_of``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
 
 from earshot.cluster.bus.base import Bus
 from earshot.errors import StorageError, StreamNotFound
 from earshot.processors.base import Event
 from earshot.server.metrics import Metrics
+from earshot.server.streams.live import Owner
 from earshot.storage import segments
 from earshot.storage.metadata import MetadataStore, SegmentRecord, StreamRecord
 
 log = logging.getLogger("earshot.router")
 
 
-class Owner(Protocol):
-    """The connection currently feeding a stream, as the gateway sees it."""
-
-    def post(self, message: dict[str, Any]) -> None:
-        """Queue a message for the client, in order, without waiting."""
-
-    def ack(self, offset: int) -> None:
-        """Queue the acknowledgement of everything up to ``offset`` frames (after the
-        events posted before it)."""
-
-    async def kick(self, code: str, message: str) -> None: ...
-
-
 #: the events that come from the gateway itself, never forwarded back to a sender
 GATEWAY_EVENTS = frozenset({"stream_started", "stream_ended"})
+
+
+class Work(enum.Enum):
+    """The storage work an event asks for."""
+
+    STORE_FINAL = "store_final"  # a final transcript: stored, by (stream, segment)
+    CUT_SEGMENT = "cut_segment"  # a speech_end: its span cut from the archive
+
+
+def storage_work(e: Event) -> Work | None:
+    """What storage work event ``e`` asks for, if any (the rule, in one place)."""
+    kind = e.get("type")
+    if kind == "transcript" and e.get("final"):
+        return Work.STORE_FINAL
+    if kind == "speech_end" and "start" in e and "end" in e:
+        return Work.CUT_SEGMENT
+    return None
+
+
+def segment_span(e: Event, rate: int) -> tuple[int, int]:
+    """The frames a ``speech_end`` names, ``[start, end)``; ValueError when they are not
+    finite numbers or the span is empty."""
+    start, end = float(e["start"]), float(e["end"])
+    if not (math.isfinite(start) and math.isfinite(end)):
+        raise ValueError(f"segment span {e['start']!r}..{e['end']!r} is not finite")
+    first, last = max(0, round(start * rate)), round(end * rate)
+    if last <= first:
+        raise ValueError(f"segment span {start:g}..{end:g} s is empty")
+    return first, last
 
 
 class EventRouter:
@@ -59,19 +86,20 @@ class EventRouter:
 
     # -- events of a stream held here (its processors run in this process) -----------------
     def emit(self, rec: StreamRecord, archive: Path, events: list[Event]) -> None:
-        """Deliver events of a stream: to its sender, to subscribers; cut VAD segments."""
+        """Deliver events of a stream: to its sender, to subscribers; store finals, cut
+        segments (announced to both)."""
         sid = rec.id
         owner = self.owner_of(sid)
         for e in events:
             e["stream"] = sid
-            kind = e.get("type")
             self.count(e)
             if owner is not None:
                 owner.post(e)
             self.bus.publish(sid, e)
-            if kind == "transcript" and e.get("final"):
+            work = storage_work(e)
+            if work is Work.STORE_FINAL:
                 self.store_transcript(sid, e)
-            if kind == "speech_end" and "start" in e and "end" in e:
+            elif work is Work.CUT_SEGMENT:
                 seg = self.cut(rec, archive, e)
                 if owner is not None:
                     owner.post(seg)
@@ -87,20 +115,21 @@ class EventRouter:
             self.metrics.errors.labels(e.get("code", "?")).inc()
 
     def store_transcript(self, sid: str, e: Event) -> None:
+        """Store a final transcript; a malformed one is logged and left out."""
         try:
             self.store.add_transcript(sid, e)
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("stream %s: malformed final transcript: %s", sid, exc)
 
     def cut(self, rec: StreamRecord, archive: Path, e: Event) -> Event:
-        """Cut the segment a ``speech_end`` names from the archive; its event (or an error)."""
+        """Cut the segment a ``speech_end`` names from the archive; its ``segment`` event
+        (or an ``error`` event saying why it could not be cut)."""
         try:
-            start = max(0, round(float(e["start"]) * rec.rate))
-            end = round(float(e["end"]) * rec.rate)
+            start, end = segment_span(e, rec.rate)
             n = self.store.allocate_segment(rec.id)
             rel = f"streams/{rec.id}.segments/{n:04d}.wav"
             frames = segments.cut(archive, start, end, self.data_dir / rel)
-        except (OSError, StorageError, ValueError, TypeError) as exc:
+        except (OSError, StorageError, ValueError, TypeError, KeyError) as exc:
             log.warning("stream %s: cannot cut segment: %s", rec.id, exc)
             return {"type": "error", "code": "segment_failed", "stream": rec.id,
                     "t": e.get("t"), "message": f"cannot save the speech segment: {exc}"}
@@ -125,11 +154,12 @@ class EventRouter:
                 continue
             self.count(e)
             owner.post(e)
-            if kind == "transcript" and e.get("final"):
+            work = storage_work(e)
+            if work is Work.STORE_FINAL:
                 # stored before the sender can hear `stopped` (the job on the bus stores it
                 # again, an upsert by segment, when no gateway holds the stream)
                 self.store_transcript(sid, e)
-            elif kind == "speech_end" and "start" in e and "end" in e:
+            elif work is Work.CUT_SEGMENT:
                 task = asyncio.create_task(self.cut_once(sid, e))
                 cuts = self._cuts.setdefault(sid, set())
                 cuts.add(task)
@@ -144,10 +174,10 @@ class EventRouter:
     async def job(self, sid: str, e: Event) -> None:
         """A job from the bus, once per event on one gateway: store a final transcript,
         or cut a segment no gateway holding the stream cut."""
-        kind = e.get("type")
-        if kind == "transcript" and e.get("final"):
+        work = storage_work(e)
+        if work is Work.STORE_FINAL:
             self.store_transcript(sid, e)
-        elif kind == "speech_end" and "start" in e and "end" in e:
+        elif work is Work.CUT_SEGMENT:
             await self.cut_once(sid, e)
 
     async def cut_once(self, sid: str, e: Event) -> None:
@@ -180,3 +210,31 @@ class EventRouter:
             e["stream"] = sid
             self.bus.publish(sid, e)
         return True
+
+    # -- a replay over a finished stream's archive (server/streams/replay.py) --------------
+    async def replayed(self, rec: StreamRecord, archive: Path,
+                       events: list[Event]) -> list[Event]:
+        """Publish a replay's events (marked ``"replay": true``), store its finals and cut
+        its segments — except those the stream already has with the same frames (a replay
+        of the processor that ran live stores none twice). Cuts run in a thread. Returns
+        the segment events."""
+        existing = {(s.start, s.end): s for s in self.store.segments(rec.id)}
+        out = []
+        for e in events:
+            e["stream"], e["replay"] = rec.id, True
+            self.bus.publish(rec.id, e)
+            work = storage_work(e)
+            if work is Work.STORE_FINAL:
+                self.store_transcript(rec.id, e)
+            elif work is Work.CUT_SEGMENT:
+                try:
+                    known = existing.get(segment_span(e, rec.rate))
+                except (ValueError, TypeError, KeyError):
+                    known = None
+                seg = ({"type": "segment", "stream": rec.id, "t": e.get("t"),
+                        **known.public()} if known is not None
+                       else await asyncio.to_thread(self.cut, rec, archive, e))
+                seg["replay"] = True
+                self.bus.publish(rec.id, seg)
+                out.append(seg)
+        return out

@@ -13,102 +13,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import logging
 import secrets
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from earshot.audio import StreamSpec, decode, sanitize_f32
-from earshot.cluster.bus import ALL, AudioItem
-from earshot.cluster.bus.base import Bus, LogAudio
+from earshot.cluster.bus import ALL
+from earshot.cluster.bus.base import Bus
 from earshot.config import Settings
-from earshot.dsp.cleanup import AlignedCleanup
-from earshot.errors import ProcessorError, ProtocolError, StorageError, StorageFull, StreamNotFound
-from earshot.processors.base import Event, StreamInfo
+from earshot.errors import ProtocolError, StorageError, StorageFull, StreamNotFound
+from earshot.processors.base import Event
 from earshot.processors.registry import Registry
-from earshot.processors.runner import StreamPipeline
-from earshot.server.events import EventRouter, Owner
+from earshot.server.events import EventRouter
 from earshot.server.metrics import Metrics
 from earshot.server.streams.admission import Admission
+from earshot.server.streams.batch import BatchPath, decoder_for, resume_skip
 from earshot.server.streams.cadence import AckCadence
-from earshot.server.streams.cleanup import filtered_processors, open_cleanup
-from earshot.server.streams.deadlines import Deadlines
+from earshot.server.streams.cleanup import open_cleanup
 from earshot.server.streams.lifecycle import read_held, write_held
-from earshot.server.streams.relay import OpusRelay
+from earshot.server.streams.live import LiveStream, Owner, hash_token, new_stream_id
+from earshot.server.streams.processing import remote_processors, start_pipeline
+from earshot.server.streams.recovery import recover
 from earshot.server.streams.space import Space, free_bytes, is_no_space
-from earshot.server.streams.writer import StreamWriter, Written
-from earshot.storage.archive import FINAL_SUFFIX, Archive, ArchiveFormat, finalize
+from earshot.storage.archive import Archive, ArchiveFormat, finalize
 from earshot.storage.metadata import MetadataStore, StreamRecord
-from earshot.storage.parts import recover as recover_parts
 from earshot.wire.ingest import Start
 
 __all__ = ["Hub", "LiveStream", "Owner", "hash_token", "new_stream_id"]
 
 log = logging.getLogger("earshot.hub")
-_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-def new_stream_id(now: float | None = None) -> str:
-    """Time-sortable, unguessable, filename-safe: base36 milliseconds + 8 random hex."""
-    ms = int((time.time() if now is None else now) * 1000)
-    head = ""
-    while ms:
-        ms, r = divmod(ms, 36)
-        head = _B36[r] + head
-    return head + secrets.token_hex(4)
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-@dataclass(slots=True)
-class _Tally:
-    """What the hot path counted since the last tick."""
-
-    frames: int = 0
-    bytes: int = 0
-    acks: int = 0
-    latency: float = 0.0  # sum of the acks' latencies
-
-
-@dataclass(eq=False)
-class LiveStream:
-    rec: StreamRecord
-    writer: StreamWriter
-    compat: bool
-    owner: Owner | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    pipeline: StreamPipeline | None = None
-    detaching: asyncio.Event | None = None
-    relay: OpusRelay | None = None
-    cleanup: AlignedCleanup | None = None  # voice cleanup for listeners, chosen processors
-    processors: list[str] = field(default_factory=list)  # names told to the client
-    done: set[str] = field(default_factory=set)  # remote processors done with the stream
-    done_changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def id(self) -> str:
-        return self.rec.id
-
-    @property
-    def archive(self) -> Archive:
-        return self.writer.archive
-
-    @property
-    def spec(self) -> StreamSpec:
-        return self.writer.spec
-
-    @property
-    def offset(self) -> int:
-        """Frames received: written to the archive plus pending."""
-        return self.writer.offset
 
 
 class Hub:
@@ -132,15 +69,14 @@ class Hub:
         self.router = EventRouter(store, bus, metrics, settings.data_dir, self.owner_of,
                                   self._processed)
         self._background: set[asyncio.Task[Any]] = set()
-        self._flushes: Deadlines[LiveStream] = Deadlines()  # a trickling stream's next ack
-        self._tally = _Tally()  # the hot path's counts, not yet in the metrics
-        self._syncs: Deadlines[LiveStream] = Deadlines()  # header syncs, every stream
         self.streams_dir = settings.data_dir / "streams"
         self.streams_dir.mkdir(parents=True, exist_ok=True)
         self.admission = Admission.from_settings(settings)
         self.cadence = AckCadence(settings.ack_interval, settings.ack_interval_max)
         metrics.ack_interval.set(self.cadence.current)
         self.space = Space(settings.min_free_space, str(settings.data_dir))
+        self.batch = BatchPath(bus, metrics, self.space, ack_interval=self.cadence.current,
+                               header_interval=settings.header_interval)
         self.check_space()
         self._show_admission()
 
@@ -221,31 +157,11 @@ class Hub:
             self.metrics.streams_refused.labels(state).inc()
             raise ProtocolError("shutting_down" if a.draining else "server_full", why)
 
-    # -- recovery -----------------------------------------------------------------------
+    # -- recovery (server/streams/recovery.py) -----------------------------------------------
     async def recover(self) -> list[str]:
-        """Repair every archive a crash left open; those streams become resumable.
-
-        On a shared bus, streams another live gateway holds are left alone."""
-        repaired = []
-        for rec in self.store.with_state("live"):
-            if await self.bus.held_elsewhere(rec.id):
-                continue
-            path = self.path_of(rec)
-            try:
-                frames = recover_parts(path, rec.archive_format)  # every part (storage/parts)
-            except (OSError, StorageError) as exc:
-                done = path.with_suffix(FINAL_SUFFIX.get(rec.archive_format, ".wav"))
-                if done != path and done.exists():
-                    self.store.update(rec.id, state="finished", path=str(done.relative_to(
-                        self.settings.data_dir)))
-                    continue
-                log.error("stream %s: cannot repair %s: %s", rec.id, path, exc)
-                self.store.update(rec.id, state="interrupted")
-                continue
-            self.store.update(rec.id, frames=frames, state="interrupted")
-            log.warning("stream %s: repaired archive after a crash, %d frames", rec.id, frames)
-            repaired.append(rec.id)
-        return repaired
+        """Repair every archive a crash left open; those streams become resumable. On a
+        shared bus, streams another live gateway holds are left alone."""
+        return await recover(self.store, self.bus, self.settings.data_dir)
 
     # -- start / resume -----------------------------------------------------------------
     async def open(self, start: Start, owner: Owner) -> tuple[LiveStream, str, list[Event]]:
@@ -270,12 +186,6 @@ class Hub:
             warnings += self._start_pipeline(live, start)
         await self.bus.acquire(live.id)
         return live, token, warnings
-
-    def _writer(self, archive: Archive, spec: StreamSpec, pre_skip: int) -> StreamWriter:
-        s = self.settings
-        return StreamWriter(archive, ack_interval=self.cadence.current,
-                            header_interval=s.header_interval, now=self.clock(),
-                            decoder=_decoder(spec, pre_skip))
 
     def _create(self, start: Start, owner: Owner) -> tuple[LiveStream, str]:
         spec = start.spec
@@ -308,7 +218,8 @@ class Hub:
                 raise ProtocolError("storage_full", "the server's disk is full; "
                                     "try again later") from None
             raise
-        live = LiveStream(rec, self._writer(archive, spec, start.pre_skip), start.compat, owner)
+        writer = self.batch.writer(archive, spec, start.pre_skip, self.clock())
+        live = LiveStream(rec, writer, start.compat, owner)
         self._attach(live, resumed=False)
         return live, token
 
@@ -340,14 +251,14 @@ class Hub:
             # The old connection has not noticed it is dead yet: it loses the stream.
             old = live.owner
             async with live.lock:
-                self._write(live)
+                self.batch.write(live)
                 live.owner = owner
             if old is not None:
                 with contextlib.suppress(Exception):
                     await old.kick("superseded", "this stream was resumed by another connection")
             # the wire format may differ after a resume
-            live.writer.reformat(spec.pcm, _decoder(spec, _resume_skip(spec, start,
-                                                                       live.offset)))
+            live.writer.reformat(spec.pcm,
+                                 decoder_for(spec, resume_skip(spec, start, live.offset)))
             self.metrics.streams_started.labels("resume").inc()
             self._announce(live, resumed=True)
             return live, token
@@ -357,14 +268,15 @@ class Hub:
         rec.frames = archive.frames
         rec.format = spec.format
         self.store.update(sid, state="live", frames=archive.frames, format=spec.format)
-        writer = self._writer(archive, spec, _resume_skip(spec, start, archive.frames))
+        writer = self.batch.writer(archive, spec, resume_skip(spec, start, archive.frames),
+                                   self.clock())
         live = LiveStream(rec, writer, False, owner)
         self._attach(live, resumed=True)
         return live, token
 
     def _attach(self, live: LiveStream, *, resumed: bool) -> None:
         self.live[live.id] = live
-        self._syncs.push(self.clock() + self.settings.header_interval, live)
+        self.batch.attach(live, self.clock())
         self.metrics.streams_active.set(len(self.live))
         self.metrics.streams_started.labels("resume" if resumed else "new").inc()
         self._announce(live, resumed=resumed)
@@ -377,49 +289,13 @@ class Hub:
             "format": live.spec.format, "offset": live.offset, "resumed": resumed,
         })
 
-    # -- processors -------------------------------------------------------------------------
+    # -- processors (server/streams/processing.py) ------------------------------------------
     def _start_pipeline(self, live: LiveStream, start: Start) -> list[Event]:
-        specs, problems = self.registry.for_start(start.processors)
-        warnings: list[Event] = [
-            {"type": "warning", "code": "processor_unavailable", "message": p} for p in problems]
-        procs = []
-        for spec in specs:
-            try:
-                procs.append(spec.make())
-            except ProcessorError as exc:
-                warnings.append({"type": "warning", "code": "processor_unavailable",
-                                 "message": str(exc)})
-        if procs:
-            rec = live.rec
-            live.pipeline = StreamPipeline(
-                StreamInfo(rec.id, rec.rate, rec.channels, rec.name, start.language), procs,
-                lambda events: self.emit(live, events), start_offset=live.offset,
-                max_lag=self.settings.max_lag,
-                filtered=filtered_processors(self.settings, live.cleanup))
-            live.processors = live.pipeline.names
-        return warnings
+        return start_pipeline(self.settings, self.registry, live, start,
+                              lambda events: self.emit(live, events))
 
     def _remote_processors(self, live: LiveStream, start: Start) -> list[Event]:
-        """On a shared bus the workers run the processors: name them on the log."""
-        warnings: list[Event] = []
-        if start.processors is None:
-            names = [s.ref for s in self.registry.defaults]
-        else:
-            names = []
-            for item in start.processors:
-                ref = item if isinstance(item, str) else str(item.get("name", ""))
-                if ref in self.registry.offered or ref in self.registry.unavailable:
-                    names.append(ref)
-                else:
-                    warnings.append({"type": "warning", "code": "processor_unavailable",
-                                     "message": f"processor {ref!r} is not offered by this "
-                                                f"server (offered: "
-                                                f"{', '.join(sorted(self.registry.offered))})"})
-        live.processors = names
-        rec = live.rec
-        self.bus.log_start(live.id, rate=rec.rate, channels=rec.channels, offset=live.offset,
-                           processors=",".join(names))
-        return warnings
+        return remote_processors(self.registry, self.bus, live, start)
 
     def emit(self, live: LiveStream, events: list[Event]) -> None:
         """Events of a stream held here (its processors, the hub's own warnings)."""
@@ -448,85 +324,13 @@ class Hub:
             await owner.kick("superseded", "this stream was resumed on another gateway")
         await self.detach(live, owner, stopped=False)
 
-    # -- audio --------------------------------------------------------------------------
+    # -- audio (server/streams/batch.py) -------------------------------------------------------
     def add_audio(self, live: LiveStream, data: bytes, frames: int) -> bool:
         """Queue whole frames (or one Opus packet); True when a flush (write + ack) is due.
 
         Raises :class:`ProtocolError` (``bad_opus``) for a packet libopus cannot decode.
         """
-        w, now = live.writer, self.clock()
-        if not w.pending_frames:  # a new batch: flushed by size, or by its deadline
-            self._flushes.push(now + w.ack_interval, live)
-        return w.add(data, frames, now)
-
-    def _write(self, live: LiveStream) -> Written | None:
-        """Write what is pending (synchronously), and hand the batch on: onto the log, to
-        the processors, to relay listeners."""
-        try:
-            w = live.writer.write()
-        except OSError as exc:
-            if not is_no_space(exc):
-                raise
-            self.space.write_failed(f"stream {live.id}")
-            raise StorageFull(f"the server's disk is full; {live.offset} frames of stream "
-                              f"{live.id} are kept, resume later") from None
-        if w is None:
-            return None
-        bus = self.bus
-        rec = live.rec
-        if bus.remote:
-            bus.append(LogAudio(live.id, w.first, w.frames, rec.rate, rec.channels,
-                                live.archive.sample_format, bytes(w.result.written),
-                                ",".join(live.processors)))
-        pipeline = live.pipeline
-        pcm_listeners = bus.wants_audio(live.id, opus=False)
-        opus_listeners = bus.wants_audio(live.id, opus=True)
-        if pipeline is not None or pcm_listeners or opus_listeners:
-            spec = live.spec
-            samples = decode(w.data, spec.format, spec.channels)
-            if spec.format == "f32" and (w.result.non_finite or w.result.clipped):
-                samples = sanitize_f32(samples).samples
-            first, clean = w.first, None  # listeners and chosen processors get it filtered
-            if live.cleanup is not None and (pcm_listeners or opus_listeners or (
-                    pipeline is not None and pipeline.filtered)):
-                clean = live.cleanup.feed(samples, w.first)
-            if pipeline is not None:
-                pipeline.feed(samples, w.first, clean)
-            if clean is not None:
-                samples, first = clean
-            self._relay(live, samples, first, pcm_listeners, opus_listeners)
-        t = self._tally  # into the metrics once a tick (_count)
-        t.frames += w.frames
-        t.bytes += w.nbytes
-        if w.result.non_finite:
-            self.metrics.samples_fixed.labels("non_finite").inc(w.result.non_finite)
-        if w.result.clipped:
-            self.metrics.samples_fixed.labels("clipped").inc(w.result.clipped)
-        return w
-
-    def _relay(self, live: LiveStream, samples: Any, first: int, pcm: bool, opus: bool) -> None:
-        """Audio (float32, from stream frame ``first``) to the PCM and Opus listeners."""
-        spec, bus = live.spec, self.bus
-        if pcm and len(samples):
-            bus.publish_audio(AudioItem(live.id, first, spec.rate, samples,
-                                        channels=spec.channels))
-        if opus and len(samples) and OpusRelay.supports(spec.rate, spec.channels):
-            # documented: Opus relay needs an Opus rate; PCM listeners still work
-            if live.relay is None:
-                live.relay = OpusRelay(live.id, spec.rate, spec.channels)
-            item = live.relay.encode(samples, first)
-            if item is not None:
-                bus.publish_audio(item)
-
-    def _cleanup_tail(self, live: LiveStream) -> None:
-        """The end of a connection: what the filters still hold, to whoever gets it."""
-        if live.cleanup is None:
-            return
-        samples, first = live.cleanup.tail()
-        if live.pipeline is not None:
-            live.pipeline.feed_clean(samples, first)
-        self._relay(live, samples, first, self.bus.wants_audio(live.id, opus=False),
-                    self.bus.wants_audio(live.id, opus=True))
+        return self.batch.add(live, data, frames, self.clock())
 
     def flush_now(self, live: LiveStream) -> None:
         """:meth:`flush` from a synchronous hot path (the direct WebSocket lane), for a
@@ -534,13 +338,11 @@ class Hub:
         disk kicks the owner in a task, as :meth:`flush` would."""
         assert not self.settings.fsync
         try:
-            self._write(live)
+            self.batch.flush(live, self.clock())
         except StorageFull as exc:
             owner = live.owner
             if owner is not None:
                 self._spawn(owner.kick("storage_full", str(exc)))
-            return
-        self._ack(live, live.writer.newest)
 
     def _spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background; shutdown waits for what is still running."""
@@ -566,37 +368,19 @@ class Hub:
         so it needs no lock: nothing else can run on the loop in between.
         """
         if not self.settings.fsync:
-            self._write(live)
-            self._ack(live, live.writer.newest)
+            self.batch.flush(live, self.clock())
             return
         async with live.lock:
             newest = live.writer.newest
-            self._write(live)
+            self.batch.write(live)
             if not live.archive.writer.closed:
                 await asyncio.to_thread(live.archive.sync, True)
-            self._ack(live, newest)
-
-    def _ack(self, live: LiveStream, newest: float) -> None:
-        owner = live.owner
-        if owner is None:
-            return
-        offset = live.writer.take_ack()
-        if offset is None:
-            return
-        latency = self.clock() - newest
-        self.metrics.ack_latency.observe(latency)
-        t = self._tally
-        t.acks += 1
-        t.latency += latency  # the admission guard gets the mean once a tick (_count)
-        for m in live.writer.warnings():
-            owner.post(m)
-        owner.ack(offset)
+            self.batch.ack(live, newest, self.clock())
 
     def _count(self) -> None:
         """Add the hot path's counts to the metrics (a lock each: once a tick, not per
         batch), and the tick's mean ack latency to the admission guard's smoothing."""
-        t, m = self._tally, self.metrics
-        self._tally = _Tally()
+        t, m = self.batch.take_tally(), self.metrics
         if t.frames:
             m.frames_in.inc(t.frames)
             m.bytes_in.inc(t.bytes)
@@ -628,20 +412,14 @@ class Hub:
         interval = self.cadence.update(busy)
         if interval is not None:
             self._set_interval(interval, before, busy)
-        live_now = self.live
-        for live in self._flushes.due(now):
-            if live_now.get(live.id) is live and live.writer.flush_due(now):
-                await self.flush(live)
-        for live in self._syncs.due(now):
-            if live_now.get(live.id) is live:
-                live.writer.sync_header_if_due(now)
-                self._syncs.push(now + self.settings.header_interval, live)
+        for live in self.batch.due(now, self.live):
+            await self.flush(live)
+        self.batch.sync_headers(now, self.live)
 
     def _set_interval(self, interval: float, before: float, busy: float) -> None:
         """Every live stream's batches are ``interval`` long from now on. Said at INFO
         when they start or stop stretching, at DEBUG in between."""
-        for live in self.live.values():
-            live.writer.set_interval(interval)
+        self.batch.set_interval(interval, self.live.values())
         self.metrics.ack_interval.set(interval)
         base = self.cadence.base
         level = logging.INFO if (before == base) != (interval == base) else logging.DEBUG
@@ -684,8 +462,8 @@ class Hub:
     async def _detach(self, live: LiveStream, *, stopped: bool, length: int | None) -> int:
         async with live.lock:
             with contextlib.suppress(StorageFull):  # the client resends what is not written
-                self._write(live)
-            self._cleanup_tail(live)
+                self.batch.write(live)
+            self.batch.tail(live)
             if stopped and length is not None:
                 extra = live.writer.trim_tail(length, limit=live.rec.rate // 5)
                 if extra:
@@ -829,23 +607,3 @@ class Hub:
         for p in self.streams_dir.glob(f"{rec.id}.*"):
             p.unlink(missing_ok=True)
         self.store.delete(stream_id)
-
-
-def _decoder(spec: StreamSpec, pre_skip: int) -> Any:
-    """An Opus decoder for opus streams (None for PCM)."""
-    if spec.format != "opus":
-        return None
-    from earshot.codec.opus import OpusDecoder
-
-    return OpusDecoder(spec.rate, spec.channels, pre_skip=pre_skip)
-
-
-def _resume_skip(spec: StreamSpec, start: Start, held: int) -> int:
-    """Opus resume: the client resends packets from ``start.offset`` (a packet boundary at
-    or before ``held``); a fresh decoder drops the ``held - offset`` samples already held."""
-    if spec.format != "opus" or start.offset is None:
-        return 0
-    if start.offset > held:
-        raise ProtocolError("gap", f"the server holds {held} frames but the client would "
-                                   f"continue at {start.offset}")
-    return held - start.offset

@@ -2,15 +2,15 @@
 
 ``POST /api/streams/{id}/replay?processor=vad`` (and ``earshot replay ID --processor vad``).
 The archive is read block by block and fed through the same :class:`StreamPipeline` the
-live path uses, as fast as the processor goes; its events are published to subscribers
-(marked ``"replay": true``), final transcripts stored, and speech segments cut — except
-those the stream already has with the same frames (a replay of the processor that ran
-live finds the same segments and stores none twice).
+live path uses, as fast as the processor goes; its events go through the event rules
+(:meth:`earshot.server.events.EventRouter.replayed`): published to subscribers (marked
+``"replay": true``), final transcripts stored, and speech segments cut — except those the
+stream already has with the same frames (a replay of the processor that ran live finds the
+same segments and stores none twice).
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 import soundfile as sf
@@ -55,21 +55,6 @@ async def replay(hub: Hub, stream_id: str, processor: str) -> dict[str, Any]:
         await pipeline.close(0.0)
         raise StorageError(f"cannot read the archive of stream {rec.id}: {exc}") from None
     await pipeline.close(None)
-    existing = {(s.start, s.end): s for s in hub.store.segments(rec.id)}
-    segments = []
-    for e in list(events):
-        e["stream"], e["replay"] = rec.id, True
-        hub.bus.publish(rec.id, e)
-        if e.get("type") == "transcript" and e.get("final"):
-            hub.store.add_transcript(rec.id, e)
-        if e.get("type") == "speech_end" and "start" in e and "end" in e:
-            start, end = round(float(e["start"]) * rec.rate), round(float(e["end"]) * rec.rate)
-            known = existing.get((start, end))
-            seg = ({"type": "segment", "stream": rec.id, "t": e.get("t"), **known.public()}
-                   if known is not None else await asyncio.to_thread(hub.router.cut, rec, path, e))
-            seg["replay"] = True
-            segments.append(seg)
-            events.append(seg)
-            hub.bus.publish(rec.id, seg)
-    return {"stream": rec.id, "processor": processor, "events": events,
+    segments = await hub.router.replayed(rec, path, events)
+    return {"stream": rec.id, "processor": processor, "events": [*events, *segments],
             "segments": segments}

@@ -24,86 +24,50 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from earshot.cluster.bus import MemoryBus
-from earshot.config import Settings
-from earshot.server.ingest.session import IngestSession
-from earshot.server.metrics import Metrics
-from earshot.server.streams.hub import Hub
-from earshot.storage.metadata import SqliteStore
-from earshot.wire.ingest import Limits, parse_start
-
-
-class _WS:
-    """What :class:`IngestSession` reads of its WebSocket before ``run``."""
-
-    query_params: dict[str, str] = {}
-    headers: dict[str, str] = {}
-    scope: dict[str, Any] = {"extensions": {}}
-
-
-class _Lane:
-    """The direct lane's ``send_text`` without the socket: counts what would be written."""
-
-    def __init__(self) -> None:
-        self.messages = 0
-        self.bytes = 0
-        self.writable = True
-
-    def send_text(self, text: str) -> bool:
-        self.messages += 1
-        self.bytes += len(text)
-        return True
-
-    def detach(self) -> None:
-        pass
+from earshot.server.testing import Gateway
 
 
 async def run_config(processors: list[str], streams: int, seconds: float, rate: int,
                      fmt: str, frame_ms: int, profile: cProfile.Profile | None) -> dict:
-    data = Path(tempfile.mkdtemp(prefix="earshot-batch-"))
-    settings = Settings(data_dir=data, min_free_space=0)
-    store = SqliteStore(data / "earshot.db")
-    hub = Hub(settings, store, Metrics(), MemoryBus())
-    sessions = []
-    for _ in range(streams):
-        s = IngestSession(_WS(), hub)  # type: ignore[arg-type]
-        start = parse_start({"type": "start", "format": fmt, "rate": rate, "channels": 1,
-                             "processors": processors, "batch": True}, Limits())
-        live, token, _ = await hub.open(start, s)
-        s.live = live
-        s._batch = True
-        s._lane = _Lane()  # type: ignore[assignment]
-        s.conn.receive_text(json.dumps({"type": "start", "format": fmt, "rate": rate}))
-        s.conn.accept(live.id, token, live.offset)
-        sessions.append(s)
-    n = rate * frame_ms // 1000
-    rng = np.random.default_rng(1)
-    x = (rng.uniform(-0.3, 0.3, n * 50)).astype(np.float32)
-    frames = [(x[i * n:(i + 1) * n] if fmt == "f32" else
-               (x[i * n:(i + 1) * n] * 32767).astype("<i2")).tobytes() for i in range(50)]
-    messages = int(seconds * 1000 / frame_ms)
-    if profile is not None:
-        profile.enable()
-    t0 = time.thread_time()
-    for i in range(messages):
-        data_i = frames[i % 50]
-        for s in sessions:
-            s.on_bytes(data_i)
-        if i % 5 == 4:
-            await asyncio.sleep(0)  # let the loop run what processors scheduled
-    cpu = time.thread_time() - t0
-    if profile is not None:
-        profile.disable()
-    sent = sum(s._lane.messages for s in sessions)  # type: ignore[union-attr]
-    for s in sessions:
-        await hub.detach(s.live, s, stopped=True)  # type: ignore[arg-type]
-    store.close()
+    async with Gateway() as gw:  # earshot.server.testing: no sockets, a fake clock
+        clients = []
+        for _ in range(streams):
+            c = await gw.connect()
+            await c.send_json({"type": "start", "format": fmt, "rate": rate, "channels": 1,
+                               "processors": processors, "batch": True})
+            await c.expect("ready")
+            clients.append(c)
+        lanes = [c.lane for c in clients]
+        n = rate * frame_ms // 1000
+        rng = np.random.default_rng(1)
+        x = (rng.uniform(-0.3, 0.3, n * 50)).astype(np.float32)
+        frames = [(x[i * n:(i + 1) * n] if fmt == "f32" else
+                   (x[i * n:(i + 1) * n] * 32767).astype("<i2")).tobytes() for i in range(50)]
+        messages = int(seconds * 1000 / frame_ms)
+        before = sum(lane.messages for lane in lanes)  # type: ignore[union-attr]
+        if profile is not None:
+            profile.enable()
+        t0 = time.thread_time()
+        for i in range(messages):
+            data_i = frames[i % 50]
+            for lane in lanes:
+                lane.offer(data_i)  # type: ignore[union-attr]  # what data_received does
+            if i % 5 == 4:
+                await asyncio.sleep(0)  # let the loop run what processors scheduled
+        cpu = time.thread_time() - t0
+        if profile is not None:
+            profile.disable()
+        sent = sum(lane.messages for lane in lanes) - before  # type: ignore[union-attr]
+        for c in clients:
+            await c.send_json({"type": "stop"})
+        for c in clients:
+            await c.closed(10)
+        interval = gw.settings.ack_interval
     total = streams * messages
-    batches = total * frame_ms / 1000 / settings.ack_interval
+    batches = total * frame_ms / 1000 / interval
     return {"processors": processors or ["none"], "cpu_s": cpu,
             "us_per_message": cpu / total * 1e6, "us_per_batch": cpu / batches * 1e6,
             "core_percent_per_stream": cpu / (streams * seconds) * 100,

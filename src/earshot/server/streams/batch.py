@@ -87,9 +87,11 @@ class BatchPath:
         Raises :class:`ProtocolError` (``bad_opus``) for a packet libopus cannot decode.
         """
         w = live.writer
-        if not w.pending_frames:  # a new batch: flushed by size, or by its deadline
-            self._flushes.push(now + w.ack_interval, live)
-        return w.add(data, frames, now)
+        new = not w.pending_frames  # a new batch: flushed by size, or by its deadline
+        due = w.add(data, frames, now)
+        if new and w.pending_frames:
+            self._flushes.push(w.due_at, live)
+        return due
 
     def write(self, live: LiveStream) -> Written | None:
         """Write what is pending (synchronously) and hand the batch on: onto the log, to
@@ -194,8 +196,15 @@ class BatchPath:
     def due(self, now: float, current: Mapping[str, LiveStream]) -> list[LiveStream]:
         """Streams still live (in ``current``) whose oldest pending audio waited an ack
         interval: flush them. Only streams whose deadline came are looked at."""
-        return [live for live in self._flushes.due(now)
-                if current.get(live.id) is live and live.writer.flush_due(now)]
+        out = []
+        for live in self._flushes.due(now):
+            if current.get(live.id) is not live:
+                continue  # ended, or resumed as another LiveStream
+            if live.writer.flush_due(now):
+                out.append(live)
+            elif live.writer.pending_frames:  # the interval grew since: not forgotten
+                self._flushes.push(live.writer.due_at, live)
+        return out
 
     def sync_headers(self, now: float, current: Mapping[str, LiveStream]) -> None:
         """Patch the archive headers that are due (crash-safe readers see their sizes)."""

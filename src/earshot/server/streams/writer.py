@@ -130,7 +130,12 @@ class StreamWriter:
 
     def flush_due(self, now: float) -> bool:
         """A trickling client: its oldest pending audio waited an ack interval."""
-        return bool(self.pending_frames) and now - self.pending_since >= self.ack_interval
+        return bool(self.pending_frames) and now >= self.due_at
+
+    @property
+    def due_at(self) -> float:
+        """When the pending batch is due by time (its oldest audio waited an interval)."""
+        return self.pending_since + self.ack_interval
 
     def sync_header_if_due(self, now: float) -> bool:
         """Patch the RIFF sizes every ``header_interval`` (crash-safe readers see them)."""

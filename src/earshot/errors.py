@@ -10,11 +10,10 @@ class EarshotError(Exception):
 class ProtocolError(EarshotError):
     """A peer broke the wire protocol. ``code`` is the stable machine-readable error code."""
 
-    def __init__(self, code: str, message: str, *, fatal: bool = False) -> None:
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = code  # an earshot.wire.codes.Code (a str)
         self.message = message
-        self.fatal = fatal
 
 
 class StorageError(EarshotError):

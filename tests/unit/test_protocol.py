@@ -10,9 +10,8 @@ from hypothesis import strategies as st
 
 from earshot.audio import StreamSpec
 from earshot.errors import ProtocolError
+from earshot.wire.codes import Close as CloseCode
 from earshot.wire.ingest import (
-    CLOSE_BAD_REQUEST,
-    CLOSE_TOO_BIG,
     AudioIn,
     Close,
     IngestConnection,
@@ -146,7 +145,7 @@ def test_binary_before_start_after_text_is_fatal() -> None:
     assert sends(conn.receive_text("garbage"))[0]["code"] == "invalid_json"
     outs = conn.receive_bytes(b"\0" * 8)
     assert sends(outs)[0]["code"] == "not_started"
-    assert isinstance(outs[-1], Close) and outs[-1].code == CLOSE_BAD_REQUEST
+    assert isinstance(outs[-1], Close) and outs[-1].code == CloseCode.BAD_REQUEST
     assert conn.receive_bytes(b"\0" * 8) == []
 
 
@@ -174,7 +173,7 @@ def test_too_large_is_fatal_with_1009() -> None:
     conn = started(IngestConnection(LIMITS))
     outs = conn.receive_bytes(b"\0" * 4100)
     assert sends(outs)[0]["code"] == "message_too_large"
-    assert isinstance(outs[-1], Close) and outs[-1].code == CLOSE_TOO_BIG
+    assert isinstance(outs[-1], Close) and outs[-1].code == CloseCode.TOO_BIG
 
 
 def test_resume_skips_what_the_server_holds_and_refuses_gaps() -> None:

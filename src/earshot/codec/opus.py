@@ -60,6 +60,7 @@ from typing import Any, Literal
 import numpy as np
 
 from earshot.errors import EarshotError, MissingDependency, ProtocolError
+from earshot.wire.codes import Code
 
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 #: frame durations (ms) the encoder accepts; every packet lasts a multiple of 2.5 ms
@@ -94,7 +95,7 @@ def import_av() -> Any:
 
 
 def _bad(message: str) -> ProtocolError:
-    return ProtocolError("bad_opus", message)
+    return ProtocolError(Code.BAD_OPUS, message)
 
 
 def _check_rate_channels(rate: int, channels: int) -> int:

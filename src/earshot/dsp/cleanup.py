@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from earshot.errors import ConfigError, MissingDependency, ProtocolError
+from earshot.wire.codes import Code
 
 __all__ = ["FILTERS", "AlignedCleanup", "FilterChain", "FilterError", "FilterSpec",
            "check_available", "parse_filters"]
@@ -144,11 +145,12 @@ def start_filters(value: Any) -> tuple[FilterSpec, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list):
-        raise ProtocolError("bad_start", "'filters' must be a list such as [\"agc\", \"denoise\"]")
+        raise ProtocolError(Code.BAD_START,
+                            "'filters' must be a list such as [\"agc\", \"denoise\"]")
     try:
         return parse_filters(value)
     except FilterError as exc:
-        raise ProtocolError("bad_start", f"'filters': {exc}") from None
+        raise ProtocolError(Code.BAD_START, f"'filters': {exc}") from None
 
 
 def _webrtc() -> Any:

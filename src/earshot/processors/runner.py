@@ -32,6 +32,7 @@ import soxr
 
 from earshot.audio import to_mono
 from earshot.processors.base import Chunk, Event, Processor, StreamInfo
+from earshot.wire.codes import Code
 
 log = logging.getLogger("earshot.processors.runner")
 Publish = Callable[[list[Event]], None]
@@ -308,7 +309,7 @@ class ProcessorRunner:
         self._idle.set()
         log.warning("processor %s failed", self.name, exc_info=exc)
         self.publish([{
-            "type": "error", "code": "processor_failed", "processor": self.name,
+            "type": "error", "code": Code.PROCESSOR_FAILED, "processor": self.name,
             "t": round((chunk.t if chunk else self._done_end / self.rate), 6),
             "message": f"{self.name} raised {type(exc).__name__}: {exc}; "
                        "it is stopped for this stream (the stream goes on)",
@@ -348,7 +349,7 @@ class StreamPipeline:
                 proc.start(info)
             except Exception as exc:
                 log.warning("processor %s failed to start", proc.name, exc_info=exc)
-                publish([{"type": "error", "code": "processor_failed", "processor": proc.name,
+                publish([{"type": "error", "code": Code.PROCESSOR_FAILED, "processor": proc.name,
                           "t": round(start_offset / info.rate, 6),
                           "message": f"{proc.name} failed to start: {type(exc).__name__}: "
                                      f"{exc}; the stream goes on without it"}])

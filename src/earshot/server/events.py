@@ -35,6 +35,7 @@ from earshot.server.metrics import Metrics
 from earshot.server.streams.live import Owner
 from earshot.storage import segments
 from earshot.storage.metadata import MetadataStore, SegmentRecord, StreamRecord
+from earshot.wire.codes import Code
 
 log = logging.getLogger("earshot.router")
 
@@ -131,7 +132,7 @@ class EventRouter:
             frames = segments.cut(archive, start, end, self.data_dir / rel)
         except (OSError, StorageError, ValueError, TypeError, KeyError) as exc:
             log.warning("stream %s: cannot cut segment: %s", rec.id, exc)
-            return {"type": "error", "code": "segment_failed", "stream": rec.id,
+            return {"type": "error", "code": Code.SEGMENT_FAILED, "stream": rec.id,
                     "t": e.get("t"), "message": f"cannot save the speech segment: {exc}"}
         seg = SegmentRecord(rec.id, n, start, start + frames, rec.rate, rel, time.time())
         self.store.add_segment(seg)

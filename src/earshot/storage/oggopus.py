@@ -51,6 +51,7 @@ from earshot.codec.opus import (
     parse_packet,
 )
 from earshot.errors import EarshotError, ProtocolError, StorageError
+from earshot.wire.codes import Code
 
 _BOS, _EOS = 0x02, 0x04
 _PAGE_HEADER = struct.Struct("<4sBBqIIIB")  # capture, version, flags, granule, serial, seq,
@@ -252,7 +253,7 @@ class OggOpusWriter:
         n48 = parse_packet(packet)[1]
         if samples is not None and samples * self._factor != n48:
             raise ProtocolError(
-                "bad_opus", f"packet lasts {n48 // self._factor} samples, not {samples}"
+                Code.BAD_OPUS, f"packet lasts {n48 // self._factor} samples, not {samples}"
             )
         self._add(bytes(packet), n48)
 

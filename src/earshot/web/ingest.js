@@ -13,9 +13,12 @@
 // Fatal failures call onfail(EarshotError).
 
 import { EarshotError } from "./common.js";
+// Every close code and what to do after it: generated from earshot/wire/codes.py
+import codes from "./codes.json" with { type: "json" };
 
-const FATAL_CLOSE = (code) => (code >= 4400 && code < 4500) || code === 1008 || code === 1009;
-const TRY_AGAIN_LATER = 1013; // server_full, storage_full: back off and retry on our own
+const FINAL_CLOSES = new Set(codes.final_closes);
+const FATAL_CLOSE = (code) => (code >= 4400 && code < 4500) || FINAL_CLOSES.has(code);
+const TRY_AGAIN_LATER = codes.close.TRY_AGAIN_LATER; // server_full, storage_full: back off
 
 export class IngestClient {
   constructor({ server, token = null, format = "s16", rate, channels = 1, preSkip = 0,

@@ -27,41 +27,34 @@ from typing import Any
 
 from earshot.audio import ARCHIVE_FORMATS, WIRE_FORMATS, StreamSpec
 from earshot.errors import ProtocolError
+from earshot.wire.codes import BUSY, FATAL_CLOSE, RETRYABLE, Code
+from earshot.wire.codes import Close as CloseCode
 
-# WebSocket close codes. 1000/1009/1011 are RFC 6455; 44xx mirror HTTP statuses.
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN_LATER = 1013  # server_full, storage_full: back off and retry
-CLOSE_BAD_REQUEST = 4400
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_NOT_FOUND = 4404
-CLOSE_CONFLICT = 4409
-
-#: error code → close code, for errors after which the connection cannot go on.
-FATAL_CLOSE: dict[str, int] = {
-    "not_started": CLOSE_BAD_REQUEST,
-    "bad_opus": CLOSE_BAD_REQUEST,
-    "gap": CLOSE_BAD_REQUEST,
-    "resume_mismatch": CLOSE_BAD_REQUEST,
-    "message_too_large": CLOSE_TOO_BIG,
-    "unauthorized": CLOSE_UNAUTHORIZED,
-    "bad_resume_token": CLOSE_FORBIDDEN,
-    "unknown_stream": CLOSE_NOT_FOUND,
-    "stream_finished": CLOSE_CONFLICT,
-    "superseded": CLOSE_CONFLICT,
-    "internal": CLOSE_INTERNAL,
-    "shutting_down": CLOSE_GOING_AWAY,
-    "server_full": CLOSE_TRY_AGAIN_LATER,
-    "storage_full": CLOSE_TRY_AGAIN_LATER,
-}
-
-#: error codes after which a client should reconnect and resume (everything else is final).
-RETRYABLE = frozenset({"internal", "shutting_down", "server_full", "storage_full"})
-#: retryable refusals of a busy server: clients back off longer (jittered), without a limit
-BUSY = frozenset({"shutting_down", "server_full", "storage_full"})
+# Every error and close code, and what a client should do after each: earshot.wire.codes
+# (BUSY, FATAL_CLOSE and RETRYABLE are re-exported here for the protocol's users).
+__all__ = [
+    "BUSY",
+    "FATAL_CLOSE",
+    "RETRYABLE",
+    "AudioIn",
+    "Close",
+    "CloseCode",
+    "Code",
+    "IngestConnection",
+    "Limits",
+    "Output",
+    "Ping",
+    "Send",
+    "Start",
+    "StartRequested",
+    "Stop",
+    "StopRequested",
+    "error_message",
+    "parse_message",
+    "parse_start",
+    "spec_from_query",
+    "validate_spec",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,7 +160,7 @@ def _int_field(obj: Mapping[str, Any], key: str, default: int | None = None) -> 
         # the stateful fuzz, tests/hardening/test_fuzz_ingest.py)
         if isinstance(value, str) and value.strip().isdecimal() and len(value) <= 30:
             return int(value)
-        raise ProtocolError("bad_start", f"'{key}' must be an integer, got {value!r}")
+        raise ProtocolError(Code.BAD_START, f"'{key}' must be an integer, got {value!r}")
     return value
 
 
@@ -175,31 +168,31 @@ def _str_field(obj: Mapping[str, Any], key: str) -> str | None:
     value = obj.get(key)
     if value is None or isinstance(value, str):
         return value
-    raise ProtocolError("bad_start", f"'{key}' must be a string, got {type(value).__name__}")
+    raise ProtocolError(Code.BAD_START, f"'{key}' must be a string, got {type(value).__name__}")
 
 
 def validate_spec(fmt: Any, rate: Any, channels: Any, limits: Limits) -> StreamSpec:
     """Check a format/rate/channels triple against the limits; raise ProtocolError if not."""
     if fmt not in WIRE_FORMATS:
         raise ProtocolError(
-            "unsupported_format",
+            Code.UNSUPPORTED_FORMAT,
             f"format {fmt!r} is not supported; use one of {', '.join(WIRE_FORMATS)}",
         )
     if fmt == "opus":
         from earshot.codec.opus import OPUS_RATES
 
         if rate not in OPUS_RATES:
-            raise ProtocolError("unsupported_rate", f"opus runs at {OPUS_RATES} Hz, not {rate}")
+            raise ProtocolError(Code.UNSUPPORTED_RATE, f"opus runs at {OPUS_RATES} Hz, not {rate}")
         if channels not in (1, 2):
-            raise ProtocolError("unsupported_channels", "opus streams are mono or stereo")
+            raise ProtocolError(Code.UNSUPPORTED_CHANNELS, "opus streams are mono or stereo")
     if not limits.min_rate <= rate <= limits.max_rate:
         raise ProtocolError(
-            "unsupported_rate",
+            Code.UNSUPPORTED_RATE,
             f"rate {rate} Hz is outside {limits.min_rate}..{limits.max_rate} Hz",
         )
     if not 1 <= channels <= limits.max_channels:
         raise ProtocolError(
-            "unsupported_channels", f"channels {channels} is outside 1..{limits.max_channels}"
+            Code.UNSUPPORTED_CHANNELS, f"channels {channels} is outside 1..{limits.max_channels}"
         )
     return StreamSpec(fmt, rate, channels)
 
@@ -212,39 +205,39 @@ def parse_start(obj: Mapping[str, Any], limits: Limits) -> Start:
     name = _str_field(obj, "name")
     if name is not None and (len(name) > limits.max_name_chars or not name.isprintable()):
         raise ProtocolError(
-            "bad_start", f"'name' must be printable and at most {limits.max_name_chars} chars"
+            Code.BAD_START, f"'name' must be printable and at most {limits.max_name_chars} chars"
         )
     processors = obj.get("processors")
     if processors is not None:
         if not isinstance(processors, list) or len(processors) > limits.max_processors:
             raise ProtocolError(
-                "bad_start", f"'processors' must be a list of at most {limits.max_processors}"
+                Code.BAD_START, f"'processors' must be a list of at most {limits.max_processors}"
             )
         for p in processors:
             if not isinstance(p, str | dict):
-                raise ProtocolError("bad_start", "each processor is a name or an object")
+                raise ProtocolError(Code.BAD_START, "each processor is a name or an object")
         processors = tuple(processors)
     offset = _int_field(obj, "offset")
     if offset is not None and offset < 0:
-        raise ProtocolError("bad_start", "'offset' must be >= 0")
+        raise ProtocolError(Code.BAD_START, "'offset' must be >= 0")
     client = obj.get("client") or {}
     if not isinstance(client, dict):
-        raise ProtocolError("bad_start", "'client' must be an object")
+        raise ProtocolError(Code.BAD_START, "'client' must be an object")
     pre_skip = _int_field(obj, "pre_skip")
     if pre_skip is None:  # an encoder that knows nothing of earshot (opuslib, PyAV, WebCodecs)
         pre_skip = default_pre_skip(spec.rate) if spec.format == "opus" else 0
     if not 0 <= pre_skip <= spec.rate:
-        raise ProtocolError("bad_start", "'pre_skip' must be between 0 and one second")
+        raise ProtocolError(Code.BAD_START, "'pre_skip' must be between 0 and one second")
     archive = _str_field(obj, "archive")
     if archive is not None and archive not in ARCHIVE_FORMATS:
-        raise ProtocolError("bad_start", f"'archive' must be one of {ARCHIVE_FORMATS}")
+        raise ProtocolError(Code.BAD_START, f"'archive' must be one of {ARCHIVE_FORMATS}")
     language = _str_field(obj, "language")
     if language is not None and not re.fullmatch(r"[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*",
                                                  language):
-        raise ProtocolError("bad_start", "'language' must be a language tag such as 'en-US'")
+        raise ProtocolError(Code.BAD_START, "'language' must be a language tag such as 'en-US'")
     batch = obj.get("batch", False)
     if not isinstance(batch, bool):
-        raise ProtocolError("bad_start", "'batch' must be true or false")
+        raise ProtocolError(Code.BAD_START, "'batch' must be true or false")
     from earshot.dsp.cleanup import start_filters
 
     filters = start_filters(obj.get("filters"))  # a bad spec: ProtocolError bad_start
@@ -270,9 +263,9 @@ def parse_message(text: str, limits: Limits) -> Message:
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise ProtocolError("invalid_json", f"text message is not valid JSON: {exc}") from None
+        raise ProtocolError(Code.INVALID_JSON, f"text message is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise ProtocolError("invalid_json", "text message must be a JSON object")
+        raise ProtocolError(Code.INVALID_JSON, "text message must be a JSON object")
     kind = obj.get("type")
     if kind == "start":
         return parse_start(obj, limits)
@@ -280,11 +273,11 @@ def parse_message(text: str, limits: Limits) -> Message:
         length = obj.get("length")
         if length is not None and (isinstance(length, bool) or not isinstance(length, int)
                                    or length < 0):
-            raise ProtocolError("bad_stop", "'length' must be a non-negative integer")
+            raise ProtocolError(Code.BAD_STOP, "'length' must be a non-negative integer")
         return Stop(length)
     if kind == "ping":
         return Ping(obj.get("id"))
-    raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
+    raise ProtocolError(Code.UNKNOWN_TYPE, f"unknown message type {kind!r}")
 
 
 def spec_from_query(params: Mapping[str, str], limits: Limits) -> StreamSpec:
@@ -293,7 +286,8 @@ def spec_from_query(params: Mapping[str, str], limits: Limits) -> StreamSpec:
         rate = int(params.get("rate", "48000"))
         channels = int(params.get("channels", "1"))
     except ValueError:
-        raise ProtocolError("bad_start", "query 'rate' and 'channels' must be integers") from None
+        raise ProtocolError(Code.BAD_START,
+                            "query 'rate' and 'channels' must be integers") from None
     return validate_spec(params.get("format", "f32"), rate, channels, limits)
 
 
@@ -336,7 +330,8 @@ class IngestConnection:
             return [Send({"type": "pong", "id": msg.id})]
         if isinstance(msg, Start):
             if self.state is not State.AWAITING_START:
-                return [Send(error_message("already_started", "this connection already started"))]
+                return [Send(error_message(Code.ALREADY_STARTED,
+                                           "this connection already started"))]
             self.state = State.STARTING
             self.start = msg
             return [StartRequested(msg)]
@@ -349,7 +344,7 @@ class IngestConnection:
                 self._remainder = b""
             out.append(StopRequested(msg.length))
             return out
-        return [Send(error_message("not_started", "'stop' before a successful 'start'"))]
+        return [Send(error_message(Code.NOT_STARTED, "'stop' before a successful 'start'"))]
 
     def receive_bytes(self, data: bytes) -> list[Output]:
         state = self.state
@@ -369,7 +364,7 @@ class IngestConnection:
             self._pending_binary = data
             return [StartRequested(self.start)]
         if state is State.STOPPING:
-            return [Send(error_message("after_stop", f"{len(data)} bytes after 'stop' ignored"))]
+            return [Send(error_message(Code.AFTER_STOP, f"{len(data)} bytes after 'stop' ignored"))]
         return self._fatal(
             "not_started", "binary audio before a successful 'start'; send 'start' first"
         )
@@ -476,7 +471,7 @@ class IngestConnection:
     def _partial_warning(self) -> dict[str, Any]:
         return {
             "type": "warning",
-            "code": "partial_frame",
+            "code": Code.PARTIAL_FRAME,
             "message": f"{len(self._remainder)} trailing bytes were less than one frame "
             f"({self._frame_bytes} bytes) and were discarded",
         }
@@ -488,5 +483,5 @@ class IngestConnection:
         self.state = State.CLOSED
         return [
             Send(error_message(code, message)),
-            Close(FATAL_CLOSE.get(code, CLOSE_BAD_REQUEST), message[:120]),
+            Close(FATAL_CLOSE.get(code, CloseCode.BAD_REQUEST), message[:120]),
         ]

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from earshot.wire.codes import Close, Code
+
 log = logging.getLogger("earshot.guard")
 
 Scope = MutableMapping[str, Any]
@@ -46,8 +48,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
-#: close codes that mean "your credentials were wrong" (see earshot.wire.ingest.FATAL_CLOSE)
-AUTH_FAILURE_CLOSES = frozenset({4401, 4403})
+#: close codes that mean "your credentials were wrong" (see earshot.wire.codes.FATAL_CLOSE)
+AUTH_FAILURE_CLOSES = frozenset({Close.UNAUTHORIZED, Close.FORBIDDEN})
 UNGUARDED_PATHS = frozenset({"/healthz"})
 
 
@@ -283,12 +285,12 @@ class GuardCore:
         wait = self.rest.take(client, now)
         if wait:
             self.rest_refused["rate"] += 1
-            return Refusal(429, "rate_limited",
+            return Refusal(429, Code.RATE_LIMITED,
                            f"too many requests from {client}; retry in {wait:.1f} s", wait,
                            "rate")
         if self.max_rest_requests and self.rest_in_flight >= self.max_rest_requests:
             self.rest_refused["concurrency"] += 1
-            return Refusal(429, "rate_limited",
+            return Refusal(429, Code.RATE_LIMITED,
                            f"the server is serving its maximum of {self.max_rest_requests} "
                            "requests at once; retry in 1 s", 1.0, "concurrency")
         self.rest_in_flight += 1
@@ -306,24 +308,24 @@ class GuardCore:
     def admit(self, *, websocket: bool, path: str, client: str, host: str | None,
               origin: str | None, now: float) -> Refusal | None:
         if not self.policy.host_ok(host):
-            return Refusal(403, "host_not_allowed",
+            return Refusal(403, Code.HOST_NOT_ALLOWED,
                            f"requests for host {host!r} are refused (DNS rebinding guard): "
                            "add its origin to --allowed-origins")
         if websocket and not self.policy.origin_ok(origin, host):
-            return Refusal(403, "origin_not_allowed",
+            return Refusal(403, Code.ORIGIN_NOT_ALLOWED,
                            f"WebSocket connections from origin {origin!r} are refused: "
                            "add it to --allowed-origins")
         if path in UNGUARDED_PATHS:
             return None
         wait = self.auth_failures.blocked_for(client, now)
         if wait:
-            return Refusal(429, "rate_limited",
+            return Refusal(429, Code.RATE_LIMITED,
                            f"too many failed authentication attempts from {client}; "
                            f"retry in {wait:.1f} s", wait)
         if websocket:
             wait = self.connections.take(client, now)
             if wait:
-                return Refusal(429, "rate_limited",
+                return Refusal(429, Code.RATE_LIMITED,
                                f"too many new connections from {client}; retry in {wait:.1f} s",
                                wait)
         return None
@@ -439,4 +441,4 @@ class Guard:
                         "headers": headers})
             await send({"type": "websocket.http.response.body", "body": body})
         else:  # a server without the extension: a close before accept is an HTTP 403
-            await send({"type": "websocket.close", "code": 1008, "reason": refusal.code})
+            await send({"type": "websocket.close", "code": Close.POLICY, "reason": refusal.code})

@@ -2,7 +2,7 @@
 remote workers send their processors' events back.
 
 Past ``--max-subscribers`` live subscribers, a newcomer gets ``{"type":"error",
-"code":"server_full"}`` and close 1013 (try again later); publishers' slots are counted
+"code":Code.SERVER_FULL}`` and close 1013 (try again later); publishers' slots are counted
 apart, so subscribers never take them.
 
 Server → subscriber:
@@ -29,7 +29,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from earshot.audio import f32_to_s16
 from earshot.cluster.bus import ALL, AudioItem, MemoryBus
 from earshot.server.streams.hub import Hub
-from earshot.wire.ingest import CLOSE_TRY_AGAIN_LATER, error_message
+from earshot.wire.codes import Close, Code
+from earshot.wire.ingest import error_message
 
 log = logging.getLogger("earshot.subscribe")
 RESERVED = frozenset({"ready", "ack", "stopped", "audio", "subscribed", "stream_started",
@@ -43,16 +44,16 @@ async def subscribe(ws: WebSocket, hub: Hub) -> None:
     await ws.accept()
     if audio not in (None, "s16", "f32", "opus"):
         await ws.send_text(json.dumps(error_message(
-            "unsupported_format", f"audio={audio!r}: use audio=s16, f32 or opus")))
-        await ws.close(4400, "unsupported audio format")
+            Code.UNSUPPORTED_FORMAT, f"audio={audio!r}: use audio=s16, f32 or opus")))
+        await ws.close(Close.BAD_REQUEST, "unsupported audio format")
         return
     slots = hub.admission  # --max-subscribers, apart from publishers' slots
     refused = slots.subscriber_refusal()
     if refused is not None:
         hub.metrics.subscribers_refused.inc()
         hub.metrics.errors.labels("server_full").inc()
-        await ws.send_text(json.dumps(error_message("server_full", refused)))
-        await ws.close(CLOSE_TRY_AGAIN_LATER, "server full")
+        await ws.send_text(json.dumps(error_message(Code.SERVER_FULL, refused)))
+        await ws.close(Close.TRY_AGAIN_LATER, "server full")
         return
     hub.metrics.subscribers.set(slots.subscribers.held)
     try:
@@ -89,7 +90,7 @@ async def _serve(ws: WebSocket, hub: Hub, stream: str, audio: str | None) -> Non
                     await ws.send_text(json.dumps(reply))
             elif msg.get("bytes") is not None:
                 await ws.send_text(json.dumps(error_message(
-                    "unexpected_binary", "subscribers send only JSON text messages")))
+                    Code.UNEXPECTED_BINARY, "subscribers send only JSON text messages")))
     except WebSocketDisconnect:
         pass
     finally:
@@ -117,27 +118,27 @@ def audio_messages(item: AudioItem, fmt: str) -> list[tuple[str, bytes]]:
 def handle_worker_message(hub: Hub, text: str) -> dict[str, Any] | None:
     """Validate events sent back by a remote worker and fan them out; None when fine."""
     if len(text) > hub.settings.max_message_bytes:
-        return error_message("message_too_large", "event message too large")
+        return error_message(Code.MESSAGE_TOO_LARGE, "event message too large")
     try:
         msg = json.loads(text)
     except ValueError as exc:
-        return error_message("invalid_json", f"not valid JSON: {exc}")
+        return error_message(Code.INVALID_JSON, f"not valid JSON: {exc}")
     if not isinstance(msg, dict) or msg.get("type") != "event":
-        return error_message("unknown_type", "subscribers may only send {'type': 'event', ...}")
+        return error_message(Code.UNKNOWN_TYPE, "subscribers may only send {'type': 'event', ...}")
     events = msg.get("events")
     if not isinstance(events, list) or len(events) > MAX_EVENTS_PER_MESSAGE:
-        return error_message("bad_event", f"'events' must be a list of at most "
+        return error_message(Code.BAD_EVENT, f"'events' must be a list of at most "
                                           f"{MAX_EVENTS_PER_MESSAGE} objects")
     for e in events:
         if not isinstance(e, dict) or not isinstance(e.get("type"), str):
-            return error_message("bad_event", "each event is an object with a string 'type'")
+            return error_message(Code.BAD_EVENT, "each event is an object with a string 'type'")
         if e["type"] in RESERVED:
-            return error_message("bad_event", f"event type {e['type']!r} is reserved")
+            return error_message(Code.BAD_EVENT, f"event type {e['type']!r} is reserved")
     sid = str(msg.get("stream"))
     worker = msg.get("worker")
     if isinstance(worker, str):
         for e in events:
             e["worker"] = worker[:100]
     if not hub.from_worker(sid, events):
-        return error_message("unknown_stream", f"no stream {sid!r}")
+        return error_message(Code.UNKNOWN_STREAM, f"no stream {sid!r}")
     return None

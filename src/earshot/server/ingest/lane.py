@@ -33,10 +33,11 @@ from typing import Any, Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
+from earshot.wire.codes import Close
+
 log = logging.getLogger("earshot.ws")
 
 EXTENSION = "earshot.direct"
-CLOSE_INVALID_PAYLOAD = 1007
 
 
 class DirectSink(Protocol):
@@ -226,7 +227,7 @@ class EarshotWebSocketProtocol(WebSocketsSansIOProtocol):
                     return
             except Exception:  # a bug in the sink: it may have taken part of the message
                 log.exception("direct lane failed; closing the connection")
-                self.conn.send_close(1011, "internal server error; resume to go on")
+                self.conn.send_close(Close.INTERNAL, "internal server error; resume to go on")
                 self.handle_parser_exception()
                 return
         self._to_receive(data)
@@ -258,7 +259,7 @@ class EarshotWebSocketProtocol(WebSocketsSansIOProtocol):
                 client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
                 log.warning("closing WebSocket from %s: text message is not valid UTF-8 (%s)",
                             client, exc.reason)
-                self.conn.send_close(CLOSE_INVALID_PAYLOAD, "text message is not valid UTF-8")
+                self.conn.send_close(Close.INVALID_PAYLOAD, "text message is not valid UTF-8")
                 self.handle_parser_exception()
                 return
             self.queue.put_nowait({"type": "websocket.receive", "text": text})

@@ -29,8 +29,9 @@ from earshot.errors import ProtocolError, StorageError, StorageFull
 from earshot.server.auth import presented_token, token_ok
 from earshot.server.ingest.lane import DirectLane, lane_of
 from earshot.server.streams.hub import Hub, LiveStream
+from earshot.wire.codes import Close as CloseCode
+from earshot.wire.codes import Code
 from earshot.wire.ingest import (
-    CLOSE_UNAUTHORIZED,
     AudioIn,
     Close,
     IngestConnection,
@@ -89,7 +90,7 @@ class IngestSession:
         await ws.accept()
         self._writer = asyncio.create_task(self._write_loop())
         if self._presented is not None and not self._authed:
-            await self._emit(self.conn.fail("unauthorized", "wrong token"))
+            await self._emit(self.conn.fail(Code.UNAUTHORIZED, "wrong token"))
             return
         conn = self.conn
         if not self.settings.fsync:  # (with --fsync every flush awaits the disk)
@@ -133,7 +134,7 @@ class IngestSession:
             log.exception("ingest connection failed")
             self.metrics.errors.labels("internal").inc()
             if not self._closed:
-                await self._emit(conn.fail("internal", "internal server error; resume to go on"))
+                await self._emit(conn.fail(Code.INTERNAL, "internal server error; resume to go on"))
         finally:
             if self._lane is not None:
                 self._lane.detach()
@@ -191,7 +192,7 @@ class IngestSession:
         start = req.start
         if not self._authed and not token_ok(self.settings.token, start.token):
             return self.conn.refuse(
-                "unauthorized",
+                Code.UNAUTHORIZED,
                 "this server needs a token: ?token=, 'Authorization: Bearer', or 'token' in start",
             )
         try:
@@ -199,10 +200,10 @@ class IngestSession:
         except ProtocolError as exc:
             return self.conn.refuse(exc.code, exc.message)
         except StorageFull as exc:
-            return self.conn.refuse("storage_full", str(exc))
+            return self.conn.refuse(Code.STORAGE_FULL, str(exc))
         except (StorageError, OSError) as exc:
             log.exception("cannot open stream")
-            return self.conn.refuse("internal", f"cannot open the stream's archive: {exc}")
+            return self.conn.refuse(Code.INTERNAL, f"cannot open the stream's archive: {exc}")
         self.live = live
         self._batch = start.batch or (start.compat and self._compat_batch)
         return [*self.conn.accept(live.id, token, live.offset, processors=live.processors),
@@ -318,5 +319,5 @@ def _plain(value: Any) -> Any:
 async def refuse_unauthorized(ws: WebSocket) -> None:
     """For endpoints that need the token up front (subscribe)."""
     await ws.accept()
-    await ws.send_text(json.dumps(error_message("unauthorized", "missing or wrong token")))
-    await ws.close(CLOSE_UNAUTHORIZED, "unauthorized")
+    await ws.send_text(json.dumps(error_message(Code.UNAUTHORIZED, "missing or wrong token")))
+    await ws.close(CloseCode.UNAUTHORIZED, "unauthorized")

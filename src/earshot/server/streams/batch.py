@@ -32,6 +32,7 @@ from earshot.server.streams.relay import OpusRelay
 from earshot.server.streams.space import Space, is_no_space
 from earshot.server.streams.writer import StreamWriter, Written
 from earshot.storage.archive import Archive
+from earshot.wire.codes import Code
 from earshot.wire.ingest import Start
 
 __all__ = ["BatchPath", "Tally", "decoder_for", "resume_skip"]
@@ -234,6 +235,6 @@ def resume_skip(spec: StreamSpec, start: Start, held: int) -> int:
     if spec.format != "opus" or start.offset is None:
         return 0
     if start.offset > held:
-        raise ProtocolError("gap", f"the server holds {held} frames but the client would "
+        raise ProtocolError(Code.GAP, f"the server holds {held} frames but the client would "
                                    f"continue at {start.offset}")
     return held - start.offset

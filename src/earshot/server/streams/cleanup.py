@@ -17,6 +17,7 @@ from earshot.config import Settings
 from earshot.dsp.cleanup import AlignedCleanup, FilterSpec, check_available, parse_filters
 from earshot.errors import MissingDependency
 from earshot.processors.base import Event
+from earshot.wire.codes import Code
 
 
 def open_cleanup(settings: Settings, requested: tuple[FilterSpec, ...] | None, rate: int,
@@ -29,7 +30,7 @@ def open_cleanup(settings: Settings, requested: tuple[FilterSpec, ...] | None, r
         try:
             check_available([spec])
         except MissingDependency as exc:
-            warnings.append({"type": "warning", "code": "filter_unavailable",
+            warnings.append({"type": "warning", "code": Code.FILTER_UNAVAILABLE,
                              "filter": spec.name, "message": f"{exc}; the stream goes on "
                                                              f"without the {spec.name} filter"})
             continue

@@ -41,6 +41,7 @@ from earshot.server.streams.recovery import recover
 from earshot.server.streams.space import Space, free_bytes, is_no_space
 from earshot.storage.archive import Archive, ArchiveFormat, finalize
 from earshot.storage.metadata import MetadataStore, StreamRecord
+from earshot.wire.codes import Code
 from earshot.wire.ingest import Start
 
 __all__ = ["Hub", "LiveStream", "Owner", "hash_token", "new_stream_id"]
@@ -145,17 +146,17 @@ class Hub:
         full = self.space.refusal(resume=start.resume is not None)
         if full is not None and not a.draining:
             self.metrics.streams_refused.labels("storage").inc()
-            raise ProtocolError("storage_full", full)
+            raise ProtocolError(Code.STORAGE_FULL, full)
         if start.resume is not None:
             if a.draining:
-                raise ProtocolError("shutting_down", "the server is shutting down; resume later")
+                raise ProtocolError(Code.SHUTTING_DOWN, "the server is shutting down; resume later")
             return
         now = self.clock()
         why = a.refusal(self.live, now)
         if why is not None:
             state = a.state(self.live, now)
             self.metrics.streams_refused.labels(state).inc()
-            raise ProtocolError("shutting_down" if a.draining else "server_full", why)
+            raise ProtocolError(Code.SHUTTING_DOWN if a.draining else "server_full", why)
 
     # -- recovery (server/streams/recovery.py) -----------------------------------------------
     async def recover(self) -> list[str]:
@@ -200,7 +201,7 @@ class Hub:
             path.unlink(missing_ok=True)  # never leave a zero-byte archive behind
             if is_no_space(exc):
                 self.space.write_failed(f"creating {rel}")
-                raise ProtocolError("storage_full", "the server's disk is full; "
+                raise ProtocolError(Code.STORAGE_FULL, "the server's disk is full; "
                                     "try again later") from None
             raise
         rec = StreamRecord(
@@ -215,7 +216,7 @@ class Hub:
             path.unlink(missing_ok=True)
             if is_no_space(exc):
                 self.space.write_failed("the metadata database")
-                raise ProtocolError("storage_full", "the server's disk is full; "
+                raise ProtocolError(Code.STORAGE_FULL, "the server's disk is full; "
                                     "try again later") from None
             raise
         writer = self.batch.writer(archive, spec, start.pre_skip, self.clock())
@@ -228,20 +229,20 @@ class Hub:
         try:
             rec = self.store.get(sid)
         except StreamNotFound:
-            raise ProtocolError("unknown_stream", f"no stream {sid!r} to resume") from None
+            raise ProtocolError(Code.UNKNOWN_STREAM, f"no stream {sid!r} to resume") from None
         if not hmac.compare_digest(rec.token_hash, hash_token(token)):
-            raise ProtocolError("bad_resume_token", "wrong resume_token for this stream")
+            raise ProtocolError(Code.BAD_RESUME_TOKEN, "wrong resume_token for this stream")
         if rec.state == "finished":
-            raise ProtocolError("stream_finished", f"stream {sid} has finished; start a new one")
+            raise ProtocolError(Code.STREAM_FINISHED, f"stream {sid} has finished; start a new one")
         spec = start.spec
         if (spec.rate, spec.channels) != (rec.rate, rec.channels):
             raise ProtocolError(
-                "resume_mismatch",
+                Code.RESUME_MISMATCH,
                 f"stream {sid} is {rec.rate} Hz x{rec.channels}; "
                 f"resume asked for {spec.rate} Hz x{spec.channels}",
             )
         if sid not in self.live and self.bus.remote and not await self.bus.take_over(sid):
-            raise ProtocolError("stream_busy", f"stream {sid} is held by another gateway "
+            raise ProtocolError(Code.STREAM_BUSY, f"stream {sid} is held by another gateway "
                                 "that did not let go; try again")
         live = self.live.get(sid)
         if live is not None and live.detaching is not None:
@@ -255,7 +256,7 @@ class Hub:
                 live.owner = owner
             if old is not None:
                 with contextlib.suppress(Exception):
-                    await old.kick("superseded", "this stream was resumed by another connection")
+                    await old.kick(Code.SUPERSEDED, "this stream was resumed by another connection")
             # the wire format may differ after a resume
             live.writer.reformat(spec.pcm,
                                  decoder_for(spec, resume_skip(spec, start, live.offset)))
@@ -321,7 +322,7 @@ class Hub:
             return
         owner = live.owner
         with contextlib.suppress(Exception):
-            await owner.kick("superseded", "this stream was resumed on another gateway")
+            await owner.kick(Code.SUPERSEDED, "this stream was resumed on another gateway")
         await self.detach(live, owner, stopped=False)
 
     # -- audio (server/streams/batch.py) -------------------------------------------------------
@@ -342,7 +343,7 @@ class Hub:
         except StorageFull as exc:
             owner = live.owner
             if owner is not None:
-                self._spawn(owner.kick("storage_full", str(exc)))
+                self._spawn(owner.kick(Code.STORAGE_FULL, str(exc)))
 
     def _spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background; shutdown waits for what is still running."""
@@ -359,7 +360,7 @@ class Hub:
             owner = live.owner
             if owner is not None:
                 with contextlib.suppress(Exception):
-                    await owner.kick("storage_full", str(exc))
+                    await owner.kick(Code.STORAGE_FULL, str(exc))
 
     async def _flush(self, live: LiveStream) -> None:
         """Write pending audio, then acknowledge everything durably written.
@@ -467,7 +468,7 @@ class Hub:
             if stopped and length is not None:
                 extra = live.writer.trim_tail(length, limit=live.rec.rate // 5)
                 if extra:
-                    self.emit(live, [{"type": "warning", "code": "length_ignored",
+                    self.emit(live, [{"type": "warning", "code": Code.LENGTH_IGNORED,
                                       "t": live.offset / live.rec.rate,
                                       "message": f"stop asked to cut {extra} frames; only an "
                                                  "encoder's padding (at most 200 ms) is cut"}])
@@ -538,7 +539,7 @@ class Hub:
         """Tell the sender which processors did not finish in time after its stop."""
         if late:
             self.emit(live, [{
-                "type": "warning", "code": "processor_timeout",
+                "type": "warning", "code": Code.PROCESSOR_TIMEOUT,
                 "t": live.offset / live.rec.rate,
                 "message": f"{', '.join(late)} did not finish within "
                            f"{self.settings.drain_timeout:g} s of the stop; {consequence}"}])
@@ -548,7 +549,8 @@ class Hub:
             owner = live.owner
             if owner is not None:
                 with contextlib.suppress(Exception):
-                    await owner.kick("shutting_down", "the server is shutting down; resume later")
+                    await owner.kick(Code.SHUTTING_DOWN,
+                                     "the server is shutting down; resume later")
                 await self.detach(live, owner, stopped=False)
         if self._background:
             await asyncio.wait(self._background, timeout=self.settings.drain_timeout)
@@ -569,7 +571,7 @@ class Hub:
                 return
             await self.flush(live)
             with contextlib.suppress(Exception):
-                await owner.kick("shutting_down", "the server is restarting; resume shortly")
+                await owner.kick(Code.SHUTTING_DOWN, "the server is restarting; resume shortly")
 
         deadline = self.clock() + timeout
         with contextlib.suppress(TimeoutError):

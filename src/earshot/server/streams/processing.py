@@ -18,11 +18,12 @@ from earshot.processors.registry import Registry
 from earshot.processors.runner import StreamPipeline
 from earshot.server.streams.cleanup import filtered_processors
 from earshot.server.streams.live import LiveStream
+from earshot.wire.codes import Code
 from earshot.wire.ingest import Start
 
 
 def unavailable(message: str) -> Event:
-    return {"type": "warning", "code": "processor_unavailable", "message": message}
+    return {"type": "warning", "code": Code.PROCESSOR_UNAVAILABLE, "message": message}
 
 
 def start_pipeline(settings: Settings, registry: Registry, live: LiveStream, start: Start,

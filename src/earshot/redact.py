@@ -32,6 +32,18 @@ _PATTERNS = [
 _MARKERS = ("token", "bearer", "authorization", "api_key", "apikey", "password", "basic")
 
 
+def redact_url(url: str) -> str:
+    """``url`` with the password of its userinfo masked (``redis://u:***@host/0``), for
+    messages and logs; a URL without one is returned as it is."""
+    scheme, sep, rest = url.partition("://")
+    authority = rest.split("/", 1)[0]
+    if not sep or "@" not in authority:
+        return url
+    userinfo, _, tail = rest.partition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}:***@{tail}" if colon else url
+
+
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with every credential it carries replaced by ``[redacted]``."""
     for secret in secrets:

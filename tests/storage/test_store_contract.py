@@ -61,7 +61,7 @@ def test_allocate_segment_counts_per_stream_and_survives_reopen(
     store.create(record("b"))
     assert [store.allocate_segment("a") for _ in range(3)] == [0, 1, 2]
     assert store.allocate_segment("b") == 0
-    assert store.next_segment("a") == 3  # the deprecated alias allocates too
+    assert store.allocate_segment("a") == 3
     with pytest.raises(StreamNotFound):
         store.allocate_segment("nope")
     other = open_store(store_target)  # another process's view: the counter is in the db

@@ -204,7 +204,7 @@ def test_a_crash_while_finalizing_is_finished_by_recovery(tmp_path: Path) -> Non
                        part_seconds=0.5)
     a.append(x.tobytes())
     a.close()
-    from earshot.storage.archive import finalize_one
+    from earshot.storage.finalize import finalize_one
 
     finalize_one(tmp_path / "s.part0003.wav", "flac")  # the later parts go first
     with pytest.raises(FileNotFoundError):

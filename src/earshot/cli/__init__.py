@@ -648,10 +648,10 @@ class TailBoard:
 
 
 def _run_log_worker(args: argparse.Namespace, specs: list[Any]) -> int:
-    from earshot.cluster.bus.redis import _redis_module
+    from earshot.cluster.bus.redis import redis_module
     from earshot.cluster.consumer import LogWorker
 
-    _redis_module()
+    redis_module()
     if not 0.5 <= args.lease_ttl <= 600:
         raise ConfigError("--lease-ttl must be between 0.5 and 600 seconds")
 

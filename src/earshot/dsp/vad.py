@@ -94,6 +94,11 @@ class SileroModel:
         self._x = np.zeros((1, self.context + self.window), dtype=np.float32)
         self._state = np.zeros(_STATE_SHAPE, dtype=np.float32)
 
+    @property
+    def session_id(self) -> int:
+        """Identifies the ONNX session (models sharing one can be scored in one batch)."""
+        return id(self._session)
+
     def reset(self) -> None:
         """Forget the recurrent state and context (start of a new stream)."""
         self._x.fill(0.0)

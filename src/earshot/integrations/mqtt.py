@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from earshot.errors import ConfigError, MissingDependency
+from earshot.redact import redact_url
 
 log = logging.getLogger("earshot.integrations.mqtt")
 
@@ -122,16 +123,6 @@ def parse_mqtt_url(url: str) -> MqttTarget:
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
         prefix=check_prefix(unquote(parts.path.strip("/"))), cafile=cafile)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with the password of its userinfo masked."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    userinfo, _, tail = rest.partition("@")
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{tail}" if ":" in userinfo else url
 
 
 # -- the pure core: events → messages -------------------------------------------------------

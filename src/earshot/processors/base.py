@@ -20,7 +20,7 @@ each on its own bounded queue: a slow or failing one never stalls capture or the
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -100,6 +100,11 @@ class Processor(ABC):
     def event(self, type: str, t: float, **fields: Any) -> Event:
         """An event stamped at ``t`` seconds of stream time."""
         return {"type": type, "t": round(t, 6), **fields}
+
+    def attach(self, sink: Callable[[list[Event]], None]) -> None:
+        """Where :meth:`emit` sends events: the runner attaches itself before
+        :meth:`start` (a processor is attached to one runner at a time)."""
+        self._sink: Callable[[list[Event]], None] | None = sink
 
     def emit(self, events: Iterable[Event]) -> None:
         """Publish events produced later or elsewhere (a result from a worker thread, say).

@@ -128,7 +128,7 @@ class ProcessorRunner:
             if not self.failed and events:
                 loop.call_soon_threadsafe(self.publish, self._stamp(events))
 
-        proc._sink = sink  # type: ignore[attr-defined]
+        proc.attach(sink)
 
     @property
     def lag(self) -> float:

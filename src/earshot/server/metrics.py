@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from earshot.cluster.bus.redis import RedisStreamsBus
 
 
 class Metrics:
@@ -138,7 +141,7 @@ class BusCollector:
     """The Redis bus as Prometheus sees it, from what the bus last read (every 1.25 s):
     no Redis call at scrape time."""
 
-    def __init__(self, bus: object, seconds_per_entry: Callable[[], float]) -> None:
+    def __init__(self, bus: RedisStreamsBus, seconds_per_entry: Callable[[], float]) -> None:
         self.bus = bus
         self.seconds_per_entry = seconds_per_entry  # one log entry is one ack batch, now
 
@@ -148,16 +151,15 @@ class BusCollector:
     def collect(self) -> Iterator[object]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        bus: Any = self.bus
-        yield GaugeMetricFamily("earshot_bus_up", "1 when Redis answers", value=int(bus.up))
+        s = self.bus.snapshot()
+        yield GaugeMetricFamily("earshot_bus_up", "1 when Redis answers", value=int(s.up))
         yield CounterMetricFamily("earshot_bus_errors", "Bus operations that failed",
-                                  value=bus.errors)
+                                  value=s.errors)
         yield GaugeMetricFamily("earshot_bus_backlog_entries",
-                                "Entries waiting to go onto Redis", value=len(bus._outbox))
+                                "Entries waiting to go onto Redis", value=s.backlog_entries)
         yield CounterMetricFamily("earshot_bus_dropped_entries",
                                   "Entries dropped from a full backlog",
-                                  value=bus.dropped_entries)
-        stats = bus.stats or {}
+                                  value=s.dropped_entries)
         lag = GaugeMetricFamily("earshot_bus_group_lag_entries",
                                 "Log entries not yet read by a processor kind's group "
                                 "(one entry is one ack batch)", labels=["processor"])
@@ -169,7 +171,7 @@ class BusCollector:
                                    "of audio (unread plus unacknowledged entries)",
                                    labels=["processor"])
         per_entry = self.seconds_per_entry()
-        for kind, g in sorted((stats.get("groups") or {}).items()):
+        for kind, g in sorted(s.groups.items()):
             lag.add_metric([kind], g["lag"])
             pending.add_metric([kind], g["pending"])
             behind.add_metric([kind], (g["lag"] + g["pending"]) * per_entry)
@@ -179,9 +181,9 @@ class BusCollector:
         takeovers = CounterMetricFamily("earshot_bus_takeovers",
                                         "Partitions taken over from a worker that stopped",
                                         labels=["processor"])
-        for name, n in sorted((stats.get("counters") or {}).items()):
+        for name, n in sorted(s.counters.items()):
             if name.startswith("takeovers:"):
                 takeovers.add_metric([name.split(":", 1)[1]], n)
         yield takeovers
         yield GaugeMetricFamily("earshot_redis_used_memory_bytes", "Redis used_memory",
-                                value=stats.get("used_memory", 0))
+                                value=s.used_memory)

@@ -335,9 +335,9 @@ def recover(base: Path, fmt: str = "wav") -> int:
     if meta is None and len(paths) == 1:
         return repair(base)
     if any(p.suffix != ".wav" for p in paths):
-        from earshot.storage.archive import finalize_one
+        from earshot.storage.finalize import finalize_one
 
-        finalize_parts(base, paths, meta, lambda p: finalize_one(p, fmt))  # type: ignore[arg-type]
+        finalize_parts(base, paths, meta, lambda p: finalize_one(p, fmt))
         raise FileNotFoundError(f"{base.name}: finalized after a crash while finishing")
     frames = [repair(p) for p in paths]
     listed = [int(s) for s in (meta or {}).get("starts", [0])]

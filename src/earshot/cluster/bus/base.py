@@ -18,7 +18,7 @@ Redis Streams.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,26 +45,55 @@ class LogAudio:
     processors: str = ""  # the processor refs the stream asked for, comma-separated
 
 
+#: called with (stream id, job event) for each storage job the bus hands this gateway
+JobSink = Callable[[str, Event], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class BusStats:
+    """What a shared bus last saw of itself (read without a round trip to it)."""
+
+    up: bool
+    errors: int  # operations that failed
+    backlog_entries: int  # entries waiting to go onto the log
+    dropped_entries: int  # entries dropped from a full backlog
+    groups: Mapping[str, Mapping[str, int]]  # processor kind -> {"lag", "pending"} entries
+    counters: Mapping[str, int]  # e.g. "takeovers:vad"
+    used_memory: int  # bytes the bus server uses
+
+
 class Bus(Protocol):
+    """Everything the gateway (hub, router, REST, subscribers, metrics) asks of a bus."""
+
     #: True when processors run in other processes (the gateway runs none itself)
     remote: bool
     #: called with (stream, event) for each event published by this process (not those of
     #: other gateways or workers that a shared bus delivers): the MQTT bridge's hook
     taps: list[Callable[[str, Event], None]]
 
+    # -- local fan-out (this process's subscribers) -----------------------------------------
     def subscribe(self, stream: str, *, audio: str | None = None,
                   maxsize: int = 1000) -> Subscription: ...
     def unsubscribe(self, sub: Subscription) -> None: ...
     def wants_audio(self, stream: str, *, opus: bool | None = None) -> bool: ...
     def publish_audio(self, item: AudioItem) -> None: ...
+    # -- events and the audio log -----------------------------------------------------------
     def publish(self, stream: str, event: Event) -> None: ...
     def append(self, batch: LogAudio) -> None: ...
     def log_start(self, stream: str, *, rate: int, channels: int, offset: int,
                   processors: str) -> None: ...
-    def log_end(self, stream: str, *, offset: int, state: str) -> None: ...
-    async def start(self, on_events: EventSink, on_release: ReleaseSink) -> None: ...
+    def log_end(self, stream: str, *, offset: int, state: str,
+                processors: str = "") -> None: ...
+    async def live_workers(self, kind: str) -> int:
+        """Workers of processor ``kind`` alive now (0 on the in-process bus)."""
+    # -- life cycle -------------------------------------------------------------------------
+    async def start(self, on_events: EventSink, on_release: ReleaseSink,
+                    on_job: JobSink | None = None) -> None: ...
     async def close(self) -> None: ...
+    def health(self) -> dict[str, Any]: ...
+    # -- ownership of live streams ----------------------------------------------------------
     async def acquire(self, stream: str) -> None: ...
     async def release(self, stream: str) -> None: ...
     async def held_elsewhere(self, stream: str) -> bool: ...
-    def health(self) -> dict[str, Any]: ...
+    async def take_over(self, stream: str, timeout: float | None = None) -> bool:
+        """Ask the gateway holding ``stream`` to let go; True once it is free for us."""

@@ -94,45 +94,14 @@ class Subscription:
         return item
 
 
-class MemoryBus:
-    """Publish/subscribe by stream id, in one process (the default bus: processors run in
-    the gateway, so there is no audio log, and every stream is owned here)."""
-
-    remote = False
-    on_job: Any = None  # jobs come only from a shared bus
+class Fanout:
+    """Local fan-out: the subscribers connected to *this* process, by stream id (or ``*``),
+    each with its own bounded queue. Every bus has one; a shared bus feeds it what the
+    cluster publishes."""
 
     def __init__(self) -> None:
         self._subs: dict[str, set[Subscription]] = {}
         self._audio_subs = 0
-        self.taps: list[Tap] = []  # the events published here, not those of other processes
-
-    # -- the cluster side of the Bus interface: nothing to do in one process -------------
-    async def start(self, on_events: Any = None, on_release: Any = None) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    def append(self, batch: Any) -> None:
-        return None
-
-    def log_start(self, stream: str, **info: Any) -> None:
-        return None
-
-    def log_end(self, stream: str, **info: Any) -> None:
-        return None
-
-    async def acquire(self, stream: str) -> None:
-        return None
-
-    async def release(self, stream: str) -> None:
-        return None
-
-    async def held_elsewhere(self, stream: str) -> bool:
-        return False
-
-    def health(self) -> dict[str, Any]:
-        return {"kind": "memory", "state": "ok"}
 
     def subscribe(self, stream: str, *, audio: str | None = None,
                   maxsize: int = 1000) -> Subscription:
@@ -158,20 +127,82 @@ class MemoryBus:
         return any(s.audio is not None and (opus is None or (s.audio == "opus") == opus)
                    for key in (stream, ALL) for s in self._subs.get(key, ()))
 
-    def publish(self, stream: str, event: dict[str, Any]) -> None:
-        for tap in self.taps:
-            tap(stream, event)
-        self._fan_out(stream, event)
-
-    def _fan_out(self, stream: str, event: dict[str, Any]) -> None:
+    def event(self, stream: str, event: dict[str, Any]) -> None:
+        """An event to this process's subscribers of ``stream`` and of every stream."""
         for key in (stream, ALL):
             for sub in self._subs.get(key, ()):
                 sub.offer(event)
 
-    def publish_audio(self, item: AudioItem) -> None:
+    def audio(self, item: AudioItem) -> None:
         """To PCM listeners (an item with samples) or Opus listeners (one with packets)."""
         opus = item.samples is None
         for key in (item.stream, ALL):
             for sub in self._subs.get(key, ()):
                 if sub.audio is not None and (sub.audio == "opus") == opus:
                     sub.offer(item)
+
+
+class MemoryBus:
+    """Publish/subscribe by stream id, in one process (the default bus: processors run in
+    the gateway, so there is no audio log, and every stream is owned here)."""
+
+    remote = False
+
+    def __init__(self) -> None:
+        self.local = Fanout()
+        self.taps: list[Tap] = []  # the events published here, not those of other processes
+
+    # -- the cluster side of the Bus interface: nothing to do in one process -------------
+    async def start(self, on_events: Any = None, on_release: Any = None,
+                    on_job: Any = None) -> None:
+        return None  # (jobs and releases come only from a shared bus)
+
+    async def close(self) -> None:
+        return None
+
+    def append(self, batch: Any) -> None:
+        return None
+
+    def log_start(self, stream: str, *, rate: int, channels: int, offset: int,
+                  processors: str) -> None:
+        return None
+
+    def log_end(self, stream: str, *, offset: int, state: str, processors: str = "") -> None:
+        return None
+
+    async def acquire(self, stream: str) -> None:
+        return None
+
+    async def release(self, stream: str) -> None:
+        return None
+
+    async def held_elsewhere(self, stream: str) -> bool:
+        return False
+
+    async def take_over(self, stream: str, timeout: float | None = None) -> bool:
+        return True  # nobody else holds anything
+
+    async def live_workers(self, kind: str) -> int:
+        return 0  # processors run in the gateway
+
+    def health(self) -> dict[str, Any]:
+        return {"kind": "memory", "state": "ok"}
+
+    # -- local fan-out ---------------------------------------------------------------------
+    def subscribe(self, stream: str, *, audio: str | None = None,
+                  maxsize: int = 1000) -> Subscription:
+        return self.local.subscribe(stream, audio=audio, maxsize=maxsize)
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self.local.unsubscribe(sub)
+
+    def wants_audio(self, stream: str, *, opus: bool | None = None) -> bool:
+        return self.local.wants_audio(stream, opus=opus)
+
+    def publish(self, stream: str, event: dict[str, Any]) -> None:
+        for tap in self.taps:
+            tap(stream, event)
+        self.local.event(stream, event)
+
+    def publish_audio(self, item: AudioItem) -> None:
+        self.local.audio(item)

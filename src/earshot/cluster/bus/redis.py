@@ -24,20 +24,19 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from earshot.cluster.bus.base import Event, EventSink, LogAudio, ReleaseSink
+from earshot.cluster.bus.base import BusStats, Event, EventSink, JobSink, LogAudio, ReleaseSink
 from earshot.cluster.bus.keys import STORE_GROUP, parse_bus_url
-from earshot.cluster.bus.memory import MemoryBus
+from earshot.cluster.bus.memory import AudioItem, Fanout, Subscription, Tap
 from earshot.errors import MissingDependency
 
 log = logging.getLogger("earshot.cluster.bus")
 
-JobSink = Callable[[str, Event], Awaitable[None]]
 
-
-def _redis_module() -> Any:
+def redis_module() -> Any:
+    """``redis.asyncio``, or :class:`MissingDependency` saying how to install it (called at
+    start-up, so a missing extra fails before anything listens)."""
     try:
         import redis.asyncio as aioredis
     except ImportError:
@@ -48,7 +47,7 @@ def _redis_module() -> Any:
 
 def connect(url: str) -> Any:
     """An asyncio Redis client (hiredis parser when installed)."""
-    return _redis_module().from_url(url, decode_responses=False, health_check_interval=10,
+    return redis_module().from_url(url, decode_responses=False, health_check_interval=10,
                                     socket_connect_timeout=2, socket_timeout=10)
 
 
@@ -56,15 +55,17 @@ def gateway_name() -> str:
     return f"gw@{socket.gethostname()}:{os.getpid()}"
 
 
-class RedisStreamsBus(MemoryBus):
-    """Local fan-out (inherited) plus the log, events, jobs and ownership on Redis."""
+class RedisStreamsBus:
+    """Local fan-out (a :class:`Fanout` of this process's subscribers) plus the log, events,
+    jobs and ownership on Redis."""
 
     remote = True
 
     def __init__(self, url: str, *, retention: float = 60.0, owner_ttl: float = 5.0,
                  max_backlog_bytes: int = 256 << 20, name: str | None = None,
                  job_claim_idle: float = 5.0, job_delay: float = 2.0) -> None:
-        super().__init__()
+        self.local = Fanout()
+        self.taps: list[Tap] = []  # the events published here, not those of other processes
         self.url, self.keys = parse_bus_url(url)
         self.retention = retention
         self.owner_ttl = owner_ttl
@@ -82,7 +83,7 @@ class RedisStreamsBus(MemoryBus):
         self._names: dict[str, str] = {}  # live streams' names, on their log entries
         self._on_events: EventSink | None = None
         self._on_release: ReleaseSink | None = None
-        self.on_job: JobSink | None = None
+        self._on_job: JobSink | None = None
         self.up = False
         self.degraded_since: float | None = None
         self.outages = 0
@@ -92,8 +93,9 @@ class RedisStreamsBus(MemoryBus):
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self, on_events: EventSink | None = None,
-                    on_release: ReleaseSink | None = None) -> None:
-        self._on_events, self._on_release = on_events, on_release
+                    on_release: ReleaseSink | None = None,
+                    on_job: JobSink | None = None) -> None:
+        self._on_events, self._on_release, self._on_job = on_events, on_release, on_job
         self.redis = connect(self.url)
         try:
             await self.redis.ping()
@@ -128,6 +130,28 @@ class RedisStreamsBus(MemoryBus):
         if self.degraded_since is not None:
             out["degraded_for"] = round(time.monotonic() - self.degraded_since, 3)
         return out
+
+    def snapshot(self) -> BusStats:
+        """What the bus last saw of itself (refreshed every ``owner_ttl / 4`` seconds)."""
+        s = self.stats or {}
+        return BusStats(up=self.up, errors=self.errors, backlog_entries=len(self._outbox),
+                        dropped_entries=self.dropped_entries, groups=s.get("groups") or {},
+                        counters=s.get("counters") or {}, used_memory=s.get("used_memory", 0))
+
+    # -- local fan-out ---------------------------------------------------------------------
+    def subscribe(self, stream: str, *, audio: str | None = None,
+                  maxsize: int = 1000) -> Subscription:
+        return self.local.subscribe(stream, audio=audio, maxsize=maxsize)
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self.local.unsubscribe(sub)
+
+    def wants_audio(self, stream: str, *, opus: bool | None = None) -> bool:
+        return self.local.wants_audio(stream, opus=opus)
+
+    def publish_audio(self, item: AudioItem) -> None:
+        """Relay audio goes to this process's listeners only (not through Redis)."""
+        self.local.audio(item)
 
     def _down(self, exc: BaseException) -> None:
         self.errors += 1
@@ -230,10 +254,6 @@ class RedisStreamsBus(MemoryBus):
         self._enqueue(self.keys.events, {"stream": stream, "origin": self.name,
                                          "events": json.dumps(events, separators=(",", ":"))})
 
-    def submit_job(self, stream: str, event: Event) -> None:
-        self._enqueue(self.keys.jobs, {"stream": stream,
-                                       "event": json.dumps(event, separators=(",", ":"))})
-
     async def _event_loop(self) -> None:
         last = "$"
         while True:
@@ -274,7 +294,7 @@ class RedisStreamsBus(MemoryBus):
             return
         for e in events:
             e.setdefault("stream", stream)
-            self._fan_out(stream, e)
+            self.local.event(stream, e)
         # our own events were posted to our senders already
         if self._on_events is not None and fields.get(b"origin") != self._name_b:
             self._on_events(stream, events)
@@ -321,7 +341,7 @@ class RedisStreamsBus(MemoryBus):
             await asyncio.sleep(wait)
 
     async def _run_job(self, fields: dict[bytes, bytes]) -> None:
-        if self.on_job is None:
+        if self._on_job is None:
             return
         try:
             event = json.loads(fields[b"event"])
@@ -329,7 +349,7 @@ class RedisStreamsBus(MemoryBus):
             log.warning("bus: malformed job %r", fields)
             return
         try:
-            await self.on_job(fields.get(b"stream", b"").decode(), event)
+            await self._on_job(fields.get(b"stream", b"").decode(), event)
         except Exception:
             log.exception("bus: job failed")
 

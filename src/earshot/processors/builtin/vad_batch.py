@@ -194,7 +194,7 @@ _BATCHERS_LOCK = threading.Lock()
 
 def batcher_for(model: SileroModel) -> VadBatcher:
     """The process-wide batcher of ``model``'s session and rate."""
-    key = (id(model._session), model.rate)
+    key = (model.session_id, model.rate)
     with _BATCHERS_LOCK:
         b = _BATCHERS.get(key)
         if b is None:

@@ -69,9 +69,9 @@ def make_bus(settings: Settings) -> Bus:
     """The in-process bus, or Redis Streams with ``--bus redis://…``."""
     if settings.bus is None:
         return MemoryBus()
-    from earshot.cluster.bus.redis import RedisStreamsBus, _redis_module
+    from earshot.cluster.bus.redis import RedisStreamsBus, redis_module
 
-    _redis_module()  # a missing extra fails at start, with how to install it
+    redis_module()  # a missing extra fails at start, with how to install it
     return RedisStreamsBus(settings.bus, retention=settings.bus_retention)
 
 
@@ -104,8 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
         store = open_store(db)  # opened in the serving process (never across a fork)
         bus = app.state.bus
         hub = Hub(settings, store, app.state.metrics, bus, registry=registry)
-        await bus.start(hub.on_bus_events, hub.on_bus_release)
-        bus.on_job = hub.on_bus_job
+        await bus.start(hub.on_bus_events, hub.on_bus_release, hub.on_bus_job)
         if bridge is not None:  # --mqtt: the events this gateway publishes
             bridge.start()
             bus.taps.append(bridge.offer)
@@ -143,15 +142,17 @@ def create_app(settings: Settings) -> FastAPI:
     add_docs(app)
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.bus = make_bus(settings)
-    if app.state.bus.remote:
+    bus = app.state.bus = make_bus(settings)
+    from earshot.cluster.bus.redis import RedisStreamsBus  # (imports redis-py only when used)
+
+    if isinstance(bus, RedisStreamsBus):
         from earshot.server.metrics import BusCollector
 
         def entry_seconds() -> float:  # one log entry is one ack batch, which stretches
             hub = getattr(app.state, "hub", None)  # under load (server/cadence.py)
             return hub.cadence.current if hub is not None else settings.ack_interval
 
-        metrics.registry.register(BusCollector(app.state.bus, entry_seconds))  # type: ignore[arg-type]
+        metrics.registry.register(BusCollector(bus, entry_seconds))  # type: ignore[arg-type]
     app.state.capabilities = capabilities(settings, registry, loaded)
     app.include_router(api)
     app.include_router(ops)

@@ -27,7 +27,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from earshot.audio import f32_to_s16
-from earshot.cluster.bus import ALL, AudioItem, MemoryBus
+from earshot.cluster.bus import ALL, AudioItem
 from earshot.server.streams.hub import Hub
 from earshot.wire.codes import Close, Code
 from earshot.wire.ingest import error_message
@@ -64,7 +64,7 @@ async def subscribe(ws: WebSocket, hub: Hub) -> None:
 
 
 async def _serve(ws: WebSocket, hub: Hub, stream: str, audio: str | None) -> None:
-    bus: MemoryBus = hub.bus
+    bus = hub.bus
     sub = bus.subscribe(stream, audio=audio)
     await ws.send_text(json.dumps({"type": "subscribed", "stream": stream, "audio": audio,
                                    "live": hub.live_info(stream)}))

@@ -522,10 +522,9 @@ class Hub:
     async def _await_workers(self, live: LiveStream) -> None:
         """A clean stop on a shared bus: wait (up to ``drain_timeout``) until every worker
         processing the stream has flushed, so its last events reach the sender first."""
-        bus: Any = self.bus
         wanted = set()
         for kind in live.processors:
-            if await bus.live_workers(kind):
+            if await self.bus.live_workers(kind):
                 wanted.add(kind)
         deadline = self.clock() + self.settings.drain_timeout
         while not wanted <= live.done and self.clock() < deadline:

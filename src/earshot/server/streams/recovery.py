@@ -7,7 +7,7 @@ from pathlib import Path
 
 from earshot.cluster.bus.base import Bus
 from earshot.errors import StorageError
-from earshot.storage.archive import FINAL_SUFFIX
+from earshot.storage.finalize import FINAL_SUFFIX
 from earshot.storage.metadata import MetadataStore
 from earshot.storage.parts import recover as recover_parts
 

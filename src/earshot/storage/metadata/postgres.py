@@ -21,17 +21,17 @@ from earshot.errors import (
     StorageError,
     StreamNotFound,
 )
-from earshot.storage.metadata import (
-    _COLUMNS,
+from earshot.redact import redact_url as redact
+from earshot.storage.metadata.migrate import migrate_postgres
+from earshot.storage.metadata.records import (
+    COLUMNS,
     SegmentRecord,
     StreamRecord,
     StreamState,
-    _segment_conflict,
-    _transcript_values,
-    _update_fields,
-    redact,
+    segment_conflict,
+    transcript_values,
+    update_fields,
 )
-from earshot.storage.metadata.migrate import migrate_postgres
 
 try:
     import psycopg
@@ -48,7 +48,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 CONNECT_TIMEOUT = 10
 POOL_TIMEOUT = 30.0
 
-_SELECT = f"SELECT {','.join(_COLUMNS)} FROM streams"
+_SELECT = f"SELECT {','.join(COLUMNS)} FROM streams"
 
 
 def describe(url: str) -> str:
@@ -120,17 +120,17 @@ class PostgresStore:
 
     @staticmethod
     def _row(row: tuple[Any, ...]) -> StreamRecord:
-        d = dict(zip(_COLUMNS, row, strict=True))
+        d = dict(zip(COLUMNS, row, strict=True))
         d["client"] = d["client"] or {}
         return StreamRecord(**d)
 
     # -- streams ---------------------------------------------------------------------------
     def create(self, rec: StreamRecord) -> None:
-        values = [getattr(rec, c) for c in _COLUMNS]
+        values = [getattr(rec, c) for c in COLUMNS]
         values[-1] = Jsonb(rec.client)
-        marks = ",".join(["%s"] * len(_COLUMNS))
+        marks = ",".join(["%s"] * len(COLUMNS))
         try:
-            self._exec(f"INSERT INTO streams ({','.join(_COLUMNS)}) VALUES ({marks})",
+            self._exec(f"INSERT INTO streams ({','.join(COLUMNS)}) VALUES ({marks})",
                        tuple(values))
         except pg_errors.UniqueViolation as exc:
             raise DuplicateStream(f"stream id {rec.id} exists already") from exc
@@ -150,7 +150,7 @@ class PostgresStore:
         return [self._row(r) for r in rows], int(total)
 
     def update(self, stream_id: str, **fields: Any) -> None:
-        sets, values = _update_fields(fields, "%s", Jsonb)
+        sets, values = update_fields(fields, "%s", Jsonb)
         try:
             self._exec(f"UPDATE streams SET {sets} WHERE id=%s", (*values, stream_id))
         except pg_errors.IntegrityError as exc:
@@ -170,7 +170,6 @@ class PostgresStore:
             raise StreamNotFound(stream_id)
         return int(rows[0][0])
 
-    next_segment = allocate_segment
 
     def add_segment(self, seg: SegmentRecord) -> None:
         try:
@@ -179,7 +178,7 @@ class PostgresStore:
                 "VALUES (%s,%s,%s,%s,%s,%s,%s)",
                 (seg.stream, seg.n, seg.start, seg.end, seg.rate, seg.path, seg.created))
         except pg_errors.IntegrityError as exc:
-            raise _segment_conflict(self, seg) from exc
+            raise segment_conflict(self, seg) from exc
 
     def segments(self, stream_id: str) -> list[SegmentRecord]:
         rows = self._rows('SELECT stream, n, start, "end", rate, path, created FROM segments '
@@ -197,7 +196,7 @@ class PostgresStore:
 
     def add_transcript(self, stream_id: str, final: dict[str, Any]) -> None:
         """Store a final transcript (a later final of the same segment replaces it)."""
-        seg, start, end, text, words = _transcript_values(final)
+        seg, start, end, text, words = transcript_values(final)
         try:
             self._exec(
                 'INSERT INTO transcripts (stream, segment, start, "end", text, words, created) '

@@ -3,7 +3,7 @@ real ``earshot serve`` processes with a small part size (0.5 s). The downloads, 
 peaks, segments and replay of one logical stream, checked sample by sample against the
 source; resume after ``kill -9`` in the middle of a part and right at a rotation; every part
 finalized; each part a valid file for soundfile and ffprobe. (The arithmetic:
-tests/unit/test_parts.py.)"""
+tests/storage/test_parts.py.)"""
 
 from __future__ import annotations
 

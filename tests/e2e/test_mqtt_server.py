@@ -307,7 +307,7 @@ async def test_bus_workers_and_gateways_publish_each_event_once(
 
 
 def test_a_bad_url_fails_at_start(tmp_path: Path) -> None:
-    """(Every way a URL can be wrong: tests/unit/test_mqtt_core.py.)"""
+    """(Every way a URL can be wrong: tests/integrations/test_mqtt.py.)"""
     for cmd, says in (
             (earshot("serve", "--data-dir", str(tmp_path / "d"), "--mqtt", "http://h:1883"),
              "use mqtt://"),

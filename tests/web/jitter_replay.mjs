@@ -1,6 +1,6 @@
 // Replays a schedule of pushes and pops (JSON on stdin) through web/jitter.js and prints
-// every pop and the final stats as JSON: tests/browser/test_jitter_js.py compares them
-// with src/earshot/jitter.py's answers for the same schedule.
+// every pop and the final stats as JSON: tests/web/test_jitter_js.py compares them
+// with src/earshot/client/jitter.py's answers for the same schedule.
 import { readFileSync } from "node:fs";
 
 const [, , modulePath] = process.argv;

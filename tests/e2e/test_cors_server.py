@@ -1,5 +1,7 @@
-"""/web/* (earshot.js and its modules) is readable from other sites: CORS on the static files
-only, with the allowed origins configurable (--web-origins, EARSHOT_WEB_ORIGINS)."""
+"""/web/* (earshot.js and its modules) is readable from other sites, on a real ``earshot
+serve``: CORS on the static files only, with the allowed origins configurable
+(--web-origins); a bad value is a usage error. (The setting itself:
+tests/server/http/test_cors.py.)"""
 
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from earshot.config import Settings, env_overrides
-from earshot.errors import ConfigError
 from helpers import ServerProcess
+
+pytestmark = pytest.mark.slow
 
 SITE = "http://127.0.0.1:9999"
 
@@ -55,18 +57,6 @@ def test_allowed_origins_are_configurable(server_factory: Callable[..., Any]) ->
     assert r.status_code == 403 and "access-control-allow-origin" not in r.headers
 
 
-def test_web_origins_setting() -> None:
-    assert Settings().web_origins == ("*",)
-    assert Settings(web_origins=("none",)).web_origins == ()
-    assert Settings(web_origins=("https://a.example, http://b.example:8080",)).web_origins == (
-        "https://a.example", "http://b.example:8080")
-    env = env_overrides({"EARSHOT_WEB_ORIGINS": "https://a.example;https://b.example"})
-    assert Settings(**env).web_origins == ("https://a.example", "https://b.example")
-    for bad in ("https://a.example/", "a.example", "https://a.example/path"):
-        with pytest.raises(ConfigError, match="scheme://host"):
-            Settings(web_origins=(bad,))
-
-
 def test_bad_web_origins_option_is_a_clear_usage_error(tmp_path: Any) -> None:
     import subprocess
     import sys
@@ -76,3 +66,4 @@ def test_bad_web_origins_option_is_a_clear_usage_error(tmp_path: Any) -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2, out
     assert "web origin 'example.com'" in out.stderr and "Traceback" not in out.stderr
+

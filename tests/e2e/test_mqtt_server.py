@@ -197,7 +197,7 @@ async def test_a_stalled_broker_never_stalls_ingest(
 async def test_mqtts_with_a_cafile(
         tmp_path: Path, server_factory: Callable[..., ServerProcess],
         subscribers: Callable[..., Subscriber]) -> None:
-    from hardening.hardening_helpers import make_ca, make_server_cert
+    from hardening_helpers import make_ca, make_server_cert
 
     ca, ca_cert, ca_key = make_ca(tmp_path, "mqtt")
     other, _, _ = make_ca(tmp_path, "other")

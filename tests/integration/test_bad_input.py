@@ -59,7 +59,7 @@ CASES: list[tuple[str, list[str | bytes], list[str], int | None]] = [
     ("unsupported format", [start(format="mp3")], ["unsupported_format"], None),
     ("unsupported channels", [start(channels=64)], ["unsupported_channels"], None),
     ("bad field type", [start(rate="fast")], ["bad_start"], None),
-    # found by the stateful fuzz (tests/hardening): isdigit() but not int()-able
+    # found by the stateful fuzz (tests/wire/test_fuzz_ingest.py): isdigit() but not int()-able
     ("superscript digit", [start(rate="\u00b2")], ["bad_start"], None),
     ("5000-digit string", [start(offset="9" * 5000)], ["bad_start"], None),
     ("resume unknown", [start(resume="nosuchstream1", resume_token="x")], ["unknown_stream"],

@@ -13,6 +13,8 @@ from websockets.exceptions import InvalidStatus
 
 from helpers import ServerProcess, free_port
 
+pytestmark = pytest.mark.slow
+
 EVIL = "https://evil.example"
 
 
@@ -62,7 +64,6 @@ async def test_cross_site_websockets_refused(shared_server: ServerProcess) -> No
     assert counted and float(counted[0].split()[-1]) >= 8, counted
 
 
-@pytest.mark.slow
 async def test_allowed_origins_lets_that_one_in(server_factory: Callable[..., ServerProcess]
                                                 ) -> None:
     srv = server_factory("--allowed-origins", EVIL)
@@ -90,7 +91,6 @@ def test_dns_rebinding_refused(shared_server: ServerProcess) -> None:
         assert handshake(srv.port, "/ws", host=host)[0] == 101
 
 
-@pytest.mark.slow
 async def test_connection_rate_limit(server_factory: Callable[..., ServerProcess]) -> None:
     srv = server_factory("--conn-rate", "0.02", "--conn-burst", "3")  # (refill: 50 s)
     codes = [handshake(srv.port, "/ws")[0] for _ in range(3)]

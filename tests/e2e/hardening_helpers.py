@@ -1,4 +1,5 @@
-"""Helpers for the hardening tests: raw WebSocket handshakes, TLS certificates, nginx."""
+"""Helpers for the end-to-end tests of the guard, TLS, nginx and MQTT over TLS: raw WebSocket
+handshakes, TLS certificates, nginx."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from websockets.asyncio.client import connect
 from earshot.client import Publisher
 from helpers import FIXTURES, ROOT, ServerProcess, capture_correlation
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e" / "browser"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "browser"))
 from browserlib import chromium
 from test_page import source_at
 

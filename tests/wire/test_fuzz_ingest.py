@@ -18,9 +18,9 @@ after every step:
 Bounded in the suite (``EARSHOT_FUZZ_EXAMPLES``, default 150 runs of up to 50 steps). The
 seed corpus ``fuzz_corpus.json`` (explicit step sequences, replayed by
 :func:`test_seed_corpus`) keeps the cases found so far; a long run writes any failure it
-finds to the example database ``tests/hardening/hypothesis-db`` (commit it):
+finds to the example database ``tests/wire/hypothesis-db`` (commit it):
 
-    EARSHOT_FUZZ_EXAMPLES=20000 .venv/bin/python -m pytest tests/hardening/test_fuzz_ingest.py
+    EARSHOT_FUZZ_EXAMPLES=20000 .venv/bin/python -m pytest tests/wire/test_fuzz_ingest.py
 """
 
 from __future__ import annotations

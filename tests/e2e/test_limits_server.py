@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from test_admission import metric, raw_start, source
+from test_admission_server import metric, raw_start, source
 
 from earshot.client import Publisher
 from helpers import ServerProcess

@@ -1,5 +1,5 @@
 """An archive rotated into parts (storage/parts.py): the pure arithmetic, and the parts on
-disk read back by soundfile, ffprobe and soxi (end to end: tests/edge/test_archive_parts.py)."""
+disk read back by soundfile, ffprobe and soxi (end to end: tests/e2e/test_archive_parts.py)."""
 
 from __future__ import annotations
 

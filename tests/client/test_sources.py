@@ -1,20 +1,17 @@
-"""Edge capture: soxr resampling and a true downmix from any rate, devices by name or index."""
+"""Edge capture (client/sources.py): soxr resampling and a true downmix from any rate, devices
+by name or index. (`earshot stream --rate --channels` into a real server:
+tests/e2e/test_capture.py.)"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-import soxr
 
 from earshot.client.sources import Conditioner, FileSource, mix_channels, resolve_device
 from earshot.errors import ClientError
-from helpers import ServerProcess
 
 
 def tone(freq: float, rate: int, n: int, amp: float = 0.5) -> np.ndarray:
@@ -99,27 +96,3 @@ def test_a_file_source_converts_like_a_microphone(tmp_path: Path) -> None:
     src = FileSource(f, rate=16000, channels=1)
     assert (src.info.rate, src.info.channels, src.info.format, src.info.frames) == \
         (16000, 1, "f32", 3200)
-
-
-@pytest.mark.slow
-def test_earshot_stream_rate_and_channels(tmp_path: Path, shared_server: ServerProcess) -> None:
-    f = tmp_path / "st.wav"
-    rng = np.random.default_rng(3)
-    n = 48000 * 2
-    x = np.stack([tone(700, 48000, n, 0.3) + rng.normal(0, 0.02, n).astype(np.float32),
-                  tone(1300, 48000, n, 0.3)], axis=1)
-    sf.write(f, x, 48000, subtype="FLOAT")
-    r = subprocess.run([sys.executable, "-m", "earshot.cli", "stream", "--file", str(f),
-                        "--rate", "16000", "--channels", "1", "--url", shared_server.url,
-                        "-q", "--name", "resampled"], capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 0, r.stderr
-    sid = r.stdout.split("stream ")[1].split(":")[0]
-    rec = httpx.get(f"{shared_server.http}/api/streams/{sid}").json()
-    assert (rec["rate"], rec["channels"], rec["frames"]) == (16000, 1, 32000)
-    y = sf.read(shared_server.data_dir / rec["path"], dtype="float32")[0]
-    expected = soxr.resample(x.mean(axis=1), 48000, 16000, quality="HQ")
-    assert len(y) == len(expected)
-    # the archive is PCM16: within a few LSB of soxr's one-shot result (streaming differs
-    # from one-shot only in rounding)
-    assert np.max(np.abs(y[100:-100] - expected[100:-100])) < 4 / 32768

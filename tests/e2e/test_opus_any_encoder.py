@@ -1,5 +1,6 @@
 """Opus from encoders that know nothing of earshot: no ``pre_skip`` in ``start`` means the
-standard libopus lookahead (312 samples at 48 kHz, scaled to the stream's rate)."""
+standard libopus lookahead (312 samples at 48 kHz, scaled to the stream's rate). Real
+encoders (opuslib, PyAV) into a real server; the default itself: tests/wire/test_pre_skip.py."""
 
 from __future__ import annotations
 
@@ -11,20 +12,10 @@ import pytest
 import soundfile as sf
 from websockets.asyncio.client import connect
 
-from earshot.wire.ingest import Limits, default_pre_skip, parse_start
+from earshot.wire.ingest import default_pre_skip
 from helpers import FIXTURES, ServerProcess, best_lag
 
-
-@pytest.mark.parametrize(("rate", "expected"), [(48000, 312), (24000, 156), (16000, 104),
-                                                (12000, 78), (8000, 52)])
-def test_a_start_without_pre_skip_gets_the_libopus_lookahead(rate: int, expected: int) -> None:
-    assert default_pre_skip(rate) == expected
-    start = parse_start({"type": "start", "format": "opus", "rate": rate}, Limits())
-    assert start.pre_skip == expected
-    # an explicit value (even 0) is kept, and PCM streams have none
-    assert parse_start({"type": "start", "format": "opus", "rate": rate, "pre_skip": 0},
-                       Limits()).pre_skip == 0
-    assert parse_start({"type": "start", "format": "s16", "rate": rate}, Limits()).pre_skip == 0
+pytestmark = pytest.mark.slow
 
 
 def _archive(server: ServerProcess, stream: str) -> np.ndarray:
@@ -39,7 +30,6 @@ async def _latest_stream(server: ServerProcess) -> str:
     return page["streams"][0]["id"]
 
 
-@pytest.mark.slow
 async def test_opuslib_voip_16k_60ms_frames_line_up(shared_server: ServerProcess) -> None:
     """The classic Python voice-chat client: opuslib, Encoder(16000, 1, 'voip'), 60 ms
     frames, a bare WebSocket with the format in the URL (no ``start`` at all)."""
@@ -75,7 +65,6 @@ async def test_opuslib_voip_16k_60ms_frames_line_up(shared_server: ServerProcess
     assert len(y) == len(padded) - default_pre_skip(16000)
 
 
-@pytest.mark.slow
 async def test_pyav_48k_20ms_frames_line_up(shared_server: ServerProcess) -> None:
     """PyAV's libopus encoder at 48 kHz, 20 ms frames; ``start`` without ``pre_skip`` and
     ``stop`` with the true length."""

@@ -1,13 +1,10 @@
-"""`earshot serve --config FILE` / EARSHOT_CONFIG: TOML keys = options; CLI > env > file."""
+"""`earshot serve --config FILE` / EARSHOT_CONFIG: TOML keys = options; CLI > env > file
+(config.py). (A real server started each way: tests/e2e/test_config_file_server.py.)"""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from earshot.config import (
@@ -18,7 +15,7 @@ from earshot.config import (
     parse_config_file,
 )
 from earshot.errors import ConfigError
-from helpers import ROOT, ServerProcess
+from helpers import ROOT
 
 EXAMPLE = ROOT / "examples" / "earshot.toml"
 
@@ -77,43 +74,3 @@ def test_a_single_string_is_a_one_item_list_and_settings_still_validate() -> Non
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config_file(tmp_path / "nope.toml")
-
-
-def _serve(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "earshot.cli", "serve", *args],
-                          capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **env})
-
-
-@pytest.mark.slow
-def test_serve_with_a_config_file_env_and_options(tmp_path: Path) -> None:
-    conf = tmp_path / "earshot.toml"
-    conf.write_text('processors = ["level", "vad"]\narchive_format = "flac"\n'
-                    'port = 1\ndata_dir = "/nonexistent/never-used"\n')
-    # the file alone: its processors and archive format (port and data_dir come from the
-    # command line, which ServerProcess always passes)
-    srv = ServerProcess(tmp_path / "a", "--config", str(conf)).start()
-    try:
-        h = httpx.get(srv.http + "/healthz").json()
-        assert h["default_processors"] == ["level", "vad"]
-        assert h["archive_format"] == "flac"
-    finally:
-        srv.stop()
-    # EARSHOT_CONFIG, overridden by the environment and then by an option
-    srv = ServerProcess(tmp_path / "b", "--archive-format", "wav",
-                        env={"EARSHOT_CONFIG": str(conf), "EARSHOT_PROCESSORS": "level",
-                             "EARSHOT_ARCHIVE_FORMAT": "ogg"}).start()
-    try:
-        h = httpx.get(srv.http + "/healthz").json()
-        assert h["default_processors"] == ["level"]
-        assert h["archive_format"] == "wav"
-    finally:
-        srv.stop()
-    assert (tmp_path / "b" / "earshot.db").exists()
-    # an unknown key stops the server at once, naming the key and the file
-    bad = tmp_path / "bad.toml"
-    bad.write_text("port = 8000\nmax_lagg = 3\n")
-    r = _serve(["--config", str(bad)], {})
-    assert r.returncode == 2
-    assert f"{bad}: unknown key 'max_lagg'" in r.stderr
-    assert "Traceback" not in r.stderr

@@ -22,7 +22,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from earshot.client import Publisher
-from helpers import ServerProcess
+from helpers import ROOT, ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -218,10 +218,9 @@ def test_acks_stretch_while_the_loop_is_busy_and_every_level_still_comes(
     reading in order, and once the load is gone the cadence is back to 0.1 s."""
     import httpx
 
-    root = Path(__file__).resolve().parent.parent
     server = server_factory("--ack-interval-max", "0.3", "--processor", "level",
                             "--processor", "testprocs:LoopBurn,share=0.8",
-                            env={"PYTHONPATH": str(root)})
+                            env={"PYTHONPATH": str(ROOT / "tests")})
     x = source(seconds=8.0, seed=5)
     messages = asyncio.run(_paced_stream(server.url, x, ["level", "loopburn"]))
     check_order_and_coverage(messages, x)

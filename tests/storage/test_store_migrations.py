@@ -14,8 +14,7 @@ from storage_helpers import record
 
 import pg
 from earshot.errors import ConfigError, StorageError
-from earshot.storage.metadata import migrate
-from earshot.storage.metadata import SqliteStore, open_store
+from earshot.storage.metadata import SqliteStore, migrate, open_store
 
 # The schema earshot 0.1 created (before versioned migrations), verbatim: files in the
 # field look like this and must open and upgrade.

@@ -36,9 +36,21 @@ Every processor event of a stream reaches the door before its ``stopped``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+try:  # the server's JSON writer (the ``server`` extra); the standard library's otherwise
+    import orjson
+
+    def dumps(obj: Any) -> str:
+        """A JSON text message (orjson when installed, as the server's hot path uses)."""
+        return orjson.dumps(obj).decode()
+except ImportError:  # pragma: no cover - a client-only install
+    def dumps(obj: Any) -> str:
+        """A JSON text message (orjson when installed, as the server's hot path uses)."""
+        return json.dumps(obj, ensure_ascii=False)
 
 WireFormat = Literal["s16", "f32", "opus"]
 

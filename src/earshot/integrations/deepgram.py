@@ -57,6 +57,7 @@ from earshot.integrations.common import (
     Send,
     Stop,
     WireFormat,
+    dumps,
     is_stream_error,
     is_transcript,
     words_of,
@@ -282,6 +283,8 @@ class DeepgramLive:
         self.request_id = request_id
         self.created = created
         self.model = model or ModelInfo()
+        self._meta = {"request_id": request_id, "model_info": self.model.as_dict(),
+                      "model_uuid": self.model.uuid}
         self.name = name
         self.client = dict(client or {})
         self.idle_timeout = idle_timeout
@@ -423,7 +426,7 @@ class DeepgramLive:
             assert isinstance(msg, dict)
             code = ("CONFIGURE_KEYTERMS_NOT_SUPPORTED" if msg.get("keyterms") is not None
                     else "CONFIGURE_INTERNAL_ERROR")
-            return [Send(json.dumps({
+            return [Send(dumps({
                 "type": "ConfigureFailure", "request_id": self.request_id, "code": code,
                 "description": "earshot does not change a stream's settings mid-stream"}))]
         return [self._error("SchemaError", "expected a JSON message with type KeepAlive, "
@@ -459,7 +462,7 @@ class DeepgramLive:
         err: dict[str, Any] = {"type": "Error", "variant": variant, "description": description}
         if message is not None:
             err["message"] = message
-        return Send(json.dumps(err))
+        return Send(dumps(err))
 
     # --- earshot → client ---------------------------------------------------------------
 
@@ -475,7 +478,7 @@ class DeepgramLive:
             self._speech_at(t)
             if not self.options.vad_events:
                 return []
-            return [Send(json.dumps({"type": "SpeechStarted", "channel": [0, 1],
+            return [Send(dumps({"type": "SpeechStarted", "channel": [0, 1],
                                      "timestamp": round(t, 3)}))]
         if is_transcript(event):
             return self._results(event)
@@ -508,7 +511,7 @@ class DeepgramLive:
         end = float(event.get("end", start))
         finalize = final and bool(event.get("finalize"))
         words = [w for w in event.get("words") or [] if isinstance(w, Mapping)]
-        out: list[Action] = [Send(json.dumps(self.results(
+        out: list[Action] = [Send(dumps(self.results(
             text=str(event.get("text") or ""), words=words, start=start,
             duration=max(end - start, 0.0), is_final=final,
             speech_final=final and not finalize and self.options.endpointing,
@@ -545,15 +548,14 @@ class DeepgramLive:
             "channel": {"alternatives": [{"transcript": transcript,
                                           "confidence": round(confidence, 4),
                                           "words": dg_words}]},
-            "metadata": {"request_id": self.request_id, "model_info": self.model.as_dict(),
-                         "model_uuid": self.model.uuid},
+            "metadata": self._meta,
             "from_finalize": from_finalize,
         }
 
     def _finalized(self, t: Any) -> list[Action]:
         """A ``Finalize`` with nothing being said: an empty final ``from_finalize``."""
         at = float(t) if isinstance(t, int | float) else self.seconds
-        return [Send(json.dumps(self.results(text="", words=[], start=at, duration=0.0,
+        return [Send(dumps(self.results(text="", words=[], start=at, duration=0.0,
                                              is_final=True, speech_final=False,
                                              from_finalize=True)))]
 
@@ -572,7 +574,7 @@ class DeepgramLive:
         if not force and self.seconds - ue.last_word_end < gap / 1000:
             return []
         self._ue = _Utterance()
-        return [Send(json.dumps({"type": "UtteranceEnd", "channel": [0, 1],
+        return [Send(dumps({"type": "UtteranceEnd", "channel": [0, 1],
                                  "last_word_end": round(ue.last_word_end, 3)}))]
 
     def _metadata(self) -> Send:
@@ -586,7 +588,7 @@ class DeepgramLive:
             meta["model_info"] = {self.model.uuid: self.model.as_dict()}
         if self.stream:
             meta["earshot_stream"] = self.stream
-        return Send(json.dumps(meta))
+        return Send(dumps(meta))
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,6 @@ no item covers becomes an item of its own.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import itertools
 import json
@@ -50,6 +49,7 @@ from earshot.integrations.common import (
     OpenStream,
     SegmentedGrowth,
     Send,
+    dumps,
     is_stream_error,
     is_transcript,
 )
@@ -235,8 +235,7 @@ class RealtimeSession:
         return [self._send("session.created", session=self.session())]
 
     def _send(self, type: str, **fields: Any) -> Send:
-        return Send(json.dumps({"type": type, "event_id": self._ids("event"), **fields},
-                               ensure_ascii=False))
+        return Send(dumps({"type": type, "event_id": self._ids("event"), **fields}))
 
     def _error(self, exc: DoorError, client_event: str | None = None) -> Send:
         return self._send("error", error={"type": "invalid_request_error", "code": exc.code,
@@ -420,8 +419,8 @@ class RealtimeSession:
         if len(audio) > (self.max_append_bytes + 2) // 3 * 4 + 4:
             raise DoorError("invalid_value", f"more than {self.max_append_bytes} bytes of "
                             "audio in one append", param="audio")
-        try:
-            data = base64.b64decode(audio, validate=True)
+        try:  # strict: only the alphabet, right padding (and 3x faster than b64decode's)
+            data = binascii.a2b_base64(audio, strict_mode=True)
         except (binascii.Error, ValueError):
             raise DoorError("invalid_value", "audio is not valid base64",
                             param="audio") from None

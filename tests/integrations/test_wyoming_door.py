@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from door_events import final, interim, speech_end, speech_start, stopped, two_sentences
 
+from door_events import final, interim, speech_end, speech_start, stopped, two_sentences
 from earshot.integrations.common import (
     Audio,
     Close,
@@ -298,6 +298,9 @@ def test_a_chunk_in_another_format_mid_request_stops_the_stream() -> None:
     [err] = events_of(out)
     assert err.data["code"] == "bad_audio_format" and "differs" in err.data["text"]
     assert Stop() in out and out[-1] == Close()
+    # a closed session takes nothing more
+    assert s.receive(WyomingEvent("audio-chunk", fmt(), bytes(4))) == []
+    assert s.receive(WyomingEvent("describe")) == []
 
 
 def test_a_trailing_partial_frame_is_counted_not_sent() -> None:

@@ -32,6 +32,27 @@ core's ``on_event``: ``ready`` (``stream``), processor events
   comes, after that final (``segment`` null when nothing was being said).
 
 Every processor event of a stream reaches the door before its ``stopped``.
+
+Per door, the glue
+------------------
+* Wyoming (TCP, ``--wyoming``): check the peer against ``--wyoming-allow``; bytes →
+  ``WyomingReader.feed`` → each event → ``WyomingSession.receive``; a ``DoorError`` from the
+  reader → ``session.fail(exc)``; stream events → ``on_event``.
+* Icecast (TCP, ``--icecast``): ``IcecastConnection(now)``; bytes → ``receive(data, now)``;
+  on ``SourceRequested`` check ``request.token`` and that the mount is free, then
+  ``accept(now)`` or ``refuse(DoorError(..., status=401|403))``; ``Body`` →
+  ``StreamDecoder(request.format)``; its first block opens the stream (``f32`` at the
+  decoder's rate and channels, ``name=request.name``, ``request.processors`` or the door's,
+  ``client=request.client_info()``); ``tick(now)`` at ``next_deadline``; the client's close
+  → ``decoder.close()``, the last blocks, then stop.
+* Deepgram (``/v1/listen``): ``deepgram.handshake(query, headers, subprotocols)``; refuse
+  with ``handshake_error`` or accept echoing ``subprotocol``; ``DeepgramLive(options, ...,
+  decoder=StreamDecoder)``; binary → ``receive_bytes``, text → ``receive_text``,
+  ``tick(now)`` at ``next_deadline``, the decoder's ``notify`` → ``poll(now)``.
+* OpenAI REST: ``parse_transcription_form``, ``check_upload``, decode the file into a stream
+  (as fast as it decodes), collect its finals, ``render`` (or ``TranscriptStream``).
+* OpenAI Realtime: ``openai_realtime.handshake``; ``RealtimeSession(...)``; ``open()``
+  first, then text → ``receive_text``, binary → ``receive_bytes``, events → ``on_event``.
 """
 
 from __future__ import annotations

@@ -294,6 +294,8 @@ class WyomingSession:
     # client → server -----------------------------------------------------------------
 
     def receive(self, event: WyomingEvent) -> list[Action]:
+        if self.state == "closed":
+            return []
         try:
             return self._receive(event)
         except DoorError as exc:

@@ -34,7 +34,7 @@ from earshot.integrations.wyoming import (
     WyomingSession,
     encode_event,
 )
-from earshot.protocol import IngestConnection, Limits
+from earshot.wire.ingest import IngestConnection, Limits
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from door_events import interim

@@ -28,7 +28,19 @@ FULL_POLICY = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
 READ_ONLY_POLICY = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject"], "Resource": "*"}]}
-NO_AUTH_ACTIONS = 6  # the set-up below: two users, their keys and policies
+NO_AUTH_ACTIONS = 9  # the set-up below: three users, their keys and policies
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "deploy.md"
+
+
+def documented_policy(bucket: str = BUCKET) -> dict[str, Any]:
+    """docs/deploy.md's minimal IAM policy, for ``bucket`` with no prefix (moto mis-signs a
+    prefix with a ``/`` in a query, see tests/storage/test_objects_s3.py)."""
+    text = DOCS.read_text()
+    start = text.index("```json\n") + len("```json\n")
+    policy = json.loads(text[start:text.index("```", start)])
+    doc = json.dumps(policy).replace("my-earshot-archive", bucket)
+    doc = doc.replace('["archives/*", "archives/"]', '["*", ""]').replace("/archives/*", "/*")
+    return dict(json.loads(doc))
 
 
 class MotoServer(Child):
@@ -76,7 +88,8 @@ class MotoServer(Child):
 
         iam = boto3.client("iam", endpoint_url=self.endpoint, region_name=REGION,
                            aws_access_key_id="setup", aws_secret_access_key="setup")
-        for user, policy in (("writer", FULL_POLICY), ("reader", READ_ONLY_POLICY)):
+        for user, policy in (("writer", FULL_POLICY), ("reader", READ_ONLY_POLICY),
+                             ("documented", documented_policy())):
             iam.create_user(UserName=user)
             k = iam.create_access_key(UserName=user)["AccessKey"]
             iam.put_user_policy(UserName=user, PolicyName="s3",

@@ -274,3 +274,20 @@ async def test_a_store_that_never_answers_holds_start_up_only_for_the_check_time
             assert took < 3.0, took
         finally:
             await up.close(timeout=0)
+
+
+def test_the_documented_minimal_policy_is_enough(moto_iam: MotoServer, tmp_path: Path) -> None:
+    """docs/deploy.md's IAM policy (its actions; moto checks actions and resources) lets the
+    store do everything it does: the check, plain and multipart uploads, reads, deletes."""
+    store = make_store(moto_iam, f"s3://{BUCKET}", user="documented",
+                       part_size=5 * MiB, multipart_threshold=5 * MiB)
+    store.check()
+    for name, size in (("streams/p.wav", 1000), ("streams/p.part0001.wav", 6 * MiB)):
+        data = write(tmp_path / name, size, seed=size)
+        assert store.upload(tmp_path / name, name).verified == "etag"
+        assert store.read(name, 10, 20) == data[10:20]
+        store.delete(name)
+        assert store.size(name) is None
+    with pytest.raises(ObjectStoreError) as e:  # and nothing beyond the bucket
+        make_store(moto_iam, "s3://other-bucket", user="documented").check()
+    assert e.value.reason in ("denied", "no_bucket")

@@ -228,3 +228,13 @@ def _run_gateway_and_its_check(svc: dict[str, Any], image: BuiltImage, redis: Re
     health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()
     assert health["status"] == "ok" and health["bus"]["state"] == "ok"
     assert health["default_processors"] == ["level", "vad"]
+
+
+def test_the_build_files_agree() -> None:
+    """docker reads .dockerignore, podman .containerignore: the same context either way; and
+    the Containerfile's defaults are what docs/deploy.md and the issue say."""
+    assert (ROOT / ".dockerignore").read_text() == (ROOT / ".containerignore").read_text()
+    text = (ROOT / "Containerfile").read_text()
+    assert "ARG BASE=debian:bookworm-slim" in text
+    assert re.search(r"^EXPOSE 8000 10300 8010$", text, re.M)
+    assert re.search(r"^VOLUME /data$", text, re.M) and re.search(r"^USER earshot$", text, re.M)

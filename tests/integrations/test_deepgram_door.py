@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+
 from door_events import (
     final,
     finalized,
@@ -19,7 +20,6 @@ from door_events import (
     stopped,
     two_sentences,
 )
-
 from earshot.integrations.common import Audio, Close, DoorError, Finalize, OpenStream, Send, Stop
 from earshot.integrations.deepgram import (
     IDLE_REASON,

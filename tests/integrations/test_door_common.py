@@ -6,8 +6,8 @@ import warnings
 
 import numpy as np
 import pytest
-from door_events import final, interim, two_sentences
 
+from door_events import final, interim, two_sentences
 from earshot.integrations.common import SegmentedGrowth, final_words
 from earshot.integrations.g711 import ALAW_TABLE, MULAW_TABLE, alaw_to_s16, mulaw_to_s16
 

@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+
 from door_events import (
     final,
     finalized,
@@ -18,7 +19,6 @@ from door_events import (
     stopped,
     two_sentences,
 )
-
 from earshot.integrations.common import Audio, Close, Finalize, OpenStream, Send
 from earshot.integrations.openai_realtime import RealtimeSession, counting_ids, handshake
 

@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 
 import pytest
-from door_events import final
 
+from door_events import final
 from earshot.integrations.common import DoorError
 from earshot.integrations.openai_rest import (
     TranscriptionRequest,

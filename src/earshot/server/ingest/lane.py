@@ -175,6 +175,20 @@ class DirectLane:
         return True
 
 
+#: What the lane uses of uvicorn's ``WebSocketsSansIOProtocol`` beyond its documented
+#: interface: attributes set by its ``__init__`` (or, for ``scope`` and ``response``, by
+#: its ``handle_connect``) and methods it overrides or calls. uvicorn does not promise them,
+#: so pyproject.toml pins uvicorn below the next minor release and
+#: tests/server/ingest/test_uvicorn_contract.py checks each against the installed uvicorn.
+RELIES_ON = {
+    "attributes": ("conn", "transport", "close_sent", "queue", "frames", "read_paused",
+                   "curr_msg_data_type", "client", "writable", "disconnected"),
+    "set_on_connect": ("scope", "response"),
+    "methods": ("data_received", "handle_connect", "send_receive_event_to_app",
+                "handle_parser_exception", "connection_lost"),
+}
+
+
 class EarshotWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's ``websockets-sansio`` protocol plus the ``earshot.direct`` lane."""
 

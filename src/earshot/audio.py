@@ -47,6 +47,11 @@ class StreamSpec:
         """The PCM form of this stream as archived: Opus is decoded to s16 on arrival."""
         return StreamSpec("s16", self.rate, self.channels) if self.format == "opus" else self
 
+    @property
+    def sample_format(self) -> SampleFormat:
+        """The PCM sample format of the stream as archived (Opus: s16)."""
+        return "f32" if self.format == "f32" else "s16"
+
 
 @dataclass(frozen=True, slots=True)
 class Sanitized:
@@ -113,4 +118,5 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
         return samples
     if samples.shape[1] == 1:
         return samples[:, 0]
-    return samples.mean(axis=1, dtype=np.float32)
+    mono: np.ndarray = samples.mean(axis=1, dtype=np.float32)
+    return mono

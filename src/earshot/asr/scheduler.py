@@ -322,7 +322,8 @@ class AsrScheduler:
         except BaseException:
             utt.close()
             raise
-        return utt.finish()
+        result: Transcription = utt.finish()
+        return result
 
     @staticmethod
     def _close_session(s: _Session) -> None:

@@ -253,6 +253,7 @@ class Listener:
     def _decode(self, out: Any) -> np.ndarray:
         """One popped frame as float32 PCM; the stream's last frame cut to its true end."""
         f = self._frame
+        pcm: np.ndarray
         if out.kind == "audio":
             pcm = (self._decoder.decode(out.payload) if self._decoder is not None
                    else out.payload.astype(np.float32) / 32768.0)

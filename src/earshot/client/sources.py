@@ -41,7 +41,8 @@ def mix_channels(x: np.ndarray, channels: int) -> np.ndarray:
     if cin == 1:
         return np.repeat(x, channels, axis=1)
     if channels == 1:
-        return x.mean(axis=1, keepdims=True, dtype=np.float32)
+        mono: np.ndarray = x.mean(axis=1, keepdims=True, dtype=np.float32)
+        return mono
     out = np.zeros((n, channels), np.float32)
     counts = np.zeros(channels, np.float32)
     for i in range(cin):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -349,8 +350,7 @@ class KindConsumer:
 
     def _pipeline(self, sid: str, fields: dict[bytes, bytes], offset: int) -> StreamPipeline:
         info = StreamInfo(sid, int(fields[b"rate"]), int(fields[b"channels"]))
-        return StreamPipeline(info, [self.spec.make()],
-                              lambda events, sid=sid: self._publish(sid, events),
+        return StreamPipeline(info, [self.spec.make()], functools.partial(self._publish, sid),
                               start_offset=offset, max_lag=self.max_lag)
 
     async def _finish(self, st: _Stream) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -132,7 +133,7 @@ class Worker:
         if pipe is None:
             info = StreamInfo(sid, int(header["rate"]), channels)
             pipe = StreamPipeline(info, [self.spec.make()],
-                                  lambda events, sid=sid: self._publish(sid, events),
+                                  functools.partial(self._publish, sid),
                                   start_offset=offset, max_lag=self.max_lag)
             self.pipelines[sid] = pipe
         pipe.feed(samples, offset)

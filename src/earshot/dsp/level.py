@@ -16,10 +16,12 @@ _PEAK_FLOOR = 10.0 ** (FLOOR_DB / 20.0)
 _max, _count = np.maximum.reduce, np.count_nonzero
 if hasattr(np, "vecdot"):  # numpy 2: a gufunc, half of einsum's per-call cost here
     def _sumsq(blocks: np.ndarray) -> np.ndarray:
-        return np.vecdot(blocks, blocks)
+        out: np.ndarray = np.vecdot(blocks, blocks)
+        return out
 else:  # pragma: no cover - numpy 1.26
     def _sumsq(blocks: np.ndarray) -> np.ndarray:
-        return np.einsum("ij,ij->i", blocks, blocks)
+        out: np.ndarray = np.einsum("ij,ij->i", blocks, blocks)
+        return out
 
 
 class LevelReading(NamedTuple):
@@ -125,4 +127,5 @@ class LevelMeter:
         size = blocks.size
         if self._scratch.size < size:
             self._scratch = np.empty(size, np.float32)
-        return np.abs(blocks, out=self._scratch[:size].reshape(blocks.shape))
+        out: np.ndarray = np.abs(blocks, out=self._scratch[:size].reshape(blocks.shape))
+        return out

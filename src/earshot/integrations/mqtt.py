@@ -365,7 +365,7 @@ class MqttBridge:
             c.tls_set_context(self.tls_context)
         c.max_inflight_messages_set(self.window)
         c.max_queued_messages_set(0)  # bounded by our window instead
-        c.reconnect_delay_set(*self.reconnect_delay)  # type: ignore[arg-type]
+        c.reconnect_delay_set(*self.reconnect_delay)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_connect_fail = self._on_connect_fail

@@ -257,8 +257,10 @@ class ProcessorRunner:
         thread hop; queueing, lag, drops and checkpoints are the same."""
         t0 = time.perf_counter()
         out: list[Event] = []
+        aprocess = self._aprocess
+        assert aprocess is not None  # (set when the processor has process_async)
         for chunk in _merge(batch):
-            produced = await self._aprocess(chunk)
+            produced = await aprocess(chunk)
             if produced:
                 out.extend(produced)
             self.stats.processed += chunk.frames

@@ -132,7 +132,7 @@ class LoopHistogram:
         buckets, running = [], 0
         for bound, n in zip([*self.bounds, float("inf")], counts, strict=True):
             running += n
-            buckets.append((floatToGoString(bound), running))
+            buckets.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
         yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets,
                                     sum_value=total)
 

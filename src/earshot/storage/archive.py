@@ -29,6 +29,7 @@ from earshot.audio import (
     sanitize_f32,
 )
 from earshot.errors import StorageError
+from earshot.fsutil import fsync_dir
 from earshot.storage import parts as P
 from earshot.storage.finalize import FINAL_SUFFIX, finalize_one
 from earshot.storage.parts import chunks
@@ -135,7 +136,7 @@ class Archive:
             fixed = f32_to_s16(x) if self._encoding == "pcm16" else sanitize_f32(x)
             out = fixed.samples
             result.non_finite, result.clipped = fixed.non_finite, fixed.clipped
-        result.written = memoryview(out).cast("B")  # (no copy: os.write takes the buffer)
+        result.written = memoryview(out.data).cast("B")  # (no copy: os.write takes it)
         self._write(result.written)
         return result
 
@@ -204,7 +205,7 @@ class Archive:
                             os.fsync(fd)
                         finally:
                             os.close(fd)
-                P.fsync_dir(self.base.parent)
+                fsync_dir(self.base.parent)
 
     def close(self) -> None:
         self.part.close()

@@ -26,9 +26,10 @@ import json
 import os
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from earshot.errors import StorageError
 from earshot.fsutil import fsync_dir
@@ -112,7 +113,7 @@ def find_part(base: Path, n: int) -> Path:
     return part_path(base, n, base.suffix or ".wav")
 
 
-def read_sidecar(base: Path) -> dict | None:
+def read_sidecar(base: Path) -> dict[str, Any] | None:
     try:
         meta = json.loads(sidecar_path(base).read_text())
     except FileNotFoundError:
@@ -124,7 +125,7 @@ def read_sidecar(base: Path) -> dict | None:
     return meta
 
 
-def write_sidecar(base: Path, meta: dict, *, fsync: bool = True) -> None:
+def write_sidecar(base: Path, meta: dict[str, Any], *, fsync: bool = True) -> None:
     """Atomically (temporary file, rename; fsynced with its directory by default)."""
     target = sidecar_path(base)
     tmp = target.with_name(target.name + ".tmp")
@@ -348,11 +349,11 @@ def recover(base: Path, fmt: str = "wav") -> int:
     return starts[-1] + frames[-1]
 
 
-def finalize_parts(base: Path, paths: list[Path], meta: dict | None,
-                   finalize_part: object) -> None:
+def finalize_parts(base: Path, paths: list[Path], meta: dict[str, Any] | None,
+                   finalize_part: Callable[[Path], Path]) -> None:
     """Finalize every part still a WAV: the later parts first, then the sidecar (with the
     total), then part 0, so that part 0's finished file means the whole archive is."""
-    conv = finalize_part  # Callable[[Path], Path]
+    conv = finalize_part
     frames = []
     for p in paths:
         frames.append(_open_info(p)[0] if p.suffix == ".wav" else None)

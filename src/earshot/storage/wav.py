@@ -129,7 +129,7 @@ class WavWriter:
     def closed(self) -> bool:
         return self._fd < 0
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append whole frames, already in the file's encoding."""
         fb = self.layout.frame_bytes
         if len(data) % fb:

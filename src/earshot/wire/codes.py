@@ -87,8 +87,9 @@ class Code(enum.StrEnum):
     CLIPPED = "clipped"
 
 
-#: error code → close code, for errors after which the connection cannot go on
-FATAL_CLOSE: dict[Code, Close] = {
+#: error code → close code, for errors after which the connection cannot go on (keyed by
+#: Code members, which are looked up by their strings too)
+FATAL_CLOSE: dict[str, Close] = {
     Code.NOT_STARTED: Close.BAD_REQUEST,
     Code.BAD_OPUS: Close.BAD_REQUEST,
     Code.GAP: Close.BAD_REQUEST,

@@ -185,7 +185,7 @@ class Asr(Processor):
         text = tr.text
         if not req.final:
             agreed = self._agree.setdefault(req.segment, LocalAgreement(self.holdback))
-            agreed.update([w["w"] for w in words])
+            agreed.update([str(w["w"]) for w in words])
         if agreed is not None and agreed.stable:  # interims and finals keep what was promised
             words, text = _keep_stable(agreed.stable, words, text, speech, req.end / RATE)
         event = self.event("transcript", speech, final=req.final, text=text,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from earshot.dsp.level import LevelMeter
 from earshot.processors.base import Chunk, Event, Processor
 
@@ -24,7 +26,7 @@ class Level(Processor):
     def flush(self) -> list[Event]:
         return [] if self._meter is None else self._events(self._meter.flush(), self._meter.rate)
 
-    def _events(self, readings: list, rate: int) -> list[Event]:
+    def _events(self, readings: list[Any], rate: int) -> list[Event]:
         # dict literals: two of these per 100 ms per stream, on the ingest hot path
         return [{"type": "level", "t": round(r.offset / rate, 6), "rms": round(r.rms_db, 2),
                  "peak": round(r.peak_db, 2), "clipped": r.clipped,

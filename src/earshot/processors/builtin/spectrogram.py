@@ -50,4 +50,6 @@ def decode_spectrogram(event: Event) -> np.ndarray:
     """The dB values of a ``spectrogram`` event, shaped (frames, mels)."""
     q = np.frombuffer(base64.b64decode(event["data"]), np.uint8).astype(np.float32)
     span = event["ceil_db"] - event["floor_db"]
-    return (event["floor_db"] + q * (span / 255.0)).reshape(event["frames"], event["mels"])
+    db: np.ndarray = (event["floor_db"] + q * (span / 255.0)).reshape(event["frames"],
+                                                                      event["mels"])
+    return db

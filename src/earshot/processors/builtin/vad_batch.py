@@ -38,6 +38,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -93,10 +94,10 @@ class VadBatcher:
                 continue
             framed.append((i, windows, offset))
         models = [jobs[i].vad.model for i, _, _ in framed]
-        windows = [w for _, w, _ in framed]
+        batch = [w for _, w, _ in framed]
         try:
-            probs: list[np.ndarray | Exception] = list(score_batch(models, windows))
-            self.stats.calls += max((len(w) for w in windows), default=0)
+            probs: list[np.ndarray | Exception] = list(score_batch(models, batch))
+            self.stats.calls += max((len(w) for w in batch), default=0)
         except Exception:  # find the culprit: score one by one (states are untouched)
             probs = []
             for m, w in zip(models, windows, strict=True):
@@ -155,7 +156,9 @@ class VadBatcher:
                     self._cv.wait(wait)
                 else:
                     self._cv.wait()
-            jobs, later, seen = [], [], set()
+            jobs: list[Any] = []
+            later: list[Any] = []
+            seen: set[int] = set()
             for job in self._jobs:  # one job per stream per round: they are sequential
                 (later if id(job.vad) in seen else jobs).append(job)
                 seen.add(id(job.vad))

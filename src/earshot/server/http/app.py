@@ -97,7 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
 
         paho_module()  # a missing paho-mqtt fails at start, with how to install it
         bridge = MqttBridge(settings.mqtt, role="gateway", skip_worker_events=True)
-        metrics.registry.register(bridge.collector())  # type: ignore[arg-type]
+        metrics.registry.register(bridge.collector())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

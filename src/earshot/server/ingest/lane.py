@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -289,7 +290,7 @@ class EarshotWebSocketProtocol(WebSocketsSansIOProtocol):
         super().connection_lost(exc)
 
 
-def lane_of(scope: dict[str, Any]) -> DirectLane | None:
+def lane_of(scope: Mapping[str, Any]) -> DirectLane | None:
     """The connection's direct lane, if the server offers one."""
     ext = (scope.get("extensions") or {}).get(EXTENSION)
     return ext.get("lane") if isinstance(ext, dict) else None

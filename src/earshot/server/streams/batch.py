@@ -119,7 +119,7 @@ class BatchPath:
         opus_listeners = bus.wants_audio(live.id, opus=True)
         if pipeline is not None or pcm_listeners or opus_listeners:
             spec = live.spec
-            samples = decode(w.data, spec.format, spec.channels)
+            samples = decode(w.data, spec.sample_format, spec.channels)
             if spec.format == "f32" and (w.result.non_finite or w.result.clipped):
                 samples = sanitize_f32(samples).samples
             first, clean = w.first, None  # listeners and chosen processors get it filtered

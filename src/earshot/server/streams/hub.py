@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from earshot.audio import ArchiveFormat
 from earshot.cluster.bus import ALL
 from earshot.cluster.bus.base import Bus
 from earshot.config import Settings
@@ -39,7 +40,7 @@ from earshot.server.streams.live import LiveStream, Owner, hash_token, new_strea
 from earshot.server.streams.processing import remote_processors, start_pipeline
 from earshot.server.streams.recovery import recover
 from earshot.server.streams.space import Space, free_bytes, is_no_space
-from earshot.storage.archive import Archive, ArchiveFormat, finalize
+from earshot.storage.archive import Archive, finalize
 from earshot.storage.metadata import MetadataStore, StreamRecord
 from earshot.wire.codes import Code
 from earshot.wire.ingest import Start

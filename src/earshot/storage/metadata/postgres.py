@@ -11,6 +11,7 @@ a transaction open between calls. JSON (``client``, transcript ``words``) is jso
 
 from __future__ import annotations
 
+import builtins
 import time
 from typing import Any
 
@@ -95,7 +96,7 @@ class PostgresStore:
 
     # -- plumbing --------------------------------------------------------------------------
     def _exec(self, sql: str, args: tuple[Any, ...] = (), *, fetch: bool = True
-              ) -> tuple[list[tuple[Any, ...]], int]:
+              ) -> tuple[builtins.list[tuple[Any, ...]], int]:
         """Run one statement on a pooled connection: its rows (if any) and rowcount.
 
         Integrity errors are raised as psycopg's own (callers map them); everything else
@@ -115,7 +116,7 @@ class PostgresStore:
                 raise StorageError(f"PostgreSQL {self.where}: {exc}") from exc
             raise
 
-    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> builtins.list[tuple[Any, ...]]:
         return self._exec(sql, args)[0]
 
     @staticmethod
@@ -143,7 +144,7 @@ class PostgresStore:
             raise StreamNotFound(stream_id)
         return self._row(rows[0])
 
-    def list(self, *, limit: int, offset: int) -> tuple[list[StreamRecord], int]:
+    def list(self, *, limit: int, offset: int) -> tuple[builtins.list[StreamRecord], int]:
         rows = self._rows(f"{_SELECT} ORDER BY created DESC, id DESC LIMIT %s OFFSET %s",
                           (limit, offset))
         total = self._rows("SELECT count(*) FROM streams")[0][0]
@@ -159,7 +160,7 @@ class PostgresStore:
     def delete(self, stream_id: str) -> None:
         self._exec("DELETE FROM streams WHERE id=%s", (stream_id,))
 
-    def with_state(self, state: StreamState) -> list[StreamRecord]:
+    def with_state(self, state: StreamState) -> builtins.list[StreamRecord]:
         return [self._row(r) for r in self._rows(f"{_SELECT} WHERE state=%s", (state,))]
 
     # -- segments, events, transcripts ------------------------------------------------------
@@ -180,7 +181,7 @@ class PostgresStore:
         except pg_errors.IntegrityError as exc:
             raise segment_conflict(self, seg) from exc
 
-    def segments(self, stream_id: str) -> list[SegmentRecord]:
+    def segments(self, stream_id: str) -> builtins.list[SegmentRecord]:
         rows = self._rows('SELECT stream, n, start, "end", rate, path, created FROM segments '
                           "WHERE stream=%s ORDER BY n", (stream_id,))
         return [SegmentRecord(*r) for r in rows]
@@ -207,7 +208,7 @@ class PostgresStore:
         except pg_errors.ForeignKeyViolation:
             raise StreamNotFound(stream_id) from None
 
-    def transcripts(self, stream_id: str) -> list[dict[str, Any]]:
+    def transcripts(self, stream_id: str) -> builtins.list[dict[str, Any]]:
         rows = self._rows('SELECT segment, start, "end", text, words FROM transcripts '
                           "WHERE stream=%s ORDER BY start, segment", (stream_id,))
         return [{"segment": r[0], "start": r[1], "end": r[2], "text": r[3], "words": r[4]}

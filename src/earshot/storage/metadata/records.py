@@ -8,6 +8,7 @@ row logic both stores share.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
@@ -81,7 +82,7 @@ class MetadataStore(Protocol):
         """One stream; :class:`~earshot.errors.StreamNotFound` if there is none."""
         ...
 
-    def list(self, *, limit: int, offset: int) -> tuple[list[StreamRecord], int]:
+    def list(self, *, limit: int, offset: int) -> tuple[builtins.list[StreamRecord], int]:
         """A page of streams, newest first, and the total count."""
         ...
 
@@ -93,7 +94,7 @@ class MetadataStore(Protocol):
         """Remove a stream with its segments, transcripts and claimed events."""
         ...
 
-    def with_state(self, state: StreamState) -> list[StreamRecord]: ...
+    def with_state(self, state: StreamState) -> builtins.list[StreamRecord]: ...
 
     def allocate_segment(self, stream_id: str) -> int:
         """The next segment number of a stream, 0, 1, 2, …: an atomic counter in the
@@ -107,7 +108,7 @@ class MetadataStore(Protocol):
         that number is stored already, StreamNotFound for an unknown stream."""
         ...
 
-    def segments(self, stream_id: str) -> list[SegmentRecord]:
+    def segments(self, stream_id: str) -> builtins.list[SegmentRecord]:
         """The segments of a stream in number order."""
         ...
 
@@ -124,7 +125,7 @@ class MetadataStore(Protocol):
         the same segment replaces it."""
         ...
 
-    def transcripts(self, stream_id: str) -> list[dict[str, Any]]:
+    def transcripts(self, stream_id: str) -> builtins.list[dict[str, Any]]:
         """Stored finals in time order: segment, start, end, text, words."""
         ...
 

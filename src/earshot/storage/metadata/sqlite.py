@@ -3,6 +3,7 @@ file in the data directory (WAL mode, one connection per process behind a lock).
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -88,7 +89,7 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StorageError(f"SQLite {self.path}: {exc}") from exc
 
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> builtins.list[tuple[Any, ...]]:
         with self._lock:
             return self._run(sql, args).fetchall()
 
@@ -113,7 +114,7 @@ class SqliteStore:
             raise StreamNotFound(stream_id)
         return self._row(rows[0])
 
-    def list(self, *, limit: int, offset: int) -> tuple[list[StreamRecord], int]:
+    def list(self, *, limit: int, offset: int) -> tuple[builtins.list[StreamRecord], int]:
         rows = self._query(
             f"SELECT {','.join(COLUMNS)} FROM streams ORDER BY created DESC, id DESC "
             "LIMIT ? OFFSET ?",
@@ -129,7 +130,7 @@ class SqliteStore:
     def delete(self, stream_id: str) -> None:
         self._query("DELETE FROM streams WHERE id=?", (stream_id,))
 
-    def with_state(self, state: StreamState) -> list[StreamRecord]:
+    def with_state(self, state: StreamState) -> builtins.list[StreamRecord]:
         rows = self._query(f"SELECT {','.join(COLUMNS)} FROM streams WHERE state=?", (state,))
         return [self._row(r) for r in rows]
 
@@ -151,7 +152,7 @@ class SqliteStore:
         except sqlite3.IntegrityError as exc:
             raise segment_conflict(self, seg) from exc
 
-    def segments(self, stream_id: str) -> list[SegmentRecord]:
+    def segments(self, stream_id: str) -> builtins.list[SegmentRecord]:
         rows = self._query(
             'SELECT stream, n, start, "end", rate, path, created FROM segments '
             "WHERE stream=? ORDER BY n", (stream_id,))
@@ -175,7 +176,7 @@ class SqliteStore:
         except sqlite3.IntegrityError:
             raise StreamNotFound(stream_id) from None
 
-    def transcripts(self, stream_id: str) -> list[dict[str, Any]]:
+    def transcripts(self, stream_id: str) -> builtins.list[dict[str, Any]]:
         rows = self._query(
             'SELECT segment, start, "end", text, words FROM transcripts WHERE stream=? '
             "ORDER BY start, segment", (stream_id,))

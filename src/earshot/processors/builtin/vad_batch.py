@@ -100,7 +100,7 @@ class VadBatcher:
             self.stats.calls += max((len(w) for w in batch), default=0)
         except Exception:  # find the culprit: score one by one (states are untouched)
             probs = []
-            for m, w in zip(models, windows, strict=True):
+            for m, w in zip(models, batch, strict=True):
                 try:
                     probs.append(m.score(w))
                 except Exception as exc:

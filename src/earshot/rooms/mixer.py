@@ -13,8 +13,9 @@ Input
     the call recording (:mod:`earshot.rooms.recording`) resamples at ``HQ`` offline. The
     resampled audio is placed as many samples later as the resampler holds back after its
     first chunk (5 at 48 kHz from 16 kHz with QQ: 0.1 ms), so that a frame is complete, and
-    mixed, as soon as its input has arrived. The audio is cut into frames of one tick (960 samples at 48 kHz) on a grid of room-rate
-    positions ``offset * room_rate / seat_rate``, and each frame goes into the seat's own
+    mixed, as soon as its input has arrived. The audio is cut into frames of one tick
+    (960 samples at 48 kHz) on a grid of room-rate positions
+    ``offset * room_rate / seat_rate``, and each frame goes into the seat's own
     :class:`earshot.jitter.JitterBuffer` (the one the listeners use): a small lookahead
     queue that absorbs network jitter, adapts between ``min_delay`` and ``max_delay``, and
     paces the seat out one frame per tick. A seat's pushes come in offset order (as over

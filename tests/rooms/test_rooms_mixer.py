@@ -206,6 +206,25 @@ def test_a_dropped_connection_is_not_replayed_late():
     assert m.stats("b").stale_frames >= 90  # the backlog, dropped before the buffer
 
 
+@pytest.mark.parametrize("jitter", [0.0, 0.004])
+def test_jitter_within_the_tick_costs_no_cushion(jitter):
+    """Frames arriving 9-13 ms before their tick are mixed at that tick: the jitter never
+    moves one past it, so no frame of cushion is added (fed on arrival, it would be)."""
+    m = Mixer(origin=0.0)
+    m.add_seat("a", RATE)
+    m.add_seat("b", RATE)
+    rng = np.random.default_rng(3)
+    jit = rng.uniform(0, jitter, 500)
+    sender = Sender(voice(70, 8.0), delay=lambda k: 0.007 + jit[k])
+    arrived = {off: t for t, off, _ in sender.arrivals()}
+    ticks = run(m, {"a": sender}, 8.0)
+    waits = [t.t - arrived[t.positions["a"]] for t in ticks
+             if t.t > 3.0 and t.positions["a"] is not None]
+    assert len(waits) > 200
+    assert max(waits) < TICK  # always the first tick after arrival
+    assert m.stats("a").jitter.concealed_frames <= 3  # the end of the stream
+
+
 def test_a_seat_joining_mid_call():
     m = Mixer(origin=0.0, fade_ms=0, knee=None)
     sig = {n: voice(i + 10, 3.0) for i, n in enumerate("ab")}

@@ -18,7 +18,14 @@ Input
     ``offset * room_rate / seat_rate``, and each frame goes into the seat's own
     :class:`earshot.jitter.JitterBuffer` (the one the listeners use): a small lookahead
     queue that absorbs network jitter, adapts between ``min_delay`` and ``max_delay``, and
-    paces the seat out one frame per tick. A seat's pushes come in offset order (as over
+    paces the seat out one frame per tick. A frame enters it stamped with the time of the
+    first tick that can mix it rather than its arrival, so jitter that does not push a
+    frame past its tick costs no cushion: the wait for the tick already absorbs it.
+    Simulated (benchmarks/bench_mixer.py: 20 ms frames, arrival phases 1-19 ms before a
+    tick, against the same jitter buffer fed on arrival), the median time a frame waits in
+    the mixer is 9 ms without jitter and 12-16 ms with 2-10 ms of it (24-28 ms fed on
+    arrival, both concealing nothing); with 0-30 ms of jitter 24 ms, concealing 0.5 % of
+    the frames (34 ms and none). A seat's pushes come in offset order (as over
     one connection): audio the seat sends again (a resume resending what was not
     acknowledged yet) is trimmed to what is new; a jump forward in offsets of up to
     ``max_delay`` is filled with silence (what fills it later is ignored as sent again),
@@ -322,9 +329,13 @@ class Mixer:
             s.pending = np.concatenate([s.pending, y.astype(np.float32, copy=False)])
         t = self.tick_frames
         done = len(s.pending) // t
+        # Stamped with the tick that will first see them: jitter that does not move a frame
+        # to a later tick costs no cushion (the wait for the tick absorbs it).
+        ticks = math.ceil((now - self.origin) / self.tick_seconds - 1e-9)
+        stamp = max(now, self.origin + ticks * self.tick_seconds)
         for i in range(done):
             if not self._stale(s, s.pending_at, now):
-                s.jb.push(s.pending_at, t, s.pending[i * t:(i + 1) * t].copy(), now)
+                s.jb.push(s.pending_at, t, s.pending[i * t:(i + 1) * t].copy(), stamp)
             s.pending_at += t
         if done:
             s.pending = s.pending[done * t:].copy()

@@ -4,37 +4,40 @@ time passed in (seconds, any origin, non-decreasing), no I/O, no clock, no threa
 Input
     :meth:`Mixer.push` takes a seat's audio as it arrives: its stream offset (in frames at
     the seat's own rate, as acknowledged by the ingest) and the samples (float32 or int16,
-    mono or ``(frames, channels)``; channels are averaged). Seats of another rate than the
-    room's are resampled with soxr, a streaming resampler per seat. Its quality is a
-    trade against latency (measured with 20 ms chunks into 48 kHz, speech error against
-    soxr's offline VHQ): ``QQ`` (the default, cubic) holds back 0.1 ms from 16 kHz and
-    0.25 ms from 8 kHz, error -30 and -35 dB; ``LQ`` holds back 11 and 33 ms on average
-    for the same error; ``MQ`` 21 and 53 ms for -65 and -73 dB. A live call wants ``QQ``;
-    the call recording (:mod:`earshot.rooms.recording`) resamples at ``HQ`` offline. The
-    resampled audio is placed as many samples later as the resampler holds back after its
-    first chunk (5 at 48 kHz from 16 kHz with QQ: 0.1 ms), so that a frame is complete, and
-    mixed, as soon as its input has arrived. The audio is cut into frames of one tick
-    (960 samples at 48 kHz) on a grid of room-rate positions
+    mono or ``(frames, channels)``; channels are averaged). The audio is cut into frames of
+    one tick (960 samples at 48 kHz) on a grid of room-rate positions
     ``offset * room_rate / seat_rate``, and each frame goes into the seat's own
-    :class:`earshot.jitter.JitterBuffer` (the one the listeners use): a small lookahead
-    queue that absorbs network jitter, adapts between ``min_delay`` and ``max_delay``, and
-    paces the seat out one frame per tick. A frame enters it stamped with the time of the
-    first tick that can mix it rather than its arrival, so jitter that does not push a
-    frame past its tick costs no cushion: the wait for the tick already absorbs it.
-    Simulated (benchmarks/bench_mixer.py: 20 ms frames, arrival phases 1-19 ms before a
-    tick, against the same jitter buffer fed on arrival), the median time a frame waits in
-    the mixer is 9 ms without jitter and 12-16 ms with 2-10 ms of it (24-28 ms fed on
-    arrival, both concealing nothing); with 0-30 ms of jitter 24 ms, concealing 0.5 % of
-    the frames (34 ms and none). A seat's pushes come in offset order (as over
-    one connection): audio the seat sends again (a resume resending what was not
-    acknowledged yet) is trimmed to what is new; a jump forward in offsets of up to
-    ``max_delay`` is filled with silence (what fills it later is ignored as sent again),
-    a longer one restarts the seat's timeline. Before a frame enters the jitter buffer it
-    is dropped as *stale* if it lies further behind the seat's live edge (the least transit
-    ``arrival - position / rate`` seen, allowed to creep up 200 ppm for clock drift) than
-    ``max_delay`` while the seat plays, or than ``initial_delay`` plus a tick while it
-    waits to start again after a stall: so the backlog that a resumed connection sends is
-    neither played late nor mistaken for jitter.
+    :class:`earshot.jitter.JitterBuffer` (the one the listeners use). A seat's pushes come
+    in offset order (as over one connection): audio sent again (a resume resending what was
+    not acknowledged yet) is trimmed to what is new; a jump forward of up to ``max_delay``
+    is filled with silence (what fills it later is ignored as sent again), a longer one
+    restarts the seat's timeline.
+
+Resampling
+    Seats of another rate than the room's are resampled with a streaming soxr resampler per
+    seat. Quality trades against latency (measured with 20 ms chunks into 48 kHz, speech
+    error against soxr's offline VHQ): ``QQ`` (the default, cubic) holds back 0.1 ms from
+    16 kHz and 0.25 ms from 8 kHz, error -30 and -35 dB; ``LQ`` holds back 11 and 33 ms on
+    average for the same error; ``MQ`` 21 and 53 ms for -65 and -73 dB. A live call wants
+    ``QQ``; the call recording (:mod:`earshot.rooms.recording`) resamples at ``HQ``
+    offline. Resampled audio is placed as many samples later as the resampler holds back
+    after its first chunk (5 at 48 kHz from 16 kHz with QQ: 0.1 ms), so that a frame is
+    complete, and mixed, as soon as its input has arrived.
+
+Jitter
+    Each seat's jitter buffer absorbs network jitter, adapts between ``min_delay`` and
+    ``max_delay`` and paces the seat out one frame per tick. A frame enters it stamped with
+    the time of the first tick that can mix it rather than its arrival, so jitter that does
+    not push a frame past its tick costs no cushion: the wait for the tick absorbs it.
+    Simulated (benchmarks/bench_mixer.py: arrival phases 1-19 ms before a tick, against the
+    same jitter buffer fed on arrival), a frame's median wait in the mixer is 9 ms without
+    jitter and 12-16 ms with 2-10 ms of it (24-28 ms fed on arrival; neither conceals
+    anything); with 0-30 ms of jitter 24 ms, concealing 0.5 % of the frames (34 ms, none).
+    Before a frame enters the buffer it is dropped as *stale* if it lies further behind
+    the seat's live edge (the least transit ``arrival - position / rate`` seen, allowed to
+    creep up 200 ppm for clock drift) than ``max_delay`` while the seat plays, or than
+    ``initial_delay`` plus a tick while it waits to start again after a stall: so the
+    backlog that a resumed connection sends is neither played late nor taken for jitter.
 
 Ticks
     :meth:`Mixer.tick` produces every tick due by ``now``: tick ``k`` is due at

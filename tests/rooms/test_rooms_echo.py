@@ -23,8 +23,6 @@ import pytest
 from earshot.rooms.echo import VoiceProcessor
 from earshot.rooms.errors import RoomError
 
-pytest.importorskip("pywebrtc_audio")
-
 RATE = 16000
 BLOCK = RATE // 100
 NEAR_AT = 12 * RATE  # A starts speaking 12 s into B's reading

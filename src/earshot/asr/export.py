@@ -8,6 +8,10 @@ Subtitle text is sanitised: all whitespace (newlines included) collapses to sing
 a cue never contains a blank line (which would end it early); finals with no text are left
 out; ``-->`` becomes ``->`` in SRT and ``& < >`` are escaped in WebVTT (so ``-->`` becomes
 ``--&gt;``). Cue times are clamped to ≥ 0 and every cue lasts at least 1 ms.
+
+A final may name its ``speaker`` (a call's transcript by speaker, earshot.rooms.recording):
+JSON then has a ``"speaker"`` field, SRT and text lines read ``Speaker: text``, and WebVTT
+cues carry a voice span, ``<v Speaker>text``. Finals without one render as before.
 """
 
 from __future__ import annotations
@@ -41,8 +45,14 @@ def _flat(text: Any) -> str:
     return " ".join(str(text).split())
 
 
-def _cues(finals: Iterable[Final], sep: str) -> list[tuple[str, str]]:
-    """(``start --> end``, flattened text) for every final that has text."""
+def _speaker(f: Final) -> str:
+    """The final's speaker, flattened (``""`` when it has none)."""
+    who = f.get("speaker")
+    return _flat(who) if who is not None else ""
+
+
+def _cues(finals: Iterable[Final], sep: str) -> list[tuple[str, str, str]]:
+    """(``start --> end``, flattened text, speaker) for every final that has text."""
     cues = []
     for f in finals:
         text = _flat(f.get("text", ""))
@@ -50,8 +60,12 @@ def _cues(finals: Iterable[Final], sep: str) -> list[tuple[str, str]]:
             continue
         start = _millis(f.get("start", 0.0))
         end = max(_millis(f.get("end", 0.0)), start + 1)
-        cues.append((f"{_clock(start, sep)} --> {_clock(end, sep)}", text))
+        cues.append((f"{_clock(start, sep)} --> {_clock(end, sep)}", text, _speaker(f)))
     return cues
+
+
+def _said(text: str, speaker: str) -> str:
+    return f"{speaker}: {text}" if speaker else text
 
 
 def _jsonable(obj: Any) -> Any:
@@ -64,30 +78,31 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+def _record(f: Final) -> dict[str, Any]:
+    d = {
+        "segment": f.get("segment"),
+        "start": float(f["start"]),
+        "end": float(f["end"]),
+        "text": str(f["text"]),
+        "words": list(f.get("words") or []),
+    }
+    if f.get("speaker") is not None:
+        d["speaker"] = str(f["speaker"])
+    return d
+
+
 def to_json(finals: Iterable[Final]) -> str:
-    """A JSON array of ``{"segment", "start", "end", "text", "words"}``, one final a line."""
-    lines = [
-        json.dumps(
-            {
-                "segment": f.get("segment"),
-                "start": float(f["start"]),
-                "end": float(f["end"]),
-                "text": str(f["text"]),
-                "words": list(f.get("words") or []),
-            },
-            ensure_ascii=False,
-            default=_jsonable,
-        )
-        for f in finals
-    ]
+    """A JSON array of ``{"segment", "start", "end", "text", "words"}`` (and ``"speaker"``
+    for a final that names one), one final a line."""
+    lines = [json.dumps(_record(f), ensure_ascii=False, default=_jsonable) for f in finals]
     return "[\n  " + ",\n  ".join(lines) + "\n]\n" if lines else "[]\n"
 
 
 def to_srt(finals: Iterable[Final]) -> str:
     """SubRip: numbered cues ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, each ended by a blank line."""
     return "".join(
-        f"{i}\n{times}\n{text.replace('-->', '->')}\n\n"
-        for i, (times, text) in enumerate(_cues(finals, ","), start=1)
+        f"{i}\n{times}\n{_said(text, who).replace('-->', '->')}\n\n"
+        for i, (times, text, who) in enumerate(_cues(finals, ","), start=1)
     )
 
 
@@ -97,13 +112,21 @@ def _vtt_escape(text: str) -> str:
 
 def to_vtt(finals: Iterable[Final]) -> str:
     """WebVTT: the ``WEBVTT`` header, then cues ``HH:MM:SS.mmm --> HH:MM:SS.mmm``."""
-    cues = "".join(f"\n{times}\n{_vtt_escape(text)}\n" for times, text in _cues(finals, "."))
+    cues = "".join(
+        f"\n{times}\n{_voice(who)}{_vtt_escape(text)}\n"
+        for times, text, who in _cues(finals, ".")
+    )
     return "WEBVTT\n" + cues
+
+
+def _voice(speaker: str) -> str:
+    return f"<v {_vtt_escape(speaker)}>" if speaker else ""
 
 
 def to_txt(finals: Iterable[Final]) -> str:
     """Plain text: one line per final (finals without text are left out)."""
-    return "".join(f"{text}\n" for text in (_flat(f.get("text", "")) for f in finals) if text)
+    return "".join(f"{_said(text, _speaker(f))}\n" for f in finals
+                   if (text := _flat(f.get("text", ""))))
 
 
 Renderer = Callable[[Iterable[Final]], str]

@@ -75,9 +75,9 @@ def test_without_the_extra_it_says_how_to_install(monkeypatch: pytest.MonkeyPatc
 
 
 def test_settings_db_from_the_environment() -> None:
-    assert Settings().db is None
-    s = Settings(**env_overrides({"EARSHOT_DB": "postgresql://earshot@db/earshot"}))
-    assert s.db == "postgresql://earshot@db/earshot"
+    assert Settings().server.db is None
+    s = Settings.of(**env_overrides({"EARSHOT_DB": "postgresql://earshot@db/earshot"}))
+    assert s.server.db == "postgresql://earshot@db/earshot"
 
 
 def test_serve_refuses_a_bad_db_before_listening(tmp_path: Path) -> None:

@@ -179,3 +179,16 @@ def _wait_healthy(proc: subprocess.Popen[bytes], base: str, log: Path,
 
 def _der(pem: str) -> bytes:
     return ssl.PEM_cert_to_DER_cert(pem)
+
+
+def test_serve_with_an_ack_interval_above_the_default_max(tmp_path: Path) -> None:
+    """``earshot serve --ack-interval 0.5`` crashed (FrozenInstanceError): a fixed cadence."""
+    from helpers import ServerProcess
+
+    srv = ServerProcess(tmp_path / "data", "--ack-interval", "0.5").start()
+    try:
+        ingest = httpx.get(srv.http + "/healthz").json()["ingest"]
+        assert ingest == {"ack_interval": 0.5, "ack_interval_min": 0.5, "ack_interval_max": 0.5}
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log.read_text()

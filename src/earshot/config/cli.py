@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from earshot.config.groups import GROUPS, group_of
 from earshot.config.meta import Option
@@ -60,8 +60,13 @@ class _Type:
         return value
 
 
-def add_option(parser: argparse._ActionsContainer, opt: Option, *,
-               help: str | None = None) -> None:
+class Adds(Protocol):
+    """An argparse parser or argument group: what options are added to."""
+
+    def add_argument(self, *flags: str, **kw: Any) -> argparse.Action: ...
+
+
+def add_option(parser: Adds, opt: Option, *, help: str | None = None) -> None:
     """``opt``'s flag on ``parser`` (a parser or an argument group)."""
     flag = opt.flag
     if flag is None:

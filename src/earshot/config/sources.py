@@ -151,4 +151,5 @@ def redact_url(url: str) -> str:
         return url
     user = parts.username or ""
     host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+    return urlunsplit((parts.scheme, f"{user}:{MASK}@{host}", parts.path, parts.query,
+                       parts.fragment))

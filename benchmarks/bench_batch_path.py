@@ -65,7 +65,7 @@ async def run_config(processors: list[str], streams: int, seconds: float, rate: 
             await c.send_json({"type": "stop"})
         for c in clients:
             await c.closed(10)
-        interval = gw.settings.ack_interval
+        interval = gw.settings.ingest.ack_interval
     total = streams * messages
     batches = total * frame_ms / 1000 / interval
     return {"processors": processors or ["none"], "cpu_s": cpu,

@@ -12,6 +12,8 @@ from earshot.config import (
     env_overrides,
     load_config_file,
     merge_settings,
+    option,
+    options,
     parse_config_file,
 )
 from earshot.errors import ConfigError
@@ -23,16 +25,18 @@ EXAMPLE = ROOT / "examples" / "earshot.toml"
 def test_the_committed_example_loads_and_names_every_option() -> None:
     opts = load_config_file(EXAMPLE)
     settings = merge_settings(opts)
-    assert settings.port == 8000
-    assert settings.data_dir == Path("./earshot-data")
-    assert settings.processors == ("level", "vad,threshold=0.5")
-    assert settings.max_lag == 10.0 and isinstance(settings.max_lag, float)
-    # every setting with a command-line option appears in the file (set or commented out)
+    assert settings.server.port == 8000
+    assert settings.server.data_dir == Path("./earshot-data")
+    assert settings.processing.processors == ("level", "vad,threshold=0.5")
+    assert settings.processing.max_lag == 10.0 and isinstance(settings.processing.max_lag, float)
+    # every setting appears in the file (set or commented out), and what it sets is the
+    # default (the example cannot drift from the settings), but for its two processors
     text = EXAMPLE.read_text()
-    from dataclasses import fields
-
-    for f in fields(Settings):
-        assert f"{f.name} =" in text, f"{f.name} is missing from examples/earshot.toml"
+    for opt in options():
+        assert f"{opt.flat} =" in text, f"{opt.flat} is missing from examples/earshot.toml"
+    for key, value in opts.items():
+        if key not in ("processors", "data_dir"):
+            assert value == option(key).default, f"examples/earshot.toml: {key} = {value!r}"
 
 
 def test_precedence_is_command_line_then_environment_then_file() -> None:
@@ -40,12 +44,13 @@ def test_precedence_is_command_line_then_environment_then_file() -> None:
                              'max_lag = 3\n')
     env = env_overrides({"EARSHOT_PORT": "9002", "EARSHOT_MAX_LAG": "4.5"})
     cli = {"port": 9003}
-    s = merge_settings(file, env, cli)
-    assert (s.port, s.max_lag, s.processors) == (9003, 4.5, ("level", "vad"))
-    s = merge_settings(file, env, {})
-    assert (s.port, s.max_lag) == (9002, 4.5)
-    s = merge_settings(file)
-    assert (s.port, s.max_lag) == (9001, 3.0)
+
+    def seen(s: Settings) -> tuple[object, ...]:
+        return s.server.port, s.processing.max_lag, s.processing.processors
+
+    assert seen(merge_settings(file, env, cli)) == (9003, 4.5, ("level", "vad"))
+    assert seen(merge_settings(file, env, {})) == (9002, 4.5, ("level", "vad"))
+    assert seen(merge_settings(file)) == (9001, 3.0, ("level", "vad"))
 
 
 @pytest.mark.parametrize(("text", "needle"), [
@@ -56,13 +61,35 @@ def test_precedence_is_command_line_then_environment_then_file() -> None:
     ("processors = 'level'\nmax_lag = 'x'\n", "config key 'max_lag' must be a number"),
     ("processors = [1]\n", "config key 'processors' must be a list of strings"),
     ("port = \n", "not valid TOML"),
-    ("[server]\nport = 1\n", "unknown key 'server'"),
+    ("[servre]\nport = 1\n", "unknown key 'servre' (did you mean 'server'?)"),
+    ("[server]\nprot = 1\n", "unknown key 'server.prot' (did you mean 'port'?)"),
+    ("[archive]\nformat = 'flac'\narchive_format = 'wav'\n", "'archive_format' is given twice"),
+    ("archive_format = 'flac'\narchive.format = 'wav'\n", "'archive_format' is given twice"),
+    ("server = 1\n", "unknown key 'server'"),
+    ("min_free_space = 'lots'\n", "config key 'min_free_space' 'lots' is not a size"),
 ])
 def test_bad_files_are_errors_that_name_the_key(text: str, needle: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config_file(text, "x.toml")
     assert needle in str(err.value)
     assert str(err.value).startswith("x.toml: ")
+
+
+def test_group_tables_and_dotted_keys_are_the_flat_keys() -> None:
+    flat = parse_config_file('archive_format = "flac"\nack_interval = 0.5\nasr_model = "m"\n'
+                             'min_free_space = "1G"\nmqtt = "mqtt://h"\n')
+    grouped = parse_config_file('[archive]\nformat = "flac"\n[ingest]\nack_interval = 0.5\n'
+                                '[asr]\nasr_model = "m"\n[admission]\n'
+                                'min_free_space = 1073741824\n[mqtt]\nurl = "mqtt://h"\n')
+    dotted = parse_config_file('archive.format = "flac"\ningest.ack_interval = 0.5\n'
+                               'asr.model = "m"\nadmission.min_free_space = "1G"\n'
+                               'mqtt.url = "mqtt://h"\n')
+    assert flat == grouped == dotted == {
+        "archive_format": "flac", "ack_interval": 0.5, "asr_model": "m",
+        "min_free_space": 1 << 30, "mqtt": "mqtt://h"}
+    s = merge_settings(grouped)
+    assert (s.archive.format, s.ingest.ack_interval, s.asr.model, s.mqtt.url) == (
+        "flac", 0.5, "m", "mqtt://h")
 
 
 def test_a_single_string_is_a_one_item_list_and_settings_still_validate() -> None:

@@ -50,11 +50,11 @@ def test_parser_refuses_out_of_range_options(capsys: pytest.CaptureFixture[str])
 
 def test_settings_check_the_same_ranges_from_the_environment() -> None:
     with pytest.raises(ConfigError, match="port must be an integer from 1 to 65535, not 80000"):
-        Settings(**env_overrides({"EARSHOT_PORT": "80000"}))
+        Settings.of(**env_overrides({"EARSHOT_PORT": "80000"}))
     with pytest.raises(ConfigError, match="asr workers must be an integer of at least 1"):
-        Settings(asr_workers=0)
+        Settings.of(asr_workers=0)
     with pytest.raises(ConfigError, match="drain timeout must be a number of at least 0"):
-        Settings(drain_timeout=-1.0)
+        Settings.of(drain_timeout=-1.0)
     with pytest.raises(ConfigError, match="log level 'loud' is not one of"):
-        Settings(log_level="loud")
-    Settings(port=65535, drain_timeout=0.0, asr_threads=0)  # the edges are fine
+        Settings.of(log_level="loud")
+    Settings.of(port=65535, drain_timeout=0.0, asr_threads=0)  # the edges are fine

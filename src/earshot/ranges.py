@@ -1,5 +1,6 @@
 """Allowed ranges of numeric options, checked the same way on the command line and in
-:class:`earshot.config.Settings` (so ``--port 80000`` and ``EARSHOT_PORT=80000`` fail alike).
+:class:`earshot.config.Settings` (so ``--port 80000`` and ``EARSHOT_PORT=80000`` fail alike),
+and the one parser of sizes (``64M``, ``1G``), :func:`parse_size`.
 
 A :class:`Range` is also an argparse ``type``::
 
@@ -33,8 +34,9 @@ class Range:
     lo_open: bool = False
     unit: str = ""
 
-    def describe(self) -> str:
-        noun = "an integer" if self.kind is int else "a number"
+    def describe(self, noun: str | None = None) -> str:
+        """``a number from 0.005 to 5 seconds`` (``noun`` replaces "an integer")."""
+        noun = noun or ("an integer" if self.kind is int else "a number")
         unit = f" {self.unit}" if self.unit else ""
         lo, hi = _fmt(self.lo), _fmt(self.hi)
         if self.lo is not None and self.hi is not None and not self.lo_open:
@@ -46,6 +48,19 @@ class Range:
         if self.hi is not None:
             return f"{noun} of at most {hi}{unit}"
         return noun + unit
+
+    def short(self) -> str:
+        """The range in a few characters, for ``--help``: ``0.005-5 seconds``, ``at least 1``."""
+        unit = f" {self.unit}" if self.unit else ""
+        lo, hi = _fmt(self.lo), _fmt(self.hi)
+        if self.lo is not None and self.hi is not None:
+            return (f"above {lo}, at most {hi}{unit}" if self.lo_open
+                    else f"{lo}\u2013{hi}{unit}")
+        if self.lo is not None:
+            return f"{'above' if self.lo_open else 'at least'} {lo}{unit}"
+        if self.hi is not None:
+            return f"at most {hi}{unit}"
+        return ("an integer" if self.kind is int else "a number") + unit
 
     def problem(self, value: object) -> str | None:
         """Why ``value`` is out of range ("must be ..., not ..."), or None when it is fine."""
@@ -89,6 +104,41 @@ SECONDS_OR_ZERO = Range(float, 0, unit="seconds")
 SAMPLE_RATE = Range(int, 8000, 192000, unit="Hz")  # what the server accepts
 CHANNELS = Range(int, 1, 8)
 OPUS_BITRATE = Range(int, 6000, 510000, unit="bit/s")  # libopus' range
+
+
+SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``64M``, ``1.5G``, ``512k``, ``512KiB`` or plain bytes (binary units); ValueError
+    with the reason otherwise (negative, not finite, not a size)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = SIZE_UNITS.get(t[-1:], 1)
+    if scale != 1:
+        t = t[:-1]
+    try:
+        n = float(t)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size such as 64M, 1G or 1048576") from None
+    if not n >= 0 or n == float("inf"):
+        raise ValueError(f"{text!r} is not a size of at least 0")
+    return int(n * scale)
+
+
+def size_arg(text: str) -> int:
+    """argparse type for sizes (:func:`parse_size`)."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def format_size(n: int) -> str:
+    """``67108864`` → ``64M`` (bytes that are no whole K, M, G or T stay bytes)."""
+    for suffix, scale in reversed(SIZE_UNITS.items()):
+        if n and n % scale == 0:
+            return f"{n // scale}{suffix}"
+    return str(n)
 
 
 def server_url(text: str) -> str:

@@ -110,11 +110,13 @@ def test_the_configuration_rows_say_what_the_settings_say() -> None:
     from earshot.config import Settings, env_overrides
 
     rows = {r.flags[0]: r for r in config_rows()}
-    assert rows["--port"].default == str(Settings().port)
+    assert rows["--port"].default == str(Settings().server.port)
     assert rows["--port"].allowed == "an integer from 1 to 65535"
     assert rows["--archive-format"].allowed == "wav, wav-f32, flac, ogg"
+    assert rows["--archive-format"].path == "archive.format"
     assert rows["--processor"].env == "EARSHOT_PROCESSORS"
     assert rows["--processor"].toml_key == "processors"
+    assert rows["--min-free-space"].default == "64M"
     assert rows["--config"].toml_key is None
     # each variable the table names is one the server reads, with the type the table implies
     for row in rows.values():

@@ -170,7 +170,7 @@ def test_a_missing_library_is_a_warning_naming_the_extra(monkeypatch: pytest.Mon
     assert cleanup is not None and [s.name for s in cleanup.specs] == ["agc"]
     assert [w["code"] for w in warnings] == ["filter_unavailable"]
     assert "earshot[cleanup]" in warnings[0]["message"] and warnings[0]["filter"] == "denoise"
-    none, _ = open_cleanup(Settings(filters=("denoise",)), None, 16000, 1, 0)
+    none, _ = open_cleanup(Settings.of(filters=("denoise",)), None, 16000, 1, 0)
     assert none is None
 
 

@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ import pytest
 import yaml
 from container_helpers import ROOT, SANDBOX_FLAGS, BuiltImage, need_tools, podman
 
-from earshot.config import Settings
+from earshot.config import options
 from earshot.processors.registry import BUILTINS
 from helpers import free_port
 from redis_helpers import RedisServer
@@ -96,7 +95,7 @@ def test_the_compose_file_is_valid_and_wires_the_cluster(config: dict[str, Any])
         assert _seconds(s["stop_grace_period"]) >= 30
     assert services["gateway1"]["volumes"] != services["gateway2"]["volumes"]
     # every EARSHOT_* variable is a setting (or the config file)
-    known = {f.name.upper() for f in fields(Settings)} | {"CONFIG"}
+    known = {o.flat.upper() for o in options()} | {"CONFIG"}
     for name in EARSHOT_SERVICES:
         for var in services[name].get("environment", {}):
             if var.startswith("EARSHOT_"):

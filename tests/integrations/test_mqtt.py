@@ -72,11 +72,11 @@ def test_a_bad_url_never_shows_its_password() -> None:
 def test_settings_check_the_url() -> None:
     from earshot.config import Settings, env_overrides, parse_config_file
 
-    assert Settings(mqtt="mqtt://h/x").mqtt == "mqtt://h/x"
+    assert Settings.of(mqtt="mqtt://h/x").mqtt.url == "mqtt://h/x"
     assert env_overrides({"EARSHOT_MQTT": "mqtt://h"}) == {"mqtt": "mqtt://h"}
     assert parse_config_file('mqtt = "mqtts://h:8883/a/b"') == {"mqtt": "mqtts://h:8883/a/b"}
     with pytest.raises(ConfigError, match="use mqtt://"):
-        Settings(mqtt="http://h")
+        Settings.of(mqtt="http://h")
 
 
 def test_topic_levels() -> None:

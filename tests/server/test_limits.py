@@ -238,32 +238,36 @@ def test_auto_admission_tightens_the_lag_and_ack_thresholds() -> None:
 
 # -- settings -------------------------------------------------------------------------------
 def test_max_streams_auto_from_every_layer() -> None:
-    assert Settings(max_streams="auto").max_streams == "auto"
-    assert Settings(max_streams="AUTO ").max_streams == "auto"
-    assert Settings(max_streams="12").max_streams == 12
-    assert Settings(**env_overrides({"EARSHOT_MAX_STREAMS": "auto"})).max_streams == "auto"
-    assert Settings(**env_overrides({"EARSHOT_MAX_STREAMS": "7"})).max_streams == 7
-    assert Settings(**parse_config_file('max_streams = "auto"')).max_streams == "auto"
-    assert Settings(**parse_config_file("max_streams = 5")).max_streams == 5
+    def max_streams(**flat: Any) -> int | str:
+        return Settings.of(**flat).admission.max_streams
+
+    assert max_streams(max_streams="auto") == "auto"
+    assert max_streams(max_streams="AUTO ") == "auto"
+    assert max_streams(max_streams="12") == 12
+    assert max_streams(**env_overrides({"EARSHOT_MAX_STREAMS": "auto"})) == "auto"
+    assert max_streams(**env_overrides({"EARSHOT_MAX_STREAMS": "7"})) == 7
+    assert max_streams(**parse_config_file('max_streams = "auto"')) == "auto"
+    assert max_streams(**parse_config_file("max_streams = 5")) == 5
+    assert max_streams(**parse_config_file('[admission]\nmax_streams = "auto"')) == "auto"
     for bad in ("lots", "-1"):
         with pytest.raises(ConfigError, match="max streams"):
-            Settings(max_streams=bad)
+            Settings.of(max_streams=bad)
     with pytest.raises(ConfigError, match="max_streams"):
         parse_config_file("max_streams = true")
-    a = Admission.from_settings(Settings(max_streams="auto", max_cpu=0.5, max_subscribers=3))
+    a = Admission.from_settings(Settings.of(max_streams="auto", max_cpu=0.5, max_subscribers=3))
     assert (a.auto, a.max_streams, a.headroom.max_cpu, a.subscribers.limit) == (True, 0, 0.5, 3)
     assert a.report([], 0.0)["max_streams"] == "auto"
 
 
 def test_limit_settings_are_checked() -> None:
-    s = Settings(**env_overrides({"EARSHOT_MAX_SUBSCRIBERS": "4", "EARSHOT_REST_RATE": "2.5",
-                                  "EARSHOT_REST_BURST": "9",
-                                  "EARSHOT_MAX_REST_REQUESTS": "3"}))
+    s = Settings.of(**env_overrides({"EARSHOT_MAX_SUBSCRIBERS": "4", "EARSHOT_REST_RATE": "2.5",
+                                     "EARSHOT_REST_BURST": "9",
+                                     "EARSHOT_MAX_REST_REQUESTS": "3"})).admission
     assert (s.max_subscribers, s.rest_rate, s.rest_burst, s.max_rest_requests) == (4, 2.5, 9, 3)
     for kw in ({"max_subscribers": -1}, {"rest_rate": -1.0}, {"rest_burst": 0},
                {"max_rest_requests": -2}, {"max_cpu": 0.0}):
         with pytest.raises(ConfigError):
-            Settings(**kw)  # type: ignore[arg-type]
+            Settings.of(**kw)
 
 
 def test_waiting_for_a_cpu_counts_as_busy(tmp_path: Any) -> None:

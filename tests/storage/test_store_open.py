@@ -74,6 +74,6 @@ def test_without_the_extra_it_says_how_to_install(monkeypatch: pytest.MonkeyPatc
 
 
 def test_settings_db_from_the_environment() -> None:
-    assert Settings().db is None
-    s = Settings(**env_overrides({"EARSHOT_DB": "postgresql://earshot@db/earshot"}))
-    assert s.db == "postgresql://earshot@db/earshot"
+    assert Settings().server.db is None
+    s = Settings.of(**env_overrides({"EARSHOT_DB": "postgresql://earshot@db/earshot"}))
+    assert s.server.db == "postgresql://earshot@db/earshot"

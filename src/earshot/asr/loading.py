@@ -41,8 +41,8 @@ class AsrChoice:
 
 def choose(settings: Settings) -> AsrChoice:
     """The engine and model ``settings`` ask for (no loading)."""
-    engine = (settings.asr_engine or "").strip()
-    model = (settings.asr_model or "").strip() or None
+    engine = (settings.asr.engine or "").strip()
+    model = (settings.asr.model or "").strip() or None
     if engine.lower() == OFF:
         return AsrChoice(OFF, None, False)
     if not engine:
@@ -105,10 +105,10 @@ def load_asr(settings: Settings,
     if choice.engine == OFF:
         return LoadedAsr(None, choice, OFF_REASON)
     assert choice.model is not None
-    cfg = EngineConfig(model=choice.model, device=settings.asr_device,
-                       compute_type=settings.asr_compute_type, language=settings.asr_language,
-                       beam_size=settings.asr_beam_size, threads=settings.asr_threads,
-                       workers=settings.asr_workers)
+    cfg = EngineConfig(model=choice.model, device=settings.asr.device,
+                       compute_type=settings.asr.compute_type, language=settings.asr.language,
+                       beam_size=settings.asr.beam_size, threads=settings.asr.threads,
+                       workers=settings.asr.workers)
     try:
         engine = load_engine(cfg, choice.engine)
     except MissingDependency as exc:
@@ -116,8 +116,6 @@ def load_asr(settings: Settings,
             raise
         log.warning("speech-to-text unavailable: %s", exc)
         return LoadedAsr(None, choice, f"{exc}; or {WHISPER_HINT}")
-    if settings.asr_batch < 0:
-        raise ConfigError(f"--asr-batch must be ≥ 0, not {settings.asr_batch}")
-    batch: bool | int = settings.asr_batch if settings.asr_batch else True
-    return LoadedAsr(AsrScheduler(engine, workers=settings.asr_workers, observe=observe,
+    batch: bool | int = settings.asr.batch if settings.asr.batch else True
+    return LoadedAsr(AsrScheduler(engine, workers=settings.asr.workers, observe=observe,
                                   batch=batch), choice)

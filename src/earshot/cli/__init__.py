@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -30,13 +31,11 @@ from earshot.ranges import (
     CHANNELS,
     COUNT,
     OPUS_BITRATE,
-    PORT,
-    POSITIVE_INT,
     SAMPLE_RATE,
     SECONDS,
-    SECONDS_OR_ZERO,
     Range,
     server_url,
+    size_arg,
 )
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED = 0, 1, 2, 3, 4
@@ -47,133 +46,88 @@ def _env(name: str, default: Any = None) -> Any:
 
 
 # -- serve --------------------------------------------------------------------------------
-def _max_streams(text: str) -> int | str:
-    """``--max-streams``: a count, or ``auto``."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    return COUNT(text)  # type: ignore[no-any-return]
-
-
-def _size(text: str) -> int:
-    """argparse type for sizes (64M, 1G, bytes)."""
-    from earshot.server.streams.space import parse_size
-
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     require_server_extra()
     import uvicorn
 
-    from earshot.config import env_overrides, load_config_file, merge_settings
+    from earshot.config import env_overrides, load_config_file, merge_settings, settings_to_json
+    from earshot.config.cli import cli_overrides
     from earshot.redact import uvicorn_log_config
     from earshot.server.http.app import create_app
     from earshot.server.ingest.lane import EarshotWebSocketProtocol
 
     config = args.config or os.environ.get("EARSHOT_CONFIG")
     file_opts = load_config_file(config) if config else {}
-    env_opts = env_overrides()
-    opts: dict[str, Any] = {}
-    for key in ("host", "port", "data_dir", "token", "archive_format", "archive_part",
-                "ack_interval", "ack_interval_max",
-                "max_message_bytes", "log_level", "max_lag", "drain_timeout", *ASR_OPTIONS,
-                "bus", "bus_retention", "processes", "mqtt"):
-        value = getattr(args, key)
-        if value is not None:
-            opts[key] = value
-    for key in ("max_streams", "max_loop_lag", "max_ack_latency",  # admission control
-                "min_free_space", "max_cpu", "max_subscribers", "rest_rate", "rest_burst",
-                "max_rest_requests"):
-        if getattr(args, key, None) is not None:
-            opts[key] = getattr(args, key)
-    for key in ("allowed_origins", "forwarded_allow_ips", "certfile", "keyfile", "conn_rate",
-                "conn_burst", "auth_fail_rate", "auth_fail_burst"):  # (README: Security)
-        value = getattr(args, key)
-        if value is not None:
-            opts[key] = tuple(value) if isinstance(value, list) else value
-    if args.no_auth:
-        opts["no_auth"] = True
-    if args.fsync:
-        opts["fsync"] = True
-    if args.processor:
-        opts["processors"] = tuple(args.processor)
-    for key in ("filters", "filter_processors"):  # voice cleanup (README: Voice cleanup)
-        if getattr(args, key) is not None:
-            opts[key] = tuple(getattr(args, key))
-    if args.db is not None:
-        opts["db"] = args.db
-    if args.web_origins is not None:
-        opts["web_origins"] = (args.web_origins,)
-    settings = merge_settings(file_opts, env_opts, opts)
+    settings = merge_settings(file_opts, env_overrides(), cli_overrides(args))
+    srv, tls = settings.server, settings.tls
     settings.check_exposure()
     from earshot.client.transport import check_server_tls
 
-    check_server_tls(settings.certfile, settings.keyfile)
+    check_server_tls(tls.certfile, tls.keyfile)
     from rich.markup import escape
 
     from earshot.server.netcheck import check_bindable
 
-    check_bindable(settings.host, settings.port)  # before announcing anything
-    if settings.archive_format == "ogg":  # encoded at stop: fail now, not per stream
+    check_bindable(srv.host, srv.port)  # before announcing anything
+    if settings.archive.format == "ogg":  # encoded at stop: fail now, not per stream
         from earshot.codec.opus import import_av
 
         import_av()  # MissingDependency → exit 2 with the install hint
     from earshot.dsp.cleanup import check_available, parse_filters
 
-    check_available(parse_filters(settings.filters))  # e.g. denoise without [cleanup]: exit 2
+    check_available(parse_filters(settings.processing.filters))  # denoise without [cleanup]
     console = _console(stderr=True)
-    if settings.asr_model:
-        console.print(f"loading speech-to-text model {escape(settings.asr_model)} …")
+    if srv.log_level == "debug":  # every effective setting, secrets masked, on one line
+        print(f"earshot settings: {settings_to_json(settings, redact=True)}", file=sys.stderr,
+              flush=True)
+    if settings.asr.model:
+        console.print(f"loading speech-to-text model {escape(settings.asr.model)} …")
     app = create_app(settings)
     caps = app.state.capabilities
-    tls = "s" if settings.certfile else ""
+    s = "s" if tls.certfile else ""
     console.print(
-        f"[bold]earshot {__version__}[/] on http{tls}://{settings.host}:{settings.port} "
-        f"— ingest ws{tls}://{settings.host}:{settings.port}/ws, "
-        f"data in {settings.data_dir.resolve()}"
+        f"[bold]earshot {__version__}[/] on http{s}://{srv.host}:{srv.port} "
+        f"— ingest ws{s}://{srv.host}:{srv.port}/ws, data in {srv.data_dir.resolve()}"
     )
-    console.print(f"  archive: {settings.archive_format}; auth: "
-                  f"{'token' if settings.token else 'none (loopback only)'}")
+    console.print(f"  archive: {settings.archive.format}; auth: "
+                  f"{'token' if settings.security.token else 'none (loopback only)'}")
     console.print(f"  processors: {', '.join(caps['processors'])} "
                   f"(default: {', '.join(caps['default_processors']) or 'none'})")
     if caps["asr"]["available"]:
         asr = caps["asr"]
         console.print(f"  speech-to-text: [green]{escape(str(asr['model']))}[/] "
-                      f"({escape(str(asr['engine']))}, {settings.asr_device})")
+                      f"({escape(str(asr['engine']))}, {settings.asr.device})")
         if asr.get("hint"):
             console.print(f"    {escape(asr['hint'])}")
     else:
         console.print(f"  speech-to-text: [yellow]unavailable[/] — {escape(caps['asr']['reason'])}")
-    if settings.mqtt:
+    if settings.mqtt.url:
         from earshot.integrations.mqtt import parse_mqtt_url
 
-        console.print(f"  mqtt: events to {escape(parse_mqtt_url(settings.mqtt).display)}"
+        console.print(f"  mqtt: events to {escape(parse_mqtt_url(settings.mqtt.url).display)}"
                       "/<stream>/<type>")
     target: Any = app
-    if settings.processes > 1:  # the supervisor binds the port; each process a gateway
-        from earshot.config import settings_to_json
+    if srv.processes > 1:  # the supervisor binds the port; each process a gateway
         from earshot.server.http.app import SETTINGS_ENV
 
         os.environ[SETTINGS_ENV] = settings_to_json(settings)
         target = "earshot.server.http.app:app_from_env"
-        console.print(f"  gateways: {settings.processes} processes on one port")
+        console.print(f"  gateways: {srv.processes} processes on one port")
     uvicorn.run(
         # no permessage-deflate: browsers offer it, and compressing acks and deflating
         # audio costs 30-80% more CPU for no gain on PCM (benchmarks/README)
-        target, factory=settings.processes > 1, workers=settings.processes,
-        host=settings.host, port=settings.port, ws=EarshotWebSocketProtocol,
+        target, factory=srv.processes > 1, workers=srv.processes,
+        host=srv.host, port=srv.port, ws=EarshotWebSocketProtocol,
         ws_per_message_deflate=False,
-        ws_max_size=max(16 << 20, settings.max_message_bytes * 2), log_level=settings.log_level,
-        lifespan="on",
-        timeout_graceful_shutdown=settings.drain_timeout + 5,  # bounded exit on SIGTERM
+        ws_max_size=max(16 << 20, settings.ingest.max_message_bytes * 2),
+        log_level=srv.log_level, lifespan="on",
+        # bounded exit on SIGTERM
+        timeout_graceful_shutdown=math.ceil(settings.processing.drain_timeout) + 5,
         # hardening: TLS, X-Forwarded-* only from --forwarded-allow-ips, no secrets in logs
-        ssl_certfile=settings.certfile, ssl_keyfile=settings.keyfile,
-        proxy_headers=bool(settings.forwarded_allow_ips),
-        forwarded_allow_ips=settings.forwarded_allow_ips or "",
-        log_config=uvicorn_log_config(settings.log_level, [settings.token or ""]),
+        ssl_certfile=tls.certfile, ssl_keyfile=tls.keyfile,
+        proxy_headers=bool(settings.security.forwarded_allow_ips),
+        forwarded_allow_ips=settings.security.forwarded_allow_ips or "",
+        log_config=uvicorn_log_config(srv.log_level, [settings.security.token or ""]),
     )
     return EXIT_OK
 
@@ -351,17 +305,6 @@ def cmd_stream(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run_client(main)
-
-
-def _parse_size(text: str) -> int:
-    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    unit = t[-1:] if t[-1:] in units and not t[-1:].isdigit() else ""
-    try:
-        value = float(t[: len(t) - len(unit)])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500M, 2G)") from None
-    return int(value * units[unit])
 
 
 def _open_spool(args: argparse.Namespace) -> Any:
@@ -691,12 +634,12 @@ def _run_until_signal(make: Callable[[], Any]) -> int:
 def _worker_asr(args: argparse.Namespace, options: dict[str, Any]) -> Any:
     """``earshot worker asr``: the speech-to-text engine and model, loaded as ``serve`` does."""
     from earshot.asr.loading import load_asr
-    from earshot.config import Settings
+    from earshot.config import env_overrides, merge_settings
+    from earshot.config.cli import cli_overrides
     from earshot.processors.builtin.asr import Asr
     from earshot.processors.registry import ProcessorSpec
 
-    settings = Settings(**{k: getattr(args, k) for k in ASR_OPTIONS
-                           if getattr(args, k, None) is not None})
+    settings = merge_settings(env=env_overrides(groups=["asr"]), cli=cli_overrides(args, ["asr"]))
     loaded = load_asr(settings)
     if loaded.scheduler is None:
         raise ConfigError(f"cannot run asr: {loaded.reason}")
@@ -762,139 +705,24 @@ def format_event(event: dict[str, Any]) -> str:
 
 
 # -- parser -------------------------------------------------------------------------------
-ASR_OPTIONS = ("asr_model", "asr_engine", "asr_device", "asr_compute_type", "asr_language",
-               "asr_beam_size", "asr_workers", "asr_threads", "asr_batch")
-
-
 def asr_options(p: argparse.ArgumentParser) -> None:
-    """The speech-to-text options, the same for ``serve`` and ``worker``."""
-    a = p.add_argument_group("speech-to-text (built in: pocketsphinx, English; far better: "
-                             "pip install 'earshot[asr]' and --asr-model small.en)")
-    a.add_argument("--asr-model", help="faster-whisper model name (downloaded on first use "
-                                       "where there is internet) or local model directory")
-    a.add_argument("--asr-engine", help="pocketsphinx (default without --asr-model), "
-                                        "faster-whisper (default with it), "
-                                        "package.module:Class, or none (off)")
-    a.add_argument("--asr-device", choices=["cpu", "cuda", "auto"], help="default cpu")
-    a.add_argument("--asr-compute-type", help="e.g. int8, float16 (default: the model's)")
-    a.add_argument("--asr-language", help="e.g. en (default: detect)")
-    a.add_argument("--asr-beam-size", type=POSITIVE_INT, help="beam size for finals (default 5)")
-    a.add_argument("--asr-workers", type=POSITIVE_INT, help="decoding threads (default 1)")
-    a.add_argument("--asr-threads", type=COUNT,
-                   help="CPU threads per decode (0: library default)")
-    a.add_argument("--asr-batch", type=COUNT,
-                   help="most streams' utterances decoded in one call "
-                        "(0: the engine's, 8 for faster-whisper; 1: off)")
+    """The speech-to-text options, the same for ``serve`` and ``worker`` (from the settings'
+    ``asr`` group, :mod:`earshot.config.groups`)."""
+    from earshot.config.cli import add_settings_options
+
+    add_settings_options(p, ["asr"])
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from earshot.config.cli import CONFIG_HELP, add_settings_options
+
     p = argparse.ArgumentParser(prog="earshot", description="Self-hosted real-time audio server")
     p.add_argument("--version", action="version", version=f"earshot {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the server (options also from EARSHOT_* variables)")
-    s.add_argument("--config", type=Path, metavar="FILE",
-                   help="TOML settings file (or EARSHOT_CONFIG); options and EARSHOT_* "
-                        "variables override it")
-    s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    s.add_argument("--port", type=PORT, help="port (default 8000)")
-    s.add_argument("--data-dir", type=Path, help="archives and metadata (default ./earshot-data)")
-    s.add_argument("--token", help="require this bearer token on every request")
-    s.add_argument("--no-auth", action="store_true",
-                   help="allow listening beyond loopback without a token")
-    s.add_argument("--archive-format", choices=["wav", "wav-f32", "flac", "ogg"],
-                   help="archive encoding (default wav = PCM16; ogg = Ogg Opus)")
-    s.add_argument("--archive-part", type=Range(float, 0, 7 * 86400, unit="seconds"),
-                   metavar="SECONDS",
-                   help="start a new archive part every SECONDS of audio (default 3600; "
-                        "0: one file, at most 4 GiB)")
-    s.add_argument("--fsync", action="store_true", help="fsync before every ack (power-loss safe)")
-    s.add_argument("--ack-interval", type=Range(float, 0.005, 5, unit="seconds"),
-                   help="seconds of audio per ack while the server has headroom "
-                        "(default 0.1)")
-    s.add_argument("--ack-interval-max", type=Range(float, 0.005, 5, unit="seconds"),
-                   help="under load, batches (acks, level events) stretch up to this "
-                        "(default 0.25; the --ack-interval value: a fixed cadence)")
-    s.add_argument("--max-message-bytes", type=Range(int, 1024),
-                   help="largest accepted message (1 MiB)")
-    s.add_argument("--processor", action="append", metavar="SPEC",
-                   help="offer this processor and run it on every stream by default "
-                        "(repeatable): a built-in (level, spectrogram, vad) or "
-                        "package.module:Class, with options: vad,threshold=0.6")
-    s.add_argument("--filters", nargs="+", metavar="SPEC",
-                   help="voice cleanup of streams whose start names no filters, for "
-                        "listeners and --filter-processors (the archive stays raw): "
-                        "gain:db=6, agc[:target=-20], denoise[:level=2] (needs "
-                        "'earshot[cleanup]')")
-    s.add_argument("--filter-processors", nargs="*", metavar="NAME",
-                   help="processors that get the filtered audio (default: asr vad; "
-                        "none: give the option alone)")
-    s.add_argument("--max-lag", type=SECONDS,
-                   help="seconds a processor may fall behind before it skips audio (10)")
-    s.add_argument("--drain-timeout", type=SECONDS_OR_ZERO,
-                   help="seconds processors get to finish after a stream stops (10)")
-    s.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
-    s.add_argument("--db", metavar="URL",
-                   help="metadata database: postgresql://user@host/dbname (pip install "
-                        "'earshot[postgres]') or an SQLite path (default DATA_DIR/earshot.db)")
-    s.add_argument("--web-origins", metavar="ORIGINS",
-                   help="sites allowed to import /web/earshot.js: '*' (default), 'none', or "
-                        "comma-separated origins such as https://app.example.com")
-    h = s.add_argument_group("security (README: Security and deployment)")
-    h.add_argument("--allowed-origins", action="append", metavar="ORIGIN[,ORIGIN]",
-                   help="also accept WebSocket handshakes from these browser origins "
-                        "(e.g. https://app.example.com; '*' for any; repeatable)")
-    h.add_argument("--forwarded-allow-ips", metavar="IPS",
-                   help="trust X-Forwarded-For/-Proto from these proxy addresses "
-                        "(comma-separated IPs or networks; default: from none)")
-    h.add_argument("--certfile", help="TLS certificate chain (PEM): serve https:// and wss://")
-    h.add_argument("--keyfile", help="TLS private key (PEM) for --certfile")
-    h.add_argument("--conn-rate", type=float,
-                   help="new WebSocket connections per second per client address (100; 0: off)")
-    h.add_argument("--conn-burst", type=int, help="... allowed at once (1000)")
-    h.add_argument("--auth-fail-rate", type=float,
-                   help="failed authentications per second per address, refill (0.2; 0: off)")
-    h.add_argument("--auth-fail-burst", type=int, help="... allowed at once (20)")
-    asr_options(s)
-    b = s.add_argument_group("scale-out (pip install 'earshot[redis]')")
-    b.add_argument("--bus", help="redis://HOST:PORT/DB: put audio and events on Redis Streams; "
-                                 "processors then run in `earshot worker --bus` processes")
-    b.add_argument("--bus-retention", type=SECONDS,
-                   help="seconds of audio kept on the Redis log (default 60)")
-    b.add_argument("--processes", type=POSITIVE_INT,
-                   help="gateway processes sharing the port (needs --bus; default 1)")
-    q = s.add_argument_group("MQTT (README: MQTT)")
-    q.add_argument("--mqtt", metavar="URL",
-                   help="publish events to an MQTT broker: mqtt://[USER:PASS@]HOST:1883"
-                        "[/PREFIX] or mqtts://HOST:8883[/PREFIX][?cafile=PEM] (topics "
-                        "PREFIX/<stream name or id>/<event type>; PREFIX earshot)")
-    d = s.add_argument_group("admission control (new publishers past a limit get "
-                             "'server_full', close 1013, and retry; resumes always get in)")
-    d.add_argument("--max-streams", type=_max_streams, metavar="N|auto",
-                   help="publishers held at once per gateway process (default 0: no limit); "
-                        "auto: admit while the measured headroom allows (--max-cpu)")
-    d.add_argument("--max-cpu", type=Range(float, 0, 64, lo_open=True), metavar="CORES",
-                   help="with --max-streams auto: the event loop's CPU kept under this, "
-                        "new streams included (default 0.8)")
-    d.add_argument("--max-subscribers", type=COUNT, metavar="N",
-                   help="live /ws/subscribe connections at once; past it 'server_full', "
-                        "1013 (default 0: no limit)")
-    d.add_argument("--rest-rate", type=Range(float, 0), metavar="PER_SECOND",
-                   help="REST requests per second per client address (default 100; 0: off)")
-    d.add_argument("--rest-burst", type=POSITIVE_INT, metavar="N",
-                   help="... allowed at once (default 500)")
-    d.add_argument("--max-rest-requests", type=COUNT, metavar="N",
-                   help="REST requests in flight at once; past it 429 'rate_limited' "
-                        "(default 64; 0: no limit)")
-    d.add_argument("--max-loop-lag", type=SECONDS_OR_ZERO, metavar="SECONDS",
-                   help="refuse new streams while the smoothed event-loop lag exceeds this "
-                        "(default 0.5; 0: off)")
-    d.add_argument("--max-ack-latency", type=SECONDS_OR_ZERO, metavar="SECONDS",
-                   help="refuse new streams while the smoothed ack latency exceeds this "
-                        "(default 1; 0: off)")
-    d.add_argument("--min-free-space", type=_size, metavar="SIZE",
-                   help="free space kept on the data dir: below it new streams get "
-                        "'storage_full' (1013), held ones go on (default 64M; 0: off)")
+    s.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
+    add_settings_options(s)  # every setting's option, by group (earshot.config)
     s.set_defaults(func=cmd_serve)
 
     def client_opts(c: argparse.ArgumentParser) -> None:
@@ -945,7 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store and forward: keep unacknowledged audio in this directory, "
                         "deliver it whenever the server is reachable (delivers what an "
                         "earlier run left first)")
-    m.add_argument("--spool-size", type=_parse_size, default=1 << 30, metavar="SIZE",
+    m.add_argument("--spool-size", type=size_arg, default=1 << 30, metavar="SIZE",
                    help="spool limit, all entries together (default 1G)")
     m.add_argument("--when-full", choices=["drop-oldest", "stop"], default="drop-oldest",
                    help="spool full: drop the oldest unsent audio and report it (default), "

@@ -298,7 +298,7 @@ class Mixer:
         s.pending = None
         s.resampler = None
         if s.rate != self.rate:
-            import soxr  # type: ignore[import-untyped]
+            import soxr
 
             s.resampler = soxr.ResampleStream(s.rate, self.rate, 1, dtype="float32",
                                               quality=s.quality)

@@ -133,7 +133,7 @@ class _Source:
         self.next_in = self.pos * track.rate // rate if track.rate != rate else self.pos
         self.done = False
         if track.rate != rate:
-            import soxr  # type: ignore[import-untyped]
+            import soxr
 
             self.resampler = soxr.ResampleStream(track.rate, rate, 1, dtype="float32",
                                                  quality="HQ")

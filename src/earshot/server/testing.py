@@ -209,7 +209,7 @@ class Gateway:
             prefix="earshot-gw-")
         self.data_dir = data_dir if data_dir is not None else Path(self._tmp.name)  # type: ignore[union-attr]
         settings.setdefault("min_free_space", 0)
-        self.settings = Settings(data_dir=self.data_dir, **settings)
+        self.settings = Settings.of(data_dir=self.data_dir, **settings)  # flat: ack_interval=…
         self.clock = clock or FakeClock()
         self.store = SqliteStore(self.data_dir / "earshot.db")
         self.metrics = Metrics()

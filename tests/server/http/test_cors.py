@@ -11,12 +11,12 @@ from earshot.errors import ConfigError
 
 
 def test_web_origins_setting() -> None:
-    assert Settings().web_origins == ("*",)
-    assert Settings(web_origins=("none",)).web_origins == ()
-    assert Settings(web_origins=("https://a.example, http://b.example:8080",)).web_origins == (
-        "https://a.example", "http://b.example:8080")
+    assert Settings().security.web_origins == ("*",)
+    assert Settings.of(web_origins=("none",)).security.web_origins == ()
+    assert Settings.of(web_origins=("https://a.example, http://b.example:8080",)
+                       ).security.web_origins == ("https://a.example", "http://b.example:8080")
     env = env_overrides({"EARSHOT_WEB_ORIGINS": "https://a.example;https://b.example"})
-    assert Settings(**env).web_origins == ("https://a.example", "https://b.example")
+    assert Settings.of(**env).security.web_origins == ("https://a.example", "https://b.example")
     for bad in ("https://a.example/", "a.example", "https://a.example/path"):
         with pytest.raises(ConfigError, match="scheme://host"):
-            Settings(web_origins=(bad,))
+            Settings.of(web_origins=(bad,))

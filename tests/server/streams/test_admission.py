@@ -12,9 +12,10 @@ import pytest
 from earshot.client import Reconnect
 from earshot.config import Settings
 from earshot.errors import ConfigError, StorageError
+from earshot.ranges import parse_size
 from earshot.server.streams.admission import Admission, Smoothed, probe_loop_lag
 from earshot.server.streams.lifecycle import read_held, write_held
-from earshot.server.streams.space import Space, is_no_space, parse_size
+from earshot.server.streams.space import Space, is_no_space
 from earshot.wire.ingest import BUSY, FATAL_CLOSE, RETRYABLE
 
 
@@ -100,11 +101,11 @@ def test_busy_backoff_is_spread_and_bounded() -> None:
 
 
 def test_settings_ranges() -> None:
-    assert Settings(max_streams=5).max_streams == 5
+    assert Settings.of(max_streams=5).admission.max_streams == 5
     with pytest.raises(ConfigError, match="max streams"):
-        Settings(max_streams=-1)
+        Settings.of(max_streams=-1)
     with pytest.raises(ConfigError, match="max loop lag"):
-        Settings(max_loop_lag=-0.1)
+        Settings.of(max_loop_lag=-0.1)
 
 
 async def test_probe_measures_a_blocked_loop() -> None:

@@ -57,8 +57,8 @@ def capabilities(settings: Settings, registry: Registry,
         report = {"available": False,
                   "reason": registry.unavailable.get("asr", report.get("reason", ASR_HINT))}
     return {
-        "archive_format": settings.archive_format,
-        "auth": bool(settings.token),
+        "archive_format": settings.archive.format,
+        "auth": bool(settings.security.token),
         "processors": sorted(registry.offered),
         "default_processors": [s.ref for s in registry.defaults],
         "asr": report,
@@ -67,36 +67,36 @@ def capabilities(settings: Settings, registry: Registry,
 
 def make_bus(settings: Settings) -> Bus:
     """The in-process bus, or Redis Streams with ``--bus redis://…``."""
-    if settings.bus is None:
+    if settings.bus.url is None:
         return MemoryBus()
     from earshot.cluster.bus.redis import RedisStreamsBus, redis_module
 
     redis_module()  # a missing extra fails at start, with how to install it
-    return RedisStreamsBus(settings.bus, retention=settings.bus_retention)
+    return RedisStreamsBus(settings.bus.url, retention=settings.bus.retention)
 
 
 def create_app(settings: Settings) -> FastAPI:
     """The application. Loads the speech-to-text model (if configured) and checks every
     ``--processor`` now, so a misconfiguration fails at start with a clear message."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = settings.db or settings.data_dir / "earshot.db"
+    settings.server.data_dir.mkdir(parents=True, exist_ok=True)
+    db = settings.server.db or settings.server.data_dir / "earshot.db"
     open_store(db).close()  # a bad --db fails here, before listening, with a clear message
     metrics = Metrics()
     loaded = load_asr(settings, metrics)
     scheduler = loaded.scheduler
     if scheduler is not None:
-        registry = Registry(settings.processors,
+        registry = Registry(settings.processing.processors,
                             extra={"asr": type("Asr", (Asr,), {"scheduler": scheduler})})
     else:
-        registry = Registry(settings.processors,
+        registry = Registry(settings.processing.processors,
                             unavailable={"asr": loaded.reason or ASR_HINT})
 
     bridge = None
-    if settings.mqtt:
+    if settings.mqtt.url:
         from earshot.integrations.mqtt import MqttBridge, paho_module
 
         paho_module()  # a missing paho-mqtt fails at start, with how to install it
-        bridge = MqttBridge(settings.mqtt, role="gateway", skip_worker_events=True)
+        bridge = MqttBridge(settings.mqtt.url, role="gateway", skip_worker_events=True)
         metrics.registry.register(bridge.collector())
 
     @contextlib.asynccontextmanager
@@ -150,7 +150,7 @@ def create_app(settings: Settings) -> FastAPI:
 
         def entry_seconds() -> float:  # one log entry is one ack batch, which stretches
             hub = getattr(app.state, "hub", None)  # under load (server/cadence.py)
-            return hub.cadence.current if hub is not None else settings.ack_interval
+            return hub.cadence.current if hub is not None else settings.ingest.ack_interval
 
         metrics.registry.register(BusCollector(bus, entry_seconds))  # type: ignore[arg-type]
     app.state.capabilities = capabilities(settings, registry, loaded)
@@ -160,7 +160,8 @@ def create_app(settings: Settings) -> FastAPI:
                        state=app.state)  # see guard.py
 
     web = Path(__file__).resolve().parents[2] / "web"
-    app.mount("/web", CorsStaticFiles(directory=web, origins=settings.web_origins), name="web")
+    app.mount("/web", CorsStaticFiles(directory=web, origins=settings.security.web_origins),
+              name="web")
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -172,7 +173,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.websocket("/ws/subscribe")
     async def subscribe_route(ws: WebSocket) -> None:
-        if not token_ok(settings.token, presented_token(ws.headers, ws.query_params)):
+        if not token_ok(settings.security.token, presented_token(ws.headers, ws.query_params)):
             await refuse_unauthorized(ws)
             return
         await subscribe(ws, app.state.hub)

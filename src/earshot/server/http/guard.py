@@ -356,12 +356,12 @@ class Guard:
     def from_settings(cls, app: ASGIApp, settings: Any, metrics: Any = None,
                       state: Any = None) -> Guard:
         """``state`` (the app's): gets ``.guard``, the core, for /healthz."""
-        policy = OriginPolicy.build(settings.allowed_origins, bind_host=settings.host)
-        core = GuardCore(policy, conn_rate=settings.conn_rate, conn_burst=settings.conn_burst,
-                         auth_fail_rate=settings.auth_fail_rate,
-                         auth_fail_burst=settings.auth_fail_burst,
-                         rest_rate=settings.rest_rate, rest_burst=settings.rest_burst,
-                         max_rest_requests=settings.max_rest_requests)
+        sec, adm = settings.security, settings.admission
+        policy = OriginPolicy.build(sec.allowed_origins, bind_host=settings.server.host)
+        core = GuardCore(policy, conn_rate=sec.conn_rate, conn_burst=sec.conn_burst,
+                         auth_fail_rate=sec.auth_fail_rate, auth_fail_burst=sec.auth_fail_burst,
+                         rest_rate=adm.rest_rate, rest_burst=adm.rest_burst,
+                         max_rest_requests=adm.max_rest_requests)
         if state is not None:
             state.guard = core
         return cls(app, core, metrics=metrics)

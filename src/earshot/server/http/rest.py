@@ -33,7 +33,7 @@ def hub_of(request: Request) -> Hub:
 
 
 def require_token(request: Request) -> None:
-    expected = request.app.state.settings.token
+    expected = request.app.state.settings.security.token
     if not token_ok(expected, presented_token(request.headers, request.query_params)):
         raise HTTPException(
             401, "missing or wrong token", headers={"WWW-Authenticate": 'Bearer realm="earshot"'}
@@ -146,7 +146,7 @@ async def get_segment_audio(stream_id: str, n: int, hub: HubDep) -> FileResponse
     seg = next((s for s in hub.store.segments(rec.id) if s.n == n), None)
     if seg is None:
         raise HTTPException(404, f"stream {rec.id} has no segment {n}")
-    path = hub.settings.data_dir / seg.path
+    path = hub.settings.server.data_dir / seg.path
     if not path.exists():
         raise HTTPException(410, f"segment {n} of stream {rec.id} is gone")
     return FileResponse(path, media_type="audio/wav", filename=f"{rec.id}-segment{n:04d}.wav")

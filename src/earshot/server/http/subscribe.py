@@ -117,7 +117,7 @@ def audio_messages(item: AudioItem, fmt: str) -> list[tuple[str, bytes]]:
 
 def handle_worker_message(hub: Hub, text: str) -> dict[str, Any] | None:
     """Validate events sent back by a remote worker and fan them out; None when fine."""
-    if len(text) > hub.settings.max_message_bytes:
+    if len(text) > hub.settings.ingest.max_message_bytes:
         return error_message(Code.MESSAGE_TOO_LARGE, "event message too large")
     try:
         msg = json.loads(text)

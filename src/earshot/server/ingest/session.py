@@ -72,8 +72,8 @@ class IngestSession:
         compat = None
         self._compat_error: ProtocolError | None = None
         self._compat_batch = False
-        limits = Limits(max_message_bytes=settings.max_message_bytes)
-        if settings.compat:
+        limits = Limits(max_message_bytes=settings.ingest.max_message_bytes)
+        if settings.ingest.compat:
             try:
                 compat = spec_from_query(query, limits)
             except ProtocolError as exc:
@@ -82,8 +82,8 @@ class IngestSession:
         self.conn = IngestConnection(limits, compat)
         token = presented_token(ws.headers, query)
         self._presented = token
-        self._authed = settings.token is None or (token is not None and
-                                                  token_ok(settings.token, token))
+        expected = settings.security.token
+        self._authed = expected is None or (token is not None and token_ok(expected, token))
 
     async def run(self) -> None:
         ws = self.ws
@@ -93,7 +93,7 @@ class IngestSession:
             await self._emit(self.conn.fail(Code.UNAUTHORIZED, "wrong token"))
             return
         conn = self.conn
-        if not self.settings.fsync:  # (with --fsync every flush awaits the disk)
+        if not self.settings.archive.fsync:  # (with --fsync every flush awaits the disk)
             self._lane = lane_of(ws.scope)
             if self._lane is not None:
                 self._lane.attach(self)
@@ -190,7 +190,7 @@ class IngestSession:
 
     async def _start(self, req: StartRequested) -> list[Output]:
         start = req.start
-        if not self._authed and not token_ok(self.settings.token, start.token):
+        if not self._authed and not token_ok(self.settings.security.token, start.token):
             return self.conn.refuse(
                 Code.UNAUTHORIZED,
                 "this server needs a token: ?token=, 'Authorization: Bearer', or 'token' in start",

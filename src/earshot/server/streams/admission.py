@@ -211,11 +211,11 @@ class Admission:
 
     @classmethod
     def from_settings(cls, settings: Any) -> Admission:
-        auto = settings.max_streams == "auto"
-        return cls(max_streams=0 if auto else settings.max_streams, auto=auto,
-                   max_loop_lag=settings.max_loop_lag,
-                   max_ack_latency=settings.max_ack_latency, max_cpu=settings.max_cpu,
-                   max_subscribers=settings.max_subscribers)
+        adm = settings.admission  # earshot.config.AdmissionSettings
+        auto = adm.max_streams == "auto"
+        return cls(max_streams=0 if auto else adm.max_streams, auto=auto,
+                   max_loop_lag=adm.max_loop_lag, max_ack_latency=adm.max_ack_latency,
+                   max_cpu=adm.max_cpu, max_subscribers=adm.max_subscribers)
 
     # -- inputs ---------------------------------------------------------------------------
     def observe_loop_lag(self, lag: float, now: float) -> None:

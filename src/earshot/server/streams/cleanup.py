@@ -23,7 +23,7 @@ from earshot.wire.codes import Code
 def open_cleanup(settings: Settings, requested: tuple[FilterSpec, ...] | None, rate: int,
                  channels: int, offset: int) -> tuple[AlignedCleanup | None, list[Event]]:
     """The stream's filter chain (None without filters) and warnings for its client."""
-    specs = parse_filters(settings.filters) if requested is None else requested
+    specs = parse_filters(settings.processing.filters) if requested is None else requested
     warnings: list[Event] = []
     usable = []
     for spec in specs:
@@ -42,4 +42,4 @@ def open_cleanup(settings: Settings, requested: tuple[FilterSpec, ...] | None, r
 
 def filtered_processors(settings: Settings, cleanup: Any) -> frozenset[str]:
     """Names of the processors that get the filtered audio (none without filters)."""
-    return frozenset(settings.filter_processors) if cleanup is not None else frozenset()
+    return frozenset(settings.processing.filter_processors) if cleanup is not None else frozenset()

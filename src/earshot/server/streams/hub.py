@@ -65,20 +65,21 @@ class Hub:
         self.store = store
         self.metrics = metrics
         self.bus = bus
-        self.registry = registry or Registry(settings.processors)
+        self.registry = registry or Registry(settings.processing.processors)
         self.clock = clock
         self.live: dict[str, LiveStream] = {}
-        self.router = EventRouter(store, bus, metrics, settings.data_dir, self.owner_of,
+        self.router = EventRouter(store, bus, metrics, settings.server.data_dir, self.owner_of,
                                   self._processed)
         self._background: set[asyncio.Task[Any]] = set()
-        self.streams_dir = settings.data_dir / "streams"
+        self.streams_dir = settings.server.data_dir / "streams"
         self.streams_dir.mkdir(parents=True, exist_ok=True)
         self.admission = Admission.from_settings(settings)
-        self.cadence = AckCadence(settings.ack_interval, settings.ack_interval_max)
+        ingest = settings.ingest  # (ack_interval_ceiling: an --ack-interval above the max fixes it)
+        self.cadence = AckCadence(ingest.ack_interval, ingest.ack_interval_ceiling)
         metrics.ack_interval.set(self.cadence.current)
-        self.space = Space(settings.min_free_space, str(settings.data_dir))
+        self.space = Space(settings.admission.min_free_space, str(settings.server.data_dir))
         self.batch = BatchPath(bus, metrics, self.space, ack_interval=self.cadence.current,
-                               header_interval=settings.header_interval)
+                               header_interval=settings.archive.header_interval)
         self.check_space()
         self._show_admission()
 
@@ -88,7 +89,7 @@ class Hub:
         return live.owner if live is not None else None
 
     def path_of(self, rec: StreamRecord) -> Path:
-        return self.settings.data_dir / rec.path
+        return self.settings.server.data_dir / rec.path
 
     def is_live(self, stream_id: str) -> bool:
         return stream_id in self.live
@@ -163,7 +164,7 @@ class Hub:
     async def recover(self) -> list[str]:
         """Repair every archive a crash left open; those streams become resumable. On a
         shared bus, streams another live gateway holds are left alone."""
-        return await recover(self.store, self.bus, self.settings.data_dir)
+        return await recover(self.store, self.bus, self.settings.server.data_dir)
 
     # -- start / resume -----------------------------------------------------------------
     async def open(self, start: Start, owner: Owner) -> tuple[LiveStream, str, list[Event]]:
@@ -191,13 +192,13 @@ class Hub:
 
     def _create(self, start: Start, owner: Owner) -> tuple[LiveStream, str]:
         spec = start.spec
-        fmt: ArchiveFormat = (start.archive or self.settings.archive_format)  # type: ignore[assignment]
+        fmt: ArchiveFormat = (start.archive or self.settings.archive.format)  # type: ignore[assignment]
         sid = new_stream_id()
         token = secrets.token_urlsafe(18)
         rel = f"streams/{sid}.wav"
-        path = self.settings.data_dir / rel
+        path = self.settings.server.data_dir / rel
         try:
-            archive = Archive.create(path, spec.pcm, fmt, part_seconds=self.settings.archive_part)
+            archive = Archive.create(path, spec.pcm, fmt, part_seconds=self.settings.archive.part)
         except OSError as exc:
             path.unlink(missing_ok=True)  # never leave a zero-byte archive behind
             if is_no_space(exc):
@@ -265,7 +266,7 @@ class Hub:
             self._announce(live, resumed=True)
             return live, token
         archive = Archive.reopen(self.path_of(rec), spec.pcm, rec.archive_format,  # type: ignore[arg-type]
-                                 part_seconds=self.settings.archive_part)
+                                 part_seconds=self.settings.archive.part)
         rec.state = "live"
         rec.frames = archive.frames
         rec.format = spec.format
@@ -338,7 +339,7 @@ class Hub:
         """:meth:`flush` from a synchronous hot path (the direct WebSocket lane), for a
         server without ``--fsync`` (where :meth:`_flush` never suspends anyway). A full
         disk kicks the owner in a task, as :meth:`flush` would."""
-        assert not self.settings.fsync
+        assert not self.settings.archive.fsync
         try:
             self.batch.flush(live, self.clock())
         except StorageFull as exc:
@@ -369,7 +370,7 @@ class Hub:
         Without ``--fsync`` this never suspends (one ``os.write``, then the ack is queued),
         so it needs no lock: nothing else can run on the loop in between.
         """
-        if not self.settings.fsync:
+        if not self.settings.archive.fsync:
             self.batch.flush(live, self.clock())
             return
         async with live.lock:
@@ -395,7 +396,7 @@ class Hub:
         now = self.clock()
         if self.space.due(now):
             with contextlib.suppress(OSError):
-                self.space.update(free_bytes(self.settings.data_dir), now)
+                self.space.update(free_bytes(self.settings.server.data_dir), now)
         m = self.metrics
         m.storage_free.set(self.space.free or 0)
         for st in ("ok", "low", "full"):
@@ -435,7 +436,7 @@ class Hub:
                 "ack_interval_max": c.most}
 
     async def run_ticker(self) -> None:
-        period = min(self.settings.ack_interval / 2, 0.05)
+        period = min(self.settings.ingest.ack_interval / 2, 0.05)
         while True:
             await asyncio.sleep(period)
             try:
@@ -483,14 +484,14 @@ class Hub:
         pipeline, live.pipeline = live.pipeline, None
         if pipeline is not None:
             if finished:
-                late = await pipeline.close(self.settings.drain_timeout)
+                late = await pipeline.close(self.settings.processing.drain_timeout)
                 self._late(live, late, "their last events are lost")
             else:
-                self._spawn(pipeline.close(self.settings.drain_timeout))
+                self._spawn(pipeline.close(self.settings.processing.drain_timeout))
         async with live.lock:
             live.owner = None
             archive = live.archive
-            archive.sync(self.settings.fsync)
+            archive.sync(self.settings.archive.fsync)
             archive.close()
             rec = live.rec
             rec.frames = archive.frames
@@ -499,7 +500,7 @@ class Hub:
                 final = await asyncio.to_thread(
                     finalize, archive.path, rec.archive_format  # type: ignore[arg-type]
                 )
-                rec.path = str(final.relative_to(self.settings.data_dir))
+                rec.path = str(final.relative_to(self.settings.server.data_dir))
                 rec.state, rec.ended = "finished", time.time()
                 fields.update(state="finished", ended=rec.ended, path=rec.path)
             else:
@@ -527,13 +528,13 @@ class Hub:
         for kind in live.processors:
             if await self.bus.live_workers(kind):
                 wanted.add(kind)
-        deadline = self.clock() + self.settings.drain_timeout
+        deadline = self.clock() + self.settings.processing.drain_timeout
         while not wanted <= live.done and self.clock() < deadline:
             live.done_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(live.done_changed.wait(), deadline - self.clock())
         self._late(live, sorted(wanted - live.done), "their last events may come after it")
-        await self.router.settle(live.id, self.settings.drain_timeout)
+        await self.router.settle(live.id, self.settings.processing.drain_timeout)
 
     def _late(self, live: LiveStream, late: list[str], consequence: str) -> None:
         """Tell the sender which processors did not finish in time after its stop."""
@@ -542,7 +543,8 @@ class Hub:
                 "type": "warning", "code": Code.PROCESSOR_TIMEOUT,
                 "t": live.offset / live.rec.rate,
                 "message": f"{', '.join(late)} did not finish within "
-                           f"{self.settings.drain_timeout:g} s of the stop; {consequence}"}])
+                           f"{self.settings.processing.drain_timeout:g} s of the stop; "
+                           f"{consequence}"}])
 
     async def shutdown(self) -> None:
         for live in list(self.live.values()):
@@ -553,7 +555,7 @@ class Hub:
                                      "the server is shutting down; resume later")
                 await self.detach(live, owner, stopped=False)
         if self._background:
-            await asyncio.wait(self._background, timeout=self.settings.drain_timeout)
+            await asyncio.wait(self._background, timeout=self.settings.processing.drain_timeout)
 
     async def drain(self, timeout: float = 5.0) -> list[str]:
         """A planned shutdown (SIGTERM/SIGINT, server/lifecycle.py): refuse new streams and
@@ -585,16 +587,16 @@ class Hub:
         while self.live and self.clock() < deadline:  # each session detaches as it closes
             await asyncio.sleep(0.02)
         ids = [lv.id for lv in held]
-        if self.settings.processes == 1 and not self.bus.remote:  # one gateway, its own dir
-            write_held(self.settings.data_dir, ids)
+        if self.settings.server.processes == 1 and not self.bus.remote:  # one gateway, its own dir
+            write_held(self.settings.server.data_dir, ids)
         log.info("drained %d stream(s) for a restart; they stay resumable", len(ids))
         return ids
 
     def reserve_held(self) -> int:
         """After a planned restart: keep slots for the streams held at shutdown."""
-        if self.settings.processes != 1 or self.bus.remote:
+        if self.settings.server.processes != 1 or self.bus.remote:
             return 0
-        ids, left = read_held(self.settings.data_dir, self.admission.resume_grace)
+        ids, left = read_held(self.settings.server.data_dir, self.admission.resume_grace)
         if ids:
             self.admission.reserve(ids, self.clock(), left)
         return len(ids)

@@ -42,7 +42,7 @@ def start_pipeline(settings: Settings, registry: Registry, live: LiveStream, sta
         rec = live.rec
         live.pipeline = StreamPipeline(
             StreamInfo(rec.id, rec.rate, rec.channels, rec.name, start.language), procs,
-            emit, start_offset=live.offset, max_lag=settings.max_lag,
+            emit, start_offset=live.offset, max_lag=settings.processing.max_lag,
             filtered=filtered_processors(settings, live.cleanup))
         live.processors = live.pipeline.names
     return warnings

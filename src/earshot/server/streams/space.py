@@ -35,21 +35,6 @@ def is_no_space(exc: BaseException) -> bool:
     return "disk is full" in text or "no space left" in text or "quota exceeded" in text
 
 
-def parse_size(text: str) -> int:
-    """``64M``, ``1.5G``, ``512k`` or plain bytes; ValueError otherwise."""
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
-    if scale != 1:
-        t = t[:-1]
-    try:
-        n = float(t)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a size such as 64M, 1G or 1048576") from None
-    if not n >= 0 or n == float("inf"):
-        raise ValueError(f"{text!r} is not a size of at least 0")
-    return int(n * scale)
-
-
 def free_bytes(path: Path) -> int:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize

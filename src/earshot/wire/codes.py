@@ -57,7 +57,8 @@ class Code(enum.StrEnum):
     BAD_OPUS = "bad_opus"  # a packet libopus cannot decode
     GAP = "gap"  # the client would continue past what the server holds
     # -- credentials and streams ------------------------------------------------------------
-    UNAUTHORIZED = "unauthorized"
+    UNAUTHORIZED = "unauthorized"  # no credentials, or wrong ones
+    FORBIDDEN = "forbidden"  # credentials that do not grant this
     BAD_RESUME_TOKEN = "bad_resume_token"
     UNKNOWN_STREAM = "unknown_stream"
     STREAM_FINISHED = "stream_finished"
@@ -96,6 +97,7 @@ FATAL_CLOSE: dict[str, Close] = {
     Code.RESUME_MISMATCH: Close.BAD_REQUEST,
     Code.MESSAGE_TOO_LARGE: Close.TOO_BIG,
     Code.UNAUTHORIZED: Close.UNAUTHORIZED,
+    Code.FORBIDDEN: Close.FORBIDDEN,
     Code.BAD_RESUME_TOKEN: Close.FORBIDDEN,
     Code.UNKNOWN_STREAM: Close.NOT_FOUND,
     Code.STREAM_FINISHED: Close.CONFLICT,

@@ -146,10 +146,10 @@ def test_an_ack_interval_above_the_default_max_fixes_the_cadence() -> None:
 
 async def test_the_hub_runs_a_fixed_cadence_from_a_large_ack_interval() -> None:
     async with Gateway(ack_interval=0.5) as gw:
-        assert (gw.hub.cadence.base, gw.hub.cadence.most) == (0.5, 0.5)
-        assert not gw.hub.cadence.adaptive
+        assert (gw.hub.load.cadence.base, gw.hub.load.cadence.most) == (0.5, 0.5)
+        assert not gw.hub.load.cadence.adaptive
     async with Gateway(ack_interval=0.05, ack_interval_max=0.3) as gw:
-        assert (gw.hub.cadence.base, gw.hub.cadence.most) == (0.05, 0.3)
+        assert (gw.hub.load.cadence.base, gw.hub.load.cadence.most) == (0.05, 0.3)
 
 
 # -- the generators agree -----------------------------------------------------------------

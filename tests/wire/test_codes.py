@@ -40,9 +40,12 @@ def _code_literals(tree: ast.AST) -> list[tuple[int, str]]:
             name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
             if name in CALLS and node.args:
                 args = node.args[1:] if name == "Refusal" else node.args
-                if args and isinstance(args[0], ast.Constant) and isinstance(args[0].value,
-                                                                            str):
-                    found.append((node.lineno, args[0].value))
+                first = args[0] if args else None
+                # a conditional picks one of two codes: both branches count
+                choices = [first.body, first.orelse] if isinstance(first, ast.IfExp) \
+                    else [first]
+                found += [(node.lineno, c.value) for c in choices
+                          if isinstance(c, ast.Constant) and isinstance(c.value, str)]
         elif isinstance(node, ast.Dict):
             for k, v in zip(node.keys, node.values, strict=True):
                 if (isinstance(k, ast.Constant) and k.value == "code"

@@ -150,7 +150,7 @@ def create_app(settings: Settings) -> FastAPI:
 
         def entry_seconds() -> float:  # one log entry is one ack batch, which stretches
             hub = getattr(app.state, "hub", None)  # under load (server/cadence.py)
-            return hub.cadence.current if hub is not None else settings.ingest.ack_interval
+            return hub.load.cadence.current if hub is not None else settings.ingest.ack_interval
 
         metrics.registry.register(BusCollector(bus, entry_seconds))  # type: ignore[arg-type]
     app.state.capabilities = capabilities(settings, registry, loaded)

@@ -31,15 +31,14 @@ from earshot.processors.base import Event
 from earshot.processors.registry import Registry
 from earshot.server.events import EventRouter
 from earshot.server.metrics import Metrics
-from earshot.server.streams.admission import Admission
 from earshot.server.streams.batch import BatchPath, decoder_for, resume_skip
-from earshot.server.streams.cadence import AckCadence
 from earshot.server.streams.cleanup import open_cleanup
 from earshot.server.streams.lifecycle import read_held, write_held
 from earshot.server.streams.live import LiveStream, Owner, hash_token, new_stream_id
+from earshot.server.streams.load import Load
 from earshot.server.streams.processing import remote_processors, start_pipeline
 from earshot.server.streams.recovery import recover
-from earshot.server.streams.space import Space, free_bytes, is_no_space
+from earshot.server.streams.space import is_no_space
 from earshot.storage.archive import Archive, finalize
 from earshot.storage.metadata import MetadataStore, StreamRecord
 from earshot.wire.codes import Code
@@ -73,15 +72,13 @@ class Hub:
         self._background: set[asyncio.Task[Any]] = set()
         self.streams_dir = settings.server.data_dir / "streams"
         self.streams_dir.mkdir(parents=True, exist_ok=True)
-        self.admission = Admission.from_settings(settings)
-        ingest = settings.ingest  # (ack_interval_ceiling: an --ack-interval above the max fixes it)
-        self.cadence = AckCadence(ingest.ack_interval, ingest.ack_interval_ceiling)
-        metrics.ack_interval.set(self.cadence.current)
-        self.space = Space(settings.admission.min_free_space, str(settings.server.data_dir))
-        self.batch = BatchPath(bus, metrics, self.space, ack_interval=self.cadence.current,
+        self.load = Load(settings, metrics)  # admission, free space, the ack cadence
+        self.admission, self.space = self.load.admission, self.load.space
+        self.batch = BatchPath(bus, metrics, self.space, ack_interval=self.load.cadence.current,
                                header_interval=settings.archive.header_interval)
-        self.check_space()
-        self._show_admission()
+        now = clock()
+        self.load.check_space(now)
+        self.load.show(self.live, now)
 
     # -- what others may ask (on the event loop) ----------------------------------------
     def owner_of(self, stream_id: str) -> Owner | None:
@@ -128,37 +125,18 @@ class Hub:
         return self.router.from_worker(stream_id, events, live.rec if live else None,
                                        live.archive.path if live else None)
 
-    # -- admission (server/admission.py) -------------------------------------------------
+    # -- load (server/streams/load.py) -------------------------------------------------------
     def observe_loop_lag(self, lag: float, now: float) -> None:
         """The loop-lag probe's report (every 0.1 s); also refreshes the gauges."""
-        self.admission.observe_loop_lag(lag, now)
-        self._show_admission(now)
-
-    def _show_admission(self, now: float | None = None) -> None:
-        self.admission.show(self.metrics, self.live, self.clock() if now is None else now)
+        self.load.observe_loop_lag(lag, self.live, now)
 
     def admission_report(self) -> dict[str, Any]:
         """For /healthz: whether new publishers get in now, and why not."""
-        return self.admission.report(self.live, self.clock())
+        return self.load.report(self.live, self.clock())
 
-    def _admit(self, start: Start) -> None:
-        """Refuse a new publisher past --max-streams or the CPU-headroom guard; a resume
-        is always admitted (unless the server is shutting down)."""
-        a = self.admission
-        full = self.space.refusal(resume=start.resume is not None)
-        if full is not None and not a.draining:
-            self.metrics.streams_refused.labels("storage").inc()
-            raise ProtocolError(Code.STORAGE_FULL, full)
-        if start.resume is not None:
-            if a.draining:
-                raise ProtocolError(Code.SHUTTING_DOWN, "the server is shutting down; resume later")
-            return
-        now = self.clock()
-        why = a.refusal(self.live, now)
-        if why is not None:
-            state = a.state(self.live, now)
-            self.metrics.streams_refused.labels(state).inc()
-            raise ProtocolError(Code.SHUTTING_DOWN if a.draining else "server_full", why)
+    def check_space(self) -> str:
+        """The data directory's free-space state (measured at most once a second)."""
+        return self.load.check_space(self.clock())
 
     # -- recovery (server/streams/recovery.py) -----------------------------------------------
     async def recover(self) -> list[str]:
@@ -172,7 +150,10 @@ class Hub:
 
         Returns it, its resume token, and warnings for the client (e.g. processors refused).
         """
-        self._admit(start)
+        refused = self.load.refusal(resume=start.resume is not None, held=self.live,
+                                    now=self.clock())
+        if refused is not None:
+            raise refused
         if start.resume is not None:
             live, token = await self._resume(start, owner)
             self.admission.resumed(live.id)
@@ -380,60 +361,24 @@ class Hub:
                 await asyncio.to_thread(live.archive.sync, True)
             self.batch.ack(live, newest, self.clock())
 
-    def _count(self) -> None:
-        """Add the hot path's counts to the metrics (a lock each: once a tick, not per
-        batch), and the tick's mean ack latency to the admission guard's smoothing."""
-        t, m = self.batch.take_tally(), self.metrics
-        if t.frames:
-            m.frames_in.inc(t.frames)
-            m.bytes_in.inc(t.bytes)
-        if t.acks:
-            m.acks.inc(t.acks)
-            self.admission.observe_ack_latency(t.latency / t.acks, self.clock())
-
-    def check_space(self) -> str:
-        """Measure the data directory's free space (at most once a second)."""
-        now = self.clock()
-        if self.space.due(now):
-            with contextlib.suppress(OSError):
-                self.space.update(free_bytes(self.settings.server.data_dir), now)
-        m = self.metrics
-        m.storage_free.set(self.space.free or 0)
-        for st in ("ok", "low", "full"):
-            m.storage_state.labels(st).set(1 if st == self.space.state else 0)
-        return self.space.state
-
     async def tick(self) -> None:
         """Flush streams whose oldest pending audio waited an ack interval; sync headers.
-        Only the streams whose deadline has come are looked at (server/deadlines.py).
-        Under load, batches stretch (server/cadence.py)."""
-        self.check_space()
-        self._count()
+        Only the streams whose deadline has come are looked at (server/streams/deadlines.py).
+        Under load, batches stretch (server/streams/load.py, cadence.py)."""
         now = self.clock()
-        busy = self.admission.loop_busy(now)
-        before = self.cadence.current
-        interval = self.cadence.update(busy)
+        load = self.load
+        load.check_space(now)
+        load.count(self.batch.take_tally(), now)
+        interval = load.cadence_update(now)
         if interval is not None:
-            self._set_interval(interval, before, busy)
+            self.batch.set_interval(interval, self.live.values())
         for live in self.batch.due(now, self.live):
             await self.flush(live)
         self.batch.sync_headers(now, self.live)
 
-    def _set_interval(self, interval: float, before: float, busy: float) -> None:
-        """Every live stream's batches are ``interval`` long from now on. Said at INFO
-        when they start or stop stretching, at DEBUG in between."""
-        self.batch.set_interval(interval, self.live.values())
-        self.metrics.ack_interval.set(interval)
-        base = self.cadence.base
-        level = logging.INFO if (before == base) != (interval == base) else logging.DEBUG
-        log.log(level, "ack interval %.2f s (the event loop is %.2f cores busy)", interval,
-                busy)
-
     def ingest_report(self) -> dict[str, Any]:
         """For /healthz: the current ack interval and its bounds."""
-        c = self.cadence
-        return {"ack_interval": round(c.current, 4), "ack_interval_min": c.base,
-                "ack_interval_max": c.most}
+        return self.load.ingest_report()
 
     async def run_ticker(self) -> None:
         period = min(self.settings.ingest.ack_interval / 2, 0.05)
@@ -563,7 +508,7 @@ class Hub:
         (close 1001; it stops taking audio from then on) and leave its stream resumable.
         Streams being stopped finish their stop. Returns the streams that were held."""
         self.admission.draining = True
-        self._show_admission()
+        self.load.show(self.live, self.clock())
         held = [lv for lv in self.live.values()
                 if lv.owner is not None and lv.detaching is None]
 

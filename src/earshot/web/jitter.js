@@ -1,6 +1,6 @@
-// jitter.js — the adaptive jitter buffer of `earshot listen` (src/earshot/jitter.py), for the
+// jitter.js — the adaptive jitter buffer of `earshot listen` (src/earshot/client/jitter.py), for the
 // page's Listener. Pure: no I/O, no clock; every call takes `now` in seconds. The same
-// contract and the same decisions as the Python class, line for line (tests/browser/
+// contract and the same decisions as the Python class, line for line (tests/web/
 // test_jitter_js.py replays one schedule through both and compares every pop):
 //
 //   packets are exactly `frame` samples at `offset`s on one grid; pop() once per frame of

@@ -157,7 +157,7 @@ def _int_field(obj: Mapping[str, Any], key: str, default: int | None = None) -> 
         return default
     if isinstance(value, bool) or not isinstance(value, int):
         # (str.isdigit() is also true for '²' and int() refuses over 4300 digits: found by
-        # the stateful fuzz, tests/hardening/test_fuzz_ingest.py)
+        # the stateful fuzz, tests/wire/test_fuzz_ingest.py)
         if isinstance(value, str) and value.strip().isdecimal() and len(value) <= 30:
             return int(value)
         raise ProtocolError(Code.BAD_START, f"'{key}' must be an integer, got {value!r}")

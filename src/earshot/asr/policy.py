@@ -67,10 +67,6 @@ class UtterancePolicy:
     def position(self) -> int:
         return self._buf_start + self._buf.size
 
-    @property
-    def in_utterance(self) -> bool:
-        return self._utt is not None
-
     def feed(self, samples: np.ndarray, offset: int) -> list[DecodeRequest]:
         """Audio at ``offset`` (contiguous with what came before, or a new start)."""
         if self._buf.size == 0 or offset != self.position:

@@ -59,10 +59,6 @@ class WavRange:
     end: int
     rate: int
 
-    @property
-    def content_length(self) -> int:
-        return len(self.header) + self.length
-
 
 def wav_range(path: Path, start: float | None, end: float | None) -> WavRange:
     """Plan the range of a WAV archive from its header and size alone."""

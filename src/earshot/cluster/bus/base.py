@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from earshot.cluster.bus.memory import AudioItem, Subscription
+from earshot.processors.base import Event
 
-Event = dict[str, Any]
 #: called with (stream id, events) for every event batch the bus delivers to this gateway
 EventSink = Callable[[str, list[Event]], None]
 #: called with a stream id when another gateway asks for it (a resume elsewhere)

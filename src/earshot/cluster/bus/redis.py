@@ -26,10 +26,11 @@ import time
 from collections import deque
 from typing import Any
 
-from earshot.cluster.bus.base import BusStats, Event, EventSink, JobSink, LogAudio, ReleaseSink
+from earshot.cluster.bus.base import BusStats, EventSink, JobSink, LogAudio, ReleaseSink
 from earshot.cluster.bus.keys import STORE_GROUP, parse_bus_url
 from earshot.cluster.bus.memory import AudioItem, Fanout, Subscription, Tap
 from earshot.errors import MissingDependency
+from earshot.processors.base import Event
 
 log = logging.getLogger("earshot.cluster.bus")
 

@@ -32,6 +32,3 @@ class Deadlines(Generic[T]):
         while heap and heap[0][0] <= now:
             out.append(heapq.heappop(heap)[2])
         return out
-
-    def next_at(self) -> float | None:
-        return self._heap[0][0] if self._heap else None

@@ -171,7 +171,6 @@ class PostgresStore:
             raise StreamNotFound(stream_id)
         return int(rows[0][0])
 
-
     def add_segment(self, seg: SegmentRecord) -> None:
         try:
             self._exec(

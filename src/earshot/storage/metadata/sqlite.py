@@ -141,7 +141,6 @@ class SqliteStore:
             raise StreamNotFound(stream_id)
         return int(rows[0][0])
 
-
     def add_segment(self, seg: SegmentRecord) -> None:
         try:
             self._query(

@@ -376,6 +376,8 @@ class RawClient(asyncio.Protocol):
             self.handshake_done = True
             if self.first_message:
                 self.write(self.first_message)
+            elif not self.ready.done():  # compatibility mode: audio at once, no start
+                self.ready.set_result(True)
         self.parse_frames()
 
     # -- frames -------------------------------------------------------------------------
@@ -526,7 +528,11 @@ async def raw_worker(cfg: dict[str, Any], states: list[StreamState], settled: An
     loop = asyncio.get_running_loop()
     url = urlsplit(cfg["url"])
     host, port = url.hostname or "127.0.0.1", url.port or 80
-    path = (url.path or "/ws") + (f"?{url.query}" if url.query else "")
+    query = url.query
+    if cfg.get("compat"):  # the classic snippet: format and rate in the URL, no start
+        query = "&".join(q for q in (query, f"rate={cfg['rate']}&format=f32"
+                                     f"&channels={cfg['channels']}") if q)
+    path = (url.path or "/ws") + (f"?{query}" if query else "")
     fms = cfg["frame_ms"] / 1000.0
     spf = cfg["spf"]
     payload = audio_payload(spf, cfg["channels"], cfg["rate"])
@@ -551,8 +557,9 @@ async def raw_worker(cfg: dict[str, Any], states: list[StreamState], settled: An
                 cfg["connect_timeout"],
             )
             key = base64.b64encode(os.urandom(16)).decode()
-            start = start_message(cfg, st.idx)
-            client.first_message = ws_frame(0x1, json.dumps(start).encode())
+            if not cfg.get("compat"):
+                start = start_message(cfg, st.idx)
+                client.first_message = ws_frame(0x1, json.dumps(start).encode())
             client.write(
                 (
                     f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
@@ -928,6 +935,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "processors": processors_arg(args.processors),
             "compression": None if args.compression == "none" else args.compression,
             "batch": args.batch,
+            "compat": args.compat,
         }
         ctx = mp.get_context("fork")
         settled = ctx.Value("i", 0)
@@ -1005,7 +1013,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         n = args.streams
         failed = [s for s in results if s["failure"]]
-        bare = server.kind != "earshot"  # no acks: only the client side can tell
+        # no acks (a bare server, or earshot's compatibility mode): only the client side
+        bare = server.kind != "earshot" or args.compat  # can tell
+
         held = [s for s in results if not s["failure"] and s["rt_client"] >= args.held_ratio
                 and (bare or s["rt_server"] >= args.held_ratio)]
         active = n - len(failed)
@@ -1037,7 +1047,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "compression": args.compression,
             "procs": procs,
             "processors": "server default" if args.processors is None else args.processors,
-            "server_kind": server.kind,
+            "server_kind": server.kind, "compat": args.compat,
             "batch": args.batch,
             "code": code,
             "server": "own" if server.owned else server.url,
@@ -1191,6 +1201,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="websockets client only: offer permessage-deflate like browsers do "
                     "(uvicorn accepts it by default)")
     ap.add_argument("--stagger", type=float, default=1.0, help="spread stream starts (s)")
+    ap.add_argument("--compat", action="store_true",
+                    help="compatibility mode, as the classic browser snippets connect: "
+                    "no start, ?rate=&format=f32 in the URL, raw client only (earshot "
+                    "then sends no acks: held by the client-side ratio)")
     ap.add_argument("--held-ratio", type=float, default=0.9)
     ap.add_argument("--clock", choices=("scheduled", "ready"), default="scheduled",
                     help="each stream's t0: its scheduled start (connect/start latency "

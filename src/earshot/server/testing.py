@@ -69,6 +69,9 @@ class MemoryLane:
         self.writable = True
         self.messages = 0
         self.bytes = 0
+        self.writes = 0  # transport writes (syscalls): corked messages go out in one
+        self._corked = False
+        self._held = 0
 
     def attach(self, sink: DirectSink) -> None:
         self.sink = sink
@@ -82,7 +85,19 @@ class MemoryLane:
         self.sent.append(text)
         self.messages += 1
         self.bytes += len(text)
+        if self._corked:
+            self._held += 1
+        else:
+            self.writes += 1
         return True
+
+    def cork(self) -> None:
+        self._corked = True
+
+    def uncork(self) -> None:
+        if self._held:
+            self.writes += 1
+        self._corked, self._held = False, 0
 
     def offer(self, data: bytes) -> bool:
         """A complete binary message from the client: True when the sink handled it on

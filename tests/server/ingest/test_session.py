@@ -146,9 +146,42 @@ async def test_compatibility_mode_needs_no_start(tmp_path: Path) -> None:
         c.send_audio(x.tobytes())  # no start: the first binary message opens the stream
         ready = await c.expect("ready")
         assert (ready["format"], ready["rate"]) == ("f32", RATE)
-        assert (await c.expect("ack"))["offset"] == 1600
         await c.disconnect()
-        assert gw.store.get(ready["stream"]).state == "finished"  # compat: a drop ends it
+        rec = gw.store.get(ready["stream"])
+        assert (rec.state, rec.frames) == ("finished", 1600)  # compat: a drop ends it
+
+
+async def test_a_compatibility_client_is_sent_what_it_can_use(tmp_path: Path) -> None:
+    """No acks (its stream cannot be resumed: an offset is of no use to it) unless it asks
+    (?acks=1, or ?batch=1 where events ride in acks); its processors' events as always."""
+    x = np.linspace(-0.5, 0.5, 8000, dtype=np.float32)
+    async with Gateway(tmp_path, processors=("level",)) as gw:
+        plain = await gw.connect({"rate": "16000", "format": "f32"})
+        asks = await gw.connect({"rate": "16000", "format": "f32", "acks": "1"})
+        for c in (plain, asks):
+            for i in range(0, 8000, 320):
+                c.send_audio(x[i:i + 320].tobytes())
+            await c.expect("level")
+        kinds = [m["type"] for m in plain.messages()]
+        assert kinds[0] == "ready" and "ack" not in kinds and kinds.count("level") >= 8
+        assert [m["offset"] for m in asks.messages() if m["type"] == "ack"][:3] == \
+            [1600, 3200, 4800]
+
+
+async def test_what_one_flush_sends_back_goes_out_in_one_write(tmp_path: Path) -> None:
+    async with Gateway(tmp_path, processors=("level",)) as gw:
+        c = await gw.connect()
+        await c.send_json(start())
+        await c.expect("ready")
+        lane = c.lane
+        assert lane is not None
+        x = pcm(RATE, seed=4)
+        before = (lane.messages, lane.writes)
+        for i in range(0, RATE, 320):
+            c.send_audio(x[i:i + 320].tobytes())
+        messages, writes = lane.messages - before[0], lane.writes - before[1]
+        assert writes == 10  # one per 0.1 s batch ...
+        assert messages >= 30  # ... holding its ack and its two level readings
 
 
 async def test_a_full_disk_refuses_new_streams_but_not_resumes(tmp_path: Path) -> None:

@@ -148,10 +148,11 @@ def text_frame(payload: bytes) -> bytes:
 class DirectLane:
     """The endpoint's handle on its connection's direct lane."""
 
-    __slots__ = ("_proto",)
+    __slots__ = ("_corked", "_proto")
 
     def __init__(self, proto: EarshotWebSocketProtocol) -> None:
         self._proto = proto
+        self._corked: list[bytes] | None = None
 
     def attach(self, sink: DirectSink) -> None:
         self._proto.sink = sink
@@ -171,9 +172,25 @@ class DirectLane:
         open for it, or writing is paused: then send through ASGI instead."""
         if not self.writable:
             return False
-        p = self._proto
-        p.transport.write(text_frame(text.encode()))
+        frame = text_frame(text.encode())
+        if self._corked is not None:
+            self._corked.append(frame)
+        else:
+            self._proto.transport.write(frame)
         return True
+
+    def cork(self) -> None:
+        """Hold the frames :meth:`send_text` writes until :meth:`uncork`: what one audio
+        message's flush sends back (an ack, its level readings, warnings) goes out in one
+        ``write`` (one syscall) instead of one per message."""
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        """Write the held frames, in order, at once."""
+        held, self._corked = self._corked, None
+        if held:
+            self._proto.transport.write(held[0] if len(held) == 1 else b"".join(held))
 
 
 #: What the lane uses of uvicorn's ``WebSocketsSansIOProtocol`` beyond its documented

@@ -72,6 +72,8 @@ class IngestSession:
         compat = None
         self._compat_error: ProtocolError | None = None
         self._compat_batch = False
+        self._compat_acks = False
+        self._acks = True  # a compatibility client gets none unless it asks (?acks=1)
         limits = Limits(max_message_bytes=settings.ingest.max_message_bytes)
         if settings.ingest.compat:
             try:
@@ -79,6 +81,7 @@ class IngestSession:
             except ProtocolError as exc:
                 self._compat_error = exc
             self._compat_batch = query.get("batch", "").lower() in ("1", "true", "yes")
+            self._compat_acks = query.get("acks", "").lower() in ("1", "true", "yes")
         self.conn = IngestConnection(limits, compat)
         token = presented_token(ws.headers, query)
         self._presented = token
@@ -156,13 +159,18 @@ class IngestSession:
             return False
         hub = self.hub
         if hub.add_audio(live, data, frames):  # (PCM: never raises)
+            lane = self._lane
+            if lane is not None:  # what the flush sends back goes out in one write
+                lane.cork()
             self._flushing = True
             try:
                 hub.flush_now(live)
             finally:
                 self._flushing = False
-            if self._held:  # nothing new was acknowledged: the events go alone
-                self._send_held()
+                if self._held:  # nothing new was acknowledged: the events go alone
+                    self._send_held()
+                if lane is not None:
+                    lane.uncork()
         return True
 
     async def _emit(self, outs: list[Output]) -> None:
@@ -206,6 +214,8 @@ class IngestSession:
             return self.conn.refuse(Code.INTERNAL, f"cannot open the stream's archive: {exc}")
         self.live = live
         self._batch = start.batch or (start.compat and self._compat_batch)
+        if start.compat:  # it cannot resume (its stream ends with its socket): an ack's
+            self._acks = self._batch or self._compat_acks  # offset is of no use to it
         return [*self.conn.accept(live.id, token, live.offset, processors=live.processors),
                 *(Send(w) for w in warnings)]
 
@@ -244,6 +254,10 @@ class IngestSession:
         self.post_text(text)
 
     def ack(self, offset: int) -> None:
+        if not self._acks:
+            if self._held:
+                self._send_held()
+            return
         if self._held:
             events, self._held = ",".join(self._held), []
             self.post_text(f'{{"type":"ack","offset":{offset},"events":[{events}]}}')

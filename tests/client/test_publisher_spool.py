@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ingest_double import IngestServer, connect, hang_up, pump
 
 from earshot.client.buffer import SpoolBuffer
 from earshot.client.protocol import Done, RetryIn, State
 from earshot.client.spool import Dropped, Spool
 from earshot.client.spooled import entry_protocol
-from ingest_double import IngestServer, connect, hang_up, pump
 
 RATE = 8000
 
@@ -121,7 +121,7 @@ def test_a_cut_buffer_without_a_stream_needs_no_connection(tmp_path: Path) -> No
     sp = Spool(tmp_path, max_bytes=2 * 2000 * 2, segment_seconds=0.25)
     entry = sp.create(format="s16", rate=RATE, channels=1)
     c = entry_protocol(entry, server="ws://server/ws", spool=sp)
-    for i in range(0, 6000, 500):  # nobody listens: the oldest audio goes
+    for _ in range(0, 6000, 500):  # nobody listens: the oldest audio goes
         c.send(pcm(500))
     assert c.buffer.cut and entry.origin == 2000
     assert c.connecting() == Done(None, None) and c.state is State.DONE

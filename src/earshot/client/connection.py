@@ -111,9 +111,11 @@ async def _read(ws: ClientConnection, core: PublisherProtocol, wake: asyncio.Eve
         except ConnectionClosed:
             return
         if isinstance(raw, str):  # (the ingest socket sends no binary; ignored)
+            state = core.state
             core.receive_text(raw, loop.time())
             _dispatch(core, on_event)
-            wake.set()  # 'ready' lets audio flow
+            if core.state is not state:
+                wake.set()  # 'ready' lets audio flow (the writer sleeps through acks)
             if on_progress is not None:
                 on_progress()
 

@@ -276,7 +276,8 @@ class PublisherProtocol:
         """Whether :meth:`send` of ``audio`` fits the buffer's bound now (else the I/O layer
         waits for acks). A buffer holding nothing always takes one more block."""
         capacity = self.buffer.capacity
-        if capacity is None or self.unacked == 0:
+        held = self.buffer.end - self.acked
+        if capacity is None or held <= 0:
             return True
         if self.encoder is not None:
             frames = 0  # packets come out of the encoder: check what is held already
@@ -284,7 +285,7 @@ class PublisherProtocol:
             frames = len(audio)
         else:
             frames = len(audio) // self.frame_bytes
-        return self.unacked + frames <= capacity
+        return held + frames <= capacity
 
     # -- inputs from the application -----------------------------------------------------
     def send(self, audio: np.ndarray | bytes | bytearray | memoryview) -> int:

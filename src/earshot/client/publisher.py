@@ -393,6 +393,7 @@ class Publisher:
             finally:
                 entry.unlock()
         sid = await deliver_entry(self.url, own, on_event=self._on_event, protocol=self._core,
+                                  client_info=self.client_info, language=self.language,
                                   **common)
         self._stream = (sid, self._stream[1])
         frames = own.written - own.origin

@@ -76,14 +76,17 @@ async def deliver_entry(url: str, entry: SpoolEntry, *, token: str | None = None
                         on_event: Callable[[dict[str, Any]], None] | None = None,
                         ssl: SSLContext | None = None, open_timeout: float = 10.0,
                         wake: asyncio.Event | None = None,
-                        protocol: PublisherProtocol | None = None) -> str | None:
+                        protocol: PublisherProtocol | None = None,
+                        client_info: dict[str, Any] | None = None,
+                        language: str | None = None) -> str | None:
     """Deliver one entry (already locked by the caller) to the end; return its last stream
     id (None if it held nothing to send). Raises :class:`~earshot.errors.ClientError` when
     the server refuses for good.
 
     While capture goes on (same process), new frames are sent as they are appended: the
     capturer sets ``wake``. ``protocol`` is the capturer's core for this entry (see
-    :func:`entry_protocol`), used for the entry's current stream."""
+    :func:`entry_protocol`), used for the entry's current stream; ``client_info`` and
+    ``language`` go into the ``start`` of the streams it begins."""
     endpoint = Endpoint(url, token, ssl, open_timeout)
     wake = wake if wake is not None else asyncio.Event()
     while True:
@@ -97,6 +100,7 @@ async def deliver_entry(url: str, entry: SpoolEntry, *, token: str | None = None
         core = protocol
         if core is None or core.outcome is not None or core.buffer.cut:
             core = entry_protocol(entry, server=url, reconnect=reconnect,
+                                  client_info=client_info, language=language,
                                   ready_timeout=open_timeout)
         protocol = None
         outcome = await deliver(core, endpoint, wake=wake, on_event=on_event)

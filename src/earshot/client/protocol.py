@@ -241,7 +241,8 @@ class PublisherProtocol:
         #: frames sent on the current connection (from the server's offset on)
         self.sent = buffer.start
         self.given = 0  # Opus: samples given to send(), the stream's true length
-        self.reconnects = 0
+        self.reconnects = 0  # connection attempts made after a RetryIn
+        self._retrying = False
         self.bytes_sent = 0  # audio bytes handed out by next_message()
         self.outcome: Done | Failed | None = None
         self._state = State.WAITING
@@ -329,6 +330,9 @@ class PublisherProtocol:
             return self.outcome
         if self.buffer.cut and self.stream_id is None:
             return self._settle(Done(None, None))
+        if self._retrying:
+            self._retrying = False
+            self.reconnects += 1
         return None
 
     def connected(self, now: float) -> None:
@@ -612,7 +616,6 @@ class PublisherProtocol:
             delay = max(delay, refusal.retry_after)
         self._events.append({"type": "reconnecting", "attempt": self._attempt, "delay": delay,
                              "reason": reason})
-        self.reconnects += 1
         return RetryIn(delay, self._attempt, reason, refusal.code if refusal else None)
 
     def _busy_retry(self, code: str, message: str) -> Decision:
@@ -626,7 +629,6 @@ class PublisherProtocol:
         delay = self.reconnect.busy_delay(self._busy, self.rng)
         self._events.append({"type": "reconnecting", "attempt": self._busy, "delay": delay,
                              "code": code, "reason": reason})
-        self.reconnects += 1
         return RetryIn(delay, self._busy, reason, code)
 
     def _settle(self, decision: Decision) -> Decision:
@@ -635,6 +637,7 @@ class PublisherProtocol:
         self._outbox.clear()
         if isinstance(decision, RetryIn):
             self._state = State.WAITING
+            self._retrying = True
         else:
             self._state = State.DONE if isinstance(decision, Done) else State.FAILED
             self.outcome = decision

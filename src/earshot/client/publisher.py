@@ -130,7 +130,7 @@ class Publisher:
         self.frame_bytes = BYTES_PER_SAMPLE.get(format, 2) * channels
         self.buffer_frames = int(buffer_seconds * rate)
         self.max_message_frames = max_message_frames
-        self.reconnects = 0
+        self._spool_reconnects = 0
         self.spool: Spool | None = None
         self.entry: SpoolEntry | None = None
         self.dropped: list[Dropped] = []  # spool: audio deleted unacknowledged to make room
@@ -179,6 +179,14 @@ class Publisher:
         if self._core is not None and self.spool is None:
             return self._core.resume_token
         return self._stream[1]
+
+    @property
+    def reconnects(self) -> int:
+        """Connections made after a drop or a refusal (with a spool: the reconnection
+        attempts for this stream)."""
+        if self._core is not None and self.spool is None:
+            return self._core.reconnects
+        return self._spool_reconnects
 
     @property
     def acked(self) -> int:
@@ -328,8 +336,8 @@ class Publisher:
         if kind == "ready":
             self._stream = (event.get("stream"), event.get("resume_token"))
             self._ready.set()
-        elif kind == "reconnecting":
-            self.reconnects += 1
+        elif kind == "reconnecting" and self.spool is not None:
+            self._spool_reconnects += 1
         self._emit(event)
 
     def _on_dropped(self, dropped: list[Dropped]) -> None:

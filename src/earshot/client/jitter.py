@@ -294,9 +294,8 @@ class JitterBuffer:
                 self._since_skip = 0
         self._since_skip += 1
 
-        out = self._out
-        assert self._pos is not None and out is not None
-        pos = self._pos
+        pos, out = self._pos, self._out
+        assert pos is not None and out is not None
         if pos in self._buf:
             payload = self._buf.pop(pos)
             self._remember(pos)

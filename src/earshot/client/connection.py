@@ -77,7 +77,7 @@ async def _connection(core: PublisherProtocol, endpoint: Endpoint, wake: asyncio
                            open_timeout=endpoint.open_timeout, ping_interval=10,
                            ping_timeout=10, close_timeout=2, **ws_options(url, endpoint.ssl))
     except InvalidURI as exc:
-        return core.fail("bad_url", f"bad server URL {url!r}: {exc}")
+        return core.fail(None, f"bad server URL {url!r}: {exc}")
     except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
         return core.connection_failed(str(exc) or type(exc).__name__, handshake_refusal(exc))
     loop = asyncio.get_running_loop()

@@ -396,7 +396,7 @@ class PublisherProtocol:
             return self._settle(self._fatal(refusal.code, refusal.message))
         return self._settle(self._retry(reason, refusal))
 
-    def fail(self, code: str, message: str) -> Failed:
+    def fail(self, code: str | None, message: str) -> Failed:
         """End for good with this error (what the I/O layer knows is final: a bad URL, the
         publisher closed)."""
         failed = Failed(ClientError(message, code=code))

@@ -147,3 +147,12 @@ def test_a_stream_dropped_while_away_is_stopped_as_it_is_on_resume(tmp_path: Pat
     assert json.loads(sent[0])["resume"] == c.stream_id  # type: ignore[arg-type]
     assert sent[1] == '{"type":"stop"}'
     assert hang_up(c, server) == Done(400, c.stream_id)
+
+
+def test_a_spooled_publisher_never_gives_up(tmp_path: Path) -> None:
+    from earshot.client import Publisher, Reconnect
+
+    pub = Publisher("ws://server/ws", rate=RATE, format="s16", spool=tmp_path,
+                    reconnect=Reconnect(initial=0.5, attempts=3, busy_attempts=5))
+    r = pub.reconnect
+    assert (r.attempts, r.first_attempts, r.busy_attempts, r.initial) == (None, None, None, 0.5)

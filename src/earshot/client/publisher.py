@@ -102,7 +102,8 @@ class Publisher:
         :param max_message_frames: frames per binary message at most (default: 256 KiB
             of audio per message).
         :param reconnect: the backoff between attempts and how many to make
-            (:class:`Reconnect`); with a spool, attempts are never bounded.
+            (:class:`Reconnect`); with a spool, attempts are never bounded (a busy
+            server's refusals included).
         :param open_timeout: seconds for a WebSocket handshake, and then for the server's
             ``ready``.
         :param client_info: what the server records about this client (default
@@ -146,7 +147,7 @@ class Publisher:
             self.spool = spool if isinstance(spool, Spool) else Spool(spool)
             # a spool waits out any outage: the backoff timing is kept, the attempt limits not
             self.reconnect = dataclasses.replace(reconnect or FOREVER, attempts=None,
-                                                 first_attempts=None)
+                                                 first_attempts=None, busy_attempts=None)
         else:
             self.reconnect = reconnect or Reconnect()
         self._core: PublisherProtocol | None = None

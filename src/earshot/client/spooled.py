@@ -31,8 +31,8 @@ from earshot.client.spool import Dropped, Spool, SpoolEntry
 
 __all__ = ["FOREVER", "deliver_entry", "entry_protocol", "flush"]
 
-#: a spool waits out any outage: no bound on attempts
-FOREVER = Reconnect(attempts=None, first_attempts=None)
+#: a spool waits out any outage: no bound on attempts, busy servers included
+FOREVER = Reconnect(attempts=None, first_attempts=None, busy_attempts=None)
 
 
 def entry_protocol(entry: SpoolEntry, *, server: str, reconnect: Reconnect = FOREVER,

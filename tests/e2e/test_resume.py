@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from earshot.client import Publisher, Reconnect
+from earshot.client import Publisher, Reconnect, Resume
 from helpers import CutProxy, ServerProcess, ffprobe_duration, soxi_frames
 
 pytestmark = pytest.mark.slow
@@ -91,9 +91,9 @@ async def test_archive_left_by_kill9_is_repaired_on_restart(
     y, _ = sf.read(path, dtype="int16")  # header sizes were repaired
     assert np.array_equal(y, x)
     # and it stays resumable: continue from where it was, then finish cleanly
-    pub2 = Publisher(server.url, rate=16000, format="s16")
-    pub2.stream_id, pub2.resume_token = pub.stream_id, pub.resume_token
-    pub2._base = pub2._total = pub2._sent = len(x)
+    assert pub.stream_id is not None and pub.resume_token is not None
+    pub2 = Publisher(server.url, rate=16000, format="s16",
+                     resume=Resume(pub.stream_id, pub.resume_token, offset=len(x)))
     await pub2.start()
     await pub2.send(x)
     assert await pub2.stop() == 2 * len(x)
@@ -131,9 +131,9 @@ async def test_resume_supersedes_a_half_dead_connection(shared_server: ServerPro
     await first.send(x[:4000])
     await first.wait_acked(timeout=10)
     # a second connection resumes the same stream while the first one is still open
-    second = Publisher(shared_server.url, rate=8000, format="s16")
-    second.stream_id, second.resume_token = first.stream_id, first.resume_token
-    second._base = second._total = second._sent = 4000
+    assert first.stream_id is not None and first.resume_token is not None
+    second = Publisher(shared_server.url, rate=8000, format="s16",
+                       resume=Resume(first.stream_id, first.resume_token, offset=4000))
     await second.start()
     await second.send(x[4000:])
     assert await second.stop() == 8000
@@ -157,10 +157,10 @@ async def test_resume_when_the_server_holds_more_than_was_acknowledged(
     await first.send(x[:6000])
     await first.wait_acked(timeout=10)
     await first.close()
-    late = Publisher(shared_server.url, rate=8000, format="s16")
-    late.stream_id, late.resume_token = first.stream_id, first.resume_token
-    late._buf = bytearray(x[4000:6000].tobytes())  # it believes only 4000 were acked
-    late._base, late._total, late._sent = 4000, 6000, 4000
+    assert first.stream_id is not None and first.resume_token is not None
+    late = Publisher(shared_server.url, rate=8000, format="s16",  # it believes only 4000
+                     resume=Resume(first.stream_id, first.resume_token, offset=4000))  # acked
+    await late.send(x[4000:6000])  # queued before it connects
     await late.start()
     assert late.acked == 6000  # trimmed to what the server holds
     await late.send(x[6000:])

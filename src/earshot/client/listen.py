@@ -61,13 +61,34 @@ class ListenStats:
 
 
 class Listener:
+    """One listener of a live stream: subscribes to its audio on ``/ws/subscribe``, and plays
+    it through a :class:`~earshot.client.jitter.JitterBuffer` or records it to a WAV file.
+
+    ``await Listener(url, stream_id, play=True).run()`` returns when the stream ends (or
+    after ``seconds``) with the :class:`ListenStats`: delay percentiles, concealment, late
+    packets, bytes received. Raises :class:`~earshot.errors.ClientError` when the server
+    cannot be reached or refuses (a wrong token, a stream that is not live)."""
+
     def __init__(self, url: str, stream: str, *, codec: str = "pcm", token: str | None = None,
                  out: Path | None = None, play: bool = False, frame_ms: float = 20.0,
                  seconds: float | None = None, record: bool | None = None,
                  ssl: Any = None) -> None:
-        """``record``: write every frame, without the playout clock (default: when there is
-        an ``out`` file and nothing is played); ``record=False`` with ``out`` writes what a
-        listener hears through the jitter buffer, in real time."""
+        """
+        :param url: the server (``http://HOST:PORT`` or its ``ws://`` URL).
+        :param stream: the stream's id.
+        :param codec: ``"pcm"`` (s16 as archived) or ``"opus"`` (about 30 kbit/s, decoded
+            here, with Opus's packet-loss concealment).
+        :param token: the server's access token, sent as ``Authorization: Bearer``.
+        :param out: a WAV file to write.
+        :param play: play on the default sound card (the ``[mic]`` extra's sounddevice).
+        :param frame_ms: the playout frame, in milliseconds.
+        :param seconds: stop after this much audio (default: when the stream ends).
+        :param record: write every frame, without the playout clock (default: when there
+            is an ``out`` file and nothing is played); ``record=False`` with ``out`` writes
+            what a listener hears through the jitter buffer, in real time.
+        :param ssl: the TLS context for ``wss://``
+            (:func:`earshot.client.transport.client_ssl`).
+        """
         self.url, self.stream, self.codec, self.token = url, stream, codec, token
         self.ssl = ssl  # an ssl.SSLContext for wss:// (earshot.client.transport.client_ssl)
         self.out, self.play, self.frame_ms, self.seconds = out, play, frame_ms, seconds
@@ -87,6 +108,7 @@ class Listener:
         self._device: Any = None
 
     async def run(self) -> ListenStats:
+        """Listen until the stream ends (or ``seconds`` pass); the statistics."""
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed, InvalidHandshake
 

@@ -6,96 +6,66 @@
             ...
     # leaving the block sends 'stop' and waits until every sample is acknowledged
 
-Every sample not yet acknowledged stays in a bounded buffer; when the connection drops,
-the client reconnects with exponential backoff, resumes the stream by offset and resends
-exactly what the server does not hold. :class:`SyncPublisher` wraps it for plain scripts.
+Every sample not yet acknowledged stays in a bounded buffer (or, with ``spool=DIR``, on
+disk); when the connection drops, the client reconnects with exponential backoff, resumes
+the stream by offset and resends exactly what the server does not hold.
+
+The rules live in the sans-I/O core, :class:`earshot.client.protocol.PublisherProtocol`;
+:class:`Publisher` is its asyncio layer (:func:`earshot.client.connection.deliver` runs the
+connections), :class:`SyncPublisher` a thread around that for plain scripts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import dataclasses
 import logging
-import random
 import threading
-import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from ssl import SSLContext
+from types import EllipsisType
 from typing import Any
 
 import numpy as np
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from earshot.audio import BYTES_PER_SAMPLE, SampleFormat, encode
+from earshot.audio import BYTES_PER_SAMPLE, SampleFormat, WireFormat
+from earshot.client.connection import Endpoint, deliver
+from earshot.client.protocol import (
+    Done,
+    Failed,
+    PacketEncoder,
+    PublisherProtocol,
+    Reconnect,
+    Resume,
+)
 from earshot.client.sources import FileSource, MicSource
-from earshot.client.transport import handshake_refusal, ws_options
+from earshot.client.spool import Dropped, Spool, SpoolEntry
+from earshot.client.spooled import FOREVER, deliver_entry, entry_protocol
 from earshot.errors import ClientError
-from earshot.wire.ingest import BUSY, RETRYABLE
+
+__all__ = ["OpusPublisher", "Publisher", "Reconnect", "Resume", "SyncPublisher", "publish",
+           "send_file"]
 
 log = logging.getLogger("earshot.client")
-_DONE = object()
-FATAL_CLOSE_CODES = frozenset({1008, 1009})  # plus every 44xx
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Reconnect:
-    """Backoff between reconnection attempts, in seconds. ``attempts=None`` retries forever."""
-
-    initial: float = 0.2
-    maximum: float = 10.0
-    factor: float = 2.0
-    jitter: float = 0.2
-    attempts: int | None = 30
-    first_attempts: int | None = 3  # before the stream ever started: fail fast if nobody is there
-    busy_attempts: int | None = 120  # refusals of a busy server (server_full, shutting_down)
-
-    def delay(self, attempt: int) -> float:
-        base = min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
-        return base * (1 + random.uniform(-self.jitter, self.jitter))
-
-    def busy_delay(self, attempt: int) -> float:
-        """After a busy server's refusal: wider jitter (0.5x to 1.5x), so that many clients
-        refused or dropped together (a restart) come back spread out, not as a herd."""
-        base = min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
-        return base * random.uniform(0.5, 1.5)
-
-
-class _Done(Exception):
-    """The stream turned out to be finished already."""
-
-
-class _Busy(ConnectionError):
-    """The server asked us to come back later (server_full, storage_full, shutting_down)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{message} [{code}]")
-        self.code = code
-
-
-class _Fatal(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+_DONE = object()  # the end of events()
 
 
 class Publisher:
     """One resumable stream from this program to an earshot server.
 
-    With ``spool=DIR`` (a directory or an :class:`earshot.client.spool.Spool`) the publisher is an
-    :class:`earshot.client.spooled.SpooledPublisher`: unacknowledged audio is kept on disk, not in
-    memory, survives the process and is delivered however long the server stays away."""
+    :meth:`send` queues audio and returns (waiting only while the buffer of unacknowledged
+    audio is full); a background task connects, sends, and after a drop reconnects with
+    backoff and resends exactly what the server lacks. :meth:`stop` waits until the server
+    has confirmed every frame. Use it as ``async with Publisher(...) as pub:``.
 
-    def __new__(cls, *args: Any, spool: Any = None, **kwargs: Any) -> Any:
-        if spool is not None and cls is Publisher:
-            from earshot.client.spooled import SpooledPublisher
+    With ``spool=DIR`` (a directory or an :class:`earshot.client.spool.Spool`), the
+    unacknowledged audio is kept on disk instead of in memory: :meth:`send` never waits for
+    the network, the audio survives the process, and it is delivered however long the server
+    stays away (the spool's older entries first, then this stream's)."""
 
-            return super().__new__(SpooledPublisher)
-        return super().__new__(cls)
+    encoder: PacketEncoder | None = None  # (OpusPublisher)
 
     def __init__(
         self,
@@ -103,7 +73,7 @@ class Publisher:
         *,
         rate: int,
         channels: int = 1,
-        format: SampleFormat = "f32",
+        format: SampleFormat | WireFormat = "f32",
         name: str | None = None,
         processors: list[Any] | None = None,
         token: str | None = None,
@@ -113,61 +83,151 @@ class Publisher:
         open_timeout: float = 10.0,
         client_info: dict[str, Any] | None = None,
         ssl: SSLContext | None = None,
-        spool: Any = None,  # see __new__ (SpooledPublisher)
+        spool: str | Path | Spool | None = None,
         language: str | None = None,
+        resume: Resume | None = None,
     ) -> None:
-        if spool is not None:
-            raise ClientError(f"{type(self).__name__} cannot use a spool (it keeps PCM)")
+        """
+        :param url: the server's ingest WebSocket, ``ws://HOST:PORT/ws`` (or ``wss://``).
+        :param rate: sample rate in Hz.
+        :param channels: channels per frame (interleaved on the wire).
+        :param format: the wire format: ``"f32"`` (float32) or ``"s16"`` (int16). Arrays
+            given to :meth:`send` are converted to it (:class:`OpusPublisher` sends Opus).
+        :param name: the stream's name (a device or a room); listed by the REST API.
+        :param processors: processors to run on the stream, by name or as
+            ``{"name": ..., **options}`` (default: the server's).
+        :param token: the server's access token, sent as ``Authorization: Bearer``.
+        :param buffer_seconds: how much unacknowledged audio is kept in memory; while it
+            is full, :meth:`send` waits (default: ten minutes).
+        :param max_message_frames: frames per binary message at most (default: 256 KiB
+            of audio per message).
+        :param reconnect: the backoff between attempts and how many to make
+            (:class:`Reconnect`); with a spool, attempts are never bounded (a busy
+            server's refusals included).
+        :param open_timeout: seconds for a WebSocket handshake, and then for the server's
+            ``ready``.
+        :param client_info: what the server records about this client (default
+            ``{"agent": "earshot-python"}``).
+        :param ssl: the TLS context for ``wss://`` (:func:`earshot.client.transport.client_ssl`);
+            default: the system's CAs.
+        :param spool: store and forward: a directory or a
+            :class:`~earshot.client.spool.Spool` (PCM formats only).
+        :param language: the spoken language (a BCP 47 tag such as ``"en-US"``), for
+            speech-to-text.
+        :param resume: continue an existing stream (:class:`Resume`: its id, resume token,
+            and the frame the audio given to :meth:`send` begins at) instead of starting one.
+        """
         self.url = url
-        self.ssl = ssl  # for wss:// (earshot.client.transport.client_ssl); default: system CAs
-        self.language = language  # spoken language (BCP 47), for speech-to-text
+        self.token = token
+        self.ssl = ssl
+        self.open_timeout = open_timeout
+        self.language = language
         self.rate = rate
         self.channels = channels
-        self.format: SampleFormat = format
+        self.format: SampleFormat | WireFormat = format
         self.name = name
         self.processors = processors
-        self.token = token
+        self.client_info = client_info or {"agent": "earshot-python"}
         self.frame_bytes = BYTES_PER_SAMPLE.get(format, 2) * channels
         self.buffer_frames = int(buffer_seconds * rate)
-        self.max_message_frames = max_message_frames or max(1, (256 * 1024) // self.frame_bytes)
-        self.reconnect = reconnect or Reconnect()
-        self.open_timeout = open_timeout
-        self.client_info = client_info or {"agent": "earshot-python"}
-        self.stream_id: str | None = None
-        self.resume_token: str | None = None
-        self.reconnects = 0
-        # Buffer of unacknowledged audio: frames [base, total) live in _buf.
-        self._buf = bytearray()
-        self._base = 0  # offset of _buf[0] == highest ack
-        self._total = 0  # frames handed to send()
-        self._sent = 0  # frames sent on the current connection
-        self._wake = asyncio.Event()
-        self._space = asyncio.Event()
+        self.max_message_frames = max_message_frames
+        self._spool_reconnects = 0
+        self.spool: Spool | None = None
+        self.entry: SpoolEntry | None = None
+        self.dropped: list[Dropped] = []  # spool: audio deleted unacknowledged to make room
+        self.delivered: list[tuple[str, str | None]] = []  # spool: (entry, stream) of older ones
+        if spool is not None:
+            if self.encoder is not None:
+                raise ClientError(f"{type(self).__name__} cannot use a spool (it keeps PCM)")
+            if format not in ("s16", "f32"):
+                raise ClientError("a spool keeps PCM: use format s16 or f32 (not opus)")
+            if resume is not None:
+                raise ClientError("a spooled publisher resumes what its spool remembers; "
+                                  "resume= is for one without a spool")
+            self.spool = spool if isinstance(spool, Spool) else Spool(spool)
+            # a spool waits out any outage: the backoff timing is kept, the attempt limits not
+            self.reconnect = dataclasses.replace(reconnect or FOREVER, attempts=None,
+                                                 first_attempts=None, busy_attempts=None)
+        else:
+            self.reconnect = reconnect or Reconnect()
+        self._core: PublisherProtocol | None = None
+        if self.spool is None:
+            self._core = PublisherProtocol(
+                rate=rate, channels=channels, format=format, name=name, processors=processors,
+                language=language, client_info=self.client_info, buffer_seconds=buffer_seconds,
+                encoder=self.encoder, resume=resume, max_message_frames=max_message_frames,
+                reconnect=self.reconnect, ready_timeout=open_timeout, server=url)
+        self._stream: tuple[str | None, str | None] = (None, None)  # (spool: the last ready)
+        self._wake = asyncio.Event()  # audio to send, or stop
+        self._space = asyncio.Event()  # the server said something (acks free room)
         self._ready = asyncio.Event()
-        self._stopping = False
-        self._stopped: asyncio.Future[int] | None = None
+        self._finished: asyncio.Future[int] | None = None
         self._events: asyncio.Queue[Any] = asyncio.Queue(maxsize=10_000)
         self._task: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
 
     # -- public API ----------------------------------------------------------------------
     @property
+    def stream_id(self) -> str | None:
+        """The server stream's id (once ``ready`` came)."""
+        if self._core is not None and self.spool is None:
+            return self._core.stream_id
+        return self._stream[0]
+
+    @property
+    def resume_token(self) -> str | None:
+        """The token that resumes this stream (with :attr:`stream_id`, see :class:`Resume`)."""
+        if self._core is not None and self.spool is None:
+            return self._core.resume_token
+        return self._stream[1]
+
+    @property
+    def reconnects(self) -> int:
+        """Connections made after a drop or a refusal (with a spool: the reconnection
+        attempts for this stream)."""
+        if self._core is not None and self.spool is None:
+            return self._core.reconnects
+        return self._spool_reconnects
+
+    @property
     def acked(self) -> int:
         """Frames the server has durably written."""
-        return self._base
+        if self.entry is not None:
+            return self.entry.acked
+        return self._core.acked if self._core is not None else 0
 
     @property
     def offset(self) -> int:
         """Frames handed to :meth:`send` so far."""
-        return self._total
+        if self.entry is not None:
+            return self.entry.written
+        return self._core.offset if self._core is not None else 0
 
     @property
     def unacked(self) -> int:
-        return self._total - self._base
+        """Frames sent or queued that the server has not acknowledged."""
+        if self.entry is not None:
+            return self.entry.pending
+        return self._core.unacked if self._core is not None else 0
 
     async def start(self) -> Publisher:
-        """Connect and wait for the server's ``ready``; raises :class:`ClientError` if refused."""
-        self._stopped = asyncio.get_running_loop().create_future()
+        """Connect and wait for the server's ``ready``; raises :class:`ClientError` if refused.
+
+        With a spool it returns at once (the server need not be reachable): this stream's
+        spool entry is opened and delivery starts in the background."""
+        loop = asyncio.get_running_loop()
+        self._finished = loop.create_future()
+        if self.spool is not None:
+            entry = self.entry = self.spool.create(
+                format=self.format, rate=self.rate, channels=self.channels, name=self.name,
+                processors=self.processors)
+            self._core = entry_protocol(
+                entry, server=self.url, reconnect=self.reconnect, spool=self.spool,
+                on_dropped=self._on_dropped, client_info=self.client_info,
+                language=self.language, max_message_frames=self.max_message_frames,
+                ready_timeout=self.open_timeout)
+            self._task = asyncio.create_task(self._run_spool(entry), name="earshot-spool")
+            return self
         self._task = asyncio.create_task(self._run(), name="earshot-publisher")
         ready = asyncio.ensure_future(self._ready.wait())
         await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
@@ -178,54 +238,61 @@ class Publisher:
     async def send(self, audio: np.ndarray | bytes | bytearray | memoryview) -> None:
         """Queue audio for sending: an array of float/int16 samples or raw wire bytes.
 
-        Waits (backpressure) while the unacknowledged buffer is full.
-        """
+        Waits (backpressure) while the unacknowledged buffer is full. With a spool it
+        appends to the spool and returns (a full spool drops its oldest audio, or raises
+        :class:`~earshot.client.spool.SpoolFull` under ``when_full="stop"``)."""
         self._raise_if_failed()
-        if self._stopping:
+        core = self._core
+        if core is None:
+            raise ClientError("send() before start()")
+        if core.buffer.closed:
             raise ClientError("send() after stop()")
-        if isinstance(audio, np.ndarray):
-            data = self._encode(audio)
-        else:
-            data = bytes(audio)
-            if len(data) % self.frame_bytes:
-                raise ClientError(f"{len(data)} bytes is not whole {self.frame_bytes}-byte frames")
-        frames = len(data) // self.frame_bytes
-        while self.unacked + frames > self.buffer_frames and self.unacked > 0:
+        while not core.room_for(audio):
             self._space.clear()
             await self._wait(self._space.wait())
-        self._buf += data
-        self._total += frames
+        core.send(audio)
         self._wake.set()
 
     async def wait_acked(self, offset: int | None = None, timeout: float | None = None) -> None:
         """Wait until the server has acknowledged ``offset`` frames (default: all sent)."""
-        target = self._total if offset is None else offset
+        target = self.offset if offset is None else offset
 
         async def until() -> None:
-            while self._base < target:
+            while self.acked < target:
                 self._space.clear()
                 await self._wait(self._space.wait())
 
         await asyncio.wait_for(until(), timeout)
 
-    async def stop(self, timeout: float | None = 60.0) -> int:
-        """Send ``stop`` once every frame is delivered; return the final frame count."""
-        if self._task is None or self._stopped is None:
+    async def stop(self, timeout: float | EllipsisType | None = ...) -> int:
+        """Send ``stop`` once every frame is delivered; return the final frame count, which
+        the server confirmed (its ``stopped`` count equals the frames sent).
+
+        :param timeout: seconds to wait, None for as long as it takes. Default: 60 s, and
+            with a spool as long as it takes (what is not delivered by a timeout stays in
+            the spool, for the next run or ``earshot spool --flush``).
+        """
+        if self._task is None or self._finished is None or self._core is None:
             raise ClientError("stop() before start()")
-        self._before_stop()
-        self._stopping = True
+        if timeout is ...:
+            timeout = None if self.spool is not None else 60.0
+        self._core.stop()
         self._wake.set()
         try:
-            return await asyncio.wait_for(asyncio.shield(self._stopped), timeout)
+            return await asyncio.wait_for(asyncio.shield(self._finished), timeout)
         finally:
             self._raise_if_failed()
 
     async def close(self) -> None:
-        """Drop the connection without stopping the stream (it stays resumable)."""
+        """Drop the connection without stopping the stream (it stays resumable; with a
+        spool, what is not acknowledged stays in the spool)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        if self.entry is not None:
+            self.entry.close_files()
+            self.entry.unlock()
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Server events (everything but acks) until the stream is stopped or failed."""
@@ -246,24 +313,14 @@ class Publisher:
             await self.close()
 
     # -- internals -----------------------------------------------------------------------
-    def _encode(self, audio: np.ndarray) -> bytes:
-        if audio.ndim == 1 and self.channels != 1:
-            raise ClientError(f"1-D array for a {self.channels}-channel stream")
-        if audio.ndim == 2 and audio.shape[1] != self.channels:
-            raise ClientError(f"array has {audio.shape[1]} channels, stream has {self.channels}")
-        if audio.dtype == np.int16:
-            if self.format == "s16":
-                return audio.astype("<i2", copy=False).tobytes()
-            audio = audio.astype(np.float32) / 32768.0
-        return encode(audio, self.format)
-
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             raise self._error
 
-    async def _wait(self, aw: Any) -> None:
+    async def _wait(self, aw: Awaitable[Any]) -> None:
         """Await ``aw`` but wake up with the error if the connection task died."""
-        assert self._task is not None
+        if self._task is None:
+            raise ClientError("the publisher is not started (start() first)")
         fut = asyncio.ensure_future(aw)
         await asyncio.wait({fut, self._task}, return_when=asyncio.FIRST_COMPLETED)
         if not fut.done():
@@ -274,218 +331,83 @@ class Publisher:
         with contextlib.suppress(asyncio.QueueFull):
             self._events.put_nowait(event)
 
-    def _fail(self, exc: BaseException) -> None:
-        self._error = exc
+    def _on_event(self, event: dict[str, Any]) -> None:
+        """An event of this publisher's own stream."""
+        kind = event.get("type")
+        if kind == "ready":
+            self._stream = (event.get("stream"), event.get("resume_token"))
+            self._ready.set()
+        elif kind == "reconnecting" and self.spool is not None:
+            self._spool_reconnects += 1
+        self._emit(event)
+
+    def _on_dropped(self, dropped: list[Dropped]) -> None:
+        for d in dropped:
+            self.dropped.append(d)
+            self._emit({"type": "spool_dropped", "entry": d.entry, "start": d.start,
+                        "end": d.end, "frames": d.frames, "seconds": d.frames / d.rate})
+        self._wake.set()  # the stream in flight may have to end here
         self._space.set()
-        if self._stopped is not None and not self._stopped.done():
-            self._stopped.set_exception(exc)
-            self._stopped.exception()  # mark retrieved; stop() re-raises via _error
+
+    def _finish(self, outcome: Done | Failed) -> None:
+        fut = self._finished
+        if isinstance(outcome, Failed):
+            self._error = outcome.error
+            self._space.set()
+            if fut is not None and not fut.done():
+                fut.set_exception(outcome.error)
+                fut.exception()  # retrieved: stop() re-raises through _error
+        elif fut is not None and not fut.done():
+            fut.set_result(int(outcome.frames or 0))
         self._emit(_DONE)
 
-    async def _run(self) -> None:
-        attempt = busy = 0
-        spread = False  # after a busy server's refusal (a restart): wider jitter
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-        while True:
-            try:
-                async with connect(
-                    self.url, additional_headers=headers, max_size=None, compression=None,
-                    open_timeout=self.open_timeout, ping_interval=10, ping_timeout=10,
-                    close_timeout=2, **ws_options(self.url, self.ssl),
-                ) as ws:
-                    await self._handshake(ws)
-                    attempt = busy = 0
-                    spread = False
-                    if await self._connected(ws):
-                        return
-            except _Done:
-                return
-            except _Fatal as exc:
-                self._fail(ClientError(f"server refused: {exc} [{exc.code}]", code=exc.code))
-                return
-            except asyncio.CancelledError:
-                self._fail(ClientError("publisher closed"))
-                raise
-            except _Busy as exc:
-                busy += 1
-                spread = True
-                limit = self.reconnect.busy_attempts
-                if limit is not None and busy > limit:
-                    self._fail(ClientError(f"server stayed busy (gave up after {limit} "
-                                           f"attempts): {exc}", code=exc.code))
-                    return
-                delay = self.reconnect.busy_delay(busy)
-                self._emit({"type": "reconnecting", "attempt": busy, "delay": delay,
-                            "code": exc.code, "reason": str(exc)})
-                await asyncio.sleep(delay)
-                self.reconnects += 1
-            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
-                if isinstance(exc, InvalidURI):
-                    self._fail(ClientError(f"bad server URL {self.url!r}: {exc}"))
-                    return
-                refused = handshake_refusal(exc)  # 403 origin, 429 rate limited, TLS, ...
-                if refused is not None and not refused.retryable:
-                    self._fail(ClientError(f"server refused: {refused.message} "
-                                           f"[{refused.code}]", code=refused.code))
-                    return
-                attempt += 1
-                limit = self.reconnect.attempts
-                if self.stream_id is None:
-                    limit = self.reconnect.first_attempts
-                if limit is not None and attempt > limit:
-                    self._fail(ClientError(
-                        f"cannot reach {self.url} (gave up after {limit} attempts): "
-                        f"{refused.message if refused is not None else exc}",
-                        code=refused.code if refused is not None else "unreachable"))
-                    return
-                delay = (self.reconnect.busy_delay if spread else self.reconnect.delay)(attempt)
-                if refused is not None and refused.retry_after:
-                    delay = max(delay, refused.retry_after)
-                self._emit({"type": "reconnecting", "attempt": attempt, "delay": delay,
-                            "reason": str(exc) or type(exc).__name__})
-                await asyncio.sleep(delay)
-                self.reconnects += 1
-
-    async def _handshake(self, ws: ClientConnection) -> None:
-        start: dict[str, Any] = {
-            "type": "start", "format": self.format, "rate": self.rate,
-            "channels": self.channels, "client": self.client_info,
-            "batch": True,  # events ride along with the ack: one message per ack interval
-        }
-        if self.name is not None:
-            start["name"] = self.name
-        if self.processors is not None:
-            start["processors"] = self.processors
-        if self.language is not None:
-            start["language"] = self.language
-        if self.stream_id is not None:
-            # No 'offset': we wait for 'ready' and resend from the server's own offset.
-            # (Declaring our last ack here would make the server skip frames it holds
-            # beyond that ack a second time.) A server holding less than it acknowledged
-            # is caught below as a gap.
-            start.update(resume=self.stream_id, resume_token=self.resume_token)
-        start.update(self._start_fields())
-        await ws.send(json.dumps(start))
-        deadline = time.monotonic() + self.open_timeout
-        while True:
-            raw = await asyncio.wait_for(ws.recv(), max(0.01, deadline - time.monotonic()))
-            msg = json.loads(raw)
-            kind = msg.get("type")
-            if kind == "ready":
-                break
-            if kind == "error":
-                code = msg.get("code", "error")
-                if code in BUSY:
-                    raise _Busy(code, msg.get("message", ""))
-                if code in RETRYABLE:
-                    raise ConnectionError(msg.get("message"))
-                if code == "stream_finished" and self._stopping and self._stopped is not None:
-                    # Our 'stop' landed but its 'stopped' answer was lost with the connection.
-                    if not self._stopped.done():
-                        self._stopped.set_result(self._total)
-                    self._emit(_DONE)
-                    raise _Done
-                raise _Fatal(code, msg.get("message", ""))
-            self._emit(msg)
-        held = int(msg["offset"])
-        if held < self._base:
-            raise _Fatal("gap", f"server holds {held} frames but had acknowledged {self._base}")
-        if held > self._total:
-            raise _Fatal("ahead", f"server holds {held} frames but only {self._total} were sent")
-        self._resume_from(held)
-        self.stream_id = msg["stream"]
-        self.resume_token = msg["resume_token"]
-        self._ready.set()
-        self._emit(msg)
-
-    async def _connected(self, ws: ClientConnection) -> bool:
-        """Run one connection; True when the stream was stopped (done).
-
-        Error events are passed on like any event (a processor failing is not the end);
-        the server's close code says whether the stream can go on: a 44xx or 1009 close is
-        final (with the error that preceded it), anything else means reconnect and resume.
-        """
-        writer = asyncio.create_task(self._writer(ws))
-        last_error: dict[str, Any] = {}
+    async def _guarded(self, body: Awaitable[Done | Failed]) -> None:
         try:
-            with contextlib.suppress(ConnectionClosed):
-                async for raw in ws:
-                    if isinstance(raw, bytes):
-                        continue
-                    msg = json.loads(raw)
-                    kind = msg.get("type")
-                    if kind == "ack":
-                        for e in msg.get("events") or ():  # (batch): before the ack, in order
-                            if e.get("type") == "error":
-                                last_error = e
-                            self._emit(e)
-                        self._trim(int(msg["offset"]))
-                        continue
-                    if kind == "stopped":
-                        self._trim(int(msg["offset"]))
-                        assert self._stopped is not None
-                        if not self._stopped.done():
-                            self._stopped.set_result(int(msg["offset"]))
-                        self._emit(msg)
-                        self._emit(_DONE)
-                        return True
-                    if kind == "error":
-                        last_error = msg
-                    self._emit(msg)
-            code = ws.close_code
-            if code is not None and (4400 <= code < 4500 or code in FATAL_CLOSE_CODES):
-                raise _Fatal(last_error.get("code", str(code)),
-                             last_error.get("message") or ws.close_reason or "closed")
-            if last_error.get("code") in BUSY:  # e.g. shutting_down (1001): back off, resume
-                raise _Busy(last_error["code"], last_error.get("message", ""))
-            raise ConnectionError(f"connection closed ({code} {ws.close_reason})")
-        finally:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
+            outcome = await body
+        except asyncio.CancelledError:
+            self._finish(Failed(ClientError("publisher closed")))
+            raise
+        except ClientError as exc:
+            outcome = Failed(exc)
+        except Exception as exc:  # a bug or a local failure (the spool's disk): say so
+            log.exception("publisher failed")
+            outcome = Failed(ClientError(f"publisher failed: {exc!r}", code="internal"))
+        self._finish(outcome)
 
-    # -- hooks for other wire formats (see OpusPublisher) ---------------------------------
-    def _before_stop(self) -> None:
-        """Last chance to queue audio (an encoder's tail) before ``stop``."""
-    def _start_fields(self) -> dict[str, Any]:
-        """Extra fields of ``start``."""
-        return {}
+    def _endpoint(self) -> Endpoint:
+        return Endpoint(self.url, self.token, self.ssl, self.open_timeout)
 
-    def _resume_from(self, held: int) -> None:
-        """After ``ready``: continue sending from the server's offset."""
-        self._trim(held)
-        self._sent = held
+    async def _run(self) -> None:
+        assert self._core is not None
+        await self._guarded(deliver(self._core, self._endpoint(), wake=self._wake,
+                                    on_event=self._on_event, on_progress=self._space.set))
 
-    def _next_message(self) -> bytes | None:
-        """The next binary message to send (advancing ``_sent``), or None when all is sent."""
-        if self._sent >= self._total:
-            return None
-        fb = self.frame_bytes
-        start = (self._sent - self._base) * fb
-        n = min(self._total - self._sent, self.max_message_frames)
-        self._sent += n
-        return bytes(self._buf[start : start + n * fb])
+    async def _run_spool(self, entry: SpoolEntry) -> None:
+        await self._guarded(self._deliver_spool(entry))
 
-    def _stop_message(self) -> str:
-        return '{"type":"stop"}'
-
-    async def _writer(self, ws: ClientConnection) -> None:
-        stop_sent = False
-        while True:
-            while (chunk := self._next_message()) is not None:
-                await ws.send(chunk)
-            if self._stopping and not stop_sent:
-                await ws.send(self._stop_message())
-                stop_sent = True
-            self._wake.clear()
-            if self._sent >= self._total and (stop_sent or not self._stopping):
-                await self._wake.wait()
-
-    def _trim(self, offset: int) -> None:
-        if offset > self._base:
-            del self._buf[: (offset - self._base) * self.frame_bytes]
-            self._base = offset
-            self._space.set()
+    async def _deliver_spool(self, own: SpoolEntry) -> Done:
+        assert self.spool is not None
+        common: dict[str, Any] = dict(token=self.token, reconnect=self.reconnect, ssl=self.ssl,
+                                      open_timeout=self.open_timeout, wake=self._wake)
+        for entry in self.spool.entries():  # what earlier runs left, first
+            if entry is own or not entry.try_lock():
+                continue
+            try:
+                if not entry.closed:
+                    entry.close_capture()
+                sid = await deliver_entry(self.url, entry, on_event=self._emit, **common)
+                self.delivered.append((entry.id, sid))
+                self._emit({"type": "spool_delivered", "entry": entry.id, "stream": sid})
+                entry.remove()
+            finally:
+                entry.unlock()
+        sid = await deliver_entry(self.url, own, on_event=self._on_event, protocol=self._core,
+                                  client_info=self.client_info, language=self.language,
+                                  **common)
+        self._stream = (sid, self._stream[1])
+        frames = own.written - own.origin
+        own.remove()
+        return Done(frames, sid)
 
 
 class OpusPublisher(Publisher):
@@ -501,74 +423,25 @@ class OpusPublisher(Publisher):
 
     def __init__(self, url: str, *, rate: int, channels: int = 1, bitrate: int = 32000,
                  frame_ms: float = 20.0, **kwargs: Any) -> None:
+        """
+        :param bitrate: the encoder's target, in bit/s.
+        :param frame_ms: the duration of each packet (10, 20, 40 or 60 ms).
+
+        The other parameters are :class:`Publisher`'s (``format`` is Opus, a spool is not
+        possible).
+        """
         from earshot.codec.opus import OpusEncoder
 
         kwargs.pop("format", None)
-        super().__init__(url, rate=rate, channels=channels, format="opus", **kwargs)  # type: ignore[arg-type]
-        self.encoder = OpusEncoder(rate, channels, frame_ms=frame_ms, bitrate=bitrate)
-        self.pre_skip = self.encoder.pre_skip
-        self._packets: deque[tuple[int, int, bytes]] = deque()  # (offset, frames, packet)
-        self._decoded = -self.pre_skip  # stream offset of the next packet
-        self._given = 0  # samples handed to send(): the true length
-        self.bytes_sent = 0
+        encoder = OpusEncoder(rate, channels, frame_ms=frame_ms, bitrate=bitrate)
+        self.encoder = encoder
+        self.pre_skip = encoder.pre_skip
+        super().__init__(url, rate=rate, channels=channels, format="opus", **kwargs)
 
     @property
-    def offset(self) -> int:
-        return self._given
-
-    async def send(self, audio: np.ndarray | bytes | bytearray | memoryview) -> None:
-        self._raise_if_failed()
-        if self._stopping:
-            raise ClientError("send() after stop()")
-        if not isinstance(audio, np.ndarray):
-            raise ClientError("an Opus publisher takes numpy arrays of samples")
-        x = audio.astype(np.float32) / 32768.0 if audio.dtype == np.int16 else audio
-        while self.unacked > self.buffer_frames and self.unacked > 0:
-            self._space.clear()
-            await self._wait(self._space.wait())
-        self._given += len(x)
-        self._queue(self.encoder.encode(x))
-
-    def _queue(self, packets: list[bytes]) -> None:
-        from earshot.codec.opus import packet_samples
-
-        for p in packets:
-            n = packet_samples(p, self.rate)
-            self._packets.append((self._decoded, n, p))
-            self._decoded += n
-        self._total = max(0, self._decoded)
-        self._wake.set()
-
-    def _before_stop(self) -> None:
-        if not self._stopping:
-            self._queue(self.encoder.flush())
-
-    def _start_fields(self) -> dict[str, Any]:
-        fields: dict[str, Any] = {"pre_skip": self.pre_skip}
-        if self.stream_id is not None:
-            fields["offset"] = self._base  # we resend every packet from our last ack on
-        return fields
-
-    def _resume_from(self, held: int) -> None:
-        self._sent = self._base  # the server's decoder drops [base, held)
-
-    def _next_message(self) -> bytes | None:
-        for offset, n, packet in self._packets:
-            if offset + n > self._sent:
-                self._sent = offset + n
-                self.bytes_sent += len(packet)
-                return packet
-        return None
-
-    def _stop_message(self) -> str:
-        return json.dumps({"type": "stop", "length": self._given})
-
-    def _trim(self, offset: int) -> None:
-        if offset > self._base:
-            while self._packets and self._packets[0][0] + self._packets[0][1] <= offset:
-                self._packets.popleft()
-            self._base = offset
-            self._space.set()
+    def bytes_sent(self) -> int:
+        """Bytes of Opus packets sent (resent ones included)."""
+        return self._core.bytes_sent if self._core is not None else 0
 
 
 # -- sources ------------------------------------------------------------------------------
@@ -585,14 +458,14 @@ async def publish(
     codec: str = "pcm",
     bitrate: int = 32000,
     ssl: SSLContext | None = None,
-    spool: Any = None,
+    spool: str | Path | Spool | None = None,
 ) -> dict[str, Any]:
     """Stream a source to the server until it ends (or the task is cancelled, e.g. Ctrl-C,
     which still stops the stream cleanly). Returns the stream's summary.
 
     ``codec="opus"`` sends Opus packets at ``bitrate`` (the source's rate must be one of
     Opus's: 8, 12, 16, 24 or 48 kHz). ``spool=DIR`` stores and forwards through a spool
-    on disk (PCM only; see :class:`earshot.client.spooled.SpooledPublisher`)."""
+    on disk (PCM only; see :class:`Publisher`)."""
     info = source.info
     common: dict[str, Any] = dict(
         rate=info.rate, channels=info.channels, name=name or info.label or None, token=token,
@@ -642,7 +515,7 @@ async def publish(
             watcher.cancel()
     return {"stream": pub.stream_id, "frames": frames, "rate": info.rate,
             "channels": info.channels, "format": pub.format, "reconnects": pub.reconnects,
-            "bytes_sent": getattr(pub, "bytes_sent", None)}
+            "bytes_sent": pub.bytes_sent if isinstance(pub, OpusPublisher) else None}
 
 
 async def send_file(
@@ -654,22 +527,33 @@ async def send_file(
     frame_ms: float = 20.0,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Stream a sound file (anything soundfile reads); returns the stream's summary."""
+    """Stream a sound file (anything soundfile reads); returns the stream's summary.
+
+    ``realtime=True`` paces it like a live source; ``format`` is the wire format (default:
+    the file's, s16 or f32); the other keyword arguments are :func:`publish`'s."""
     source = FileSource(path, realtime=realtime, format=format, frame_ms=frame_ms)
     return await publish(url, source, **kwargs)
 
 
 # -- synchronous wrapper -----------------------------------------------------------------
 class SyncPublisher:
-    """:class:`Publisher` for synchronous code: an event loop in a background thread."""
+    """:class:`Publisher` for synchronous code: an event loop in a background thread.
+
+    Takes :class:`Publisher`'s arguments, connects at once (raising
+    :class:`~earshot.errors.ClientError` if refused); use it as ``with SyncPublisher(...)``
+    (leaving the block stops the stream, or closes it on an exception)."""
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="earshot-client")
         self._thread.start()
-        self._pub: Publisher = self._call(self._make(url, kwargs))
-        self._call(self._pub.start())
+        try:
+            self._pub: Publisher = self._call(self._make(url, kwargs))
+            self._call(self._pub.start())
+        except BaseException:
+            self._shutdown()
+            raise
 
     @staticmethod
     async def _make(url: str, kwargs: dict[str, Any]) -> Publisher:
@@ -680,22 +564,31 @@ class SyncPublisher:
 
     @property
     def stream_id(self) -> str | None:
+        """The server stream's id."""
         return self._pub.stream_id
 
     @property
     def acked(self) -> int:
+        """Frames the server has durably written."""
         return self._pub.acked
 
     def send(self, audio: np.ndarray | bytes) -> None:
+        """Queue audio (an array of float or int16 samples, or bytes of whole frames);
+        blocks while the buffer of unacknowledged audio is full. See :meth:`Publisher.send`."""
         self._call(self._pub.send(audio))
 
     def stop(self, timeout: float | None = 60.0) -> int:
+        """Stop the stream once every frame is delivered and return the final frame count
+        (confirmed by the server); ends the background thread. ``timeout`` in seconds
+        (None: as long as it takes)."""
         try:
             return int(self._call(self._pub.stop(timeout)))
         finally:
             self._shutdown()
 
     def close(self) -> None:
+        """Drop the connection without stopping the stream (it stays resumable) and end
+        the background thread."""
         self._call(self._pub.close())
         self._shutdown()
 

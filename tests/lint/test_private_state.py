@@ -56,13 +56,9 @@ def violations(path: Path) -> list[str]:
     return out
 
 
-#: known until the client's sans-I/O core lands (the client-core branch removes it)
-PENDING = {"earshot/client/spooled.py"}
-
-
 def test_no_module_reads_another_modules_private_state() -> None:
     found = [f"{p.relative_to(SRC.parent)}:{v}" for p in sorted(SRC.rglob("*.py"))
-             for v in violations(p) if str(p.relative_to(SRC.parent)) not in PENDING]
+             for v in violations(p)]
     assert found == [], "private state read across modules:\n" + "\n".join(found)
 
 

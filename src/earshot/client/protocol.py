@@ -41,15 +41,13 @@ from earshot.audio import BYTES_PER_SAMPLE, WireFormat, encode
 from earshot.client.buffer import AudioBuffer, MemoryBuffer, PacketBuffer
 from earshot.client.transport import Refusal
 from earshot.errors import ClientError
-from earshot.wire.ingest import BUSY, RETRYABLE
+from earshot.wire.codes import BUSY, RETRYABLE, Code, final_close
 
 __all__ = ["Decision", "Done", "Failed", "PacketEncoder", "PublisherProtocol", "Reconnect",
            "Resume", "RetryIn", "State", "encode_pcm"]
 
-#: close codes after which a stream cannot go on (besides every 44xx): policy, too big
-FATAL_CLOSE_CODES = frozenset({1008, 1009})
 #: resume refusals that end a stream being stopped "as it is" (nothing left to stop)
-GONE = frozenset({"stream_finished", "unknown_stream"})
+GONE = frozenset({Code.STREAM_FINISHED, Code.UNKNOWN_STREAM})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -378,7 +376,7 @@ class PublisherProtocol:
         verdict = self._verdict
         if verdict is None:
             err = self._last_error
-            if code is not None and (4400 <= code < 4500 or code in FATAL_CLOSE_CODES):
+            if final_close(code):
                 verdict = self._fatal(str(err.get("code") or code),
                                       str(err.get("message") or reason or "closed"))
             elif err.get("code") in BUSY:  # e.g. shutting_down (1001): back off, resume

@@ -349,10 +349,6 @@ class SpoolEntry:
                 return os.pread(fd, k * self.frame_bytes, (frame - start) * self.frame_bytes)
         return b""
 
-    @property
-    def first_frame(self) -> int:
-        return self.segments[0][0] if self.segments else self.written
-
     def drop_oldest_possible(self) -> bool:
         """True if a segment other than the one being written is on disk."""
         return bool(self.segments) and not (len(self.segments) == 1 and self._fd is not None
@@ -567,15 +563,6 @@ class Spool:
         self._used = used + len(data)
         self.dropped += dropped
         return dropped
-
-    def remove_delivered(self) -> list[str]:
-        gone = []
-        for e in self.entries():
-            if e.delivered and not e.locked_elsewhere():
-                e.remove()
-                self._open.pop(e.id, None)
-                gone.append(e.id)
-        return gone
 
     def status(self) -> dict[str, Any]:
         entries = [e.status() for e in self.entries()]

@@ -64,11 +64,13 @@ class Range:
 
     def problem(self, value: object) -> str | None:
         """Why ``value`` is out of range ("must be ..., not ..."), or None when it is fine."""
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if ok and self.kind is int:
-            ok = isinstance(value, int) or float(value).is_integer()  # type: ignore[arg-type]
-        if ok:
-            x = float(value)  # type: ignore[arg-type]
+        number = value if isinstance(value, int | float) and not isinstance(value, bool) \
+            else None
+        ok = number is not None
+        if number is not None and self.kind is int:
+            ok = isinstance(number, int) or float(number).is_integer()
+        if ok and number is not None:
+            x = float(number)
             ok = math.isfinite(x) and (
                 self.lo is None or (x > self.lo if self.lo_open else x >= self.lo)) and (
                 self.hi is None or x <= self.hi)

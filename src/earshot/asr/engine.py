@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -193,6 +193,6 @@ def load_engine(cfg: EngineConfig, engine: str = "faster-whisper") -> Engine:
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"cannot load speech-to-text engine {engine!r}: {exc}") from None
     try:
-        return cls(cfg)  # type: ignore[no-any-return]
+        return cast(Engine, cls(cfg))
     except TypeError as exc:
         raise ConfigError(f"cannot load speech-to-text engine {engine!r}: {exc}") from None

@@ -36,7 +36,7 @@ import sys
 import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -210,7 +210,7 @@ class _Process:
 
     def _recv(self) -> tuple[str, Any]:
         try:
-            return self._in.recv()  # type: ignore[no-any-return]
+            return cast(tuple[str, Any], self._in.recv())
         except (EOFError, OSError) as exc:
             raise DecoderDied(f"the pocketsphinx decoder process died (exit code "
                               f"{self.proc.poll()})") from exc

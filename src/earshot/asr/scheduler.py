@@ -25,13 +25,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from earshot.asr.engine import batch_size, is_incremental
 from earshot.asr.policy import DecodeRequest
 
 if TYPE_CHECKING:
-    from earshot.asr.engine import Engine, Transcription, UtteranceDecoder
+    from earshot.asr.engine import Engine, IncrementalEngine, Transcription, UtteranceDecoder
 
 log = logging.getLogger("earshot.asr")
 
@@ -292,7 +292,7 @@ class AsrScheduler:
                 return None
             try:
                 if s.decoder is None:
-                    s.decoder = self.engine.begin(language=job.language)  # type: ignore[attr-defined]
+                    s.decoder = cast("IncrementalEngine", self.engine).begin(language=job.language)
                     s.fed = 0
                 if req.audio.size > s.fed:
                     s.decoder.feed(req.audio[s.fed:])
@@ -316,7 +316,7 @@ class AsrScheduler:
         return result
 
     def _whole(self, job: _Job) -> Transcription:
-        utt = self.engine.begin(language=job.language)  # type: ignore[attr-defined]
+        utt = cast("IncrementalEngine", self.engine).begin(language=job.language)
         try:
             utt.feed(job.request.audio)
         except BaseException:

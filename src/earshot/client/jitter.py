@@ -86,7 +86,7 @@ import math
 import operator
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, SupportsIndex
 
 from earshot.errors import EarshotError
 
@@ -143,7 +143,9 @@ class JitterStats:
 
 def _index(name: str, value: object) -> int:
     try:
-        return operator.index(value)  # type: ignore[arg-type]
+        if not isinstance(value, SupportsIndex):  # float, str, None...
+            raise TypeError
+        return operator.index(value)
     except TypeError:
         raise JitterError(f"{name} must be an integer, got {value!r}") from None
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 import operator
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, SupportsIndex
 
 import numpy as np
 
@@ -265,7 +265,9 @@ class VoiceProcessor:
 
 def _integer(name: str, value: object) -> int:
     try:
-        return operator.index(value)  # type: ignore[arg-type]
+        if not isinstance(value, SupportsIndex):  # float, str, None...
+            raise TypeError
+        return operator.index(value)
     except TypeError:
         raise RoomError("bad_audio", f"{name} must be an integer, got {value!r}") from None
 

@@ -71,7 +71,7 @@ import math
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, SupportsIndex
 
 import numpy as np
 
@@ -474,7 +474,9 @@ def _mono(samples: np.ndarray, channels: int) -> np.ndarray:
 
 def _positive(name: str, value: object) -> int:
     try:
-        v = operator.index(value)  # type: ignore[arg-type]
+        if not isinstance(value, SupportsIndex):  # float, str, None...
+            raise TypeError
+        v = operator.index(value)
     except TypeError:
         raise RoomError("bad_audio", f"{name} must be an integer, got {value!r}") from None
     if v <= 0:

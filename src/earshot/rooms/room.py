@@ -39,7 +39,7 @@ import operator
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, SupportsFloat, SupportsIndex
 
 from earshot.rooms.errors import RoomError
 
@@ -358,7 +358,9 @@ def _same_key(held: str | None, given: str | None) -> bool:
 
 def _count(name: str, value: object, *, minimum: int) -> int:
     try:
-        v = operator.index(value)  # type: ignore[arg-type]
+        if not isinstance(value, SupportsIndex):  # float, str, None...
+            raise TypeError
+        v = operator.index(value)
     except TypeError:
         raise RoomError("bad_stream", f"{name} must be an integer, got {value!r}") from None
     if v < minimum:
@@ -368,7 +370,9 @@ def _count(name: str, value: object, *, minimum: int) -> int:
 
 def _time(now: object) -> float:
     try:
-        t = float(now)  # type: ignore[arg-type]
+        if not isinstance(now, SupportsFloat | str):
+            raise TypeError
+        t = float(now)
     except (TypeError, ValueError):
         raise RoomError("bad_time", f"time must be a number of seconds, got {now!r}") from None
     if not math.isfinite(t):

@@ -7,8 +7,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from earshot.asr.scheduler import JobResult
     from earshot.cluster.bus.redis import RedisStreamsBus
 
 
@@ -55,7 +58,7 @@ class Metrics:
             "earshot_ack_latency_seconds",
             "From receipt of the newest audio an ack covers to the ack being sent",
             (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
-        r.register(self.ack_latency)  # type: ignore[arg-type]
+        r.register(self.ack_latency)
         self.streams_refused = Counter(
             "earshot_streams_refused", "New publishers refused at the door, by reason "
             "(full, overloaded, draining)", ["reason"], registry=r)
@@ -95,17 +98,17 @@ class Metrics:
         self.rest_refused = Counter("earshot_rest_refused", "REST requests refused (429), "
                                     "by limit (rate, concurrency)", ["limit"], registry=r)
 
-    def observe_asr(self, result: object, skipped: bool) -> None:
+    def observe_asr(self, result: JobResult, skipped: bool) -> None:
         """Scheduler hook (called on its worker threads; prometheus metrics are thread-safe)."""
         if skipped:
             self.asr_skipped.inc()
             return
-        kind = "final" if result.request.final else "interim"  # type: ignore[attr-defined]
-        self.asr_wait.labels(kind).observe(result.wait)  # type: ignore[attr-defined]
-        self.asr_infer.labels(kind).observe(result.infer)  # type: ignore[attr-defined]
+        kind = "final" if result.request.final else "interim"
+        self.asr_wait.labels(kind).observe(result.wait)
+        self.asr_infer.labels(kind).observe(result.infer)
 
 
-class LoopHistogram:
+class LoopHistogram(Collector):
     """A Prometheus histogram observed by the event loop alone, once per ack of every
     stream: a bisect and a list increment (``prometheus_client.Histogram`` takes a lock
     per observation). Scrapes (any thread) read a copy of the counts."""
@@ -121,10 +124,10 @@ class LoopHistogram:
         self.counts[bisect_left(self.bounds, value)] += 1  # le: value <= bound
         self.sum += value
 
-    def describe(self) -> list[object]:
+    def describe(self) -> list[Metric]:
         return []
 
-    def collect(self) -> Iterator[object]:
+    def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import HistogramMetricFamily
         from prometheus_client.utils import floatToGoString
 
@@ -132,12 +135,12 @@ class LoopHistogram:
         buckets, running = [], 0
         for bound, n in zip([*self.bounds, float("inf")], counts, strict=True):
             running += n
-            buckets.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
+            buckets.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]  # untyped in prometheus_client
         yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets,
                                     sum_value=total)
 
 
-class BusCollector:
+class BusCollector(Collector):
     """The Redis bus as Prometheus sees it, from what the bus last read (every 1.25 s):
     no Redis call at scrape time."""
 
@@ -145,10 +148,10 @@ class BusCollector:
         self.bus = bus
         self.seconds_per_entry = seconds_per_entry  # one log entry is one ack batch, now
 
-    def describe(self) -> list[object]:
+    def describe(self) -> list[Metric]:
         return []
 
-    def collect(self) -> Iterator[object]:
+    def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         s = self.bus.snapshot()

@@ -220,9 +220,11 @@ class Gateway:
 
     def __init__(self, data_dir: Path | None = None, *, clock: FakeClock | None = None,
                  **settings: Any) -> None:
-        self._tmp = None if data_dir is not None else tempfile.TemporaryDirectory(
-            prefix="earshot-gw-")
-        self.data_dir = data_dir if data_dir is not None else Path(self._tmp.name)  # type: ignore[union-attr]
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="earshot-gw-")
+            data_dir = Path(self._tmp.name)
+        self.data_dir = data_dir
         settings.setdefault("min_free_space", 0)
         self.settings = Settings.of(data_dir=self.data_dir, **settings)  # flat: ack_interval=…
         self.clock = clock or FakeClock()
@@ -247,7 +249,7 @@ class Gateway:
                                                  (headers or {}).items()})
         if lane:
             ws.lane = MemoryLane(ws.sent)
-        session = IngestSession(ws, self.hub)  # type: ignore[arg-type]
+        session = IngestSession(ws, self.hub)  # type: ignore[arg-type]  # a duck-typed WebSocket
         task = asyncio.create_task(session.run())
         await asyncio.sleep(0)
         client = SessionClient(ws, session, task)

@@ -376,13 +376,13 @@ def finalize_parts(base: Path, paths: list[Path], meta: dict[str, Any] | None,
         _finish_one(paths[0], conv)
 
 
-def _finish_one(path: Path, conv: object) -> None:
+def _finish_one(path: Path, conv: Callable[[Path], object]) -> None:
     for suffix in FINAL_SUFFIXES:
         done = path.with_suffix(suffix)
         if done.exists():  # converted, the WAV not yet removed
             path.unlink(missing_ok=True)
             return
-    conv(path)  # type: ignore[operator]
+    conv(path)
 
 
 def is_rotated(base: Path) -> bool:

@@ -446,7 +446,8 @@ class IngestConnection:
             from earshot.codec.opus import packet_samples
 
             try:
-                frames = packet_samples(data, self.spec.rate)  # type: ignore[union-attr]
+                assert self.spec is not None  # audio is accepted only once started
+                frames = packet_samples(data, self.spec.rate)
             except ProtocolError as exc:
                 return self._fatal(exc.code, exc.message)
             self.offset += frames

@@ -170,7 +170,7 @@ class VadBatcher:
             results: list[VadResult | Exception] = self.run_jobs(jobs)
         except Exception as exc:  # pragma: no cover - run_jobs catches per job
             results = [exc] * len(jobs)
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[VadJob, object]]] = (
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[VadJob, VadResult | Exception]]] = (
             defaultdict(list))
         for job, res in zip(jobs, results, strict=True):
             if job.loop is not None:
@@ -180,7 +180,7 @@ class VadBatcher:
                 loop.call_soon_threadsafe(_deliver, items)
 
 
-def _deliver(items: list[tuple[VadJob, object]]) -> None:
+def _deliver(items: list[tuple[VadJob, VadResult | Exception]]) -> None:
     for job, res in items:
         fut = job.future
         if fut is None or fut.done():
@@ -188,7 +188,7 @@ def _deliver(items: list[tuple[VadJob, object]]) -> None:
         if isinstance(res, BaseException):
             fut.set_exception(res)
         else:
-            fut.set_result(res)  # type: ignore[arg-type]
+            fut.set_result(res)
 
 
 _BATCHERS: dict[tuple[int, int], VadBatcher] = {}

@@ -152,7 +152,7 @@ def create_app(settings: Settings) -> FastAPI:
             hub = getattr(app.state, "hub", None)  # under load (server/cadence.py)
             return hub.load.cadence.current if hub is not None else settings.ingest.ack_interval
 
-        metrics.registry.register(BusCollector(bus, entry_seconds))  # type: ignore[arg-type]
+        metrics.registry.register(BusCollector(bus, entry_seconds))
     app.state.capabilities = capabilities(settings, registry, loaded)
     app.include_router(api)
     app.include_router(ops)

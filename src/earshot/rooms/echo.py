@@ -42,15 +42,14 @@ same latency and CPU) needs a 30 MB native library, protobuf and its FFI runtime
 
 from __future__ import annotations
 
-import operator
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, SupportsIndex
+from typing import Any
 
 import numpy as np
 
 from earshot.errors import MissingDependency
-from earshot.rooms.errors import RoomError
+from earshot.rooms.errors import RoomError, integer
 
 __all__ = ["RATES", "EchoStats", "VoiceProcessor"]
 
@@ -99,13 +98,13 @@ class VoiceProcessor:
         delay_ms: int = 0,
         max_pending: int = 20,
     ) -> None:
-        rate = _integer("rate", rate)
+        rate = integer("rate", rate)
         if rate not in RATES:
             raise RoomError("bad_audio", f"echo cancellation runs at {RATES} Hz, not {rate}")
-        ns_level = _integer("ns_level", ns_level)
+        ns_level = integer("ns_level", ns_level)
         if not 0 <= ns_level <= 3:
             raise RoomError("bad_audio", f"ns_level must be 0..3, got {ns_level}")
-        max_pending = _integer("max_pending", max_pending)
+        max_pending = integer("max_pending", max_pending)
         if max_pending < 1:
             raise RoomError("bad_audio", f"max_pending must be >= 1, got {max_pending}")
         self.rate = rate
@@ -263,17 +262,9 @@ class VoiceProcessor:
         return a
 
 
-def _integer(name: str, value: object) -> int:
-    try:
-        if not isinstance(value, SupportsIndex):  # float, str, None...
-            raise TypeError
-        return operator.index(value)
-    except TypeError:
-        raise RoomError("bad_audio", f"{name} must be an integer, got {value!r}") from None
-
 
 def _delay(value: object) -> int:
-    ms = _integer("delay_ms", value)
+    ms = integer("delay_ms", value)
     if not 0 <= ms <= MAX_DELAY_MS:
         raise RoomError("bad_audio", f"delay_ms must be 0..{MAX_DELAY_MS}, got {ms}")
     return ms

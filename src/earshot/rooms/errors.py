@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import operator
+from typing import SupportsIndex
+
 from earshot.errors import EarshotError
 
-__all__ = ["RoomError"]
+__all__ = ["RoomError", "integer"]
 
 
 class RoomError(EarshotError):
@@ -24,3 +27,19 @@ class RoomError(EarshotError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def integer(name: str, value: object, *, code: str = "bad_audio",
+            minimum: int | None = None) -> int:
+    """``value`` as an int (bool, float and str are refused), at least ``minimum``; else a
+    :class:`RoomError` with ``code`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
+        raise RoomError(code, f"{name} must be an integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise RoomError(code, f"{name} must be an integer, got {value!r}") from None
+    if minimum is not None and v < minimum:
+        rule = "positive" if minimum == 1 else f">= {minimum}"
+        raise RoomError(code, f"{name} must be {rule}, got {v}")
+    return v

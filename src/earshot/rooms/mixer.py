@@ -71,12 +71,12 @@ import math
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, SupportsIndex
+from typing import Any, Literal
 
 import numpy as np
 
 from earshot.client.jitter import JitterBuffer, JitterError, JitterStats
-from earshot.rooms.errors import RoomError
+from earshot.rooms.errors import RoomError, integer
 
 __all__ = ["Mixer", "SeatStats", "SeatStatus", "Tick", "limit"]
 
@@ -180,15 +180,15 @@ class Mixer:
         max_catch_up: int = 5,
         quality: str = "QQ",
     ) -> None:
-        self.rate = _positive("rate", rate)
-        tick_ms = _positive("tick_ms", tick_ms)
+        self.rate = integer("rate", rate, minimum=1)
+        tick_ms = integer("tick_ms", tick_ms, minimum=1)
         if (self.rate * tick_ms) % 1000:
             raise RoomError("bad_audio", f"a {tick_ms} ms tick is not a whole number of "
                             f"samples at {self.rate} Hz")
         self.tick_frames = self.rate * tick_ms // 1000
         self.tick_seconds = tick_ms / 1000
-        self.max_seats = _positive("max_seats", max_seats)
-        self.max_catch_up = _positive("max_catch_up", max_catch_up)
+        self.max_seats = integer("max_seats", max_seats, minimum=1)
+        self.max_catch_up = integer("max_catch_up", max_catch_up, minimum=1)
         if knee is not None and not 0.0 < float(knee) < 1.0:
             raise RoomError("bad_audio", f"knee must be in (0, 1) or None, got {knee!r}")
         self.knee = None if knee is None else float(knee)
@@ -227,10 +227,10 @@ class Mixer:
             raise RoomError("name_taken", f"seat {seat!r} is already in the mix")
         if len(self._seats) >= self.max_seats:
             raise RoomError("room_full", f"the mix holds at most {self.max_seats} seats")
-        rate = _positive("rate", rate)
+        rate = integer("rate", rate, minimum=1)
         if rate > MAX_SEAT_RATE:
             raise RoomError("bad_audio", f"rate {rate} Hz is above {MAX_SEAT_RATE}")
-        channels = _positive("channels", channels)
+        channels = integer("channels", channels, minimum=1)
         if channels > MAX_CHANNELS:
             raise RoomError("bad_audio", f"at most {MAX_CHANNELS} channels, got {channels}")
         jb = self._new_buffer()
@@ -471,17 +471,6 @@ def _mono(samples: np.ndarray, channels: int) -> np.ndarray:
         raise RoomError("bad_audio", "samples hold NaN or infinite values")
     return np.ascontiguousarray(a, dtype=np.float32)
 
-
-def _positive(name: str, value: object) -> int:
-    try:
-        if not isinstance(value, SupportsIndex):  # float, str, None...
-            raise TypeError
-        v = operator.index(value)
-    except TypeError:
-        raise RoomError("bad_audio", f"{name} must be an integer, got {value!r}") from None
-    if v <= 0:
-        raise RoomError("bad_audio", f"{name} must be positive, got {v}")
-    return v
 
 
 def _time(now: float) -> float:

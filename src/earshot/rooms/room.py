@@ -35,13 +35,12 @@ from __future__ import annotations
 
 import hmac
 import math
-import operator
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, SupportsFloat, SupportsIndex
+from typing import Any, Literal, SupportsFloat
 
-from earshot.rooms.errors import RoomError
+from earshot.rooms.errors import RoomError, integer
 
 __all__ = ["Room", "RoomEvent", "RoomLimits", "Rooms", "Seat", "check_participant",
            "check_room_name"]
@@ -192,8 +191,8 @@ class Room:
         participant = check_participant(participant)
         if not isinstance(stream, str) or not stream:
             raise RoomError("bad_stream", f"stream must be a non-empty string, got {stream!r}")
-        rate = _count("rate", rate, minimum=1)
-        offset = _count("offset", offset, minimum=0)
+        rate = integer("rate", rate, code="bad_stream", minimum=1)
+        offset = integer("offset", offset, code="bad_stream", minimum=0)
         seat = self._seats.get(participant)
         if seat is not None:
             if seat.stream == stream and _same_key(seat.key, key):
@@ -355,17 +354,6 @@ def _same_key(held: str | None, given: str | None) -> bool:
         return given is None
     return given is not None and hmac.compare_digest(held.encode(), given.encode())
 
-
-def _count(name: str, value: object, *, minimum: int) -> int:
-    try:
-        if not isinstance(value, SupportsIndex):  # float, str, None...
-            raise TypeError
-        v = operator.index(value)
-    except TypeError:
-        raise RoomError("bad_stream", f"{name} must be an integer, got {value!r}") from None
-    if v < minimum:
-        raise RoomError("bad_stream", f"{name} must be >= {minimum}, got {v}")
-    return v
 
 
 def _time(now: object) -> float:

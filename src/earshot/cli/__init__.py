@@ -90,7 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"— ingest ws{s}://{srv.host}:{srv.port}/ws, data in {srv.data_dir.resolve()}"
     )
     console.print(f"  archive: {settings.archive.format}; auth: "
-                  f"{'token' if settings.security.token else 'none (loopback only)'}")
+                  f"{'token' if caps['auth'] else 'none (loopback only)'}")
     console.print(f"  processors: {', '.join(caps['processors'])} "
                   f"(default: {', '.join(caps['default_processors']) or 'none'})")
     if caps["asr"]["available"]:
@@ -127,7 +127,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ssl_certfile=tls.certfile, ssl_keyfile=tls.keyfile,
         proxy_headers=bool(settings.security.forwarded_allow_ips),
         forwarded_allow_ips=settings.security.forwarded_allow_ips or "",
-        log_config=uvicorn_log_config(srv.log_level, [settings.security.token or ""]),
+        log_config=uvicorn_log_config(srv.log_level, [settings.security.token or "",
+                                                      settings.security.token_secret or ""]),
     )
     return EXIT_OK
 
@@ -855,6 +856,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "`earshot serve --mqtt` does (or EARSHOT_MQTT; mqtts:// trusts "
                         "--cafile when given)")
     w.set_defaults(func=cmd_worker)
+    from earshot.cli.token import add_parser as add_token_parser
+
+    add_token_parser(sub)  # earshot token create (cli/token.py)
     return p
 
 

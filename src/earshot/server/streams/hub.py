@@ -119,11 +119,12 @@ class Hub:
         if live is not None:
             live.archive.sync()
 
-    def from_worker(self, stream_id: str, events: list[Event]) -> bool:
-        """Events a remote WebSocket worker sends back; False for an unknown stream."""
+    def from_worker(self, stream_id: str, events: list[Event]) -> tuple[str, str] | None:
+        """Events a remote WebSocket worker sends back; (code, message) when refused."""
         live = self.live.get(stream_id)
         return self.router.from_worker(stream_id, events, live.rec if live else None,
-                                       live.archive.path if live else None)
+                                       live.archive.path if live else None,
+                                       live.offset if live else 0)
 
     # -- load (server/streams/load.py) -------------------------------------------------------
     def observe_loop_lag(self, lag: float, now: float) -> None:
@@ -427,6 +428,7 @@ class Hub:
             if finished:
                 await self._await_workers(live)
         pipeline, live.pipeline = live.pipeline, None
+        await self.router.settle(live.id, self.settings.processing.drain_timeout)  # cuts
         if pipeline is not None:
             if finished:
                 late = await pipeline.close(self.settings.processing.drain_timeout)

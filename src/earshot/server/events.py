@@ -86,6 +86,7 @@ class EventRouter:
         self._cuts: dict[str, set[asyncio.Task[None]]] = {}
         #: (stream, processor) → the frame a remote worker's next speech_end starts at or after
         self._floors: dict[tuple[str, str], int] = {}
+        self._last_cut: dict[str, asyncio.Task[None]] = {}  # the cuts in a thread, in order
 
     # -- events of a stream held here (its processors run in this process) -----------------
     def emit(self, rec: StreamRecord, archive: Path, events: list[Event], *,
@@ -105,7 +106,10 @@ class EventRouter:
             if work is Work.STORE_FINAL:
                 self.store_transcript(sid, e)
             elif work is Work.CUT_SEGMENT and cut_later:
-                self._track(sid, asyncio.create_task(self._cut_in_thread(rec, archive, e)))
+                before = self._last_cut.get(sid)
+                task = asyncio.create_task(self._cut_in_thread(rec, archive, e, before))
+                self._last_cut[sid] = task
+                self._track(sid, task)
             elif work is Work.CUT_SEGMENT:
                 seg = self.cut(rec, archive, e)
                 if owner is not None:
@@ -115,9 +119,20 @@ class EventRouter:
     def _track(self, sid: str, task: asyncio.Task[None]) -> None:
         cuts = self._cuts.setdefault(sid, set())
         cuts.add(task)
-        task.add_done_callback(cuts.discard)
 
-    async def _cut_in_thread(self, rec: StreamRecord, archive: Path, e: Event) -> None:
+        def done(t: asyncio.Task[None]) -> None:
+            cuts.discard(t)
+            if self._last_cut.get(sid) is t:
+                del self._last_cut[sid]
+
+        task.add_done_callback(done)
+
+    async def _cut_in_thread(self, rec: StreamRecord, archive: Path, e: Event,
+                             before: asyncio.Task[None] | None) -> None:
+        """One cut in a worker thread, after the stream's previous one (so the segments
+        are numbered and announced in order, and one stream cuts one at a time)."""
+        if before is not None:
+            await asyncio.wait([before])
         seg = await asyncio.to_thread(self.cut, rec, archive, e)
         owner = self.owner_of(rec.id)
         if owner is not None:

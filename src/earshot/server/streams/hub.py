@@ -283,8 +283,9 @@ class Hub:
         return remote_processors(self.registry, self.bus, live, start)
 
     def emit(self, live: LiveStream, events: list[Event]) -> None:
-        """Events of a stream held here (its processors, the hub's own warnings)."""
-        self.router.emit(live.rec, live.archive.path, events)
+        """Events of a stream held here (its processors, the hub's own warnings); segments
+        are cut in a worker thread (the detach waits for them)."""
+        self.router.emit(live.rec, live.archive.path, events, cut_later=True)
 
     # -- the bus's callbacks ------------------------------------------------------------------
     def on_bus_events(self, sid: str, events: list[Event]) -> None:
@@ -428,13 +429,13 @@ class Hub:
             if finished:
                 await self._await_workers(live)
         pipeline, live.pipeline = live.pipeline, None
-        await self.router.settle(live.id, self.settings.processing.drain_timeout)  # cuts
         if pipeline is not None:
             if finished:
                 late = await pipeline.close(self.settings.processing.drain_timeout)
                 self._late(live, late, "their last events are lost")
             else:
                 self._spawn(pipeline.close(self.settings.processing.drain_timeout))
+        await self.router.settle(live.id, self.settings.processing.drain_timeout)  # cuts
         async with live.lock:
             live.owner = None
             archive = live.archive

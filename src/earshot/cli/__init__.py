@@ -53,6 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from earshot.config import env_overrides, load_config_file, merge_settings, settings_to_json
     from earshot.config.cli import cli_overrides
     from earshot.redact import uvicorn_log_config
+    from earshot.server.http import headtimeout
     from earshot.server.http.app import create_app
     from earshot.server.ingest.lane import EarshotWebSocketProtocol
 
@@ -113,13 +114,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ[SETTINGS_ENV] = settings_to_json(settings)
         target = "earshot.server.http.app:app_from_env"
         console.print(f"  gateways: {srv.processes} processes on one port")
+    os.environ[headtimeout.ENV] = str(settings.security.header_timeout)  # (every gateway's)
     uvicorn.run(
         # no permessage-deflate: browsers offer it, and compressing acks and deflating
         # audio costs 30-80% more CPU for no gain on PCM (benchmarks/README)
         target, factory=srv.processes > 1, workers=srv.processes,
         host=srv.host, port=srv.port, ws=EarshotWebSocketProtocol,
         ws_per_message_deflate=False,
-        ws_max_size=max(16 << 20, settings.ingest.max_message_bytes * 2),
+        # a message past --max-message-bytes is refused (message_too_large) by the session;
+        # the margin lets it get that far, so the client hears why
+        ws_max_size=settings.ingest.max_message_bytes + (64 << 10),
+        http=headtimeout.protocol(),  # --header-timeout
         log_level=srv.log_level, lifespan="on",
         # bounded exit on SIGTERM
         timeout_graceful_shutdown=math.ceil(settings.processing.drain_timeout) + 5,

@@ -154,6 +154,10 @@ class SecuritySettings(Group):
     max_preauth_per_address: int = setting(32, "WebSocket connections not yet authenticated, "
                                            "per client address", range=POSITIVE_INT,
                                            metavar="N")
+    header_timeout: float = setting(10.0, "close a connection whose first request head (after "
+                                    "the TLS handshake) is not in by then",
+                                    range=Range(float, 0.1, 600, unit="seconds"),
+                                    metavar="SECONDS")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -333,3 +333,71 @@ async def test_silent_connections_are_closed_at_the_deadline(server: ServerProce
     assert waited < 10  # every one was closed by the server (none reached our timeout)
     health = httpx.get(server.http + "/healthz").json()
     assert health["status"] in ("ok", "degraded")
+
+
+def test_the_command_line_mints_and_every_client_takes_a_scoped_token(
+        server: ServerProcess, tmp_path: Path) -> None:
+    """``earshot token create`` (the secret from EARSHOT_TOKEN, as serve reads it) prints
+    the token alone; ``send``, ``streams``, ``tail`` and ``worker`` take it as --token."""
+    import os
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    from helpers import ROOT
+
+    def earshot(*args: str, env: dict[str, str] | None = None,
+                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "earshot.cli", *args], text=True,
+                              capture_output=True, timeout=timeout,
+                              env={**os.environ, **(env or {})})
+
+    def create(*args: str) -> str:
+        r = earshot("token", "create", *args, env={"EARSHOT_TOKEN": ADMIN_TOKEN})
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count("\n") == 1 and r.stdout.count(".") == 2  # the token alone
+        return r.stdout.strip()
+
+    publish = create("--scope", "publish", "--names", "cli-*", "--ttl", "120")
+    listen = create("--scope", "listen")
+    worker = create("--scope", "worker", "--processors", "heard")  # (the kind's name)
+    f = tmp_path / "x.wav"
+    sf.write(f, np.frombuffer(pcm(0.5), "<i2"), RATE, subtype="PCM_16")
+    sent = earshot("send", str(f), "--url", server.url, "--token", publish, "--name", "cli-a",
+                   "-q")
+    assert sent.returncode == 0, sent.stderr
+    refused = earshot("send", str(f), "--url", server.url, "--token", publish, "--name",
+                      "other", "-q", "--retries", "0")
+    assert refused.returncode == 4 and "forbidden" in refused.stdout + refused.stderr
+    listed = earshot("streams", "--url", server.url, "--token", listen, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "cli-a" in {s["name"] for s in json.loads(listed.stdout)["streams"]}
+    denied = earshot("streams", "--url", server.url, "--token", publish, "--json")
+    assert denied.returncode == 4, denied.stdout + denied.stderr
+    no_secret = earshot("token", "create", "--scope", "listen",
+                        env={"EARSHOT_TOKEN": "", "EARSHOT_TOKEN_SECRET": ""})
+    assert no_secret.returncode == 2 and no_secret.stdout == ""
+    assert "--token-secret" in no_secret.stderr
+    # a worker with its scoped token: its events reach the sender of a live stream
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "earshot.cli", "worker", "testprocs:Heard", "--url",
+         server.url, "--token", worker, "--name", "w-scoped"],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "tests")}, stderr=subprocess.DEVNULL)
+    try:
+        async def run() -> list[dict]:
+            await asyncio.sleep(2.0)  # (the worker attaches)
+            async with live_stream(server, "cli-live") as (_, got):
+                async with asyncio.timeout(20):
+                    while not any(m.get("type") == "heard" for m in got):
+                        await asyncio.sleep(0.05)
+                return got
+
+        got = asyncio.run(run())
+        heard = [m for m in got if m.get("type") == "heard"]
+        assert heard[0]["worker"] == "w-scoped" and heard[0]["processor"] == "heard"
+        tail = earshot("tail", "*", "--url", server.url, "--token", publish, timeout=20)
+        assert tail.returncode == 4 and "needs the listen or worker scope" in tail.stderr
+    finally:
+        proc.terminate()
+        proc.wait(10)

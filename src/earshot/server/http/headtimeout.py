@@ -80,5 +80,5 @@ class HeadDeadlineH11(HeadDeadline, H11Protocol):
     pass
 
 
-class HeadDeadlineHttpTools(HeadDeadline, HttpToolsProtocol):  # type: ignore[misc, valid-type]
+class HeadDeadlineHttpTools(HeadDeadline, HttpToolsProtocol):
     pass

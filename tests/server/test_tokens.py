@@ -127,3 +127,17 @@ def test_metric_labels_come_from_the_codes() -> None:
     assert metric_code("storage_full") == "storage_full"
     assert {metric_code(f"invented_{i}") for i in range(50)} == {"other"}
     assert metric_code(None) == metric_code(["x"]) == "other"
+
+
+def test_a_remembered_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    from earshot.server import auth
+
+    secret = secret_of(SECURED)
+    assert secret is not None
+    token = mint(secret, ["listen"], ttl=60)
+    first = authenticate(SECURED, token)
+    assert authenticate(SECURED, token) is first  # remembered: no second signature check
+    later = time.time() + 120
+    monkeypatch.setattr(auth.time, "time", lambda: later)
+    assert _refused(SECURED, token) == "token expired"
+    assert (secret, token) not in auth._verified

@@ -175,9 +175,29 @@ def mint(secret: bytes, scopes: Iterable[Scope | str], *, ttl: float,
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
+VERIFIED_CACHE = 1024  # tokens verified lately (a client's every request presents its own)
+_verified: dict[tuple[bytes, str], Principal] = {}
+
+
 def verify(secret: bytes, token: str, *, leeway: float = 0.0) -> Principal:
     """The principal a scoped token stands for; :class:`AuthError` (``unauthorized``) when
-    it is not signed with ``secret``, malformed, or expired."""
+    it is not signed with ``secret``, malformed, or expired. A token verified lately is
+    looked up (its expiry still checked), so a client's repeated requests pay for the
+    signature once; refused tokens are never remembered."""
+    known = _verified.get((secret, token))
+    if known is not None and known.expires is not None:
+        if time.time() < known.expires + leeway:
+            return known
+        del _verified[secret, token]
+        raise AuthError(Code.UNAUTHORIZED, "token expired")
+    principal = _verify(secret, token, leeway)
+    if len(_verified) >= VERIFIED_CACHE:
+        _verified.pop(next(iter(_verified)))  # the oldest
+    _verified[secret, token] = principal
+    return principal
+
+
+def _verify(secret: bytes, token: str, leeway: float) -> Principal:
     try:
         claims = jwt.decode(token, secret, algorithms=[ALGORITHM], issuer=ISSUER,
                             leeway=leeway, options={"require": ["exp", "scope"]})

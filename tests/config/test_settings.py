@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 FLAT_NAMES = [
     "host", "port", "data_dir", "db", "log_level", "processes", "token", "no_auth",
     "web_origins", "allowed_origins", "forwarded_allow_ips", "conn_rate", "conn_burst",
-    "auth_fail_rate", "auth_fail_burst", "certfile", "keyfile", "archive_format",
+    "auth_fail_rate", "auth_fail_burst", "token_secret", "auth_timeout", "max_preauth",
+    "max_preauth_per_address", "header_timeout", "certfile", "keyfile", "archive_format",
     "archive_part", "fsync", "header_interval", "ack_interval", "ack_interval_max",
     "max_message_bytes", "compat", "processors", "filters", "filter_processors", "max_lag",
     "drain_timeout", "asr_model", "asr_engine", "asr_device", "asr_compute_type",

@@ -53,6 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from earshot.config import env_overrides, load_config_file, merge_settings, settings_to_json
     from earshot.config.cli import cli_overrides
     from earshot.redact import uvicorn_log_config
+    from earshot.server.http import headtimeout
     from earshot.server.http.app import create_app
     from earshot.server.ingest.lane import EarshotWebSocketProtocol
 
@@ -90,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"— ingest ws{s}://{srv.host}:{srv.port}/ws, data in {srv.data_dir.resolve()}"
     )
     console.print(f"  archive: {settings.archive.format}; auth: "
-                  f"{'token' if settings.security.token else 'none (loopback only)'}")
+                  f"{'token' if caps['auth'] else 'none (loopback only)'}")
     console.print(f"  processors: {', '.join(caps['processors'])} "
                   f"(default: {', '.join(caps['default_processors']) or 'none'})")
     if caps["asr"]["available"]:
@@ -113,13 +114,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ[SETTINGS_ENV] = settings_to_json(settings)
         target = "earshot.server.http.app:app_from_env"
         console.print(f"  gateways: {srv.processes} processes on one port")
+    os.environ[headtimeout.ENV] = str(settings.security.header_timeout)  # (every gateway's)
     uvicorn.run(
         # no permessage-deflate: browsers offer it, and compressing acks and deflating
         # audio costs 30-80% more CPU for no gain on PCM (benchmarks/README)
         target, factory=srv.processes > 1, workers=srv.processes,
         host=srv.host, port=srv.port, ws=EarshotWebSocketProtocol,
         ws_per_message_deflate=False,
-        ws_max_size=max(16 << 20, settings.ingest.max_message_bytes * 2),
+        # a message past --max-message-bytes is refused (message_too_large) by the session;
+        # the margin lets it get that far, so the client hears why
+        ws_max_size=settings.ingest.max_message_bytes + (64 << 10),
+        http=headtimeout.protocol(),  # --header-timeout
         log_level=srv.log_level, lifespan="on",
         # bounded exit on SIGTERM
         timeout_graceful_shutdown=math.ceil(settings.processing.drain_timeout) + 5,
@@ -127,7 +132,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ssl_certfile=tls.certfile, ssl_keyfile=tls.keyfile,
         proxy_headers=bool(settings.security.forwarded_allow_ips),
         forwarded_allow_ips=settings.security.forwarded_allow_ips or "",
-        log_config=uvicorn_log_config(srv.log_level, [settings.security.token or ""]),
+        log_config=uvicorn_log_config(srv.log_level, [settings.security.token or "",
+                                                      settings.security.token_secret or ""]),
     )
     return EXIT_OK
 
@@ -855,6 +861,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "`earshot serve --mqtt` does (or EARSHOT_MQTT; mqtts:// trusts "
                         "--cafile when given)")
     w.set_defaults(func=cmd_worker)
+    from earshot.cli.token import add_parser as add_token_parser
+
+    add_token_parser(sub)  # earshot token create (cli/token.py)
     return p
 
 

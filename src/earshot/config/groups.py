@@ -141,6 +141,23 @@ class SecuritySettings(Group):
                                     metavar="PER_SECOND")
     auth_fail_burst: int = setting(20, "failed authentications per address allowed at once",
                                    range=POSITIVE_INT, metavar="N")
+    token_secret: str | None = setting(
+        None, "sign and verify scoped tokens (earshot token create) with this secret "
+        "(default: derived from --token, so changing --token voids them)", redact="all",
+        metavar="SECRET", example="another-long-secret")
+    auth_timeout: float = setting(10.0, "close an ingest connection (4401) that has not "
+                                  "started a stream with valid credentials by then",
+                                  range=Range(float, 0.1, 3600, unit="seconds"),
+                                  metavar="SECONDS")
+    max_preauth: int = setting(256, "WebSocket connections not yet authenticated, in total",
+                               range=POSITIVE_INT, metavar="N")
+    max_preauth_per_address: int = setting(32, "WebSocket connections not yet authenticated, "
+                                           "per client address", range=POSITIVE_INT,
+                                           metavar="N")
+    header_timeout: float = setting(10.0, "close a connection whose first request head (after "
+                                    "the TLS handshake) is not in by then",
+                                    range=Range(float, 0.1, 600, unit="seconds"),
+                                    metavar="SECONDS")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -385,7 +402,7 @@ class Settings:
     def check_exposure(self) -> None:
         """Refuse to listen beyond loopback without a token unless --no-auth was given."""
         if (self.server.host not in LOOPBACK and not self.security.token
-                and not self.security.no_auth):
+                and not self.security.token_secret and not self.security.no_auth):
             raise ConfigError(
                 f"refusing to listen on {self.server.host} without a token: set --token "
                 "(or EARSHOT_TOKEN), or pass --no-auth to run open on purpose"

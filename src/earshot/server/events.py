@@ -35,7 +35,7 @@ from earshot.server.metrics import Metrics
 from earshot.server.streams.live import Owner
 from earshot.storage import segments
 from earshot.storage.metadata import MetadataStore, SegmentRecord, StreamRecord
-from earshot.wire.codes import Code
+from earshot.wire.codes import Code, metric_code
 
 log = logging.getLogger("earshot.router")
 
@@ -84,11 +84,16 @@ class EventRouter:
         self.owner_of = owner_of
         self.on_processed = on_processed
         self._cuts: dict[str, set[asyncio.Task[None]]] = {}
+        #: (stream, processor) → the frame a remote worker's next speech_end starts at or after
+        self._floors: dict[tuple[str, str], int] = {}
+        self._last_cut: dict[str, asyncio.Task[None]] = {}  # the cuts in a thread, in order
 
     # -- events of a stream held here (its processors run in this process) -----------------
-    def emit(self, rec: StreamRecord, archive: Path, events: list[Event]) -> None:
+    def emit(self, rec: StreamRecord, archive: Path, events: list[Event], *,
+             cut_later: bool = False) -> None:
         """Deliver events of a stream: to its sender, to subscribers; store finals, cut
-        segments (announced to both)."""
+        segments (announced to both; ``cut_later``: in a worker thread, announced when
+        cut)."""
         sid = rec.id
         owner = self.owner_of(sid)
         for e in events:
@@ -100,11 +105,39 @@ class EventRouter:
             work = storage_work(e)
             if work is Work.STORE_FINAL:
                 self.store_transcript(sid, e)
+            elif work is Work.CUT_SEGMENT and cut_later:
+                before = self._last_cut.get(sid)
+                task = asyncio.create_task(self._cut_in_thread(rec, archive, e, before))
+                self._last_cut[sid] = task
+                self._track(sid, task)
             elif work is Work.CUT_SEGMENT:
                 seg = self.cut(rec, archive, e)
                 if owner is not None:
                     owner.post(seg)
                 self.bus.publish(sid, seg)
+
+    def _track(self, sid: str, task: asyncio.Task[None]) -> None:
+        cuts = self._cuts.setdefault(sid, set())
+        cuts.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            cuts.discard(t)
+            if self._last_cut.get(sid) is t:
+                del self._last_cut[sid]
+
+        task.add_done_callback(done)
+
+    async def _cut_in_thread(self, rec: StreamRecord, archive: Path, e: Event,
+                             before: asyncio.Task[None] | None) -> None:
+        """One cut in a worker thread, after the stream's previous one (so the segments
+        are numbered and announced in order, and one stream cuts one at a time)."""
+        if before is not None:
+            await asyncio.wait([before])
+        seg = await asyncio.to_thread(self.cut, rec, archive, e)
+        owner = self.owner_of(rec.id)
+        if owner is not None:
+            owner.post(seg)
+        self.bus.publish(rec.id, seg)
 
     def count(self, e: Event) -> None:
         kind = e.get("type")
@@ -113,7 +146,7 @@ class EventRouter:
         elif kind == "dropped":
             self.metrics.processor_dropped.labels(e.get("processor", "?")).inc(e["seconds"])
         elif kind == "error":
-            self.metrics.errors.labels(e.get("code", "?")).inc()
+            self.metrics.errors.labels(metric_code(e.get("code"))).inc()
 
     def store_transcript(self, sid: str, e: Event) -> None:
         """Store a final transcript; a malformed one is logged and left out."""
@@ -168,6 +201,8 @@ class EventRouter:
 
     async def settle(self, sid: str, timeout: float) -> None:
         """Wait for the segment cuts of a stream under way (before it is finalized)."""
+        for key in [k for k in self._floors if k[0] == sid]:
+            del self._floors[key]
         cuts = self._cuts.pop(sid, set())
         if cuts:
             await asyncio.wait(cuts, timeout=timeout)
@@ -198,19 +233,51 @@ class EventRouter:
 
     # -- events of remote WebSocket workers (``earshot worker --url``) ---------------------
     def from_worker(self, sid: str, events: list[Event], held: StreamRecord | None,
-                    archive: Path | None) -> bool:
-        """Fan out a remote worker's events like local ones; False for an unknown stream."""
+                    archive: Path | None, received: int = 0) -> tuple[str, str] | None:
+        """Fan out a remote worker's events like local ones (its segments cut in a worker
+        thread); ``received``: the frames of the stream received so far. None when done,
+        else (code, message) and nothing delivered: an unknown stream, or a ``speech_end``
+        span outside the audio received or not after the processor's previous one."""
         if held is not None and archive is not None:
-            self.emit(held, archive, events)
-            return True
+            problem = self.check_spans(held, received, events)
+            if problem is not None:
+                return Code.BAD_EVENT, problem
+            self.emit(held, archive, events, cut_later=True)
+            return None
         try:
             self.store.get(sid)
         except StreamNotFound:
-            return False
+            return Code.UNKNOWN_STREAM, f"no stream {sid!r}"
         for e in events:  # a worker's last events after the stream ended: subscribers only
+            if storage_work(e) is Work.CUT_SEGMENT:  # (nothing more is cut from it)
+                continue
             e["stream"] = sid
             self.bus.publish(sid, e)
-        return True
+        return None
+
+    def check_spans(self, rec: StreamRecord, received: int, events: list[Event]) -> str | None:
+        """The ``speech_end`` spans of a remote worker's events: each within the ``received``
+        frames and starting at or after the end of the same processor's previous one (so
+        no span is cut twice); the floors move only when every span is good."""
+        floors: dict[tuple[str, str], int] = {}
+        for e in events:
+            if storage_work(e) is not Work.CUT_SEGMENT:
+                continue
+            try:
+                first, last = segment_span(e, rec.rate)
+            except (ValueError, TypeError) as exc:
+                return f"speech_end: {exc}"
+            key = (rec.id, str(e.get("processor")))
+            floor = floors.get(key, self._floors.get(key, 0))
+            if last > received:
+                return (f"speech_end span ends at {last / rec.rate:g} s, after the "
+                        f"{received / rec.rate:g} s of audio received")
+            if first < floor:
+                return (f"speech_end span starts at {first / rec.rate:g} s, before the end "
+                        f"of the previous one ({floor / rec.rate:g} s)")
+            floors[key] = last
+        self._floors.update(floors)
+        return None
 
     # -- a replay over a finished stream's archive (server/streams/replay.py) --------------
     async def replayed(self, rec: StreamRecord, archive: Path,

@@ -12,10 +12,23 @@ window.earshotApp = app; // for the curious, and for the browser tests
 // -- server access ------------------------------------------------------------------------
 function token() { return $("#token").value.trim(); }
 function authHeaders() { return token() ? { Authorization: `Bearer ${token()}` } : {}; }
-function withToken(url) {
-  return token() ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token())}`
-                 : url;
+// <audio src> and download links never carry the token: the server signs a short-lived
+// URL for each stream (POST /api/streams/ID/links, ?sig=, 5 minutes), renewed when near
+// its end.
+const signed = new Map(); // stream id -> {audio, transcript, expires}
+function freshLinks(id) {
+  const known = signed.get(id);
+  return known && (known.expires === null || known.expires - Date.now() / 1000 > 30)
+    ? known : null;
 }
+async function signedLinks(id) {
+  const known = freshLinks(id);
+  if (known) return known;
+  const links = await api(`/api/streams/${id}/links`, { method: "POST" });
+  signed.set(id, links);
+  return links;
+}
+function withQuery(url, query) { return `${url}${url.includes("?") ? "&" : "?"}${query}`; }
 async function api(path, options = {}) {
   let r;
   try {
@@ -285,9 +298,17 @@ function recordingItem(s) {
   $(".duration", li).textContent = `${s.duration.toFixed(1)} s`;
   $(".state", li).textContent = s.state === "finished" ? "" : s.state;
   const audio = $("audio", li);
-  audio.src = withToken(`/api/streams/${s.id}/audio`);
   const link = $(".download", li);
-  link.href = withToken(`/api/streams/${s.id}/audio`);
+  const sign = async () => {
+    const links = await signedLinks(s.id);
+    if (audio.getAttribute("src") !== links.audio) audio.src = links.audio;
+    link.href = links.audio;
+    return links;
+  };
+  li.sign = sign;
+  sign().catch((err) => showError(err.message));
+  audio.addEventListener("error", () => { signed.delete(s.id); sign().catch(() => {}); });
+  link.addEventListener("pointerdown", () => sign().catch(() => {}));
   $(".delete", li).addEventListener("click", async () => {
     if (!confirm(`Delete ${s.name || s.id} and its files?`)) return;
     try {
@@ -315,7 +336,12 @@ function rangeControls(li, s) {
     const ok = start.value !== "" && end.value !== "" && a >= 0 && b > a &&
                b <= Number(end.max);
     if (ok) {
-      link.href = withToken(`/api/streams/${s.id}/audio?start=${a}&end=${b}`);
+      const known = freshLinks(s.id);
+      if (known) link.href = withQuery(known.audio, `start=${a}&end=${b}`);
+      else signedLinks(s.id).then((links) => {
+        if (li.range && li.range[0] === a && li.range[1] === b)
+          link.href = withQuery(links.audio, `start=${a}&end=${b}`);
+      }).catch((err) => showError(err.message));
       link.removeAttribute("aria-disabled");
       info.textContent = `${(b - a).toFixed(3)} s`;
     } else {

@@ -122,6 +122,15 @@ def final_close(code: int | None) -> bool:
     return code is not None and (4400 <= code < 4500 or code in FINAL_CLOSES)
 
 
+_CODE_VALUES = frozenset(str(c) for c in Code)
+
+
+def metric_code(code: object) -> str:
+    """A metric label for an event's ``code``: the code when it is one of :class:`Code`,
+    else ``"other"`` (label values come from this fixed set, whatever a client sends)."""
+    return code if isinstance(code, str) and code in _CODE_VALUES else "other"
+
+
 def codes_json() -> dict[str, Any]:
     """The tables above for the page's JavaScript (``/web/codes.json``)."""
     return {

@@ -89,7 +89,7 @@ def test_a_range_typed_or_dragged_downloads_exactly_that_slice(
     assert "start before the end" in (item.locator(".range-info").text_content() or "")
 
 
-def test_the_range_link_carries_the_token(
+def test_the_links_carry_a_short_lived_signature_never_the_token(
         tmp_path: Path, server_factory: Callable[..., ServerProcess],
         page_factory: Callable[[str], Any]) -> None:
     server = server_factory("--token", "tok-123")
@@ -103,3 +103,9 @@ def test_the_range_link_carries_the_token(
     item.locator(".range-start").fill("0.5")
     y, _, _ = download(page, item)
     assert np.array_equal(y, x[8000:rate])
+    links = [item.locator("audio").get_attribute("src"),
+             item.locator(".download").get_attribute("href"),
+             item.locator(".download-range").get_attribute("href")]
+    for url in links:  # (issue 19: never the long-lived token in src/href)
+        assert url is not None and "sig=" in url and "tok-123" not in url, url
+    assert httpx.get(server.http + str(links[0])).content[:4] == b"RIFF"

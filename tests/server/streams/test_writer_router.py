@@ -134,8 +134,9 @@ async def test_router_delivers_cuts_segments_and_stores_finals(tmp_path: Path) -
     # events for a stream not held here: subscribers only, through from_worker
     other = _record("bbbbbb22")
     store.create(other)
-    assert router.from_worker(other.id, [{"type": "x", "t": 0.1}], None, None)
-    assert not router.from_worker("nosuch99", [{"type": "x"}], None, None)
+    assert router.from_worker(other.id, [{"type": "x", "t": 0.1}], None, None) is None
+    assert router.from_worker("nosuch99", [{"type": "x"}], None, None) == (
+        "unknown_stream", "no stream 'nosuch99'")
     assert len(owner.sent) == 4
     await asyncio.sleep(0)
     store.close()

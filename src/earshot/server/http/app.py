@@ -19,7 +19,7 @@ from earshot.cluster.bus.base import Bus
 from earshot.config import Settings
 from earshot.processors.builtin.asr import Asr
 from earshot.processors.registry import Registry
-from earshot.server.auth import presented_token, token_ok
+from earshot.server.auth import AuthError, Pending, Scope, auth_on, authenticate_request
 from earshot.server.http.docs import add_docs
 from earshot.server.http.guard import Guard
 from earshot.server.http.rest import api, ops
@@ -31,6 +31,7 @@ from earshot.server.streams.admission import probe_loop_lag
 from earshot.server.streams.hub import Hub
 from earshot.server.streams.lifecycle import DRAIN_TIMEOUT, drain_on_signals
 from earshot.storage.metadata import open_store
+from earshot.wire.codes import Code
 
 if TYPE_CHECKING:
     from earshot.asr.loading import LoadedAsr
@@ -58,7 +59,7 @@ def capabilities(settings: Settings, registry: Registry,
                   "reason": registry.unavailable.get("asr", report.get("reason", ASR_HINT))}
     return {
         "archive_format": settings.archive.format,
-        "auth": bool(settings.security.token),
+        "auth": auth_on(settings.security),
         "processors": sorted(registry.offered),
         "default_processors": [s.ref for s in registry.defaults],
         "asr": report,
@@ -167,16 +168,23 @@ def create_app(settings: Settings) -> FastAPI:
     def index() -> FileResponse:
         return FileResponse(web / "index.html", media_type="text/html")
 
+    security = settings.security
+    pending = Pending(security.max_preauth, security.max_preauth_per_address)
+
     @app.websocket("/ws")
     async def ingest(ws: WebSocket) -> None:
-        await IngestSession(ws, app.state.hub).run()
+        await IngestSession(ws, app.state.hub, pending).run()
 
     @app.websocket("/ws/subscribe")
     async def subscribe_route(ws: WebSocket) -> None:
-        if not token_ok(settings.security.token, presented_token(ws.headers, ws.query_params)):
-            await refuse_unauthorized(ws)
+        try:
+            principal = authenticate_request(security, ws.headers, ws.query_params)
+            if not principal.scopes & {Scope.LISTEN, Scope.WORKER, Scope.ADMIN}:
+                raise AuthError(Code.FORBIDDEN, "subscribing needs the listen or worker scope")
+        except AuthError as exc:
+            await refuse_unauthorized(ws, exc.code, exc.message)
             return
-        await subscribe(ws, app.state.hub)
+        await subscribe(ws, app.state.hub, principal)
 
     return app
 

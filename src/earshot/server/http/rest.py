@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
 from earshot import __version__
 from earshot.errors import StorageError, StreamNotFound
-from earshot.server.auth import presented_token, token_ok
+from earshot.server.auth import (
+    MAX_TTL,
+    SIGNED_URL_TTL,
+    AuthError,
+    Principal,
+    Scope,
+    authenticate_request,
+    mint,
+    secret_of,
+)
 from earshot.server.http.audio_range import (
     named,
     range_response,
@@ -32,14 +43,40 @@ def hub_of(request: Request) -> Hub:
     return cast(Hub, request.app.state.hub)
 
 
-def require_token(request: Request) -> None:
-    expected = request.app.state.settings.security.token
-    if not token_ok(expected, presented_token(request.headers, request.query_params)):
-        raise HTTPException(
-            401, "missing or wrong token", headers={"WWW-Authenticate": 'Bearer realm="earshot"'}
-        )
+def require_token(request: Request) -> Principal:
+    """Who sent the request (:func:`earshot.server.auth.authenticate_request`): 401 when
+    nobody, 403 for a signed URL of another path; each route then checks its scope."""
+    try:
+        principal = authenticate_request(request.app.state.settings.security, request.headers,
+                                         request.query_params, request.url.path)
+    except AuthError as exc:
+        raise _refusal(exc) from None
+    request.state.principal = principal
+    return principal
 
 
+def _refusal(exc: AuthError) -> HTTPException:
+    headers = {"WWW-Authenticate": 'Bearer realm="earshot"'} if exc.status == 401 else None
+    return HTTPException(exc.status, exc.message, headers=headers)
+
+
+def need(request: Request, scope: Scope, name: str | None = None) -> Principal:
+    """The request's principal, if it grants ``scope`` on a stream called ``name``; 403
+    otherwise (``name=ANY``: the scope for some names, as a listing needs)."""
+    principal: Principal = request.state.principal
+    if name is ANY:
+        if scope in principal.scopes or Scope.ADMIN in principal.scopes:
+            return principal
+        name = None
+    try:
+        principal.require(scope, name=name)
+    except AuthError as exc:
+        raise _refusal(exc) from None
+    return principal
+
+
+ANY = "\0any"
+PrincipalDep = Annotated[Principal, Depends(require_token)]
 HubDep = Annotated[Hub, Depends(hub_of)]
 api = APIRouter(prefix="/api", tags=["streams"], dependencies=[Depends(require_token)])
 ops = APIRouter(tags=["operations"])
@@ -61,8 +98,10 @@ async def list_streams(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
+    principal = need(request, Scope.LISTEN, ANY)
     records, total = hub.store.list(limit=limit, offset=offset)
-    items = [hub.record(r.id).public() if hub.is_live(r.id) else r.public() for r in records]
+    items = [hub.record(r.id).public() if hub.is_live(r.id) else r.public() for r in records
+             if principal.allows(Scope.LISTEN, name=r.name)]  # (a names grant: its own)
     nxt = None
     if offset + limit < total:
         nxt = str(request.url.include_query_params(limit=limit, offset=offset + limit))
@@ -70,8 +109,9 @@ async def list_streams(
 
 
 @api.get("/streams/{stream_id}", summary="One stream's metadata")
-async def get_stream(stream_id: str, hub: HubDep) -> dict[str, Any]:
+async def get_stream(stream_id: str, hub: HubDep, request: Request) -> dict[str, Any]:
     rec = _record(hub, stream_id)
+    need(request, Scope.LISTEN, rec.name)
     out: dict[str, Any] = rec.public()
     out["audio_url"] = f"/api/streams/{rec.id}/audio"
     return out
@@ -87,6 +127,7 @@ async def get_audio(stream_id: str, hub: HubDep, request: Request,
               end: Annotated[float | None, Query(gt=0, description="stream seconds")] = None,
               ) -> Response:
     rec = _record(hub, stream_id)
+    need(request, Scope.LISTEN, rec.name)
     hub.sync_archive(rec.id)  # make the header match what is on disk right now
     path = hub.path_of(rec)
     if not path.exists():
@@ -103,8 +144,9 @@ async def get_audio(stream_id: str, hub: HubDep, request: Request,
 
 @api.get("/sources/{name}/audio", summary="All streams of one name, stitched by wall clock",
          response_class=FileResponse)
-async def get_source_audio(name: str, hub: HubDep,
+async def get_source_audio(name: str, hub: HubDep, request: Request,
                            from_: Annotated[str, Query(alias="from")], to: str) -> Response:
+    need(request, Scope.LISTEN, name)
     t_from, t_to = source_times(from_, to)
     streams = []
     for rec in named(hub.store, name):  # live state is read here, on the event loop
@@ -116,9 +158,10 @@ async def get_source_audio(name: str, hub: HubDep,
 
 
 @api.get("/streams/{stream_id}/peaks", summary="Waveform peaks for drawing: min/max per column")
-async def get_peaks(stream_id: str, hub: HubDep,
+async def get_peaks(stream_id: str, hub: HubDep, request: Request,
                     width: Annotated[int, Query(ge=1, le=4000)] = 800) -> dict[str, Any]:
     rec = _record(hub, stream_id)
+    need(request, Scope.LISTEN, rec.name)
     hub.sync_archive(rec.id)
     path = hub.path_of(rec)
     if not path.exists():
@@ -134,15 +177,18 @@ async def get_peaks(stream_id: str, hub: HubDep,
 
 
 @api.get("/streams/{stream_id}/segments", summary="Speech segments found by the VAD")
-async def list_segments(stream_id: str, hub: HubDep) -> dict[str, Any]:
+async def list_segments(stream_id: str, hub: HubDep, request: Request) -> dict[str, Any]:
     rec = _record(hub, stream_id)
+    need(request, Scope.LISTEN, rec.name)
     return {"stream": rec.id, "segments": [s.public() for s in hub.store.segments(rec.id)]}
 
 
 @api.get("/streams/{stream_id}/segments/{n}/audio", summary="One speech segment as WAV",
          response_class=FileResponse)
-async def get_segment_audio(stream_id: str, n: int, hub: HubDep) -> FileResponse:
+async def get_segment_audio(stream_id: str, n: int, hub: HubDep,
+                            request: Request) -> FileResponse:
     rec = _record(hub, stream_id)
+    need(request, Scope.LISTEN, rec.name)
     seg = next((s for s in hub.store.segments(rec.id) if s.n == n), None)
     if seg is None:
         raise HTTPException(404, f"stream {rec.id} has no segment {n}")
@@ -156,12 +202,13 @@ async def get_segment_audio(stream_id: str, n: int, hub: HubDep) -> FileResponse
          summary="Final transcripts: JSON, or ?format=srt|vtt|txt",
          responses={200: {"content": {"application/json": {}, "application/x-subrip": {},
                                       "text/vtt": {}, "text/plain": {}}}})
-async def get_transcript(stream_id: str, hub: HubDep,
+async def get_transcript(stream_id: str, hub: HubDep, request: Request,
                    format: Annotated[str, Query(pattern="^(json|srt|vtt|txt)$")] = "json"
                    ) -> Response:
     from earshot.asr.export import FORMATS
 
     rec = _record(hub, stream_id)
+    need(request, Scope.LISTEN, rec.name)
     media, render = FORMATS[format]
     body = render(hub.store.transcripts(rec.id))
     headers = {}
@@ -172,12 +219,13 @@ async def get_transcript(stream_id: str, hub: HubDep,
 
 @api.post("/streams/{stream_id}/replay",
           summary="Run a processor over a finished stream's archive; its events and segments")
-async def replay_stream(stream_id: str, hub: HubDep,
+async def replay_stream(stream_id: str, hub: HubDep, request: Request,
                         processor: Annotated[str, Query(min_length=1, max_length=200)]
                         ) -> dict[str, Any]:
     from earshot.errors import ProcessorError
     from earshot.server.streams.replay import replay
 
+    need(request, Scope.ADMIN)
     rec = _record(hub, stream_id)
     try:
         return await replay(hub, rec.id, processor)
@@ -187,8 +235,46 @@ async def replay_stream(stream_id: str, hub: HubDep,
         raise HTTPException(409, str(exc)) from None
 
 
+@api.post("/streams/{stream_id}/links",
+          summary="Short-lived signed URLs of the stream's audio and transcript (for <audio>)")
+async def signed_links(stream_id: str, hub: HubDep, request: Request) -> dict[str, Any]:
+    rec = _record(hub, stream_id)
+    need(request, Scope.LISTEN, rec.name)
+    secret = secret_of(request.app.state.settings.security)
+    paths = {"audio": f"/api/streams/{rec.id}/audio",
+             "transcript": f"/api/streams/{rec.id}/transcript"}
+    if secret is None:  # an open server: the plain URLs open
+        return {**paths, "expires": None}
+    now = time.time()
+    return {**{k: f"{p}?sig={mint(secret, [Scope.LISTEN], ttl=SIGNED_URL_TTL, path=p, now=now)}"
+               for k, p in paths.items()},
+            "expires": int(now) + int(SIGNED_URL_TTL)}
+
+
+class TokenRequest(BaseModel):
+    scope: list[Scope] = Field(min_length=1, description="publish, listen, worker, admin")
+    names: str | None = Field(None, max_length=200, description="a glob of stream names")
+    processors: list[Annotated[str, Field(max_length=200)]] | None = Field(
+        None, max_length=64, description="worker: the processor kinds it may post events of")
+    ttl: float = Field(3600.0, gt=0, le=MAX_TTL, description="seconds until it expires")
+    subject: str = Field("token", max_length=200, description="who it is for (the sub claim)")
+
+
+@api.post("/tokens", summary="Mint a scoped token (admin only)")
+async def create_token(body: TokenRequest, request: Request) -> dict[str, Any]:
+    need(request, Scope.ADMIN)
+    secret = secret_of(request.app.state.settings.security)
+    if secret is None:
+        raise HTTPException(409, "this server has no --token or --token-secret to sign with")
+    now = time.time()
+    token = mint(secret, body.scope, ttl=body.ttl, names=body.names,
+                 processors=body.processors, subject=body.subject, now=now)
+    return {"token": token, "expires": int(now) + max(1, round(body.ttl))}
+
+
 @api.delete("/streams/{stream_id}", status_code=204, summary="Delete a stream and its files")
-async def delete_stream(stream_id: str, hub: HubDep) -> Response:
+async def delete_stream(stream_id: str, hub: HubDep, request: Request) -> Response:
+    need(request, Scope.ADMIN)
     rec = _record(hub, stream_id)
     try:
         hub.delete(rec.id)
@@ -218,5 +304,6 @@ def rest_report(request: Request) -> dict[str, Any] | None:
 
 @ops.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_token)])
 def metrics(request: Request) -> Response:
+    need(request, Scope.ADMIN)
     data = generate_latest(request.app.state.metrics.registry)
     return Response(data, media_type=CONTENT_TYPE_LATEST)

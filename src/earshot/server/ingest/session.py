@@ -25,12 +25,19 @@ from typing import Any
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from earshot.errors import ProtocolError, StorageError, StorageFull
-from earshot.server.auth import presented_token, token_ok
+from earshot.errors import ProtocolError, StorageError, StorageFull, StreamNotFound
+from earshot.server.auth import (
+    AuthError,
+    Pending,
+    Principal,
+    Scope,
+    authenticate,
+    presented_token,
+)
 from earshot.server.ingest.lane import DirectLane, lane_of
 from earshot.server.streams.hub import Hub, LiveStream
 from earshot.wire.codes import Close as CloseCode
-from earshot.wire.codes import Code
+from earshot.wire.codes import Code, metric_code
 from earshot.wire.ingest import (
     AudioIn,
     Close,
@@ -51,8 +58,11 @@ OUTBOX_LIMIT = 10_000  # messages queued for a client that does not read
 class IngestSession:
     """One ingest connection: feeds messages to the protocol core and carries out its outputs."""
 
-    def __init__(self, ws: WebSocket, hub: Hub) -> None:
+    def __init__(self, ws: WebSocket, hub: Hub, pending: Pending | None = None) -> None:
         self.ws = ws
+        self.pending = pending  # the pre-auth caps (None: none)
+        self._pending_at: str | None = None  # the address counted there, until the start
+        self._expiry: asyncio.Future[None] | None = None
         self.hub = hub
         settings = hub.settings
         self.settings = settings
@@ -85,16 +95,33 @@ class IngestSession:
         self.conn = IngestConnection(limits, compat)
         token = presented_token(ws.headers, query)
         self._presented = token
-        expected = settings.security.token
-        self._authed = expected is None or (token is not None and token_ok(expected, token))
+        self._auth_error: AuthError | None = None
+        self.principal: Principal | None = None  # None: credentials expected in start
+        try:
+            if token is not None or not settings.security.token:
+                self.principal = authenticate(settings.security, token)
+        except AuthError as exc:
+            self._auth_error = exc
+        self._deadline: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         ws = self.ws
         await ws.accept()
         self._writer = asyncio.create_task(self._write_loop())
-        if self._presented is not None and not self._authed:
-            await self._emit(self.conn.fail(Code.UNAUTHORIZED, "wrong token"))
+        if self._auth_error is not None:
+            await self._emit(self.conn.fail(self._auth_error.code, self._auth_error.message))
             return
+        if self.pending is not None:
+            address = ws.client.host if ws.client is not None else "?"
+            refused = self.pending.enter(address)
+            if refused is not None:
+                self.metrics.errors.labels(Code.RATE_LIMITED).inc()
+                self.post(error_message(Code.RATE_LIMITED, refused))
+                await self._close(CloseCode.TRY_AGAIN_LATER, "too many unauthenticated")
+                return
+            self._pending_at = address
+        timeout = self.settings.security.auth_timeout  # a start within it, or close 4401
+        self._deadline = asyncio.get_running_loop().call_later(timeout, self._auth_expired)
         conn = self.conn
         if not self.settings.archive.fsync:  # (with --fsync every flush awaits the disk)
             self._lane = lane_of(ws.scope)
@@ -139,6 +166,7 @@ class IngestSession:
             if not self._closed:
                 await self._emit(conn.fail(Code.INTERNAL, "internal server error; resume to go on"))
         finally:
+            self._authenticated()
             if self._lane is not None:
                 self._lane.detach()
             conn.closed()
@@ -196,13 +224,35 @@ class IngestSession:
             elif isinstance(out, Close):
                 await self._close(out.code, out.reason)
 
+    def _authenticated(self) -> None:
+        """Started (or gone): no deadline any more, and out of the pre-auth count."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self._pending_at is not None and self.pending is not None:
+            self.pending.leave(self._pending_at)
+            self._pending_at = None
+
+    def _auth_expired(self) -> None:
+        """No stream started by ``--auth-timeout``: close 4401 (the connection held a slot)."""
+        self._deadline = None
+        if self.live is None and not self._closed:
+            self._expiry = asyncio.ensure_future(self._emit(self.conn.fail(
+                Code.UNAUTHORIZED, "no start with valid credentials within "
+                f"{self.settings.security.auth_timeout:g} s of connecting")))
+
     async def _start(self, req: StartRequested) -> list[Output]:
         start = req.start
-        if not self._authed and not token_ok(self.settings.security.token, start.token):
-            return self.conn.refuse(
-                Code.UNAUTHORIZED,
-                "this server needs a token: ?token=, 'Authorization: Bearer', or 'token' in start",
-            )
+        principal = self.principal
+        try:
+            if principal is None:
+                if start.token is None:
+                    raise AuthError(Code.UNAUTHORIZED, "this server needs a token: ?token=, "
+                                    "'Authorization: Bearer', or 'token' in start")
+                principal = authenticate(self.settings.security, start.token)
+            principal.require(Scope.PUBLISH, name=self._name_of(start))
+        except AuthError as exc:
+            return self.conn.refuse(exc.code, exc.message)
         try:
             live, token, warnings = await self.hub.open(start, self)
         except ProtocolError as exc:
@@ -213,11 +263,21 @@ class IngestSession:
             log.exception("cannot open stream")
             return self.conn.refuse(Code.INTERNAL, f"cannot open the stream's archive: {exc}")
         self.live = live
+        self._authenticated()
         self._batch = start.batch or (start.compat and self._compat_batch)
         if start.compat:  # it cannot resume (its stream ends with its socket): an ack's
             self._acks = self._batch or self._compat_acks  # offset is of no use to it
         return [*self.conn.accept(live.id, token, live.offset, processors=live.processors),
                 *(Send(w) for w in warnings)]
+
+    def _name_of(self, start: Any) -> str | None:
+        """The name of the stream a start opens (a resume: the stored stream's name)."""
+        if start.resume is None:
+            return start.name  # type: ignore[no-any-return]
+        try:
+            return self.hub.store.get(start.resume).name
+        except StreamNotFound:  # the hub refuses it with its own code
+            return start.name  # type: ignore[no-any-return]
 
     async def _stop(self, length: int | None = None) -> None:
         live = self.live
@@ -238,9 +298,9 @@ class IngestSession:
             return
         kind = message.get("type")
         if kind == "error":
-            self.metrics.errors.labels(message.get("code", "unknown")).inc()
+            self.metrics.errors.labels(metric_code(message.get("code"))).inc()
         elif kind == "warning":
-            self.metrics.warnings.labels(message.get("code", "unknown")).inc()
+            self.metrics.warnings.labels(metric_code(message.get("code"))).inc()
         try:
             text = orjson.dumps(message).decode()  # NaN/Inf become null: always valid JSON
         except TypeError:  # e.g. numpy scalars in a user processor's event
@@ -330,8 +390,13 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-async def refuse_unauthorized(ws: WebSocket) -> None:
-    """For endpoints that need the token up front (subscribe)."""
+async def refuse_unauthorized(ws: WebSocket, code: str = Code.UNAUTHORIZED,
+                             message: str = "missing or wrong token") -> None:
+    """For endpoints that need credentials up front (subscribe): ``unauthorized`` (close
+    4401) or ``forbidden`` (close 4403)."""
     await ws.accept()
-    await ws.send_text(json.dumps(error_message(Code.UNAUTHORIZED, "missing or wrong token")))
-    await ws.close(CloseCode.UNAUTHORIZED, "unauthorized")
+    await ws.send_text(json.dumps(error_message(code, message)))
+    if code == Code.FORBIDDEN:
+        await ws.close(CloseCode.FORBIDDEN, "forbidden")
+    else:
+        await ws.close(CloseCode.UNAUTHORIZED, "unauthorized")

@@ -119,11 +119,12 @@ class Hub:
         if live is not None:
             live.archive.sync()
 
-    def from_worker(self, stream_id: str, events: list[Event]) -> bool:
-        """Events a remote WebSocket worker sends back; False for an unknown stream."""
+    def from_worker(self, stream_id: str, events: list[Event]) -> tuple[str, str] | None:
+        """Events a remote WebSocket worker sends back; (code, message) when refused."""
         live = self.live.get(stream_id)
         return self.router.from_worker(stream_id, events, live.rec if live else None,
-                                       live.archive.path if live else None)
+                                       live.archive.path if live else None,
+                                       live.offset if live else 0)
 
     # -- load (server/streams/load.py) -------------------------------------------------------
     def observe_loop_lag(self, lag: float, now: float) -> None:
@@ -282,8 +283,9 @@ class Hub:
         return remote_processors(self.registry, self.bus, live, start)
 
     def emit(self, live: LiveStream, events: list[Event]) -> None:
-        """Events of a stream held here (its processors, the hub's own warnings)."""
-        self.router.emit(live.rec, live.archive.path, events)
+        """Events of a stream held here (its processors, the hub's own warnings); segments
+        are cut in a worker thread (the detach waits for them)."""
+        self.router.emit(live.rec, live.archive.path, events, cut_later=True)
 
     # -- the bus's callbacks ------------------------------------------------------------------
     def on_bus_events(self, sid: str, events: list[Event]) -> None:
@@ -433,6 +435,7 @@ class Hub:
                 self._late(live, late, "their last events are lost")
             else:
                 self._spawn(pipeline.close(self.settings.processing.drain_timeout))
+        await self.router.settle(live.id, self.settings.processing.drain_timeout)  # cuts
         async with live.lock:
             live.owner = None
             archive = live.archive

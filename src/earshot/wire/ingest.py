@@ -213,9 +213,16 @@ def parse_start(obj: Mapping[str, Any], limits: Limits) -> Start:
             raise ProtocolError(
                 Code.BAD_START, f"'processors' must be a list of at most {limits.max_processors}"
             )
-        for p in processors:
+        for i, p in enumerate(processors):
             if not isinstance(p, str | dict):
                 raise ProtocolError(Code.BAD_START, "each processor is a name or an object")
+            if isinstance(p, dict):
+                if not isinstance(p.get("name"), str):
+                    raise ProtocolError(Code.BAD_START,
+                                        f"'processors[{i}].name' must be a string")
+                if not isinstance(p.get("options") or {}, dict):
+                    raise ProtocolError(Code.BAD_START,
+                                        f"'processors[{i}].options' must be an object")
         processors = tuple(processors)
     offset = _int_field(obj, "offset")
     if offset is not None and offset < 0:

@@ -159,17 +159,57 @@ class Hub:
             self.admission.resumed(live.id)
         else:
             live, token = self._create(start, owner)
-        warnings: list[Event] = []
-        if live.cleanup is None:
-            live.cleanup, warnings = open_cleanup(self.settings, start.filters, live.rec.rate,
-                                                  live.rec.channels, live.offset)
-        if self.bus.remote:
-            if not live.processors:
-                warnings += self._remote_processors(live, start)
-        elif live.pipeline is None:
-            warnings += self._start_pipeline(live, start)
-        await self.bus.acquire(live.id)
+        # All or nothing: past this point any failure rolls the stream back, so no stream
+        # is left live without a connection (nor its file, slot or lease held).
+        try:
+            warnings: list[Event] = []
+            if live.cleanup is None:
+                live.cleanup, warnings = open_cleanup(self.settings, start.filters,
+                                                      live.rec.rate, live.rec.channels,
+                                                      live.offset)
+            if self.bus.remote:
+                if not live.processors:
+                    warnings += self._remote_processors(live, start)
+            elif live.pipeline is None:
+                warnings += self._start_pipeline(live, start)
+            await self.bus.acquire(live.id)
+        except BaseException:
+            await self._roll_back(live, owner, created=start.resume is None)
+            raise
         return live, token, warnings
+
+    async def _roll_back(self, live: LiveStream, owner: Owner, *, created: bool) -> None:
+        """Undo an open that failed half-way: the pipeline closed, the archive closed, the
+        stream out of the live map (its admission slot free) and the lease given back. A
+        stream created by this open is removed (nothing of it was acknowledged); a resumed
+        one is left ``interrupted`` (resumable)."""
+        if live.owner is not owner or live.detaching is not None:
+            return
+        live.owner = None
+        pipeline, live.pipeline = live.pipeline, None
+        if pipeline is not None:
+            with contextlib.suppress(Exception):
+                await pipeline.close(0.0)
+        self.live.pop(live.id, None)
+        self.metrics.streams_active.set(len(self.live))
+        with contextlib.suppress(Exception):
+            live.archive.close()
+        rec = live.rec
+        try:
+            if created:
+                self.store.delete(rec.id)
+                for p in self.streams_dir.glob(f"{rec.id}.*"):
+                    p.unlink(missing_ok=True)
+            else:
+                rec.state, rec.frames = "interrupted", live.archive.frames
+                self.store.update(rec.id, state="interrupted", frames=rec.frames)
+        except Exception:
+            log.exception("rolling back stream %s", rec.id)
+        with contextlib.suppress(Exception):
+            await self.bus.release(rec.id)
+        self.bus.publish(rec.id, {"type": "stream_ended", "stream": rec.id,
+                                  "t": rec.frames / rec.rate, "state": "failed",
+                                  "frames": rec.frames})
 
     def _create(self, start: Start, owner: Owner) -> tuple[LiveStream, str]:
         spec = start.spec

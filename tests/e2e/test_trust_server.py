@@ -1,0 +1,83 @@
+"""Issue 19, the robustness half, probed from another process against a real server:
+malformed starts leave no zombie stream, bounded client choices, dependencies refused up
+front, REST bounded, source windows."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from helpers import ServerProcess
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "t0ken-for-trust"
+
+
+def start(**kw: Any) -> str:
+    return json.dumps({"type": "start", "format": "s16", "rate": 16000, "channels": 1, **kw})
+
+
+async def first_answer(url: str, message: str) -> tuple[dict[str, Any], int | None]:
+    async with connect(url) as ws:
+        await ws.send(message)
+        msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        with contextlib.suppress(TimeoutError, ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 0.3)
+        return msg, ws.close_code
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    text = httpx.get(server.http + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+async def test_malformed_starts_leave_no_zombie_stream(
+        server_factory: Callable[..., ServerProcess]) -> None:
+    server = server_factory("--token", TOKEN, "--max-streams", "5")
+    url = f"{server.url}?token={TOKEN}"
+    for bad in ([{"name": ["x"]}], [{"name": {"a": 1}}], [{"name": "level", "options": 3}],
+                [{"name": ["x"]}], [7]):
+        msg, _ = await first_answer(url, start(processors=bad))
+        assert (msg["type"], msg["code"]) == ("error", "bad_start"), msg
+    health = httpx.get(server.http + "/healthz").json()
+    assert health["admission"]["held"] == 0
+    assert metric(server, "earshot_streams_active") == 0
+    # every slot is free: five publishers get in at once (--max-streams 5)
+    async with connect(url) as a, connect(url) as b, connect(url) as c, connect(url) as d, \
+            connect(url) as e:
+        ids = []
+        for ws in (a, b, c, d, e):
+            await ws.send(start(processors=[]))
+            ready = json.loads(await ws.recv())
+            assert ready["type"] == "ready", ready
+            ids.append(ready["stream"])
+            await ws.send(np.ones(1600, "<i2").tobytes())
+            await ws.send(json.dumps({"type": "stop"}))
+        for ws in (a, b, c, d, e):
+            while json.loads(await ws.recv())["type"] != "stopped":
+                pass
+    r = httpx.delete(f"{server.http}/api/streams/{ids[0]}",
+                     headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 204, r.text
+    # and the shutdown has nothing to wait for
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(10)
+    # what the drain held (a zombie would be listed, and waited for)
+    held = json.loads((server.data_dir / "held-at-shutdown.json").read_text())
+    assert held["streams"] == []
+

@@ -81,3 +81,37 @@ async def test_malformed_starts_leave_no_zombie_stream(
     held = json.loads((server.data_dir / "held-at-shutdown.json").read_text())
     assert held["streams"] == []
 
+
+
+async def test_client_choices_are_bounded(server_factory: Callable[..., ServerProcess]) -> None:
+    """The issue's probes: a 3 GiB spectrogram, 32,000 level events for 2 s, 16 processors
+    with duplicates, a 1 MiB ``client``; each refused (or merged) at the door, naming the
+    field, and the list of streams carries no client info."""
+    server = server_factory("--token", TOKEN)
+    url = f"{server.url}?token={TOKEN}"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    msg, _ = await first_answer(url, start(processors=[
+        {"name": "spectrogram", "options": {"mels": 3000, "win_ms": 4000}}]))
+    assert msg["code"] == "bad_start" and "'processors[0].options.mels'" in msg["message"]
+    msg, _ = await first_answer(url, start(processors=[
+        {"name": "level", "options": {"interval": 1 / 16000}}]))
+    assert msg["code"] == "bad_start" and "'processors[0].options.interval'" in msg["message"]
+    msg, _ = await first_answer(url, start(client={"blob": "x" * ((1 << 20) - 1000)}))
+    assert msg["code"] == "bad_start" and "'client'" in msg["message"]
+    assert httpx.get(server.http + "/healthz").json()["admission"]["held"] == 0
+    # sixteen processors, duplicates included: one level runs, at the last interval asked
+    async with connect(url) as ws:
+        await ws.send(start(name="dup", client={"app": "probe"}, processors=[
+            "level", *[{"name": "level", "options": {"interval": 0.5}}] * 15]))
+        ready = json.loads(await ws.recv())
+        assert ready["processors"] == ["level"], ready
+        await ws.send(np.ones(16000, "<i2").tobytes())
+        await ws.send(json.dumps({"type": "stop"}))
+        events = []
+        while (m := json.loads(await ws.recv()))["type"] != "stopped":
+            events.append(m)
+    assert [e["t"] for e in events if e["type"] == "level"] == [0.0, 0.5]
+    listed = httpx.get(server.http + "/api/streams", headers=auth).json()["streams"]
+    assert [s["name"] for s in listed] == ["dup"] and "client" not in listed[0]
+    one = httpx.get(f"{server.http}/api/streams/{ready['stream']}", headers=auth).json()
+    assert one["client"] == {"app": "probe"}

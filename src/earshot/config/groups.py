@@ -220,6 +220,9 @@ class ProcessingSettings(Group):
     drain_timeout: float = setting(10.0, "seconds processors get to finish after a stream "
                                    "stops (and the server to drain on SIGTERM)",
                                    range=SECONDS_OR_ZERO, metavar="SECONDS")
+    max_processors: int = setting(8, "processors one stream's start may name (duplicates "
+                                  "merged); more: bad_start", range=Range(int, 1, 64),
+                                  metavar="N")
 
     def check(self) -> None:
         if self.filters:

@@ -63,6 +63,8 @@ async def list_streams(
 ) -> dict[str, Any]:
     records, total = hub.store.list(limit=limit, offset=offset)
     items = [hub.record(r.id).public() if hub.is_live(r.id) else r.public() for r in records]
+    for item in items:  # what the client said of itself: in the stream's own record only
+        item.pop("client", None)
     nxt = None
     if offset + limit < total:
         nxt = str(request.url.include_query_params(limit=limit, offset=offset + limit))

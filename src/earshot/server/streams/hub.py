@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import secrets
@@ -154,6 +155,9 @@ class Hub:
                                     now=self.clock())
         if refused is not None:
             raise refused
+        if start.processors is not None:  # the client's choices, checked before anything
+            start = dataclasses.replace(start, processors=self.registry.check_start(
+                start.processors, self.settings.processing.max_processors))
         if start.resume is not None:
             live, token = await self._resume(start, owner)
             self.admission.resumed(live.id)

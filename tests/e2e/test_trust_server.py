@@ -9,6 +9,7 @@ import contextlib
 import json
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -115,3 +116,46 @@ async def test_client_choices_are_bounded(server_factory: Callable[..., ServerPr
     assert [s["name"] for s in listed] == ["dup"] and "client" not in listed[0]
     one = httpx.get(f"{server.http}/api/streams/{ready['stream']}", headers=auth).json()
     assert one["client"] == {"app": "probe"}
+
+
+async def test_a_listener_asking_for_opus_never_breaks_the_publisher(
+        tmp_path: Path, server_factory: Callable[..., ServerProcess]) -> None:
+    """On a server without PyAV (hidden here by a stand-in ``av`` that fails to import), a
+    subscriber asking ``audio=opus`` is refused with ``unsupported_format`` at once; the
+    publisher of the stream it wanted goes on and stops cleanly with every frame."""
+    hide = tmp_path / "hide-av" / "av"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text('raise ImportError("PyAV hidden by the test")\n')
+    server = server_factory(env={"PYTHONPATH": str(hide.parent)})
+    async with connect(server.url) as pub:
+        await pub.send(start(rate=16000, processors=[]))
+        ready = json.loads(await pub.recv())
+        sid = ready["stream"]
+        x = (np.arange(16000) % 200 - 100).astype("<i2")
+        await pub.send(x[:8000].tobytes())
+        async with connect(f"{server.url}/subscribe?stream={sid}&audio=opus") as sub:
+            first = json.loads(await sub.recv())
+            assert (first["type"], first["code"]) == ("error", "unsupported_format"), first
+            assert "PyAV" in first["message"]
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(sub.recv(), 5)
+        await pub.send(x[8000:].tobytes())
+        await pub.send(json.dumps({"type": "stop"}))
+        got = []
+        while (m := json.loads(await pub.recv()))["type"] != "stopped":
+            got.append(m)
+    assert m["offset"] == 16000 and not [e for e in got if e["type"] == "error"], got
+    # PCM listeners are unaffected: audio=s16 is still served
+    async with connect(f"{server.url}/subscribe?stream=*&audio=s16") as sub:
+        assert json.loads(await sub.recv())["type"] == "subscribed"
+
+
+def test_pyav_is_part_of_the_server_extra() -> None:
+    """Opus ingest and audio=opus work on the default install (``earshot[server]``)."""
+    import tomllib
+
+    from helpers import ROOT
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert any(d.replace(" ", "").startswith("av>=") for d in
+               project["optional-dependencies"]["server"])

@@ -158,6 +158,13 @@ class Hub:
         if start.processors is not None:  # the client's choices, checked before anything
             start = dataclasses.replace(start, processors=self.registry.check_start(
                 start.processors, self.settings.processing.max_processors))
+        if start.spec.format == "opus":  # refused now, not when the first packet comes
+            from earshot.codec.opus import decoder_missing
+
+            missing = decoder_missing()
+            if missing is not None:
+                raise ProtocolError(Code.UNSUPPORTED_FORMAT, "opus is not available on this "
+                                    f"server: {missing}; send s16 or f32")
         if start.resume is not None:
             live, token = await self._resume(start, owner)
             self.admission.resumed(live.id)

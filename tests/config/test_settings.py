@@ -45,7 +45,8 @@ FLAT_NAMES = [
     "asr_compute_type",
     "asr_language", "asr_beam_size", "asr_workers", "asr_threads", "asr_batch",
     "max_streams", "max_cpu", "max_subscribers", "rest_rate", "rest_burst",
-    "max_rest_requests", "max_loop_lag", "max_ack_latency", "min_free_space", "bus",
+    "max_rest_requests", "max_rest_per_client", "rest_send_timeout", "max_loop_lag",
+    "max_ack_latency", "min_free_space", "bus",
     "bus_retention", "mqtt",
 ]
 FILE_ONLY = {"header_interval", "compat"}

@@ -159,3 +159,154 @@ def test_pyav_is_part_of_the_server_extra() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert any(d.replace(" ", "").startswith("av>=") for d in
                project["optional-dependencies"]["server"])
+
+
+async def make_stream(url: str, x: np.ndarray, *, rate: int = 16000, **start_fields: Any) -> str:
+    """A finished stream of ``x`` (int16, frames by channels) sent over a raw WebSocket."""
+    channels = 1 if x.ndim == 1 else x.shape[1]
+    async with connect(url) as ws:
+        await ws.send(start(rate=rate, channels=channels, **start_fields))
+        ready = json.loads(await ws.recv())
+        assert ready["type"] == "ready", ready
+        step = rate // 10 * channels * 2
+        data = x.astype("<i2").tobytes()
+        for i in range(0, len(data), step):
+            await ws.send(data[i:i + step])
+        await ws.send(json.dumps({"type": "stop"}))
+        while json.loads(await ws.recv())["type"] != "stopped":
+            pass
+    return str(ready["stream"])
+
+
+async def test_audio_endpoints_answer_what_they_should(
+        server_factory: Callable[..., ServerProcess]) -> None:
+    """The issue's cases: a non-Latin source name (was 500, and a ``"`` broke the header),
+    ``captured_at: "nan"`` (was 500 forever), ``?start=inf`` (500), a window holding none of
+    the source's audio (streamed silence: 115 MB an hour)."""
+    import datetime as dt
+    from urllib.parse import quote, unquote
+
+    server = server_factory()
+    x = (np.arange(16000) % 300 - 150).astype("<i2")
+    name = 'Кухня "мик" 台所'
+    await make_stream(server.url, x, name=name)
+    nan_sid = await make_stream(server.url, x, name="nan-clock",
+                                client={"captured_at": "nan"})
+    async with httpx.AsyncClient(base_url=server.http) as c:
+        rec = (await c.get(f"/api/streams/{nan_sid}")).json()
+        t0 = rec["created"]
+        iso = [dt.datetime.fromtimestamp(t, dt.UTC).isoformat()
+               for t in (t0 - 600, t0 + 600, t0 - 7200, t0 - 3600)]
+        r = await c.get(f"/api/sources/{quote(name, safe='')}/audio",
+                        params={"from": iso[0], "to": iso[1]})
+        assert r.status_code == 200, r.text
+        cd = r.headers["content-disposition"]
+        assert cd.startswith('attachment; filename="') and '\\"' not in cd
+        assert cd.count('"') == 2  # the name's own quotes are not in the ASCII fallback
+        assert unquote(cd.split("filename*=UTF-8''")[1]) == f"{name}.wav"
+        r = await c.get("/api/sources/nan-clock/audio", params={"from": iso[0], "to": iso[1]})
+        assert r.status_code == 200, r.text  # placed at its creation time instead
+        # an hour that holds none of its audio: 404, not an hour of zeros
+        r = await c.get("/api/sources/nan-clock/audio", params={"from": iso[2], "to": iso[3]})
+        assert r.status_code == 404 and "no audio" in r.json()["detail"]
+        for bad in ({"start": "inf"}, {"start": "nan"}, {"end": "1e400"}, {"start": "1e12"}):
+            r = await c.get(f"/api/streams/{nan_sid}/audio", params=bad)
+            assert r.status_code == 422, (bad, r.status_code, r.text)
+            assert r.json()["detail"][0]["loc"][-1] in bad
+        r = await c.get("/api/streams", params={"offset": str(10**30)})
+        assert r.status_code == 422
+        r = await c.get(f"/api/streams/{nan_sid}/transcript", params={"format": "srt"})
+        assert r.headers["content-disposition"] == (
+            f"attachment; filename=\"{nan_sid}.srt\"; filename*=UTF-8''{nan_sid}.srt")
+
+
+def slow_reader(port: int, path: str) -> Any:
+    """A raw HTTP client that asks for ``path`` and then reads nothing (a tiny receive
+    buffer, so the server's writes stall at once)."""
+    import socket
+
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    return s
+
+
+async def test_slow_readers_from_one_address_hold_only_their_share(
+        server_factory: Callable[..., ServerProcess]) -> None:
+    """64 slow readers from one address held every REST place (others got 429) and were
+    never let go. Now one address holds at most --max-rest-per-client (8) of them, another
+    address is served meanwhile, and --rest-send-timeout frees the places."""
+    server = server_factory("--rest-send-timeout", "1")
+    x = np.tile((np.arange(48000 * 2) % 500 - 250).astype("<i2").reshape(-1, 2), (20, 1))
+    sid = await make_stream(server.url, x, rate=48000)  # 20 s of 48 kHz stereo: 3.8 MB
+    readers = [slow_reader(server.port, f"/api/streams/{sid}/audio") for _ in range(64)]
+    try:
+        statuses = []
+        for s in readers:
+            s.settimeout(5)
+            statuses.append(s.recv(12).decode().split(" ")[1])
+        assert statuses.count("200") == 8 and statuses.count("429") == 56, statuses
+        other = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        async with httpx.AsyncClient(transport=other, base_url=server.http) as c:
+            r = await c.get("/api/streams")
+            assert r.status_code == 200, r.text  # another address is served meanwhile
+        r = httpx.get(server.http + "/api/streams")
+        assert r.status_code == 429 and "in flight" in r.json()["message"]
+        # the readers that got in read nothing: a second later they are abandoned
+        for _ in range(100):
+            rest = httpx.get(server.http + "/healthz").json()["rest"]
+            if rest["in_flight"] == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert rest["in_flight"] == 0 and rest["refused"]["per_client"] == 57, rest
+        assert httpx.get(server.http + "/api/streams").status_code == 200
+    finally:
+        for s in readers:
+            s.close()
+
+
+async def test_replay_streams_ndjson_with_progress_and_stops_when_its_client_goes(
+        server_factory: Callable[..., ServerProcess]) -> None:
+    server = server_factory()
+    x = (np.sin(np.arange(16000 * 30) / 8) * 8000).astype("<i2")  # 30 s
+    sid = await make_stream(server.url, x, processors=[])
+    url = f"{server.http}/api/streams/{sid}/replay"
+    lines = []
+    async with httpx.AsyncClient() as c, c.stream(
+            "POST", url, params={"processor": "level", "format": "ndjson"}) as r:
+        assert r.headers["content-type"] == "application/x-ndjson"
+        async for line in r.aiter_lines():
+            lines.append(json.loads(line))
+    levels = [e for e in lines if e["type"] == "level"]
+    assert len(levels) == 600 and levels[-1]["t"] == 29.95  # every 50 ms of the 30 s
+    progress = [e["progress"] for e in lines if e["type"] == "replay_progress"]
+    assert progress == sorted(progress) and progress[-1] == 1.0 and len(progress) >= 20
+    assert lines[-1]["type"] == "replay_done" and lines[-1]["events"] == 600
+    # the JSON form still answers at once, within its cap
+    body = httpx.post(url, params={"processor": "level"}, timeout=30).json()
+    assert body["total_events"] == 600 and not body["truncated"]
+    # a client that reads nothing: the job waits for it (bounded), and is cancelled when
+    # the client goes, not run to the end
+    long = (np.sin(np.arange(8000 * 1200) / 8) * 8000).astype("<i2")  # 20 min at 8 kHz
+    sid = await make_stream(server.url, long, rate=8000, processors=[])
+    s = slow_reader(server.port, "/")
+    s.sendall(f"POST /api/streams/{sid}/replay?processor=level&format=ndjson HTTP/1.1\r\n"
+              f"Host: 127.0.0.1:{server.port}\r\nContent-Length: 0\r\n\r\n".encode())
+    seen: list[dict[str, Any]] = []
+    for _ in range(100):
+        await asyncio.sleep(0.1)
+        seen += [j for j in httpx.get(f"{server.http}/api/replays").json()["replays"]
+                 if j["stream"] == sid]
+        if len(seen) >= 3 and seen[-1]["done_frames"] == seen[-3]["done_frames"]:
+            break  # it stands still, waiting for its reader
+    assert seen and 0 < seen[-1]["done_frames"] < len(long), seen[-3:]
+    s.close()
+    for _ in range(100):
+        body = httpx.get(f"{server.http}/api/replays").json()
+        if not body["replays"]:
+            break
+        await asyncio.sleep(0.05)
+    assert body["replays"] == []
+    ended = next(j for j in body["recent"] if j["stream"] == sid)
+    assert ended["state"] == "cancelled" and ended["done_frames"] < len(long)

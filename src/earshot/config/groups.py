@@ -280,6 +280,12 @@ class AdmissionSettings(Group):
                               range=POSITIVE_INT, metavar="N")
     max_rest_requests: int = setting(64, "REST requests in flight at once; past it 429 "
                                      "'rate_limited' (0: no limit)", range=COUNT, metavar="N")
+    max_rest_per_client: int = setting(8, "REST requests one client address may have in "
+                                       "flight at once; past it 429 (0: no limit)",
+                                       range=COUNT, metavar="N")
+    rest_send_timeout: float = setting(30.0, "seconds a REST client may read nothing of a "
+                                       "response before it is abandoned (0: never)",
+                                       range=SECONDS_OR_ZERO, metavar="SECONDS")
     max_loop_lag: float = setting(0.5, "refuse new streams while the smoothed event-loop "
                                   "lag exceeds this (0: off)", range=SECONDS_OR_ZERO,
                                   metavar="SECONDS")

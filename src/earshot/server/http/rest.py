@@ -14,6 +14,7 @@ from earshot import __version__
 from earshot.errors import StorageError, StreamNotFound
 from earshot.server.auth import presented_token, token_ok
 from earshot.server.http.audio_range import (
+    content_disposition,
     named,
     range_response,
     source_response,
@@ -59,7 +60,7 @@ async def list_streams(
     request: Request,
     hub: HubDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1 << 40)] = 0,
 ) -> dict[str, Any]:
     records, total = hub.store.list(limit=limit, offset=offset)
     items = [hub.record(r.id).public() if hub.is_live(r.id) else r.public() for r in records]
@@ -85,8 +86,10 @@ async def get_stream(stream_id: str, hub: HubDep) -> dict[str, Any]:
     response_class=FileResponse,
 )
 async def get_audio(stream_id: str, hub: HubDep, request: Request,
-              start: Annotated[float | None, Query(ge=0, description="stream seconds")] = None,
-              end: Annotated[float | None, Query(gt=0, description="stream seconds")] = None,
+              start: Annotated[float | None, Query(ge=0, le=1e9, allow_inf_nan=False,
+                                                   description="stream seconds")] = None,
+              end: Annotated[float | None, Query(gt=0, le=1e9, allow_inf_nan=False,
+                                                 description="stream seconds")] = None,
               ) -> Response:
     rec = _record(hub, stream_id)
     hub.sync_archive(rec.id)  # make the header match what is on disk right now
@@ -168,25 +171,44 @@ async def get_transcript(stream_id: str, hub: HubDep,
     body = render(hub.store.transcripts(rec.id))
     headers = {}
     if format != "json":
-        headers["Content-Disposition"] = f'attachment; filename="{rec.id}.{format}"'
+        headers["Content-Disposition"] = content_disposition(f"{rec.id}.{format}")
     return Response(body, media_type=media, headers=headers)
 
 
 @api.post("/streams/{stream_id}/replay",
-          summary="Run a processor over a finished stream's archive; its events and segments")
-async def replay_stream(stream_id: str, hub: HubDep,
-                        processor: Annotated[str, Query(min_length=1, max_length=200)]
-                        ) -> dict[str, Any]:
+          summary="Run a processor over a finished stream's archive; its events and segments "
+                  "(?format=ndjson: streamed as they come, with progress)",
+          responses={200: {"content": {"application/json": {}, "application/x-ndjson": {}}}})
+async def replay_stream(stream_id: str, hub: HubDep, request: Request,
+                        processor: Annotated[str, Query(min_length=1, max_length=200)],
+                        format: Annotated[str | None, Query(pattern="^(json|ndjson)$")] = None,
+                        ) -> Any:
+    from fastapi.responses import StreamingResponse
+
     from earshot.errors import ProcessorError
-    from earshot.server.streams.replay import replay
+    from earshot.server.streams.replay import prepare
 
     rec = _record(hub, stream_id)
     try:
-        return await replay(hub, rec.id, processor)
+        job = prepare(hub, rec.id, processor)
     except ProcessorError as exc:
         raise HTTPException(400, str(exc)) from None
     except StorageError as exc:
         raise HTTPException(409, str(exc)) from None
+    if format == "ndjson" or (format is None and "application/x-ndjson"
+                              in request.headers.get("accept", "")):
+        return StreamingResponse(hub.replays.ndjson(job, request.is_disconnected),
+                                 media_type="application/x-ndjson")
+    try:
+        return await hub.replays.collect(job)
+    except StorageError as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
+@api.get("/replays", summary="Replays running on this gateway, with their progress (and the "
+                             "last ones to end)")
+async def list_replays(hub: HubDep) -> dict[str, Any]:
+    return {"replays": hub.replays.list(), "recent": list(hub.replays.recent)}
 
 
 @api.delete("/streams/{stream_id}", status_code=204, summary="Delete a stream and its files")

@@ -39,6 +39,7 @@ from earshot.server.streams.live import LiveStream, Owner, hash_token, new_strea
 from earshot.server.streams.load import Load
 from earshot.server.streams.processing import remote_processors, start_pipeline
 from earshot.server.streams.recovery import recover
+from earshot.server.streams.replay import Replays
 from earshot.server.streams.space import is_no_space
 from earshot.storage.archive import Archive, finalize
 from earshot.storage.metadata import MetadataStore, StreamRecord
@@ -71,6 +72,7 @@ class Hub:
         self.router = EventRouter(store, bus, metrics, settings.server.data_dir, self.owner_of,
                                   self._processed)
         self._background: set[asyncio.Task[Any]] = set()
+        self.replays = Replays()  # replay jobs running here (server/streams/replay.py)
         self.streams_dir = settings.server.data_dir / "streams"
         self.streams_dir.mkdir(parents=True, exist_ok=True)
         self.load = Load(settings, metrics)  # admission, free space, the ack cadence

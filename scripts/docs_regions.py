@@ -2,7 +2,8 @@
 ``<!-- /generated:NAME -->`` in docs/*.md is written by a generator, never by hand.
 
 NAME is ``config`` (the configuration table, scripts/config_table.py), ``metrics`` (the
-gateway's Prometheus metrics, scripts/metrics_table.py) or ``bench.TABLE`` (a benchmark
+gateway's Prometheus metrics, scripts/metrics_table.py), ``client-options`` (what a start
+may set of each processor, earshot.processors.schema) or ``bench.TABLE`` (a benchmark
 table, scripts/bench_tables.py). The docs build fills the regions as it renders
 (docs/hooks.py), and the committed pages are kept up to date so they read right on GitHub
 too (tests/docs/ checks it):
@@ -24,12 +25,21 @@ from bench_tables import TABLES
 from config_table import config_table
 from metrics_table import metrics_table
 
+
+def client_options_table() -> str:
+    """What a start may set of each built-in processor (earshot.processors.schema)."""
+    from earshot.processors.schema import ASR, LEVEL, SPECTROGRAM, VAD, schema_table
+
+    return schema_table({"level": LEVEL, "spectrogram": SPECTROGRAM, "vad": VAD, "asr": ASR})
+
+
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 REGION = re.compile(r"(<!-- generated:([\w.-]+) -->\n)(.*?)(<!-- /generated:\2 -->)", re.S)
 
 
 def generators() -> dict[str, Callable[[], str]]:
-    out: dict[str, Callable[[], str]] = {"config": config_table, "metrics": metrics_table}
+    out: dict[str, Callable[[], str]] = {"config": config_table, "metrics": metrics_table,
+                                         "client-options": client_options_table}
     out.update({f"bench.{name}": fn for name, fn in TABLES.items()})
     return out
 

@@ -42,10 +42,12 @@ FLAT_NAMES = [
     "max_preauth_per_address", "header_timeout", "certfile", "keyfile", "archive_format",
     "archive_part", "fsync", "header_interval", "ack_interval", "ack_interval_max",
     "max_message_bytes", "compat", "processors", "filters", "filter_processors", "max_lag",
-    "drain_timeout", "asr_model", "asr_engine", "asr_device", "asr_compute_type",
+    "drain_timeout", "max_processors", "asr_model", "asr_engine", "asr_device",
+    "asr_compute_type",
     "asr_language", "asr_beam_size", "asr_workers", "asr_threads", "asr_batch",
     "max_streams", "max_cpu", "max_subscribers", "rest_rate", "rest_burst",
-    "max_rest_requests", "max_loop_lag", "max_ack_latency", "min_free_space", "bus",
+    "max_rest_requests", "max_rest_per_client", "rest_send_timeout", "max_loop_lag",
+    "max_ack_latency", "min_free_space", "bus",
     "bus_retention", "mqtt",
 ]
 FILE_ONLY = {"header_interval", "compat"}

@@ -178,10 +178,10 @@ async def test_a_stalled_broker_never_stalls_ingest(
         t0 = time.monotonic()
         pub, events, _ = await stream_file(
             server.url, x, rate, realtime=False, name="fast",
-            processors=[{"name": "level", "options": {"interval": 0.001}}])
+            processors=[{"name": "level", "options": {"interval": 0.01}}])
         took = time.monotonic() - t0
         assert np.array_equal(archive(server, pub.stream_id), x)
-        assert len(of(events, "level")) == 4000  # the sender got every event meanwhile
+        assert len(of(events, "level")) == 400  # the sender got every event meanwhile
         queued = float(next(line.split()[-1] for line in
                             httpx.get(f"{server.http}/metrics").text.splitlines()
                             if line.startswith("earshot_mqtt_queue ")))
@@ -189,7 +189,7 @@ async def test_a_stalled_broker_never_stalls_ingest(
     finally:
         broker.proc.send_signal(signal.SIGCONT)
     assert took < 20
-    sub.wait_for(lambda: len(sub.on("earshot/fast/level")) == 4000, 30)
+    sub.wait_for(lambda: len(sub.on("earshot/fast/level")) == 400, 30)
     ts = [e["t"] for e in payloads(sub.on("earshot/fast/level"))]
     assert ts == sorted(ts) and ts == [e["t"] for e in of(events, "level")]
 

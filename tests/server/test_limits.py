@@ -61,7 +61,7 @@ def test_rest_rate_per_address_with_retry_after() -> None:
     g.leave_rest()
     assert g.enter_rest("10.0.0.1", 0.5) is None  # refilled: one more after 1/rate s
     g.leave_rest()
-    assert g.rest_refused == {"rate": 1, "concurrency": 0}
+    assert g.rest_refused == {"rate": 1, "concurrency": 0, "per_client": 0}
 
 
 def test_rest_concurrency_cap_over_all_addresses() -> None:
@@ -73,8 +73,9 @@ def test_rest_concurrency_cap_over_all_addresses() -> None:
     assert g.rest_in_flight == 2  # the refused one never counted
     g.leave_rest()
     assert g.enter_rest("c", 0.0) is None
-    assert g.report() == {"in_flight": 2, "max_requests": 2, "rate": 0.0, "burst": 1.0,
-                          "refused": {"rate": 0, "concurrency": 1}}
+    assert g.report() == {"in_flight": 2, "max_requests": 2, "max_per_client": 0,
+                          "rate": 0.0, "burst": 1.0,
+                          "refused": {"rate": 0, "concurrency": 1, "per_client": 0}}
 
 
 def test_rest_limits_do_not_touch_websocket_budgets() -> None:

@@ -94,6 +94,29 @@ def import_av() -> Any:
     return av
 
 
+def encoder_missing() -> str | None:
+    """Why Opus cannot be encoded here (the relay to ``audio=opus`` listeners), or None.
+    Asked up front, at subscribe, so a missing library never fails another connection."""
+    try:
+        av = import_av()
+    except MissingDependency as exc:
+        return str(exc)
+    if "libopus" not in av.codecs_available:  # pragma: no cover - PyAV wheels have it
+        return "this PyAV build has no libopus encoder: pip install av"
+    return None
+
+
+def decoder_missing() -> str | None:
+    """Why Opus cannot be decoded here (Opus ingest), or None. Asked at ``start``."""
+    if _libopus() is not None:
+        return None
+    try:
+        import_av()
+    except MissingDependency as exc:
+        return str(exc)
+    return None
+
+
 def _bad(message: str) -> ProtocolError:
     return ProtocolError(Code.BAD_OPUS, message)
 

@@ -237,6 +237,9 @@ class ProcessingSettings(Group):
     drain_timeout: float = setting(10.0, "seconds processors get to finish after a stream "
                                    "stops (and the server to drain on SIGTERM)",
                                    range=SECONDS_OR_ZERO, metavar="SECONDS")
+    max_processors: int = setting(8, "processors one stream's start may name (duplicates "
+                                  "merged); more: bad_start", range=Range(int, 1, 64),
+                                  metavar="N")
 
     def check(self) -> None:
         if self.filters:
@@ -294,6 +297,12 @@ class AdmissionSettings(Group):
                               range=POSITIVE_INT, metavar="N")
     max_rest_requests: int = setting(64, "REST requests in flight at once; past it 429 "
                                      "'rate_limited' (0: no limit)", range=COUNT, metavar="N")
+    max_rest_per_client: int = setting(8, "REST requests one client address may have in "
+                                       "flight at once; past it 429 (0: no limit)",
+                                       range=COUNT, metavar="N")
+    rest_send_timeout: float = setting(30.0, "seconds a REST client may read nothing of a "
+                                       "response before it is abandoned (0: never)",
+                                       range=SECONDS_OR_ZERO, metavar="SECONDS")
     max_loop_lag: float = setting(0.5, "refuse new streams while the smoothed event-loop "
                                   "lag exceeds this (0: off)", range=SECONDS_OR_ZERO,
                                   metavar="SECONDS")

@@ -20,7 +20,7 @@ each on its own bounded queue: a slow or failing one never stalls capture or the
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -73,6 +73,9 @@ class Processor(ABC):
     mono: ClassVar[bool] = True
     #: cheap processors (microseconds per chunk) run on the event loop, saving a thread hop
     inline: ClassVar[bool] = False
+    #: the options a client's ``start`` may set, each with its type and range
+    #: (:class:`earshot.processors.schema.Opt`); None: clients set none (server-only)
+    client_options: ClassVar[Mapping[str, Any] | None] = None
 
     def start(self, info: StreamInfo) -> None:
         """Called once before the first chunk."""

@@ -24,6 +24,7 @@ from earshot.processors.base import Processor
 from earshot.processors.builtin.level import Level
 from earshot.processors.builtin.spectrogram import Spectrogram
 from earshot.processors.builtin.vad import Vad
+from earshot.processors.schema import check_processors
 
 BUILTINS: dict[str, type[Processor]] = {"level": Level, "spectrogram": Spectrogram, "vad": Vad}
 
@@ -129,6 +130,14 @@ class Registry:
             self.offered.setdefault(spec.name, spec.cls)
         if not configured:
             self.defaults = [resolve("level")]
+
+    def check_start(self, requested: tuple[Any, ...] | None,
+                    max_processors: int) -> tuple[Any, ...] | None:
+        """A start's ``processors`` checked against each offered processor's client
+        schema and merged (:func:`earshot.processors.schema.check_processors`); raises
+        :class:`~earshot.errors.ProtocolError` (``bad_start``) naming the field."""
+        schemas = {ref: cls.client_options for ref, cls in self.offered.items()}
+        return check_processors(requested, schemas, max_processors)
 
     def for_start(self, requested: tuple[Any, ...] | None) -> tuple[list[ProcessorSpec],
                                                                      list[str]]:

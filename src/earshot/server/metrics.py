@@ -96,7 +96,8 @@ class Metrics:
         self.rest_in_flight = Gauge("earshot_rest_in_flight", "REST requests being "
                                     "served", registry=r)
         self.rest_refused = Counter("earshot_rest_refused", "REST requests refused (429), "
-                                    "by limit (rate, concurrency)", ["limit"], registry=r)
+                                    "by limit (rate, concurrency, per_client; send_timeout: "
+                                    "abandoned)", ["limit"], registry=r)
 
     def observe_asr(self, result: JobResult, skipped: bool) -> None:
         """Scheduler hook (called on its worker threads; prometheus metrics are thread-safe)."""

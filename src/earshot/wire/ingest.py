@@ -66,7 +66,8 @@ class Limits:
     max_rate: int = 192_000
     max_channels: int = 8
     max_name_chars: int = 200
-    max_processors: int = 16
+    max_processors: int = 16  # listed in one start (the server merges and caps them)
+    max_client_bytes: int = 4096  # the ``client`` object, as compact JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,9 +214,16 @@ def parse_start(obj: Mapping[str, Any], limits: Limits) -> Start:
             raise ProtocolError(
                 Code.BAD_START, f"'processors' must be a list of at most {limits.max_processors}"
             )
-        for p in processors:
+        for i, p in enumerate(processors):
             if not isinstance(p, str | dict):
                 raise ProtocolError(Code.BAD_START, "each processor is a name or an object")
+            if isinstance(p, dict):
+                if not isinstance(p.get("name"), str):
+                    raise ProtocolError(Code.BAD_START,
+                                        f"'processors[{i}].name' must be a string")
+                if not isinstance(p.get("options") or {}, dict):
+                    raise ProtocolError(Code.BAD_START,
+                                        f"'processors[{i}].options' must be an object")
         processors = tuple(processors)
     offset = _int_field(obj, "offset")
     if offset is not None and offset < 0:
@@ -223,6 +231,14 @@ def parse_start(obj: Mapping[str, Any], limits: Limits) -> Start:
     client = obj.get("client") or {}
     if not isinstance(client, dict):
         raise ProtocolError(Code.BAD_START, "'client' must be an object")
+    if client:
+        try:
+            size = len(json.dumps(client, separators=(",", ":"), allow_nan=False).encode())
+        except (ValueError, RecursionError):
+            raise ProtocolError(Code.BAD_START, "'client' must be plain JSON") from None
+        if size > limits.max_client_bytes:
+            raise ProtocolError(Code.BAD_START, f"'client' must be at most "
+                                f"{limits.max_client_bytes} bytes of JSON, got {size}")
     pre_skip = _int_field(obj, "pre_skip")
     if pre_skip is None:  # an encoder that knows nothing of earshot (opuslib, PyAV, WebCodecs)
         pre_skip = default_pre_skip(spec.rate) if spec.format == "opus" else 0

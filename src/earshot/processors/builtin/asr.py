@@ -44,11 +44,13 @@ from earshot.asr.scheduler import AsrScheduler, JobResult
 from earshot.dsp.vad import StreamingVad
 from earshot.errors import ProcessorError
 from earshot.processors.base import Chunk, Event, Processor, StreamInfo
+from earshot.processors.schema import ASR
 
 
 class Asr(Processor):
     name = "asr"
     rate = RATE
+    client_options = ASR
     #: set by the server when a model is configured (one model for every stream)
     scheduler: ClassVar[AsrScheduler | None] = None
 

@@ -6,11 +6,13 @@ from typing import Any
 
 from earshot.dsp.level import LevelMeter
 from earshot.processors.base import Chunk, Event, Processor
+from earshot.processors.schema import LEVEL
 
 
 class Level(Processor):
     name = "level"
     inline = True  # ~10 µs per 100 ms of audio: not worth a thread hop
+    client_options = LEVEL
 
     def __init__(self, interval: float = 0.05, clip_level: float = 0.999) -> None:
         self.interval = interval

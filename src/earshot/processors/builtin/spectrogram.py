@@ -12,10 +12,12 @@ import numpy as np
 
 from earshot.dsp.mel import LogMelSpectrogram
 from earshot.processors.base import Chunk, Event, Processor
+from earshot.processors.schema import SPECTROGRAM
 
 
 class Spectrogram(Processor):
     name = "spectrogram"
+    client_options = SPECTROGRAM
     rate = 16000
 
     def __init__(self, mels: int = 64, win_ms: float = 25.0, hop_ms: float = 10.0,

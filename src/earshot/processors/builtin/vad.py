@@ -12,10 +12,12 @@ from typing import Any
 from earshot.dsp.vad import StreamingVad, VadEvent
 from earshot.processors.base import Chunk, Event, Processor
 from earshot.processors.builtin.vad_batch import batcher_for
+from earshot.processors.schema import VAD
 
 
 class Vad(Processor):
     name = "vad"
+    client_options = VAD
     rate = 16000
 
     def __init__(self, threshold: float = 0.5, min_speech_ms: float = 250.0,

@@ -6,6 +6,7 @@ parts reads as one file: one offset space, one WAV out."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,27 @@ from earshot.errors import StorageError
 from earshot.storage import parts as P
 from earshot.storage.metadata import StreamRecord
 from earshot.storage.ranges import RangeError, frame_range, stitch_plan
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with ``filename`` twice (RFC 6266): an ASCII fallback (anything else,
+    quotes, backslashes and controls made ``_``) and the exact name as RFC 5987
+    ``filename*=UTF-8''…``. Header values are Latin-1: a raw non-Latin name was a 500, and
+    a raw ``"`` could end the quoted name early."""
+    from urllib.parse import quote
+
+    fallback = re.sub(r'[^\x20-\x7e]|["\\]', "_", filename) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def start_time(rec: StreamRecord) -> float:
+    """Wall time of a stream's first frame: its ``client.captured_at`` when that is a
+    finite number (spooled streams carry it), else when the server created it."""
+    try:
+        t = float((rec.client or {}).get("captured_at", rec.created))
+    except (TypeError, ValueError):
+        return rec.created
+    return t if math.isfinite(t) and 0 <= t < 1e11 else rec.created
 
 
 def _load(path: Path) -> list[P.Part]:
@@ -44,7 +66,7 @@ def range_response(path: Path, start: float | None, end: float | None,
     length = (stop - first) * parts[0].frame_bytes
     head = P.wav_header(encoding, rate, channels, length)
     name = f"{Path(filename).stem}-{first}-{stop}.wav"
-    headers = {"Content-Disposition": f'attachment; filename="{name}"',
+    headers = {"Content-Disposition": content_disposition(name),
                "X-Earshot-Range": f"{first} {stop}",
                "Content-Length": str(len(head) + length)}
 
@@ -70,7 +92,7 @@ def whole_response(path: Path, filename: str, range_header: str | None) -> Respo
     size = len(head) + data_len
     lo, hi = 0, size  # bytes [lo, hi)
     status = 200
-    headers = {"Content-Disposition": f'attachment; filename="{Path(filename).stem}.wav"',
+    headers = {"Content-Disposition": content_disposition(f"{Path(filename).stem}.wav"),
                "Accept-Ranges": "bytes", "X-Earshot-Parts": str(len(parts))}
     m = _BYTES.match((range_header or "").strip())
     if m and (m.group(1) or m.group(2)):
@@ -157,7 +179,7 @@ def source_response(name: str, streams: list[tuple[StreamRecord, Path]], t_from:
         if any(p.path.suffix != ".wav" for p in parts):
             continue
         archives[rec.id] = parts
-        start = float((rec.client or {}).get("captured_at", rec.created))
+        start = start_time(rec)
         spans.append((rec.id, start, P.total_frames(parts)))
     try:
         kinds = {P.kind(ps) for ps in archives.values()}
@@ -171,6 +193,8 @@ def source_response(name: str, streams: list[tuple[StreamRecord, Path]], t_from:
         pieces, gaps = stitch_plan(spans, t_from, t_to, rate)
     except RangeError as exc:
         raise HTTPException(400, str(exc)) from None
+    if not any(p.key for p in pieces):  # never a window of silence alone (115 MB an hour)
+        raise HTTPException(404, f"no audio of {name!r} between 'from' and 'to'")
     fb = next(iter(archives.values()))[0].frame_bytes
     length = sum(p.frames for p in pieces) * fb
     head = P.wav_header(encoding, rate, channels, length)
@@ -191,5 +215,5 @@ def source_response(name: str, streams: list[tuple[StreamRecord, Path]], t_from:
     headers = {"Content-Length": str(len(head) + length),
                "X-Earshot-Gaps": json.dumps([[round(g0, 6), round(g1, 6)] for g0, g1 in gaps]),
                "X-Earshot-Streams": ",".join(used),
-               "Content-Disposition": f'attachment; filename="{name[:60]}.wav"'}
+               "Content-Disposition": content_disposition(f"{name[:60]}.wav")}
     return StreamingResponse(body(), media_type="audio/wav", headers=headers)

@@ -22,10 +22,14 @@ a small ASGI middleware that applies them to every HTTP request and WebSocket ha
   (``--rest-rate``/``--rest-burst``) and a cap on requests in flight at once over all
   addresses (``--max-rest-requests``; a download holds its place until its last byte).
   Past either: HTTP 429, ``rate_limited``, ``Retry-After``. ``/healthz`` is never limited.
+  One address may hold at most ``--max-rest-per-client`` of those places at once (so 64
+  slow readers from one address cannot take them all), and a response whose client stops
+  reading for ``--rest-send-timeout`` seconds is abandoned (its connection closed).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -270,14 +274,17 @@ class GuardCore:
 
     def __init__(self, policy: OriginPolicy, *, conn_rate: float, conn_burst: float,
                  auth_fail_rate: float, auth_fail_burst: float, rest_rate: float = 0.0,
-                 rest_burst: float = 1.0, max_rest_requests: int = 0) -> None:
+                 rest_burst: float = 1.0, max_rest_requests: int = 0,
+                 max_rest_per_client: int = 0) -> None:
         self.policy = policy
         self.connections = KeyedBuckets(conn_rate, conn_burst)
         self.auth_failures = KeyedBuckets(auth_fail_rate, auth_fail_burst)
         self.rest = KeyedBuckets(rest_rate, rest_burst)
         self.max_rest_requests = max_rest_requests
+        self.max_rest_per_client = max_rest_per_client
         self.rest_in_flight = 0
-        self.rest_refused = {"rate": 0, "concurrency": 0}
+        self.rest_by_client: dict[str, int] = {}  # in flight, per address (none: absent)
+        self.rest_refused = {"rate": 0, "concurrency": 0, "per_client": 0}
 
     def enter_rest(self, client: str, now: float) -> Refusal | None:
         """An HTTP request admitted by :meth:`admit`: within its address's request rate and
@@ -288,20 +295,33 @@ class GuardCore:
             return Refusal(429, Code.RATE_LIMITED,
                            f"too many requests from {client}; retry in {wait:.1f} s", wait,
                            "rate")
+        mine = self.rest_by_client.get(client, 0)
+        if self.max_rest_per_client and mine >= self.max_rest_per_client:
+            self.rest_refused["per_client"] += 1
+            return Refusal(429, Code.RATE_LIMITED,
+                           f"{client} has {mine} requests in flight, the most one address "
+                           "may have at once; retry in 1 s", 1.0, "per_client")
         if self.max_rest_requests and self.rest_in_flight >= self.max_rest_requests:
             self.rest_refused["concurrency"] += 1
             return Refusal(429, Code.RATE_LIMITED,
                            f"the server is serving its maximum of {self.max_rest_requests} "
                            "requests at once; retry in 1 s", 1.0, "concurrency")
         self.rest_in_flight += 1
+        self.rest_by_client[client] = mine + 1
         return None
 
-    def leave_rest(self) -> None:
+    def leave_rest(self, client: str = "") -> None:
         self.rest_in_flight = max(0, self.rest_in_flight - 1)
+        left = self.rest_by_client.get(client, 0) - 1
+        if left > 0:
+            self.rest_by_client[client] = left
+        else:
+            self.rest_by_client.pop(client, None)
 
     def report(self) -> dict[str, Any]:
         """For /healthz: the REST limits and where they stand."""
         return {"in_flight": self.rest_in_flight, "max_requests": self.max_rest_requests,
+                "max_per_client": self.max_rest_per_client,
                 "rate": self.rest.rate, "burst": self.rest.burst,
                 "refused": dict(self.rest_refused)}
 
@@ -335,6 +355,10 @@ class GuardCore:
 
 
 # -- the ASGI middleware --------------------------------------------------------------------
+class SendTimeout(Exception):
+    """A REST client read nothing for the send timeout."""
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers") or ():
         if key.lower() == name:
@@ -346,11 +370,13 @@ class Guard:
     """ASGI middleware applying a :class:`GuardCore` (build it with :meth:`from_settings`)."""
 
     def __init__(self, app: ASGIApp, core: GuardCore,
-                 clock: Callable[[], float] = time.monotonic, metrics: Any = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, metrics: Any = None,
+                 send_timeout: float = 0.0) -> None:
         self.app = app
         self.core = core
         self.clock = clock
         self.metrics = metrics  # earshot.server.metrics.Metrics: refusals by code
+        self.send_timeout = send_timeout  # REST: seconds a client may not read (0: none)
 
     @classmethod
     def from_settings(cls, app: ASGIApp, settings: Any, metrics: Any = None,
@@ -361,10 +387,11 @@ class Guard:
         core = GuardCore(policy, conn_rate=sec.conn_rate, conn_burst=sec.conn_burst,
                          auth_fail_rate=sec.auth_fail_rate, auth_fail_burst=sec.auth_fail_burst,
                          rest_rate=adm.rest_rate, rest_burst=adm.rest_burst,
-                         max_rest_requests=adm.max_rest_requests)
+                         max_rest_requests=adm.max_rest_requests,
+                         max_rest_per_client=adm.max_rest_per_client)
         if state is not None:
             state.guard = core
-        return cls(app, core, metrics=metrics)
+        return cls(app, core, metrics=metrics, send_timeout=adm.rest_send_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -394,12 +421,33 @@ class Guard:
         if rest:
             self._show_rest()
             try:
-                await self._serve(scope, receive, send, kind, addr, path)
+                await self._serve(scope, receive, self._timed(send), kind, addr, path)
+            except SendTimeout:
+                # returning with the response unfinished makes the server close the
+                # connection (uvicorn logs that it did): the place is free again
+                log.warning("abandoned %s %s to %s: it read nothing for %g s",
+                            scope.get("method", "?"), path, addr, self.send_timeout)
+                if self.metrics is not None:
+                    self.metrics.rest_refused.labels("send_timeout").inc()
             finally:
-                self.core.leave_rest()
+                self.core.leave_rest(addr)
                 self._show_rest()
             return
         await self._serve(scope, receive, send, kind, addr, path)
+
+    def _timed(self, send: Send) -> Send:
+        """``send`` that gives up (:class:`SendTimeout`) on a client not reading."""
+        timeout = self.send_timeout
+        if timeout <= 0:
+            return send
+
+        async def timed(message: Message) -> None:
+            try:
+                await asyncio.wait_for(send(message), timeout)
+            except TimeoutError:
+                raise SendTimeout from None
+
+        return timed
 
     def _show_rest(self) -> None:
         if self.metrics is not None:

@@ -25,6 +25,7 @@ from earshot.server.auth import (
     secret_of,
 )
 from earshot.server.http.audio_range import (
+    content_disposition,
     named,
     range_response,
     source_response,
@@ -96,12 +97,14 @@ async def list_streams(
     request: Request,
     hub: HubDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1 << 40)] = 0,
 ) -> dict[str, Any]:
     principal = need(request, Scope.LISTEN, ANY)
     records, total = hub.store.list(limit=limit, offset=offset)
     items = [hub.record(r.id).public() if hub.is_live(r.id) else r.public() for r in records
              if principal.allows(Scope.LISTEN, name=r.name)]  # (a names grant: its own)
+    for item in items:  # what the client said of itself: in the stream's own record only
+        item.pop("client", None)
     nxt = None
     if offset + limit < total:
         nxt = str(request.url.include_query_params(limit=limit, offset=offset + limit))
@@ -123,8 +126,10 @@ async def get_stream(stream_id: str, hub: HubDep, request: Request) -> dict[str,
     response_class=FileResponse,
 )
 async def get_audio(stream_id: str, hub: HubDep, request: Request,
-              start: Annotated[float | None, Query(ge=0, description="stream seconds")] = None,
-              end: Annotated[float | None, Query(gt=0, description="stream seconds")] = None,
+              start: Annotated[float | None, Query(ge=0, le=1e9, allow_inf_nan=False,
+                                                   description="stream seconds")] = None,
+              end: Annotated[float | None, Query(gt=0, le=1e9, allow_inf_nan=False,
+                                                 description="stream seconds")] = None,
               ) -> Response:
     rec = _record(hub, stream_id)
     need(request, Scope.LISTEN, rec.name)
@@ -213,26 +218,46 @@ async def get_transcript(stream_id: str, hub: HubDep, request: Request,
     body = render(hub.store.transcripts(rec.id))
     headers = {}
     if format != "json":
-        headers["Content-Disposition"] = f'attachment; filename="{rec.id}.{format}"'
+        headers["Content-Disposition"] = content_disposition(f"{rec.id}.{format}")
     return Response(body, media_type=media, headers=headers)
 
 
 @api.post("/streams/{stream_id}/replay",
-          summary="Run a processor over a finished stream's archive; its events and segments")
+          summary="Run a processor over a finished stream's archive; its events and segments "
+                  "(?format=ndjson: streamed as they come, with progress)",
+          responses={200: {"content": {"application/json": {}, "application/x-ndjson": {}}}})
 async def replay_stream(stream_id: str, hub: HubDep, request: Request,
-                        processor: Annotated[str, Query(min_length=1, max_length=200)]
-                        ) -> dict[str, Any]:
+                        processor: Annotated[str, Query(min_length=1, max_length=200)],
+                        format: Annotated[str | None, Query(pattern="^(json|ndjson)$")] = None,
+                        ) -> Any:
+    from fastapi.responses import StreamingResponse
+
     from earshot.errors import ProcessorError
-    from earshot.server.streams.replay import replay
+    from earshot.server.streams.replay import prepare
 
     need(request, Scope.ADMIN)
     rec = _record(hub, stream_id)
     try:
-        return await replay(hub, rec.id, processor)
+        job = prepare(hub, rec.id, processor)
     except ProcessorError as exc:
         raise HTTPException(400, str(exc)) from None
     except StorageError as exc:
         raise HTTPException(409, str(exc)) from None
+    if format == "ndjson" or (format is None and "application/x-ndjson"
+                              in request.headers.get("accept", "")):
+        return StreamingResponse(hub.replays.ndjson(job, request.is_disconnected),
+                                 media_type="application/x-ndjson")
+    try:
+        return await hub.replays.collect(job)
+    except StorageError as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
+@api.get("/replays", summary="Replays running on this gateway, with their progress (and the "
+                             "last ones to end)")
+async def list_replays(hub: HubDep, request: Request) -> dict[str, Any]:
+    need(request, Scope.ADMIN)
+    return {"replays": hub.replays.list(), "recent": list(hub.replays.recent)}
 
 
 @api.post("/streams/{stream_id}/links",

@@ -63,6 +63,17 @@ async def subscribe(ws: WebSocket, hub: Hub, principal: Principal = OPEN) -> Non
             Code.UNSUPPORTED_FORMAT, f"audio={audio!r}: use audio=s16, f32 or opus")))
         await ws.close(Close.BAD_REQUEST, "unsupported audio format")
         return
+    if audio == "opus":  # refused here, never inside the publisher's path (issue 19)
+        from earshot.codec.opus import encoder_missing
+
+        missing = encoder_missing()
+        if missing is not None:
+            hub.metrics.errors.labels(Code.UNSUPPORTED_FORMAT).inc()
+            await ws.send_text(json.dumps(error_message(
+                Code.UNSUPPORTED_FORMAT, f"audio=opus is not available on this server: "
+                f"{missing}; use audio=s16 or f32")))
+            await ws.close(Close.BAD_REQUEST, "unsupported audio format")
+            return
     slots = hub.admission  # --max-subscribers, apart from publishers' slots
     refused = slots.subscriber_refusal()
     if refused is not None:

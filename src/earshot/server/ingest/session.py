@@ -262,6 +262,11 @@ class IngestSession:
         except (StorageError, OSError) as exc:
             log.exception("cannot open stream")
             return self.conn.refuse(Code.INTERNAL, f"cannot open the stream's archive: {exc}")
+        except Exception:  # the hub rolled the stream back: nothing of it is held
+            log.exception("cannot open stream")
+            self.metrics.errors.labels("internal").inc()
+            return self.conn.refuse(Code.INTERNAL, "the stream could not be opened; "
+                                    "nothing of it is kept")
         self.live = live
         self._authenticated()
         self._batch = start.batch or (start.compat and self._compat_batch)

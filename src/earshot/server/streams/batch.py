@@ -15,6 +15,7 @@ this core; with ``--fsync`` it puts the disk sync between :meth:`write` and :met
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 from earshot.audio import StreamSpec, decode, sanitize_f32
 from earshot.cluster.bus import AudioItem
 from earshot.cluster.bus.base import Bus, LogAudio
-from earshot.errors import ProtocolError, StorageFull
+from earshot.errors import MissingDependency, ProtocolError, StorageFull
 from earshot.server.metrics import Metrics
 from earshot.server.streams.deadlines import Deadlines
 from earshot.server.streams.live import LiveStream
@@ -34,6 +35,8 @@ from earshot.server.streams.writer import StreamWriter, Written
 from earshot.storage.archive import Archive
 from earshot.wire.codes import Code
 from earshot.wire.ingest import Start
+
+log = logging.getLogger("earshot.batch")
 
 __all__ = ["BatchPath", "Tally", "decoder_for", "resume_skip"]
 
@@ -62,6 +65,7 @@ class BatchPath:
         self._flushes: Deadlines[LiveStream] = Deadlines()  # a trickling stream's next ack
         self._syncs: Deadlines[LiveStream] = Deadlines()  # header syncs, every stream
         self._tally = Tally()
+        self._relay_warned = False
 
     # -- streams coming and going -----------------------------------------------------------
     def writer(self, archive: Archive, spec: StreamSpec, pre_skip: int,
@@ -189,7 +193,13 @@ class BatchPath:
             # documented: Opus relay needs an Opus rate; PCM listeners still work
             if live.relay is None:
                 live.relay = OpusRelay(live.id, spec.rate, spec.channels)
-            item = live.relay.encode(samples, first)
+            try:
+                item = live.relay.encode(samples, first)
+            except MissingDependency as exc:  # (refused at subscribe: never the publisher's
+                if not self._relay_warned:   # problem, whatever a listener asks for)
+                    log.warning("no Opus relay: %s", exc)
+                    self._relay_warned = True
+                item = None
             if item is not None:
                 bus.publish_audio(item)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import secrets
@@ -38,6 +39,7 @@ from earshot.server.streams.live import LiveStream, Owner, hash_token, new_strea
 from earshot.server.streams.load import Load
 from earshot.server.streams.processing import remote_processors, start_pipeline
 from earshot.server.streams.recovery import recover
+from earshot.server.streams.replay import Replays
 from earshot.server.streams.space import is_no_space
 from earshot.storage.archive import Archive, finalize
 from earshot.storage.metadata import MetadataStore, StreamRecord
@@ -70,6 +72,7 @@ class Hub:
         self.router = EventRouter(store, bus, metrics, settings.server.data_dir, self.owner_of,
                                   self._processed)
         self._background: set[asyncio.Task[Any]] = set()
+        self.replays = Replays()  # replay jobs running here (server/streams/replay.py)
         self.streams_dir = settings.server.data_dir / "streams"
         self.streams_dir.mkdir(parents=True, exist_ok=True)
         self.load = Load(settings, metrics)  # admission, free space, the ack cadence
@@ -155,22 +158,72 @@ class Hub:
                                     now=self.clock())
         if refused is not None:
             raise refused
+        if start.processors is not None:  # the client's choices, checked before anything
+            start = dataclasses.replace(start, processors=self.registry.check_start(
+                start.processors, self.settings.processing.max_processors))
+        if start.spec.format == "opus":  # refused now, not when the first packet comes
+            from earshot.codec.opus import decoder_missing
+
+            missing = decoder_missing()
+            if missing is not None:
+                raise ProtocolError(Code.UNSUPPORTED_FORMAT, "opus is not available on this "
+                                    f"server: {missing}; send s16 or f32")
         if start.resume is not None:
             live, token = await self._resume(start, owner)
             self.admission.resumed(live.id)
         else:
             live, token = self._create(start, owner)
-        warnings: list[Event] = []
-        if live.cleanup is None:
-            live.cleanup, warnings = open_cleanup(self.settings, start.filters, live.rec.rate,
-                                                  live.rec.channels, live.offset)
-        if self.bus.remote:
-            if not live.processors:
-                warnings += self._remote_processors(live, start)
-        elif live.pipeline is None:
-            warnings += self._start_pipeline(live, start)
-        await self.bus.acquire(live.id)
+        # All or nothing: past this point any failure rolls the stream back, so no stream
+        # is left live without a connection (nor its file, slot or lease held).
+        try:
+            warnings: list[Event] = []
+            if live.cleanup is None:
+                live.cleanup, warnings = open_cleanup(self.settings, start.filters,
+                                                      live.rec.rate, live.rec.channels,
+                                                      live.offset)
+            if self.bus.remote:
+                if not live.processors:
+                    warnings += self._remote_processors(live, start)
+            elif live.pipeline is None:
+                warnings += self._start_pipeline(live, start)
+            await self.bus.acquire(live.id)
+        except BaseException:
+            await self._roll_back(live, owner, created=start.resume is None)
+            raise
         return live, token, warnings
+
+    async def _roll_back(self, live: LiveStream, owner: Owner, *, created: bool) -> None:
+        """Undo an open that failed half-way: the pipeline closed, the archive closed, the
+        stream out of the live map (its admission slot free) and the lease given back. A
+        stream created by this open is removed (nothing of it was acknowledged); a resumed
+        one is left ``interrupted`` (resumable)."""
+        if live.owner is not owner or live.detaching is not None:
+            return
+        live.owner = None
+        pipeline, live.pipeline = live.pipeline, None
+        if pipeline is not None:
+            with contextlib.suppress(Exception):
+                await pipeline.close(0.0)
+        self.live.pop(live.id, None)
+        self.metrics.streams_active.set(len(self.live))
+        with contextlib.suppress(Exception):
+            live.archive.close()
+        rec = live.rec
+        try:
+            if created:
+                self.store.delete(rec.id)
+                for p in self.streams_dir.glob(f"{rec.id}.*"):
+                    p.unlink(missing_ok=True)
+            else:
+                rec.state, rec.frames = "interrupted", live.archive.frames
+                self.store.update(rec.id, state="interrupted", frames=rec.frames)
+        except Exception:
+            log.exception("rolling back stream %s", rec.id)
+        with contextlib.suppress(Exception):
+            await self.bus.release(rec.id)
+        self.bus.publish(rec.id, {"type": "stream_ended", "stream": rec.id,
+                                  "t": rec.frames / rec.rate, "state": "failed",
+                                  "frames": rec.frames})
 
     def _create(self, start: Start, owner: Owner) -> tuple[LiveStream, str]:
         spec = start.spec

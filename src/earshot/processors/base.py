@@ -73,6 +73,8 @@ class Processor(ABC):
     mono: ClassVar[bool] = True
     #: cheap processors (microseconds per chunk) run on the event loop, saving a thread hop
     inline: ClassVar[bool] = False
+    #: answers :meth:`finalize` with one ``finalized`` event (after the cut utterance's final)
+    finalizes: ClassVar[bool] = False
 
     def start(self, info: StreamInfo) -> None:
         """Called once before the first chunk."""
@@ -84,6 +86,15 @@ class Processor(ABC):
 
     def flush(self) -> Iterable[Event] | None:
         """Called once at the end of the stream; return the last events."""
+        return None
+
+    def finalize(self) -> Iterable[Event] | None:
+        """End the utterance in progress now, as if its end had just been heard (a door's
+        client asked: Deepgram's ``Finalize``, a Realtime ``commit``, Wyoming's
+        ``audio-stop``). Called in order with the audio: everything fed before the request
+        has been processed. A processor with :attr:`finalizes` then emits exactly one
+        ``{"type": "finalized", "segment": N | None}``, after that utterance's final (which
+        carries ``"finalize": true``). The default does nothing."""
         return None
 
     def checkpoint(self) -> int | None:

@@ -51,6 +51,7 @@ class Asr(Processor):
     rate = RATE
     #: set by the server when a model is configured (one model for every stream)
     scheduler: ClassVar[AsrScheduler | None] = None
+    finalizes = True
 
     def __init__(self, interim_interval: float = 0.5, max_utterance: float = 30.0,
                  threshold: float = 0.5, min_silence_ms: float = 300.0,
@@ -82,6 +83,8 @@ class Asr(Processor):
         self._finals_out = 0  # finals asked for, not yet delivered
         self._shown_version = 0  # newest interim delivered (several workers may race)
         self._last_lag_warning = -1e9
+        #: finalize requests in order: [segment cut (None: nothing was said), done, t]
+        self._finalizing: list[list[Any]] = []
 
     def start(self, info: StreamInfo) -> None:
         super().start(info)
@@ -122,6 +125,33 @@ class Asr(Processor):
             self._submit(r)
         return []
 
+    def finalize(self) -> list[Event]:
+        """End the utterance being spoken now: its final (``"finalize": true``) is decoded
+        at once; then one ``finalized`` event (``segment`` null when nothing was said)."""
+        if self._vad is not None:  # its speech ends here; a fresh VAD goes on
+            self._vad.flush()
+            self._vad = None
+        segment = self.policy.current
+        requests = self.policy.speech_end(self.policy.position)
+        t = self.policy.position / RATE
+        with self._cond:
+            entry: list[Any] = [None, True, t]
+            if requests:
+                entry = [segment, False, t]
+            self._finalizing.append(entry)
+        for r in requests:
+            self._submit(r)
+        return self._finalized_ready()
+
+    def _finalized_ready(self) -> list[Event]:
+        """The ``finalized`` events now due, in the order they were asked for."""
+        out: list[Event] = []
+        with self._cond:
+            while self._finalizing and self._finalizing[0][1]:
+                segment, _, t = self._finalizing.pop(0)
+                out.append(self.event("finalized", t, segment=segment))
+        return out
+
     def flush(self) -> list[Event]:
         if self._vad is not None:
             for e in self._vad.flush():
@@ -146,13 +176,21 @@ class Asr(Processor):
     def _done(self, result: JobResult) -> None:
         """On a scheduler thread: turn a decode into events."""
         req = result.request
+        events: list[Event] = []
         try:
             events = self._events(result)
         finally:
             if req.final:
                 with self._cond:
+                    for entry in self._finalizing:
+                        if entry[0] == req.segment and not entry[1]:
+                            entry[1] = True
+                            for e in events:
+                                if e.get("type") == "transcript":
+                                    e["finalize"] = True
                     self._finals_out -= 1
                     self._cond.notify_all()
+                events += self._finalized_ready()
         if events:
             self.emit(events)
 

@@ -156,6 +156,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.capabilities = capabilities(settings, registry, loaded)
     app.include_router(api)
     app.include_router(ops)
+    from earshot.server.doors import add_doors
+
+    add_doors(app)  # OpenAI, Deepgram on the main port (docs/doors.md)
     app.add_middleware(Guard.from_settings, settings=settings, metrics=metrics,
                        state=app.state)  # see guard.py
 

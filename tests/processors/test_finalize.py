@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,20 @@ class Lengths:
                              audio.size / 16000)
 
 
-async def run(cuts: list[float], block: float = 0.1) -> list[Event]:
+class SlowFinals(Lengths):
+    """Finals take a while to decode."""
+
+    def transcribe(self, audio: np.ndarray, *, final: bool,
+                   language: str | None = None) -> Transcription:
+        if final:
+            time.sleep(0.3)
+        return super().transcribe(audio, final=final, language=language)
+
+
+async def run(cuts: list[float], block: float = 0.1, engine: Lengths | None = None
+              ) -> list[Event]:
     """Feed speech_16k.wav in blocks, asking for a finalize at each time in ``cuts``."""
-    scheduler = AsrScheduler(Lengths())
+    scheduler = AsrScheduler(engine or Lengths())
     events: list[Event] = []
     try:
         x, rate = sf.read(FIXTURES / "speech_16k.wav", dtype="float32")
@@ -87,6 +99,18 @@ async def test_finalize_in_silence_answers_with_no_segment() -> None:
     assert abs(done[0]["t"] - 0.4) <= 0.11
     finals = [e for e in events if e["type"] == "transcript" and e["final"]]
     assert len(finals) == len(TRUTH) and not any(f.get("finalize") for f in finals)
+
+
+async def test_finalize_after_an_utterance_ended_waits_for_its_final() -> None:
+    """Nothing is being said, but the last utterance's final is still being decoded: the
+    ``finalized`` comes after it (a client reads the finals up to its Finalize)."""
+    cut = TRUTH[0]["end_s"] + 0.5  # the VAD ended it (0.3 s of silence); its final decodes
+    events = await run([cut], engine=SlowFinals())
+    done = [e for e in events if e["type"] == "finalized"]
+    assert len(done) == 1 and done[0]["segment"] is None
+    first = next(e for e in events if e["type"] == "transcript" and e["final"])
+    assert first["segment"] == 0 and not first.get("finalize")
+    assert events.index(first) < events.index(done[0])
 
 
 class Slow(Processor):

@@ -10,7 +10,8 @@ from fastapi import FastAPI
 
 def add_doors(app: FastAPI) -> None:
     """The doors that live on the main port (HTTP and WebSocket routes)."""
-    from earshot.server.doors import deepgram, openai_rest
+    from earshot.server.doors import deepgram, openai_realtime, openai_rest
 
     app.include_router(openai_rest.router)
     app.include_router(deepgram.router)
+    app.include_router(openai_realtime.router)

@@ -5,6 +5,9 @@ opens ordinary earshot streams through the hub. docs/doors.md says what each sup
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from fastapi import FastAPI
 
 
@@ -15,3 +18,22 @@ def add_doors(app: FastAPI) -> None:
     app.include_router(openai_rest.router)
     app.include_router(deepgram.router)
     app.include_router(openai_realtime.router)
+
+
+async def start_listeners(app: FastAPI) -> list[asyncio.Server]:
+    """The doors on ports of their own, when asked for (``--wyoming``, ``--icecast``)."""
+    settings, hub = app.state.settings, app.state.hub
+    servers: list[asyncio.Server] = []
+    if settings.doors.wyoming:
+        from earshot.server.doors import wyoming
+
+        servers.append(await wyoming.start(settings, hub, app.state.capabilities))
+    return servers
+
+
+async def stop_listeners(servers: list[asyncio.Server]) -> None:
+    for server in servers:
+        server.close()
+    for server in servers:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 2.0)

@@ -28,6 +28,10 @@ async def start_listeners(app: FastAPI) -> list[asyncio.Server]:
         from earshot.server.doors import wyoming
 
         servers.append(await wyoming.start(settings, hub, app.state.capabilities))
+    if settings.doors.icecast:
+        from earshot.server.doors import icecast
+
+        servers.append(await icecast.start(settings, hub, app.state.capabilities))
     return servers
 
 

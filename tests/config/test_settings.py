@@ -48,7 +48,7 @@ FLAT_NAMES = [
     "max_streams", "max_cpu", "max_subscribers", "rest_rate", "rest_burst",
     "max_rest_requests", "max_rest_per_client", "rest_send_timeout", "max_loop_lag",
     "max_ack_latency", "min_free_space", "bus",
-    "bus_retention", "mqtt",
+    "bus_retention", "mqtt", "upload_limit", "wyoming", "wyoming_allow", "icecast",
 ]
 FILE_ONLY = {"header_interval", "compat"}
 FLAG_OF = {"processors": "--processor"}  # where the flag is not --flat-name
@@ -107,7 +107,7 @@ def test_the_names_users_type_are_unchanged() -> None:
         assert opt.flag == want, opt.flat
     assert len({o.path for o in options()}) == len(FLAT_NAMES)
     assert [f for f in GROUPS] == ["server", "security", "tls", "archive", "ingest",
-                                   "processing", "asr", "admission", "bus", "mqtt"]
+                                   "processing", "asr", "admission", "bus", "mqtt", "doors"]
 
 
 @pytest.mark.parametrize("opt", options(), ids=lambda o: o.flat)

@@ -67,6 +67,11 @@ class UtterancePolicy:
     def position(self) -> int:
         return self._buf_start + self._buf.size
 
+    @property
+    def current(self) -> int | None:
+        """The segment number of the utterance in progress (None: none is)."""
+        return self._utt.segment if self._utt is not None else None
+
     def feed(self, samples: np.ndarray, offset: int) -> list[DecodeRequest]:
         """Audio at ``offset`` (contiguous with what came before, or a new start)."""
         if self._buf.size == 0 or offset != self.position:

@@ -351,11 +351,41 @@ class MqttSettings(Group):
             parse_mqtt_url(self.url)  # a bad URL fails at start, saying why
 
 
+@dataclass(frozen=True, kw_only=True)
+class DoorsSettings(Group):
+    TITLE: ClassVar[str] = "protocol doors: OpenAI, Deepgram, Wyoming, Icecast (docs: doors.md)"
+
+    upload_limit: int = setting(25 << 20, "largest file POST /v1/audio/transcriptions takes",
+                                range=Range(int, 1024, unit="bytes"), parse=parse_size,
+                                noun=SIZE, metavar="SIZE", default_text="25M")
+    wyoming: str | None = setting(None, "serve Wyoming speech-to-text (Home Assistant) on "
+                                  "this address: tcp://HOST:PORT", metavar="URL",
+                                  example="tcp://0.0.0.0:10300")
+    wyoming_allow: tuple[str, ...] = setting(
+        ("127.0.0.0/8", "::1/128"), "client addresses (CIDR) the Wyoming listener takes "
+        "(it has no credentials)", nargs="+", metavar="CIDR", example="192.168.1.0/24")
+    icecast: str | None = setting(None, "take Icecast sources (ffmpeg icecast://, BUTT, "
+                                  "liquidsoap) on this address: HOST:PORT", metavar="ADDR",
+                                  example="0.0.0.0:8010")
+
+    def check(self) -> None:
+        import ipaddress
+
+        for cidr in self.wyoming_allow:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"--wyoming-allow {cidr!r}: not an address or a CIDR "
+                                  "block (192.168.1.0/24)") from None
+        if self.wyoming is not None and not self.wyoming.startswith("tcp://"):
+            raise ConfigError(f"--wyoming {self.wyoming!r}: use tcp://HOST:PORT")
+
+
 GROUPS: dict[str, type[Group]] = {
     "server": ServerSettings, "security": SecuritySettings, "tls": TlsSettings,
     "archive": ArchiveSettings, "ingest": IngestSettings, "processing": ProcessingSettings,
     "asr": AsrSettings, "admission": AdmissionSettings, "bus": BusSettings,
-    "mqtt": MqttSettings,
+    "mqtt": MqttSettings, "doors": DoorsSettings,
 }
 
 
@@ -376,6 +406,7 @@ class Settings:
     admission: AdmissionSettings = AdmissionSettings()
     bus: BusSettings = BusSettings()
     mqtt: MqttSettings = MqttSettings()
+    doors: DoorsSettings = DoorsSettings()
 
     def __post_init__(self) -> None:
         if self.server.processes > 1 and self.bus.url is None:

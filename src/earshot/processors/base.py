@@ -76,6 +76,8 @@ class Processor(ABC):
     #: the options a client's ``start`` may set, each with its type and range
     #: (:class:`earshot.processors.schema.Opt`); None: clients set none (server-only)
     client_options: ClassVar[Mapping[str, Any] | None] = None
+    #: answers :meth:`finalize` with one ``finalized`` event (after the cut utterance's final)
+    finalizes: ClassVar[bool] = False
 
     def start(self, info: StreamInfo) -> None:
         """Called once before the first chunk."""
@@ -87,6 +89,15 @@ class Processor(ABC):
 
     def flush(self) -> Iterable[Event] | None:
         """Called once at the end of the stream; return the last events."""
+        return None
+
+    def finalize(self) -> Iterable[Event] | None:
+        """End the utterance in progress now, as if its end had just been heard (a door's
+        client asked: Deepgram's ``Finalize``, a Realtime ``commit``, Wyoming's
+        ``audio-stop``). Called in order with the audio: everything fed before the request
+        has been processed. A processor with :attr:`finalizes` then emits exactly one
+        ``{"type": "finalized", "segment": N | None}``, after that utterance's final (which
+        carries ``"finalize": true``). The default does nothing."""
         return None
 
     def checkpoint(self) -> int | None:

@@ -84,6 +84,14 @@ class Converter:
         return chunk
 
 
+class _FinalizeMark:
+    """In a runner's queue: call the processor's ``finalize`` once the audio before it is
+    processed (see :meth:`StreamPipeline.finalize`)."""
+
+
+FINALIZE = _FinalizeMark()
+
+
 @dataclass(slots=True)
 class RunnerStats:
     processed: int = 0  # frames processed (processor rate)
@@ -105,7 +113,7 @@ class ProcessorRunner:
         self.executor = executor
         self.stats = RunnerStats()
         self.failed = False
-        self._queue: deque[Chunk] = deque()
+        self._queue: deque[Chunk | _FinalizeMark] = deque()
         self._queued = 0
         self._fed_end: int | None = None  # end offset of the audio handed to this runner
         self._done_end = 0  # end offset of the audio processed most recently
@@ -169,14 +177,36 @@ class ProcessorRunner:
         self._idle.clear()
         self._queued += chunk.frames
         self._fed_end = chunk.end
+        marks: list[_FinalizeMark] = []  # never dropped: each gets its answer
         while self._queued > self.max_lag_frames and len(self._queue) > 1:
             old = self._queue.popleft()
+            if isinstance(old, _FinalizeMark):
+                marks.append(old)
+                continue
             self._queued -= old.frames
             self._drop_pending += old.frames
+        self._queue.extendleft(reversed(marks))
         self._wake.set()
         reports = self._report(chunk, time.monotonic())
         if reports:
             self.publish(reports)
+
+    def finalize(self) -> None:
+        """Queue a finalize after the audio handed over so far (inline: call it now)."""
+        if self.failed:
+            return
+        if self._inline:
+            try:
+                produced = self.proc.finalize()
+            except Exception as exc:
+                self._fail(exc, None)
+                return
+            if produced:
+                self.publish(self._stamp(produced))
+            return
+        self._queue.append(FINALIZE)
+        self._idle.clear()
+        self._wake.set()
 
     def close(self) -> None:
         self._closing = True
@@ -206,23 +236,35 @@ class ProcessorRunner:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch = list(self._queue)
+            items = list(self._queue)
             self._queue.clear()
             self._queued = 0
-            events: list[Event] = []
-            try:
-                if self._aprocess is not None:
-                    produced = await self._process_async(batch)
-                else:
-                    produced = await loop.run_in_executor(self.executor, self._process, batch)
-            except Exception as exc:
-                self._fail(exc, batch[0])
+            for batch in _runs(items):
+                if batch is FINALIZE:
+                    try:
+                        produced = await loop.run_in_executor(self.executor, self._finalize)
+                    except Exception as exc:
+                        self._fail(exc, None)
+                        return
+                    if produced:
+                        self.publish(produced)
+                    continue
+                assert isinstance(batch, list)
+                try:
+                    if self._aprocess is not None:
+                        produced = await self._process_async(batch)
+                    else:
+                        produced = await loop.run_in_executor(self.executor, self._process,
+                                                              batch)
+                except Exception as exc:
+                    self._fail(exc, batch[0])
+                    return
+                self._done_end = batch[-1].end
+                self._update_safe()
+                if produced:
+                    self.publish(produced)
+            if self.failed:
                 return
-            self._done_end = batch[-1].end
-            self._update_safe()
-            events.extend(produced)
-            if events:
-                self.publish(events)
         if self._drop_pending:
             self.publish(self._report_drops(self._done_end))
         if not self.failed:
@@ -239,6 +281,9 @@ class ProcessorRunner:
         cp = self.proc.checkpoint()
         self.safe_end = self._done_end if cp is None else max(self.safe_end,
                                                                min(cp, self._done_end))
+
+    def _finalize(self) -> list[Event]:
+        return self._stamp(self.proc.finalize() or [])
 
     def _process(self, batch: list[Chunk]) -> list[Event]:
         t0 = time.perf_counter()
@@ -316,6 +361,19 @@ class ProcessorRunner:
             "message": f"{self.name} raised {type(exc).__name__}: {exc}; "
                        "it is stopped for this stream (the stream goes on)",
         }])
+
+
+def _runs(items: list[Chunk | _FinalizeMark]) -> list[list[Chunk] | _FinalizeMark]:
+    """A queue's items as runs of chunks between finalize marks, in order."""
+    out: list[list[Chunk] | _FinalizeMark] = []
+    for item in items:
+        if isinstance(item, _FinalizeMark):
+            out.append(item)
+        elif out and isinstance(out[-1], list):
+            out[-1].append(item)
+        else:
+            out.append([item])
+    return out
 
 
 def _merge(batch: list[Chunk]) -> list[Chunk]:
@@ -396,6 +454,17 @@ class StreamPipeline:
             if not r.failed and r._fed_end is not None:
                 safe = min(safe, r.safe_end * self.info.rate // r.rate)
         return safe
+
+    def finalize(self) -> bool:
+        """End the utterance in progress now (:meth:`Processor.finalize`), in order with
+        the audio fed so far. True when a processor will answer with a ``finalized``
+        event; otherwise nobody will, and the caller says it itself."""
+        answers = False
+        for _, r in self.runners:
+            if not r.failed:
+                r.finalize()
+                answers = answers or (r.proc.finalizes and not r.failed)
+        return answers
 
     async def idle(self) -> None:
         """Wait until every processor has caught up with what was fed."""

@@ -53,6 +53,7 @@ class Asr(Processor):
     client_options = ASR
     #: set by the server when a model is configured (one model for every stream)
     scheduler: ClassVar[AsrScheduler | None] = None
+    finalizes = True
 
     def __init__(self, interim_interval: float = 0.5, max_utterance: float = 30.0,
                  threshold: float = 0.5, min_silence_ms: float = 300.0,
@@ -84,6 +85,10 @@ class Asr(Processor):
         self._finals_out = 0  # finals asked for, not yet delivered
         self._shown_version = 0  # newest interim delivered (several workers may race)
         self._last_lag_warning = -1e9
+        #: finalize requests in order: (segment cut or None, finals still awaited, t)
+        self._finalizing: list[tuple[int | None, set[int], float]] = []
+        self._pending_finals: set[int] = set()  # segments whose final is being decoded
+        self._cut: set[int] = set()  # segments ended by finalize, their final not yet out
 
     def start(self, info: StreamInfo) -> None:
         super().start(info)
@@ -124,6 +129,36 @@ class Asr(Processor):
             self._submit(r)
         return []
 
+    def finalize(self) -> list[Event]:
+        """End the utterance being spoken now: its final (``"finalize": true``) is decoded
+        at once; then one ``finalized`` event (``segment`` null when nothing was said),
+        after every final asked for before it."""
+        if self._vad is not None:  # its speech ends here; a fresh VAD goes on
+            self._vad.flush()
+            self._vad = None
+        segment = self.policy.current
+        requests = self.policy.speech_end(self.policy.position)
+        t = self.policy.position / RATE
+        if not requests:
+            segment = None
+        with self._cond:
+            if segment is not None:
+                self._cut.add(segment)
+        for r in requests:
+            self._submit(r)
+        with self._cond:
+            self._finalizing.append((segment, set(self._pending_finals), t))
+        return self._finalized_ready()
+
+    def _finalized_ready(self) -> list[Event]:
+        """The ``finalized`` events now due, in the order they were asked for."""
+        out: list[Event] = []
+        with self._cond:
+            while self._finalizing and not self._finalizing[0][1]:
+                segment, _, t = self._finalizing.pop(0)
+                out.append(self.event("finalized", t, segment=segment))
+        return out
+
     def flush(self) -> list[Event]:
         if self._vad is not None:
             for e in self._vad.flush():
@@ -143,18 +178,29 @@ class Asr(Processor):
         if request.final:
             with self._cond:
                 self._finals_out += 1
+                self._pending_finals.add(request.segment)
         self.scheduler.submit(self.stream, request, self._done, language=self.language)
 
     def _done(self, result: JobResult) -> None:
         """On a scheduler thread: turn a decode into events."""
         req = result.request
+        events: list[Event] = []
         try:
             events = self._events(result)
         finally:
             if req.final:
                 with self._cond:
+                    self._pending_finals.discard(req.segment)
+                    for _, awaited, _ in self._finalizing:
+                        awaited.discard(req.segment)
+                    if req.segment in self._cut:
+                        self._cut.discard(req.segment)
+                        for e in events:
+                            if e.get("type") == "transcript":
+                                e["finalize"] = True
                     self._finals_out -= 1
                     self._cond.notify_all()
+                events += self._finalized_ready()
         if events:
             self.emit(events)
 

@@ -73,6 +73,14 @@ class Vad(Processor):
             return max(0, self._start - ctx)
         return max(0, self._last_end, self._processed - ctx)
 
+    def finalize(self) -> list[Event]:
+        """The utterance in progress ends here (its ``speech_end``); a fresh VAD goes on."""
+        if self._vad is None:
+            return []
+        out = self._events(self._vad.flush(), self._vad.rate)
+        self._vad = None  # the next chunk starts a fresh one (at its offset)
+        return out
+
     def flush(self) -> list[Event]:
         if self._vad is None:
             return []

@@ -113,6 +113,9 @@ def create_app(settings: Settings) -> FastAPI:
         if repaired:
             log.warning("repaired %d archive(s) left open by a crash", len(repaired))
         app.state.hub = hub
+        from earshot.server.doors import start_listeners, stop_listeners
+
+        listeners = await start_listeners(app)  # --wyoming, --icecast (docs/doors.md)
         hub.reserve_held()  # after a planned restart, resumes are admitted first
         restore_signals = drain_on_signals(hub.drain, DRAIN_TIMEOUT)
         ticker = asyncio.create_task(hub.run_ticker(), name="earshot-ticker")
@@ -121,6 +124,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            await stop_listeners(listeners)
             restore_signals()
             ticker.cancel()
             probe.cancel()
@@ -157,6 +161,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.capabilities = capabilities(settings, registry, loaded)
     app.include_router(api)
     app.include_router(ops)
+    from earshot.server.doors import add_doors
+
+    add_doors(app)  # OpenAI, Deepgram on the main port (docs/doors.md)
     app.add_middleware(Guard.from_settings, settings=settings, metrics=metrics,
                        state=app.state)  # see guard.py
 

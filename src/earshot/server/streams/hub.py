@@ -431,6 +431,25 @@ class Hub:
             await self.flush(live)
         self.batch.sync_headers(now, self.live)
 
+    async def finalize(self, live: LiveStream) -> bool:
+        """A door's client ends the utterance being spoken now (Deepgram's ``Finalize``, a
+        Realtime ``commit``, Wyoming's ``audio-stop``): the audio received is written and
+        handed to the processors, then they are asked to cut
+        (:meth:`~earshot.processors.runner.StreamPipeline.finalize`). True when a processor
+        will answer with a ``finalized`` event (False: none runs here that can)."""
+        await self.flush(live)
+        pipeline = live.pipeline
+        return pipeline.finalize() if pipeline is not None else False
+
+    async def caught_up(self, live: LiveStream) -> None:
+        """Write what is pending and wait until the stream's processors have processed it
+        (a door feeding a file faster than real time paces itself with this, so no
+        processor falls ``max_lag`` behind and skips audio)."""
+        await self.flush(live)
+        pipeline = live.pipeline
+        if pipeline is not None:
+            await pipeline.idle()
+
     def ingest_report(self) -> dict[str, Any]:
         """For /healthz: the current ack interval and its bounds."""
         return self.load.ingest_report()

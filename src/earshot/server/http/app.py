@@ -27,6 +27,7 @@ from earshot.server.http.static import CorsStaticFiles
 from earshot.server.http.subscribe import subscribe
 from earshot.server.ingest.session import IngestSession, refuse_unauthorized
 from earshot.server.metrics import Metrics
+from earshot.server.rooms.routes import add_rooms, close_rooms
 from earshot.server.streams.admission import probe_loop_lag
 from earshot.server.streams.hub import Hub
 from earshot.server.streams.lifecycle import DRAIN_TIMEOUT, drain_on_signals
@@ -121,6 +122,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             restore_signals()
+            await close_rooms(app)
             ticker.cancel()
             probe.cancel()
             await hub.shutdown()
@@ -156,6 +158,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.capabilities = capabilities(settings, registry, loaded)
     app.include_router(api)
     app.include_router(ops)
+    add_rooms(app, settings)  # calls: /ws/call, /api/rooms (server/rooms/)
     app.add_middleware(Guard.from_settings, settings=settings, metrics=metrics,
                        state=app.state)  # see guard.py
 

@@ -49,6 +49,8 @@ MIX_RATE = 48000
 TICK = 0.02
 MIX_FRAME = 960
 HEADER = struct.Struct("<Q")
+PHASE_PACKETS = 25  # the mix packets whose arrival phase sets the clock's
+PHASE_MARGIN = 0.003  # seconds between a packet's usual (p90) arrival and its pop
 ROOM_EVENTS = frozenset({"room", "joined", "left", "speaking", "silent", "muted", "unmuted",
                          "ended", "levels"})
 
@@ -109,6 +111,7 @@ class Call:
         from earshot.codec.opus import OpusDecoder
 
         self._decoder = OpusDecoder(MIX_RATE, 1)
+        self._decoder.conceal(MIX_FRAME)  # loads libopus now, not in the first tick
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.state: dict[str, Any] | None = None  # the room, as sent after ready
         self.stream: str | None = None
@@ -130,6 +133,9 @@ class Call:
         self.reconnects = 0
         self.ticks = 0
         self.joined_at: float | None = None  # monotonic time of joining
+        self._base: float | None = None  # the clock: tick k is due at _base + k * TICK
+        self._k = 0  # the next tick
+        self._phases: list[float] | None = []  # arrival phases of the first packets
 
     # -- life cycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> Call:
@@ -221,18 +227,38 @@ class Call:
 
     # -- the clock ------------------------------------------------------------------------------
     async def run_clock(self) -> None:
-        """The duplex loop: each 20 ms, one microphone frame out and one mix frame played."""
-        t0 = time.monotonic()
+        """The duplex loop: each 20 ms, one microphone frame out and one mix frame played.
+
+        Once the first packets of the mix have come, the clock's phase is moved (once) to
+        a few ms after their usual arrival, and each packet is stamped with the pop that
+        will first play it: jitter that does not carry a packet past its pop costs no
+        cushion (the jitter buffer sees none)."""
+        self._base = time.monotonic()
         k = 0
         while True:
             now = time.monotonic()
-            due = int((now - t0) / TICK) + 1
-            if due - k > 10:  # the loop stalled: what the speaker missed is not played late
-                k = due - 1
-            while k < due:
-                self.tick(time.monotonic())
+            due = int((now - self._base) / TICK) + 1
+            while k < due:  # after a stall, every tick: the microphone's frames were made
+
+                self.tick(self._base + k * TICK)
                 k += 1
-            await asyncio.sleep(max(0.0, t0 + k * TICK - time.monotonic()))
+            self._k = k
+            await asyncio.sleep(max(0.0, self._base + k * TICK - time.monotonic()))
+
+    def _stamp(self, now: float) -> float:
+        """The time of the first pop at or after ``now`` (what a packet arriving now waits
+        for); the first arrivals set the clock's phase."""
+        base = self._base
+        if base is None:
+            return now
+        if self._phases is not None:
+            self._phases.append((now - base) % TICK)
+            if len(self._phases) >= PHASE_PACKETS:
+                phase = float(np.percentile(self._phases, 90)) + PHASE_MARGIN
+                self._phases = None
+                self._base = base = base + phase % TICK
+        k = max(self._k, int(np.ceil((now - base) / TICK - 1e-9)))
+        return base + k * TICK
 
     def tick(self, now: float) -> np.ndarray:
         """One 20 ms tick (the clock calls it): the mic frame out, a mix frame played."""
@@ -315,7 +341,7 @@ class Call:
                 return
             self.reconnects += 1
             await asyncio.sleep(delay)
-            delay = min(1.0, delay * 2)
+            delay = min(0.25, delay * 2)  # a call wants its seat back soon
 
     def _fail(self, exc: ClientError) -> None:
         self._failed = exc
@@ -363,7 +389,7 @@ class Call:
             return
         (frame,) = HEADER.unpack_from(msg)
         with contextlib.suppress(Exception):  # off the grid: dropped
-            self.jb.push(frame, MIX_FRAME, bytes(msg[HEADER.size:]), time.monotonic())
+            self.jb.push(frame, MIX_FRAME, bytes(msg[HEADER.size:]), self._stamp(time.monotonic()))
 
     def _message(self, m: dict[str, Any]) -> None:
         kind = m.get("type")

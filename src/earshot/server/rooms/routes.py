@@ -70,10 +70,11 @@ async def list_rooms(rooms: Rooms) -> dict[str, Any]:
     return {"rooms": [rooms.snapshot(n) for n in rooms.names()]}
 
 
-@router.get("/{room}", summary="One live room: its clock and participants")
+@router.get("/{room}", summary="One live room: its clock and participants (with each "
+            "seat's mixer counters)")
 async def get_room(room: str, rooms: Rooms) -> dict[str, Any]:
     try:
-        return rooms.snapshot(room)
+        return rooms.snapshot(room, stats=True)
     except RoomError as exc:
         raise _http(exc) from None
 

@@ -104,9 +104,21 @@ class RoomService:
     def names(self) -> list[str]:
         return self.rooms.names()
 
-    def snapshot(self, name: str) -> dict[str, Any]:
-        """A live room's state (raises ``no_room``)."""
-        return self.rooms.get(name).snapshot(self.hub.clock())
+    def snapshot(self, name: str, *, stats: bool = False) -> dict[str, Any]:
+        """A live room's state (raises ``no_room``); with ``stats``, each seat's mixer
+        counters (``mix``: frames in, repeated, gaps, restarts, stale, late, concealed)."""
+        state = self.rooms.get(name).snapshot(self.hub.clock())
+        call = self._calls.get(name)
+        if stats and call is not None:
+            for p in state["participants"]:
+                if p["participant"] in call.mixer.seats:
+                    st = call.mixer.stats(p["participant"])
+                    p["mix"] = {"frames_in": st.frames_in, "repeated": st.repeated_frames,
+                                "gaps": st.gaps, "restarts": st.restarts,
+                                "stale": st.stale_frames, "late": st.jitter.late,
+                                "concealed_ms": st.jitter.concealed_ms,
+                                "delay": round(st.jitter.delay, 3)}
+        return state
 
     def stretches(self, name: str) -> list[dict[str, Any]]:
         """The call's stretches: the live room's, else the last call's kept on disk."""

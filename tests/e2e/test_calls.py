@@ -54,6 +54,7 @@ def _finish(procs: dict[str, subprocess.Popen[str]]) -> dict[str, list[dict]]:
     for name, p in procs.items():
         out, err = p.communicate(timeout=60)
         assert p.returncode == 0, err
+        print(err.strip())
         events[name] = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return events
 

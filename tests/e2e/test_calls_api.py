@@ -17,8 +17,14 @@ import soxr
 
 from earshot.call import Call
 from earshot.errors import ClientError
-from helpers import FIXTURES, CutProxy, ServerProcess, best_alignment, capture_correlation, \
-    free_port
+from helpers import (
+    FIXTURES,
+    CutProxy,
+    ServerProcess,
+    best_alignment,
+    capture_correlation,
+    free_port,
+)
 
 pytestmark = pytest.mark.slow
 HEAR = 48000
@@ -123,11 +129,10 @@ async def _echo_room(srv: ServerProcess, room: str, aec: bool) -> float:
             out = np.concatenate([out, np.zeros(n - len(out), np.float32)])
         return 0.5 * out
 
-    async with Call(srv.url, room, "a", rate=HEAR, mic=mic, on_audio=speaker, aec=aec):
-        async with Call(srv.url, room, "b", rate=16000, mic=_player(voice),
-                        record=True) as b:
-            await asyncio.sleep(7.5)
-            heard = b.heard()
+    async with (Call(srv.url, room, "a", rate=HEAR, mic=mic, on_audio=speaker, aec=aec),
+                Call(srv.url, room, "b", rate=16000, mic=_player(voice), record=True) as b):
+        await asyncio.sleep(7.5)
+        heard = b.heard()
     return _rms(heard[int(4.0 * HEAR):int(7.0 * HEAR)])
 
 
@@ -150,21 +155,21 @@ def _sweep(seconds: float, rate: int = 16000) -> np.ndarray:
 
 async def test_a_dropped_participant_resumes_into_its_seat(server: ServerProcess) -> None:
     voice = _sweep(8.0)
-    async with CutProxy(server.port) as proxy:
-        async with Call(server.url, "drop", "bob", rate=16000, record=True) as bob:
-            ann = Call(proxy.url, "drop", "ann", rate=16000, mic=_player(voice))
-            await ann.join()
-            stream = ann.stream
-            await asyncio.sleep(3.0)
-            targets = proxy.targets
-            proxy.targets = (free_port(),)  # nothing gets through for 2 s
-            proxy.cut()
-            await asyncio.sleep(2.0)
-            proxy.targets = targets
-            await asyncio.sleep(4.0)
-            frames = await ann.leave()
-            await asyncio.sleep(0.2)
-            heard = bob.heard()
+    async with (CutProxy(server.port) as proxy,
+                Call(server.url, "drop", "bob", rate=16000, record=True) as bob):
+        ann = Call(proxy.url, "drop", "ann", rate=16000, mic=_player(voice))
+        await ann.join()
+        stream = ann.stream
+        await asyncio.sleep(3.0)
+        targets = proxy.targets
+        proxy.targets = (free_port(),)  # nothing gets through for 2 s
+        proxy.cut()
+        await asyncio.sleep(2.0)
+        proxy.targets = targets
+        await asyncio.sleep(4.0)
+        frames = await ann.leave()
+        await asyncio.sleep(0.2)
+        heard = bob.heard()
     assert ann.reconnects >= 1 and ann.stream == stream  # the same stream, resumed
     assert frames == len(voice)
     assert np.array_equal(_archive(server, stream or ""), _s16(voice))  # nothing lost

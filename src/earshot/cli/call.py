@@ -157,8 +157,11 @@ async def _main(args: argparse.Namespace) -> int:
             import soundfile as sf
 
             sf.write(str(args.out), call.heard(), MIX_RATE, subtype="PCM_16")
+    st = call.jb.stats
     print(f"left {args.room} as {name}: sent {frames / rate:.2f} s (stream {call.stream}), "
-          f"heard {call.ticks * 0.02:.2f} s, {call.reconnects} reconnects", file=sys.stderr)
+          f"heard {call.ticks * 0.02:.2f} s (concealed {st.concealed_ms:.0f} ms, "
+          f"{st.accelerated_frames} frames skipped to catch up, {st.late} late), "
+          f"{call.reconnects} reconnects", file=sys.stderr)
     return EXIT_OK
 
 

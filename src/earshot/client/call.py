@@ -82,7 +82,7 @@ class Call:
                  mic: Mic | None = None, on_audio: Callable[[np.ndarray], None] | None = None,
                  on_event: Callable[[dict[str, Any]], None] | None = None,
                  record: bool = False, reconnect_for: float = 10.0,
-                 min_delay: float = 0.0) -> None:
+                 min_delay: float = 0.02) -> None:
         if not isinstance(rate, int) or rate <= 0 or rate % 50:
             raise ClientError(f"rate must be a positive multiple of 50 Hz, got {rate!r}")
         self.url = call_url(url, room, name)

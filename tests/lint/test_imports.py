@@ -15,7 +15,7 @@ SRC = Path(earshot.__file__).resolve().parent
 #: what the client-only install (``pip install earshot``) may import of the package
 CLIENT_MAY_IMPORT = ("earshot.client", "earshot.wire", "earshot.audio", "earshot.errors",
                      "earshot.redact", "earshot.fsutil", "earshot.codec", "earshot.ranges",
-                     "earshot.dsp.cleanup")
+                     "earshot.dsp.cleanup", "earshot.rooms.echo", "earshot.rooms.errors")
 
 
 def module_name(path: Path) -> str:

@@ -745,6 +745,9 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--bitrate", type=OPUS_BITRATE, default=32000,
                        help="opus bitrate (32000)")
 
+    from earshot.cli.call import add_call
+
+    add_call(sub, client_opts)  # `earshot call ROOM` (cli/call.py)
     c = sub.add_parser("send", help="send a sound file as a stream")
     c.add_argument("file", type=Path)
     client_opts(c)

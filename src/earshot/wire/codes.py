@@ -76,6 +76,16 @@ class Code(enum.StrEnum):
     # -- subscribers and workers ------------------------------------------------------------
     BAD_EVENT = "bad_event"
     UNEXPECTED_BINARY = "unexpected_binary"
+    # -- calls (server/rooms; the cores' RoomError codes that reach the wire) ---------------
+    INVALID_ROOM = "invalid_room"  # a room name that breaks the rules
+    INVALID_NAME = "invalid_name"  # a participant name that does
+    ROOM_FULL = "room_full"
+    NAME_TAKEN = "name_taken"  # seated already, and not resuming
+    ALREADY_SEATED = "already_seated"  # that stream holds another seat
+    TOO_MANY_ROOMS = "too_many_rooms"
+    ROOM_ENDED = "room_ended"
+    NO_ROOM = "no_room"
+    NOT_IN_ROOM = "not_in_room"
     # -- events about a stream (errors and warnings) ----------------------------------------
     PROCESSOR_FAILED = "processor_failed"
     PROCESSOR_UNAVAILABLE = "processor_unavailable"

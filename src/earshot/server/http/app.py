@@ -27,6 +27,7 @@ from earshot.server.http.static import CorsStaticFiles
 from earshot.server.http.subscribe import subscribe
 from earshot.server.ingest.session import IngestSession, refuse_unauthorized
 from earshot.server.metrics import Metrics
+from earshot.server.rooms.routes import add_rooms, close_rooms
 from earshot.server.streams.admission import probe_loop_lag
 from earshot.server.streams.hub import Hub
 from earshot.server.streams.lifecycle import DRAIN_TIMEOUT, drain_on_signals
@@ -126,6 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await stop_listeners(listeners)
             restore_signals()
+            await close_rooms(app)
             ticker.cancel()
             probe.cancel()
             await hub.shutdown()
@@ -164,6 +166,7 @@ def create_app(settings: Settings) -> FastAPI:
     from earshot.server.doors import add_doors
 
     add_doors(app)  # OpenAI, Deepgram on the main port (docs/doors.md)
+    add_rooms(app, settings)  # calls: /ws/call, /api/rooms (server/rooms/)
     app.add_middleware(Guard.from_settings, settings=settings, metrics=metrics,
                        state=app.state)  # see guard.py
 

@@ -75,7 +75,7 @@ class IngestSession:
         self._held: list[str] = []  # serialized events waiting for the ack (batch mode)
         self._held_flush = False  # a call_soon to send them if no ack comes this turn
         self._flushing = False  # inside the lane's flush: its ack follows, no call_soon
-        self._outbox: deque[str] = deque()
+        self._outbox: deque[str | bytes] = deque()
         self._outbox_wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         query = dict(ws.query_params)
@@ -123,7 +123,7 @@ class IngestSession:
         timeout = self.settings.security.auth_timeout  # a start within it, or close 4401
         self._deadline = asyncio.get_running_loop().call_later(timeout, self._auth_expired)
         conn = self.conn
-        if not self.settings.archive.fsync:  # (with --fsync every flush awaits the disk)
+        if not self.settings.archive.fsync and self.direct_lane:  # (--fsync: flushes await)
             self._lane = lane_of(ws.scope)
             if self._lane is not None:
                 self._lane.attach(self)
@@ -148,7 +148,7 @@ class IngestSession:
                     if len(outs) == 1 and type(outs[0]) is AudioIn and live is not None:
                         out = outs[0]
                         try:
-                            due = self.hub.add_audio(live, out.data, out.frames)
+                            due = self.add_audio(live, out.data, out.frames)
                         except ProtocolError as exc:  # an Opus packet libopus rejects
                             await self._emit(conn.fail(exc.code, exc.message))
                             break
@@ -156,7 +156,7 @@ class IngestSession:
                             await self.hub.flush(live)
                         continue
                 else:
-                    outs = conn.receive_text(msg.get("text") or "")
+                    outs = self.receive_text(msg.get("text") or "")
                 await self._emit(outs)
         except WebSocketDisconnect:
             pass
@@ -175,6 +175,17 @@ class IngestSession:
                 await self.hub.detach(self.live, self, stopped=False)
             if self._writer is not None:
                 self._writer.cancel()
+
+    # -- what an adapter on this session (server/rooms: a call) may change ---------------
+    direct_lane = True  # audio on the direct lane skips add_audio: an adapter turns it off
+
+    def add_audio(self, live: LiveStream, data: bytes, frames: int) -> bool:
+        """One audio message into the stream (True: a flush is due)."""
+        return self.hub.add_audio(live, data, frames)
+
+    def receive_text(self, text: str) -> list[Output]:
+        """One text message from the client, through the protocol core."""
+        return self.conn.receive_text(text)
 
     # -- the direct lane (server/wsdirect.py): called inside data_received --------------
     def on_bytes(self, data: bytes) -> bool:
@@ -209,7 +220,7 @@ class IngestSession:
                 if live.owner is not self:
                     continue  # superseded
                 try:
-                    due = self.hub.add_audio(live, out.data, out.frames)
+                    due = self.add_audio(live, out.data, out.frames)
                 except ProtocolError as exc:
                     await self._emit(self.conn.fail(exc.code, exc.message))
                     return
@@ -349,12 +360,27 @@ class IngestSession:
         out.append(text)
         self._outbox_wake.set()
 
+    def post_bytes(self, data: bytes) -> None:
+        """Queue a binary message for the client (a call's mix), in order with the rest."""
+        if self._closed:
+            return
+        out = self._outbox
+        if len(out) >= OUTBOX_LIMIT:
+            out.popleft()
+            self.metrics.outbox_dropped.inc()
+        out.append(data)
+        self._outbox_wake.set()
+
     async def _write_loop(self) -> None:
         out, wake = self._outbox, self._outbox_wake
         try:
             while True:
                 while out:
-                    await self.ws.send_text(out.popleft())
+                    item = out.popleft()
+                    if isinstance(item, str):
+                        await self.ws.send_text(item)
+                    else:
+                        await self.ws.send_bytes(item)
                 wake.clear()
                 await wake.wait()
         except Exception:  # the client is gone; the receive loop notices

@@ -1,0 +1,138 @@
+"""``/ws/call?room=ROOM&name=PARTICIPANT``: a participant's connection.
+
+An ordinary ingest session (:class:`~earshot.server.ingest.session.IngestSession`: the same
+``start``, acks, ``stop`` and resume), so the participant's publish is an earshot stream
+named ``ROOM/PARTICIPANT``, archived and processed like any other. On top of it:
+
+* the room is checked before the stream is opened (``invalid_room``, ``invalid_name``,
+  ``room_full``, ``name_taken``, ``too_many_rooms``: a refused start, the connection stays
+  open for another try); once ``ready`` is sent the participant is seated and gets
+  ``{"type": "room", ...}`` (the room's state);
+* each audio message goes to the archive as usual *and* to the room's mixer at once, at its
+  stream offset (the direct lane is off for calls: it would batch);
+* the stream's VAD events become ``speaking`` / ``silent``; ``{"type": "mute", "muted":
+  bool}`` mutes; a ``stop`` leaves the room, a dropped connection keeps the seat for a
+  resume (``seat_grace``);
+* the server sends the participant's mix-minus as binary messages (see
+  :mod:`earshot.server.rooms`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from earshot.audio import BYTES_PER_SAMPLE, decode
+from earshot.rooms.errors import RoomError
+from earshot.server.ingest.session import IngestSession
+from earshot.server.rooms.service import RoomService
+from earshot.server.streams.hub import Hub, LiveStream
+from earshot.wire.codes import Code
+from earshot.wire.ingest import Output, Send, StartRequested, error_message
+
+__all__ = ["CallSession"]
+
+SPEECH = frozenset({"speech_start", "speech_end"})
+
+
+def room_code(exc: RoomError) -> Code:
+    """The wire code of a room error (the cores' codes that reach the wire are Codes)."""
+    try:
+        return Code(exc.code)
+    except ValueError:
+        return Code.BAD_START
+
+
+class CallSession(IngestSession):
+    direct_lane = False
+
+    def __init__(self, ws: WebSocket, hub: Hub, rooms: RoomService) -> None:
+        super().__init__(ws, hub)
+        self.rooms = rooms
+        self.room = ws.query_params.get("room", "")
+        self.participant = ws.query_params.get("name", "")
+        self.seated = False
+        self.stopped = False
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            if self.seated:
+                self.rooms.leave(self.room, self.participant, self, lost=not self.stopped)
+                self.seated = False
+
+    async def _start(self, req: StartRequested) -> list[Output]:
+        start = req.start
+        try:
+            self.rooms.check(self.room, self.participant, resume=start.resume is not None)
+        except RoomError as exc:
+            return self.conn.refuse(room_code(exc), exc.message)
+        start = dataclasses.replace(start, name=f"{self.room}/{self.participant}")
+        outs = await super()._start(StartRequested(start))
+        live = self.live
+        if live is None:
+            return outs
+        key = start.resume_token
+        for out in outs:
+            if isinstance(out, Send) and out.message.get("type") == "ready":
+                key = out.message.get("resume_token", key)
+        try:
+            state = self.rooms.join(self.room, self.participant, stream=live.id,
+                                    rate=live.rec.rate, channels=live.rec.channels,
+                                    offset=live.offset, key=key, conn=self)
+        except RoomError as exc:  # lost a race for the last seat or the name
+            await self.hub.detach(live, self, stopped=False)
+            self.live = None
+            return [*outs, *self.conn.fail(room_code(exc), exc.message)]
+        self.seated = True
+        return [*outs, Send({"type": "room", **state})]
+
+    async def _stop(self, length: int | None = None) -> None:
+        self.stopped = True
+        await super()._stop(length)
+        if self.seated:
+            self.rooms.leave(self.room, self.participant, self)
+            self.seated = False
+
+    def add_audio(self, live: LiveStream, data: bytes, frames: int) -> bool:
+        before = live.offset
+        due = super().add_audio(live, data, frames)
+        n = live.offset - before
+        if n > 0 and self.seated:
+            writer = live.writer
+            fmt = live.archive.sample_format
+            size = n * BYTES_PER_SAMPLE[fmt] * live.rec.channels
+            pending = writer.pending
+            samples = decode(bytes(pending[len(pending) - size:]), fmt,  # type: ignore[arg-type]
+                             live.rec.channels)
+            self.rooms.audio(self.room, self.participant, before, samples)
+        return due
+
+    def receive_text(self, text: str) -> list[Output]:
+        if '"mute"' in text:
+            try:
+                msg = json.loads(text)
+            except ValueError:
+                msg = None
+            if isinstance(msg, dict) and msg.get("type") == "mute":
+                muted = msg.get("muted")
+                if not isinstance(muted, bool):
+                    return [Send(error_message(Code.BAD_EVENT, "mute needs 'muted': true or "
+                                               "false"))]
+                if not self.seated:
+                    return [Send(error_message(Code.NOT_IN_ROOM, "not in a room yet"))]
+                self.rooms.mute(self.room, self.participant, muted)
+                return []
+        return super().receive_text(text)
+
+    def post(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind in SPEECH and self.seated:
+            t = message.get("t")
+            if isinstance(t, int | float):
+                self.rooms.speech(self.room, self.participant, str(kind), float(t))
+        super().post(message)

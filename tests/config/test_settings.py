@@ -43,6 +43,7 @@ FLAT_NAMES = [
     "max_message_bytes", "compat", "processors", "filters", "filter_processors", "max_lag",
     "drain_timeout", "asr_model", "asr_engine", "asr_device", "asr_compute_type",
     "asr_language", "asr_beam_size", "asr_workers", "asr_threads", "asr_batch",
+    "asr_final",
     "max_streams", "max_cpu", "max_subscribers", "rest_rate", "rest_burst",
     "max_rest_requests", "max_loop_lag", "max_ack_latency", "min_free_space", "bus",
     "bus_retention", "mqtt",

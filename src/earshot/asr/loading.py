@@ -14,7 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from earshot.asr.engine import ENGINES, EngineConfig, is_incremental, load_engine
+from earshot.asr.engine import (
+    ENGINES,
+    EngineConfig,
+    is_incremental,
+    is_two_pass,
+    load_engine,
+)
 from earshot.errors import ConfigError, MissingDependency
 
 if TYPE_CHECKING:
@@ -84,6 +90,7 @@ class LoadedAsr:
             "default": self.choice.implicit,
             "languages": list(getattr(engine, "languages", None) or []) or None,
             "incremental": is_incremental(engine),
+            "two_pass": is_two_pass(engine),
             "batch": self.scheduler.max_batch,
         }
         if self.choice.engine == DEFAULT_ENGINE:
@@ -108,7 +115,8 @@ def load_asr(settings: Settings,
     cfg = EngineConfig(model=choice.model, device=settings.asr.device,
                        compute_type=settings.asr.compute_type, language=settings.asr.language,
                        beam_size=settings.asr.beam_size, threads=settings.asr.threads,
-                       workers=settings.asr.workers)
+                       workers=settings.asr.workers,
+                       two_pass=settings.asr.final == "whole")
     try:
         engine = load_engine(cfg, choice.engine)
     except MissingDependency as exc:

@@ -252,6 +252,10 @@ class AsrSettings(Group):
                            range=COUNT, metavar="N")
     batch: int = setting(0, "most streams' utterances decoded in one call (0: the engine's, "
                          "8 for faster-whisper; 1: off)", range=COUNT, metavar="N")
+    final: str = setting("whole", "pocketsphinx finals: whole (each finished utterance "
+                         "decoded again in one pass: fewer errors) or incremental (the "
+                         "interims' decoder finished: sooner, less CPU)",
+                         choices=("whole", "incremental"), example="incremental")
 
 
 @dataclass(frozen=True, kw_only=True)

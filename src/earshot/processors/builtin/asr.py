@@ -8,7 +8,17 @@ only the new audio); words two consecutive hypotheses agree on, except the last
 ``holdback`` (2 for incremental engines, whose final pass revises them, else 0), become the
 ``stable`` prefix. When the utterance ends, the final is decoded (the incremental decoder
 finished, or the whole utterance decoded again) and keeps the stable prefix its interims
-promised. Decoding runs on the server's shared
+promised. A two-pass engine (PocketSphinx by default: the final is a second decode of the
+whole utterance, with fewer errors than the interims) promises nothing: its interims'
+``stable`` is empty unless the ``holdback`` option is given, and its final carries the
+first pass's text and both passes' seconds::
+
+    {"type": "transcript", "final": true, "text": "...", "decode": 0.52,
+     "first_pass": {"text": "...", "decode": 0.61}, "second_pass": {"decode": 0.48}, ...}
+
+(``first_pass.decode``: the seconds the incremental decoding of the utterance took in all,
+spread over the utterance while it was spoken; ``second_pass.decode``: the whole-utterance
+decode after its end, part of the final's ``decode``.) Decoding runs on the server's shared
 :class:`~earshot.asr.scheduler.AsrScheduler`, never in this processor's own thread, so a slow
 model delays transcripts, never audio, levels or speech events.
 
@@ -32,7 +42,7 @@ from __future__ import annotations
 import threading
 from typing import Any, ClassVar
 
-from earshot.asr.engine import language_problem, primary_language
+from earshot.asr.engine import is_two_pass, language_problem, primary_language
 from earshot.asr.policy import (
     RATE,
     DecodeRequest,
@@ -64,6 +74,8 @@ class Asr(Processor):
         if language is not None and (not isinstance(language, str) or not language.strip()):
             raise ProcessorError("the asr option 'language' must be a tag such as 'en-US'")
         self.language_option = language
+        #: interims promise a stable prefix (not by default when the final is a second pass)
+        self.promise = holdback is not None or not is_two_pass(self.scheduler.engine)
         if holdback is None:  # first-pass hypotheses of incremental engines get revised
             holdback = 2 if self.scheduler.incremental else 0
         self.holdback = int(holdback)
@@ -183,7 +195,7 @@ class Asr(Processor):
                   "end": round(max(offset + w.end, speech), 3), "p": round(w.p, 3)}
                  for w in tr.words]
         text = tr.text
-        if not req.final:
+        if not req.final and self.promise:
             agreed = self._agree.setdefault(req.segment, LocalAgreement(self.holdback))
             agreed.update([str(w["w"]) for w in words])
         if agreed is not None and agreed.stable:  # interims and finals keep what was promised
@@ -194,6 +206,9 @@ class Asr(Processor):
                            queue=round(result.wait, 4), decode=round(result.infer, 4))
         if result.batch > 1:
             event["batch"] = result.batch
+        if tr.first_text is not None:
+            event["first_pass"] = {"text": tr.first_text, "decode": tr.first_decode}
+            event["second_pass"] = {"decode": tr.second_decode}
         if not req.final:
             event["stable"] = " ".join(agreed.stable) if agreed is not None else ""
         else:

@@ -179,6 +179,8 @@ def _child(paths: dict[str, str]) -> None:  # pragma: no cover - runs in the chi
                 value = hyp.hypstr if hyp is not None else ""
                 audio[uid] += payload
                 busy[uid] += time.perf_counter() - t
+            elif op == "append":  # audio for the second pass only (the final's tail)
+                audio[uid] += payload
             elif op in ("finish", "close"):
                 d = open_.pop(uid, None)
                 pcm = audio.pop(uid, b"")
@@ -290,6 +292,15 @@ class _Utterance:
             raise RuntimeError("this utterance is finished")
         pcm = _pcm16(audio)
         self._text = self._proc.call("feed", self._uid, pcm)
+        self._frames += len(pcm) // 2
+
+    def append(self, audio: np.ndarray) -> None:
+        """Audio the second pass decodes and the first pass never sees (two-pass finals:
+        the tail of an utterance whose final is due is not worth decoding twice)."""
+        if self._proc is None:
+            raise RuntimeError("this utterance is finished")
+        pcm = _pcm16(audio)
+        self._proc.call("append", self._uid, pcm)
         self._frames += len(pcm) // 2
 
     def partial(self) -> Transcription:

@@ -175,3 +175,32 @@ def test_a_two_pass_final_replaces_its_interims_and_reports_both_passes() -> Non
     promised = [e for e in events if e["type"] == "transcript" and e["final"]
                 and e["text"] != "second pass"]
     assert promised and all(e["text"].startswith("first") for e in promised)
+
+
+class Slow(Lengths):
+    """Takes 50 ms a decode: audio sent faster than that saturates it."""
+
+    def transcribe(self, audio: np.ndarray, *, final: bool,
+                   language: str | None = None) -> Transcription:
+        import time
+
+        time.sleep(0.05)
+        return super().transcribe(audio, final=final, language=language)
+
+
+def test_saturated_decoders_skip_interims_first_and_a_lag_event_says_so() -> None:
+    scheduler = AsrScheduler(Slow())
+    cls = type("Asr", (Asr,), {"scheduler": scheduler})
+    x, rate = sf.read(FIXTURES / "speech_16k.wav", dtype="int16")
+    try:  # every 0.1 s of audio an interim, pushed through at once
+        events = run_processor(cls(interim_interval=0.1), x, rate, chunk_seconds=0.05)
+    finally:
+        scheduler.close()
+    finals = [e for e in events if e["type"] == "transcript" and e["final"]]
+    assert len(finals) == len(TRUTH)  # every final, none waited behind an interim
+    lags = [e for e in events if e["type"] == "lag"]
+    assert lags and scheduler.stats.skipped_interims >= 2
+    assert all(e["processor"] == "asr" and e["interims_skipped"] >= 0 for e in lags)
+    assert any(e["interims_skipped"] >= 2 and "interims skipped, finals first" in e["message"]
+               for e in lags)
+    assert sum(e["interims_skipped"] for e in lags) <= scheduler.stats.skipped_interims

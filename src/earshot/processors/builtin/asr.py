@@ -31,6 +31,12 @@ Event::
 ``queue`` and ``decode`` are the seconds the decode waited for the model and took
 (``decode`` is of the whole batch when several streams were decoded in one call).
 
+When the decoders fall behind, interims go first (a newer one replaces one still waiting,
+and finals are taken before any interim); a ``lag`` event says so, at most once a second:
+``{"type": "lag", "processor": "asr", "lag": 2.4, "interims_skipped": 3, "message": ...}``
+(``lag``: how long the last decode waited; sent when that reaches ``lag_warning`` seconds
+or when two or more interims were skipped since the last one).
+
 The spoken language comes from the ``language`` option, else the ``start`` message's
 ``language`` (a BCP 47 tag such as ``en-US``; its primary subtag is used). An engine that
 cannot decode it (PocketSphinx is English only) keeps its own language, and the stream gets
@@ -94,6 +100,7 @@ class Asr(Processor):
         self._finals_out = 0  # finals asked for, not yet delivered
         self._shown_version = 0  # newest interim delivered (several workers may race)
         self._last_lag_warning = -1e9
+        self._skipped = 0  # interims skipped since the last lag event (decoders saturated)
 
     def start(self, info: StreamInfo) -> None:
         super().start(info)
@@ -171,10 +178,17 @@ class Asr(Processor):
     def _events(self, result: JobResult) -> list[Event]:
         req, tr = result.request, result.transcription
         out: list[Event] = []
-        if result.wait >= self.lag_warning and req.end / RATE - self._last_lag_warning >= 1.0:
+        if not req.final and tr is None and result.error is None:
+            self._skipped += 1  # superseded before a decoder was free: interims go first
+        late = result.wait >= self.lag_warning
+        if (late or self._skipped >= 2) and req.end / RATE - self._last_lag_warning >= 1.0:
             self._last_lag_warning = req.end / RATE
+            skipped, self._skipped = self._skipped, 0
+            why = f"{result.wait:.1f} s behind" if late else "saturated"
+            more = f"; {skipped} interims skipped, finals first" if skipped else ""
             out.append(self.event("lag", req.end / RATE, lag=round(result.wait, 3),
-                                  message=f"speech-to-text is {result.wait:.1f} s behind"))
+                                  interims_skipped=skipped,
+                                  message=f"speech-to-text is {why}{more}"))
         agreed: LocalAgreement | None = None
         if req.final:
             self._finalized.add(req.segment)

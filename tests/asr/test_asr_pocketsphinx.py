@@ -140,3 +140,44 @@ def test_the_bundled_model_loads_when_a_stream_first_needs_it() -> None:
         assert e._procs[0] is first
     finally:
         e.close()
+
+
+LIBRIVOX = json.loads((FIXTURES / "librivox_16k.json").read_text())
+
+
+def test_two_passes_a_final_decoded_whole_can_differ_from_the_incremental_one() -> None:
+    """Human speech (the LibriVox fixture's five clips, one utterance each, on a fresh
+    engine): the incremental pass normalises the cepstrum with a running estimate, the
+    whole-utterance pass over the whole utterance, and its words are closer to the text;
+    the final carries both passes."""
+    from earshot.asr.wer import wer
+
+    x, _ = sf.read(FIXTURES / "librivox_16k.wav", dtype="float32")
+    clips = [x[s["start"] - 1600: s["end"] + 4800] for s in LIBRIVOX["speech"]]
+    e = load_engine(EngineConfig(model="en-us"), "pocketsphinx")
+    got = []
+    try:
+        for clip in clips:
+            utt = e.begin()  # type: ignore[attr-defined]
+            for i in range(0, clip.size, 8000):
+                utt.feed(clip[i:i + 8000])
+            got.append((utt.partial().text, utt.finish()))
+    finally:
+        e.close()  # type: ignore[attr-defined]
+    first = [f.first_text or "" for _, f in got]
+    whole = [f.text for _, f in got]
+    first_wer, whole_wer = wer(LIBRIVOX["text"], first), wer(LIBRIVOX["text"], whole)
+    print(f"\nWER first pass {first_wer:.3f} {first}\nWER whole      {whole_wer:.3f} {whole}")
+    assert whole_wer < first_wer
+    assert any(f.text != interim for interim, f in got)  # a final differs from its interims
+    for _, final in got:
+        assert final.first_decode is not None and final.first_decode > 0
+        assert final.second_decode is not None and final.second_decode > 0
+        assert [w.w for w in final.words] == final.text.split()
+        assert all(0 <= w.start <= w.end <= final.duration for w in final.words)
+    one = load_engine(EngineConfig(model="en-us", two_pass=False), "pocketsphinx")
+    try:
+        single = one.transcribe(clips[1], final=True)
+    finally:
+        one.close()  # type: ignore[attr-defined]
+    assert single.first_text is None and single.second_decode is None

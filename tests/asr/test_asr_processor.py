@@ -110,3 +110,97 @@ def test_an_interim_never_takes_back_what_was_promised_stable() -> None:
         before = promised.get(e["segment"], "")
         assert e["stable"].startswith(before), (before, e)  # a stable prefix only grows
         promised[e["segment"]] = e["stable"]
+
+
+class TwoPass:
+    """An incremental two-pass engine double: interims say 'first N', finals 'second'."""
+
+    name = "two-pass"
+    incremental = True
+    two_pass = True
+    languages = ("en",)
+
+    class Utt:
+        def __init__(self) -> None:
+            self.n = 0
+
+        def feed(self, audio: np.ndarray) -> None:
+            self.n += audio.size
+
+        def partial(self) -> Transcription:
+            return Transcription(f"first {self.n}", (Word("first", 0, 0.1, 0.5),
+                                                     Word(str(self.n), 0.1, 0.2, 0.5)),
+                                 "en", self.n / 16000)
+
+        def finish(self) -> Transcription:
+            return Transcription("second pass", (Word("second", 0, 0.1, 0.9),
+                                                 Word("pass", 0.1, 0.2, 0.9)), "en",
+                                 self.n / 16000, first_text=f"first {self.n}",
+                                 first_decode=0.25, second_decode=0.125)
+
+        def close(self) -> None:
+            pass
+
+    def begin(self, *, language: str | None = None) -> TwoPass.Utt:
+        return TwoPass.Utt()
+
+    def transcribe(self, audio: np.ndarray, *, final: bool) -> Transcription:
+        raise AssertionError("an incremental engine is fed, not asked to transcribe")
+
+
+def test_a_two_pass_final_replaces_its_interims_and_reports_both_passes() -> None:
+    scheduler = AsrScheduler(TwoPass())
+    cls = type("Asr", (Asr,), {"scheduler": scheduler})
+    x, rate = sf.read(FIXTURES / "speech_16k.wav", dtype="int16")
+    try:
+        events = run_processor(cls(), x, rate, chunk_seconds=0.05)
+    finally:
+        scheduler.close()
+    ts = [e for e in events if e["type"] == "transcript"]
+    finals = [e for e in ts if e["final"]]
+    assert len(finals) == len(TRUTH)
+    for f in finals:
+        interims = [e for e in ts if e["segment"] == f["segment"] and not e["final"]]
+        assert interims and all(e["stable"] == "" for e in interims)  # nothing promised
+        assert f["text"] == f["stable"] == "second pass" != interims[-1]["text"]
+        assert f["first_pass"]["text"].startswith("first ")
+        assert f["first_pass"]["decode"] == 0.25 and f["second_pass"] == {"decode": 0.125}
+    # the holdback option asks for a promise: then the final keeps the stable prefix
+    scheduler = AsrScheduler(TwoPass())
+    cls = type("Asr", (Asr,), {"scheduler": scheduler})
+    try:
+        events = run_processor(cls(holdback=0), x, rate, chunk_seconds=0.05)
+    finally:
+        scheduler.close()
+    promised = [e for e in events if e["type"] == "transcript" and e["final"]
+                and e["text"] != "second pass"]
+    assert promised and all(e["text"].startswith("first") for e in promised)
+
+
+class Slow(Lengths):
+    """Takes 50 ms a decode: audio sent faster than that saturates it."""
+
+    def transcribe(self, audio: np.ndarray, *, final: bool,
+                   language: str | None = None) -> Transcription:
+        import time
+
+        time.sleep(0.05)
+        return super().transcribe(audio, final=final, language=language)
+
+
+def test_saturated_decoders_skip_interims_first_and_a_lag_event_says_so() -> None:
+    scheduler = AsrScheduler(Slow())
+    cls = type("Asr", (Asr,), {"scheduler": scheduler})
+    x, rate = sf.read(FIXTURES / "speech_16k.wav", dtype="int16")
+    try:  # every 0.1 s of audio an interim, pushed through at once
+        events = run_processor(cls(interim_interval=0.1), x, rate, chunk_seconds=0.05)
+    finally:
+        scheduler.close()
+    finals = [e for e in events if e["type"] == "transcript" and e["final"]]
+    assert len(finals) == len(TRUTH)  # every final, none waited behind an interim
+    lags = [e for e in events if e["type"] == "lag"]
+    assert lags and scheduler.stats.skipped_interims >= 2
+    assert all(e["processor"] == "asr" and e["interims_skipped"] >= 0 for e in lags)
+    assert any(e["interims_skipped"] >= 2 and "interims skipped, finals first" in e["message"]
+               for e in lags)
+    assert sum(e["interims_skipped"] for e in lags) <= scheduler.stats.skipped_interims

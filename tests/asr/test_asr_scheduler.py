@@ -266,3 +266,51 @@ def test_batch_setting(batch: bool | int, expected: int) -> None:
         assert sched.max_batch == expected
     finally:
         sched.close()
+
+
+class TwoPassDouble(IncrementalDouble):
+    """An incremental engine whose finals are decoded again whole: the final's tail is
+    appended for the second pass, not fed to the first."""
+
+    two_pass = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.appended: dict[int, list[int]] = {}
+
+    def begin(self, *, language: str | None = None) -> _TwoPassUtt:
+        uid = len(self.fed)
+        self.fed[uid] = []
+        self.appended[uid] = []
+        return _TwoPassUtt(self, uid)
+
+
+class _TwoPassUtt(_Utt):
+    engine: TwoPassDouble
+
+    def append(self, audio: np.ndarray) -> None:
+        self.engine.appended[self.uid].append(audio.size)
+
+    def finish(self) -> Transcription:
+        self.engine.finished.append(self.uid)
+        n = sum(self.engine.fed[self.uid]) + sum(self.engine.appended[self.uid])
+        return tr(str(n), n / RATE)
+
+
+def test_two_pass_final_appends_its_tail_for_the_second_pass_only() -> None:
+    engine = TwoPassDouble()
+    results = Results()
+    sched = AsrScheduler(engine)
+    try:
+        sched.submit("s", req(0, 0.5, final=False, version=1), results)
+        results.wait(1)
+        sched.submit("s", req(0, 1.8, final=True, version=2), results)
+        sched.submit("t", req(0, 1.0, final=True), results)  # no interim: the whole at once
+        got = results.wait(3)
+    finally:
+        sched.close()
+    assert sched.two_pass
+    assert engine.fed == {0: [8000], 1: []}  # the first pass decodes interims' audio only
+    assert engine.appended == {0: [20800], 1: [16000]}
+    assert [r.transcription.text for r in got if r.transcription is not None] == \
+        ["8000", "28800", "16000"]

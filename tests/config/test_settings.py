@@ -45,6 +45,7 @@ FLAT_NAMES = [
     "drain_timeout", "max_processors", "asr_model", "asr_engine", "asr_device",
     "asr_compute_type",
     "asr_language", "asr_beam_size", "asr_workers", "asr_threads", "asr_batch",
+    "asr_final",
     "max_streams", "max_cpu", "max_subscribers", "rest_rate", "rest_burst",
     "max_rest_requests", "max_rest_per_client", "rest_send_timeout", "max_loop_lag",
     "max_ack_latency", "min_free_space", "bus",

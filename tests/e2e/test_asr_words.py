@@ -1,11 +1,19 @@
 """Real words through the real server with the default engine (PocketSphinx, no options).
 
-The fixture (tests/fixtures/reading_16k.wav, made by make_reading.sh with Festival's HTS
-voice) is nine English sentences with pauses; its known text is in reading_16k.json.
-Streamed in real time with ``["vad", "asr"]``, the finals must spell it out (word error
-rate at most 0.15, and no worse than the same engine on the whole file offline + 0.05),
-interims must precede finals with a stable prefix that only grows and that the final keeps,
-and the end of speech → final latency is measured (asserted loosely: the machine is shared).
+Two fixtures, each streamed in real time with ``["vad", "asr"]``:
+
+* ``reading_16k.wav`` (made by tests/fixtures/make_reading.sh with Festival's HTS voice):
+  nine English sentences with pauses. Synthetic speech is easy: the finals must spell it
+  out (word error rate at most 0.15, and no worse than the same engine offline + 0.05).
+* ``librivox_16k.wav`` (made by scripts/make_librivox_fixture.py from Debian's
+  pocketsphinx-testdata): five clips of a human reading *Sense and Sensibility*, public
+  domain. The two-pass finals (each utterance decoded again whole) must be no worse than
+  the same engine on the whole file offline + 0.02.
+
+Interims must precede finals (two-pass interims promise no stable prefix: the final
+replaces them), finals carry both passes' text and timings, and the end of speech → final
+latency is measured and printed (asserted loosely: the machine is shared; the numbers of a
+quiet machine are in docs/asr.md).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -27,35 +36,33 @@ import soundfile as sf
 from test_processors import of, stream_file
 
 from earshot.asr.engine import EngineConfig, load_engine
-from earshot.asr.wer import wer, words
+from earshot.asr.wer import wer
 from helpers import FIXTURES, ROOT, ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
 READING = json.loads((FIXTURES / "reading_16k.json").read_text())
 TRUTH = READING["speech"]
+LIBRIVOX = json.loads((FIXTURES / "librivox_16k.json").read_text())
+#: fixture → (the streaming WER it must stay under, how far above offline it may be)
+GOALS = {"reading_16k": (0.15, 0.05), "librivox_16k": (1.0, 0.02)}
 
 
-def offline_wer() -> float:
+def offline_wer(name: str, meta: dict[str, Any]) -> float:
     """The default engine on the whole file as one utterance, outside the server."""
-    x, _ = sf.read(FIXTURES / "reading_16k.wav", dtype="float32")
+    x, _ = sf.read(FIXTURES / f"{name}.wav", dtype="float32")
     engine = load_engine(EngineConfig(model="en-us"), "pocketsphinx")
     try:
-        return wer(READING["text"], engine.transcribe(x, final=True).text)
+        return wer(meta["text"], engine.transcribe(x, final=True).text)
     finally:
         engine.close()  # type: ignore[attr-defined]
 
 
-@pytest.mark.timeout(300)
-async def test_default_engine_transcribes_real_words_streaming(
-        server_factory: Callable[..., ServerProcess]) -> None:
-    server = server_factory()  # no speech-to-text options at all
-    health = httpx.get(f"{server.http}/healthz").json()
-    assert health["asr"]["available"] is True
-    assert health["asr"]["engine"] == "pocketsphinx" and health["asr"]["model"] == "en-us"
-    assert health["asr"]["default"] is True and health["asr"]["incremental"] is True
-    assert "small.en" in health["asr"]["hint"]
-
-    x, rate = sf.read(FIXTURES / "reading_16k.wav", dtype="int16")
+async def stream_and_score(server: ServerProcess, name: str,
+                           meta: dict[str, Any]) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Stream the fixture in real time; check the transcripts; print WER and latency.
+    Returns the finals and the file's samples."""
+    truth = meta["speech"]
+    x, rate = sf.read(FIXTURES / f"{name}.wav", dtype="int16")
     pub, events, arrived = await stream_file(
         server.url, x, rate, processors=["vad", "asr"], realtime=True, block_s=0.02,
         language="en-US")
@@ -66,58 +73,83 @@ async def test_default_engine_transcribes_real_words_streaming(
     transcripts = [(e, a) for e, a in zip(events, arrived, strict=True)
                    if e["type"] == "transcript"]
     finals = [e for e, _ in transcripts if e["final"]]
-    assert [f["segment"] for f in finals] == list(range(len(TRUTH)))
-    for f, truth in zip(finals, TRUTH, strict=True):
-        assert abs(f["start"] - truth["start_s"]) <= 0.2 and abs(f["end"] - truth["end_s"]) <= 0.3
+    assert [f["segment"] for f in finals] == list(range(len(truth)))
+    for f, t in zip(finals, truth, strict=True):
+        assert abs(f["start"] - t["start_s"]) <= 0.3 and abs(f["end"] - t["end_s"]) <= 0.5
         for w in f["words"]:
             assert f["start"] - 0.05 <= w["start"] <= w["end"] <= f["end"] + 0.5
+        # two passes: the first pass's text and both timings; the final's own decode
+        # includes the second pass
+        assert f["first_pass"]["text"] and f["first_pass"]["decode"] > 0
+        assert 0 < f["second_pass"]["decode"] <= f["decode"]
 
     # 1: word error rate, streaming vs offline
-    streaming = wer(READING["text"], [f["text"] for f in finals])
-    offline = offline_wer()
-    print(f"\nWER streaming {streaming:.3f} (finals: {[f['text'] for f in finals]})"
-          f"\nWER offline   {offline:.3f} (whole file, one utterance)")
-    assert streaming <= 0.15
-    assert streaming <= offline + 0.05
+    under, above = GOALS[name]
+    streaming = wer(meta["text"], [f["text"] for f in finals])
+    first = wer(meta["text"], [f["first_pass"]["text"] for f in finals])
+    offline = offline_wer(name, meta)
+    print(f"\n{name}: WER streaming {streaming:.3f} (first pass alone {first:.3f}), "
+          f"offline {offline:.3f} (whole file, one utterance)"
+          f"\n  finals: {[f['text'] for f in finals]}")
+    assert streaming <= under
+    assert streaming <= offline + above
 
-    # 2: interims precede their final; the stable prefix only grows; the final keeps it.
-    # (On a loaded machine an interim still waiting when its final is due is dropped as
-    # stale, so not every utterance need have one.)
+    # 2: interims precede their final, the final comes once; two-pass interims promise
+    # nothing (the final replaces them). (On a loaded machine an interim still waiting when
+    # its final is due is dropped as stale, so not every utterance need have one.)
     with_interims = 0
-    for n in range(len(TRUTH)):
+    for n in range(len(truth)):
         seq = [e for e, _ in transcripts if e["segment"] == n]
         assert seq[-1]["final"] and [e["final"] for e in seq].count(True) == 1
-        interims = seq[:-1]
-        with_interims += bool(interims)
-        stable: list[str] = []
-        for e in interims:
-            now = e["stable"].split()
-            assert now[:len(stable)] == stable, (n, stable, now)  # never shrinks or changes
-            assert e["text"].split()[:len(now)] == now
-            stable = now
-        final = seq[-1]["text"].split()
-        assert final[:len(stable)] == stable, (n, stable, final)
-    print(f"utterances with interims: {with_interims} of {len(TRUTH)}")
-    assert with_interims >= len(TRUTH) // 2
-    assert sum(len(words(e["stable"])) for e, _ in transcripts if not e["final"]) > 0
+        with_interims += len(seq) > 1
+        assert all(e["stable"] == "" and e["text"] for e in seq[:-1])
+    print(f"  utterances with interims: {with_interims} of {len(truth)}")
+    assert with_interims >= len(truth) // 2
 
-    # 6: end of speech → final latency
-    latency = [a - t0 - TRUTH[e["segment"]]["end_s"] for e, a in transcripts if e["final"]]
+    # 3: end of speech → final latency, and what the second pass cost
+    latency = [a - t0 - truth[e["segment"]]["end_s"] for e, a in transcripts if e["final"]]
     p50, p95 = np.percentile(latency, 50), np.percentile(latency, 95)
-    print(f"end of speech → final: p50 {p50:.2f} s, p95 {p95:.2f} s, max {max(latency):.2f} s "
-          f"({len(latency)} finals)")
-    assert p95 < 8.0  # loose: 2 s is the target on a quiet machine (see the benchmark)
+    second = [f["second_pass"]["decode"] for f in finals]
+    print(f"  end of speech → final: p50 {p50:.2f} s, p95 {p95:.2f} s, max {max(latency):.2f} s "
+          f"({len(latency)} finals); second pass {np.mean(second):.2f} s mean, "
+          f"{max(second):.2f} s max")
+    assert p95 < 8.0  # loose: see docs/asr.md for a quiet machine's numbers
+    return finals, x
+
+
+@pytest.mark.timeout(300)
+async def test_default_engine_transcribes_real_words_streaming(
+        server_factory: Callable[..., ServerProcess]) -> None:
+    server = server_factory()  # no speech-to-text options at all
+    health = httpx.get(f"{server.http}/healthz").json()
+    assert health["asr"]["available"] is True
+    assert health["asr"]["engine"] == "pocketsphinx" and health["asr"]["model"] == "en-us"
+    assert health["asr"]["default"] is True and health["asr"]["incremental"] is True
+    assert health["asr"]["two_pass"] is True
+    assert "small.en" in health["asr"]["hint"]
+
+    _, x = await stream_and_score(server, "reading_16k", READING)
 
     # a language the engine does not know: a clear warning, then English as usual
     s = TRUTH[2]
     part = x[s["start"] - 8000: s["end"] + 12000]
-    _, events, _ = await stream_file(server.url, part, rate, processors=["vad", "asr"],
+    _, events, _ = await stream_file(server.url, part, 16000, processors=["vad", "asr"],
                                      realtime=False, language="fr-FR")
     warns = of(events, "warning")
     assert [w["code"] for w in warns] == ["language_unsupported"]
     assert "'fr-FR'" in warns[0]["message"] and "only en" in warns[0]["message"]
     assert warns[0]["processor"] == "asr"
     assert [e["text"] for e in of(events, "transcript") if e["final"]] == [s["text"]]
+
+
+@pytest.mark.timeout(300)
+async def test_human_speech_two_pass_finals_as_good_as_offline(
+        server_factory: Callable[..., ServerProcess]) -> None:
+    """The LibriVox fixture: real speech, where two passes matter."""
+    server = server_factory()
+    finals, _ = await stream_and_score(server, "librivox_16k", LIBRIVOX)
+    # a final differs from its first pass where the whole-utterance decode disagrees
+    assert any(f["text"] != f["first_pass"]["text"] for f in finals)
 
 
 @pytest.mark.timeout(400)

@@ -18,6 +18,10 @@ Optional capabilities, each declared by a class attribute (absent means no):
   ``begin()`` opens an :class:`UtteranceDecoder` per utterance, which is fed only the new
   audio for every interim and finished for the final, instead of re-decoding the utterance
   so far each time. The scheduler keeps one decoder per stream's open utterance.
+* ``two_pass = True`` (with ``incremental``) — the final is not the incremental decoder's
+  hypothesis but a second decode of the whole finished utterance (PocketSphinx then
+  normalises the cepstrum over the whole utterance: fewer errors), so a final may differ from
+  the interims; its :class:`Transcription` carries the first pass's text and both timings.
 * ``max_batch: int`` greater than 1 — ``transcribe_batch`` decodes several streams' audio
   in one call (:class:`BatchEngine`); the scheduler hands it up to ``max_batch`` waiting
   finals (or interims) at once.
@@ -50,6 +54,11 @@ class Transcription:
     words: tuple[Word, ...]
     language: str | None
     duration: float  # seconds of audio transcribed
+    #: two-pass engines (a final decoded again whole): the first pass's text and the
+    #: seconds each pass took (None: one pass)
+    first_text: str | None = None
+    first_decode: float | None = None
+    second_decode: float | None = None
 
 
 @runtime_checkable
@@ -113,6 +122,11 @@ def is_incremental(engine: object) -> bool:
         getattr(engine, "begin", None))
 
 
+def is_two_pass(engine: object) -> bool:
+    """The engine decodes finals again, whole (they may differ from the interims)."""
+    return is_incremental(engine) and getattr(engine, "two_pass", False) is True
+
+
 def batch_size(engine: object) -> int:
     """How many audios the engine decodes in one call (1: no batching)."""
     n = getattr(engine, "max_batch", 1)
@@ -155,6 +169,7 @@ class EngineConfig:
     beam_size: int = 5  # beam width of final decodes
     threads: int = 0  # CPU threads per decode; 0 = the library's default
     workers: int = 1  # decodes the engine may run at the same time
+    two_pass: bool = True  # incremental engines: decode each finished utterance whole again
 
     def __post_init__(self) -> None:
         if not self.model or not self.model.strip():

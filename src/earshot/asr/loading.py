@@ -10,11 +10,18 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from earshot.asr.engine import ENGINES, EngineConfig, is_incremental, load_engine
+from earshot.asr.engine import (
+    ENGINES,
+    EngineConfig,
+    is_incremental,
+    is_two_pass,
+    load_engine,
+)
 from earshot.errors import ConfigError, MissingDependency
 
 if TYPE_CHECKING:
@@ -84,11 +91,23 @@ class LoadedAsr:
             "default": self.choice.implicit,
             "languages": list(getattr(engine, "languages", None) or []) or None,
             "incremental": is_incremental(engine),
+            "two_pass": is_two_pass(engine),
             "batch": self.scheduler.max_batch,
+            "workers": self.scheduler.workers,
         }
         if self.choice.engine == DEFAULT_ENGINE:
             out["hint"] = WHISPER_HINT
         return out
+
+
+def asr_workers(value: int | str) -> int:
+    """``--asr-workers``: ``auto`` is one per core this process may use."""
+    if value == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):
+            return max(1, os.cpu_count() or 1)
+    return max(1, int(value))
 
 
 def load_asr(settings: Settings,
@@ -105,10 +124,12 @@ def load_asr(settings: Settings,
     if choice.engine == OFF:
         return LoadedAsr(None, choice, OFF_REASON)
     assert choice.model is not None
+    workers = asr_workers(settings.asr.workers)
     cfg = EngineConfig(model=choice.model, device=settings.asr.device,
                        compute_type=settings.asr.compute_type, language=settings.asr.language,
                        beam_size=settings.asr.beam_size, threads=settings.asr.threads,
-                       workers=settings.asr.workers)
+                       workers=workers,
+                       two_pass=settings.asr.final == "whole")
     try:
         engine = load_engine(cfg, choice.engine)
     except MissingDependency as exc:
@@ -117,5 +138,5 @@ def load_asr(settings: Settings,
         log.warning("speech-to-text unavailable: %s", exc)
         return LoadedAsr(None, choice, f"{exc}; or {WHISPER_HINT}")
     batch: bool | int = settings.asr.batch if settings.asr.batch else True
-    return LoadedAsr(AsrScheduler(engine, workers=settings.asr.workers, observe=observe,
+    return LoadedAsr(AsrScheduler(engine, workers=workers, observe=observe,
                                   batch=batch), choice)

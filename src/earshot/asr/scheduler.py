@@ -7,8 +7,11 @@
 * **Incremental engines** (``incremental = True``, e.g. PocketSphinx) keep one open
   decoder per utterance being spoken: every request of an utterance feeds only the audio the
   decoder has not seen yet, an interim reads the partial hypothesis, the final finishes the
-  decoder. Decoding work is then proportional to the audio, never to the utterance length
-  times the number of interims, so interims cannot pile up in front of finals.
+  decoder. A two-pass engine's final hands the decoder the audio not yet fed without
+  decoding it (``append``): its second pass decodes the whole utterance anyway, so a final
+  whose interims were skipped under load costs one decode, not two. Decoding work is then
+  proportional to the audio, never to the utterance length times the number of interims, so
+  interims cannot pile up in front of finals.
 * **Batching engines** (``max_batch`` > 1, e.g. faster-whisper) get up to ``max_batch``
   waiting finals of different streams in one ``transcribe_batch`` call (or, when no final
   waits, up to ``max_batch`` interims, round-robin). A worker that finds one final waits
@@ -27,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from earshot.asr.engine import batch_size, is_incremental
+from earshot.asr.engine import batch_size, is_incremental, is_two_pass
 from earshot.asr.policy import DecodeRequest
 
 if TYPE_CHECKING:
@@ -97,6 +100,7 @@ class AsrScheduler:
         self.observe = observe
         self.stats = SchedulerStats()
         self.incremental = is_incremental(engine)
+        self.two_pass = is_two_pass(engine)  # finals decoded again whole
         off = batch is False or (not isinstance(batch, bool) and batch <= 1)
         self.max_batch = 1 if off or self.incremental else batch_size(engine)
         if not isinstance(batch, bool) and batch > 1:
@@ -109,6 +113,7 @@ class AsrScheduler:
         self._finalized: dict[str, int] = {}  # stream → highest segment with a final asked
         self._sessions: dict[tuple[str, int], _Session] = {}  # (stream, segment) → decoder
         self._closed = False
+        self.workers = max(1, workers)
         self._threads = [threading.Thread(target=self._work, name=f"earshot-asr-{i}",
                                           daemon=True) for i in range(max(1, workers))]
         for t in self._threads:
@@ -295,7 +300,12 @@ class AsrScheduler:
                     s.decoder = cast("IncrementalEngine", self.engine).begin(language=job.language)
                     s.fed = 0
                 if req.audio.size > s.fed:
-                    s.decoder.feed(req.audio[s.fed:])
+                    rest = req.audio[s.fed:]
+                    append = getattr(s.decoder, "append", None)
+                    if req.final and self.two_pass and callable(append):
+                        append(rest)  # the second pass decodes it; the first need not
+                    else:
+                        s.decoder.feed(rest)
                     s.fed = req.audio.size
                 if not req.final:
                     return s.decoder.partial()

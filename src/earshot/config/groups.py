@@ -44,6 +44,21 @@ def max_streams_value(value: object) -> int | str:
     raise ConfigError(f"max streams must be a count or 'auto', not {value!r}")
 
 
+def workers_value(value: object) -> int | str:
+    """``--asr-workers``: a count, or ``auto`` (one per core)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == AUTO:
+            return AUTO
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"asr workers must be a count or 'auto', not {value!r}") from None
+    if isinstance(value, int):
+        return value
+    raise ConfigError(f"asr workers must be a count or 'auto', not {value!r}")
+
+
 def web_origins(values: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
     """Origins allowed to load ``/web/*`` (comma or ``;`` separated): ``*`` for any, ``none``
     for no other site, else ``scheme://host[:port]`` each."""
@@ -267,11 +282,17 @@ class AsrSettings(Group):
     language: str | None = setting(None, "e.g. en (unset: detect)", metavar="LANG",
                                    example="en")
     beam_size: int = setting(5, "beam size for finals", range=POSITIVE_INT, metavar="N")
-    workers: int = setting(1, "decoding threads", range=POSITIVE_INT, metavar="N")
+    workers: int | str = setting(AUTO, "decodes at once (pocketsphinx: decoder processes); "
+                                 "auto: one per core", range=POSITIVE_INT, literals=(AUTO,),
+                                 parse=workers_value, metavar="N|auto", example="2")
     threads: int = setting(0, "CPU threads per decode (0: the library's default)",
                            range=COUNT, metavar="N")
     batch: int = setting(0, "most streams' utterances decoded in one call (0: the engine's, "
                          "8 for faster-whisper; 1: off)", range=COUNT, metavar="N")
+    final: str = setting("whole", "pocketsphinx finals: whole (each finished utterance "
+                         "decoded again in one pass: fewer errors) or incremental (the "
+                         "interims' decoder finished: sooner, less CPU)",
+                         choices=("whole", "incremental"), example="incremental")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,7 +8,17 @@ only the new audio); words two consecutive hypotheses agree on, except the last
 ``holdback`` (2 for incremental engines, whose final pass revises them, else 0), become the
 ``stable`` prefix. When the utterance ends, the final is decoded (the incremental decoder
 finished, or the whole utterance decoded again) and keeps the stable prefix its interims
-promised. Decoding runs on the server's shared
+promised. A two-pass engine (PocketSphinx by default: the final is a second decode of the
+whole utterance, with fewer errors than the interims) promises nothing: its interims'
+``stable`` is empty unless the ``holdback`` option is given, and its final carries the
+first pass's text and both passes' seconds::
+
+    {"type": "transcript", "final": true, "text": "...", "decode": 0.52,
+     "first_pass": {"text": "...", "decode": 0.61}, "second_pass": {"decode": 0.48}, ...}
+
+(``first_pass.decode``: the seconds the incremental decoding of the utterance took in all,
+spread over the utterance while it was spoken; ``second_pass.decode``: the whole-utterance
+decode after its end, part of the final's ``decode``.) Decoding runs on the server's shared
 :class:`~earshot.asr.scheduler.AsrScheduler`, never in this processor's own thread, so a slow
 model delays transcripts, never audio, levels or speech events.
 
@@ -21,6 +31,12 @@ Event::
 ``queue`` and ``decode`` are the seconds the decode waited for the model and took
 (``decode`` is of the whole batch when several streams were decoded in one call).
 
+When the decoders fall behind, interims go first (a newer one replaces one still waiting,
+and finals are taken before any interim); a ``lag`` event says so, at most once a second:
+``{"type": "lag", "processor": "asr", "lag": 2.4, "interims_skipped": 3, "message": ...}``
+(``lag``: how long the last decode waited; sent when that reaches ``lag_warning`` seconds
+or when two or more interims were skipped since the last one).
+
 The spoken language comes from the ``language`` option, else the ``start`` message's
 ``language`` (a BCP 47 tag such as ``en-US``; its primary subtag is used). An engine that
 cannot decode it (PocketSphinx is English only) keeps its own language, and the stream gets
@@ -32,7 +48,7 @@ from __future__ import annotations
 import threading
 from typing import Any, ClassVar
 
-from earshot.asr.engine import language_problem, primary_language
+from earshot.asr.engine import is_two_pass, language_problem, primary_language
 from earshot.asr.policy import (
     RATE,
     DecodeRequest,
@@ -67,6 +83,8 @@ class Asr(Processor):
         if language is not None and (not isinstance(language, str) or not language.strip()):
             raise ProcessorError("the asr option 'language' must be a tag such as 'en-US'")
         self.language_option = language
+        #: interims promise a stable prefix (not by default when the final is a second pass)
+        self.promise = holdback is not None or not is_two_pass(self.scheduler.engine)
         if holdback is None:  # first-pass hypotheses of incremental engines get revised
             holdback = 2 if self.scheduler.incremental else 0
         self.holdback = int(holdback)
@@ -89,6 +107,7 @@ class Asr(Processor):
         self._finalizing: list[tuple[int | None, set[int], float]] = []
         self._pending_finals: set[int] = set()  # segments whose final is being decoded
         self._cut: set[int] = set()  # segments ended by finalize, their final not yet out
+        self._skipped = 0  # interims skipped since the last lag event (decoders saturated)
 
     def start(self, info: StreamInfo) -> None:
         super().start(info)
@@ -207,10 +226,17 @@ class Asr(Processor):
     def _events(self, result: JobResult) -> list[Event]:
         req, tr = result.request, result.transcription
         out: list[Event] = []
-        if result.wait >= self.lag_warning and req.end / RATE - self._last_lag_warning >= 1.0:
+        if not req.final and tr is None and result.error is None:
+            self._skipped += 1  # superseded before a decoder was free: interims go first
+        late = result.wait >= self.lag_warning
+        if (late or self._skipped >= 2) and req.end / RATE - self._last_lag_warning >= 1.0:
             self._last_lag_warning = req.end / RATE
+            skipped, self._skipped = self._skipped, 0
+            why = f"{result.wait:.1f} s behind" if late else "saturated"
+            more = f"; {skipped} interims skipped, finals first" if skipped else ""
             out.append(self.event("lag", req.end / RATE, lag=round(result.wait, 3),
-                                  message=f"speech-to-text is {result.wait:.1f} s behind"))
+                                  interims_skipped=skipped,
+                                  message=f"speech-to-text is {why}{more}"))
         agreed: LocalAgreement | None = None
         if req.final:
             self._finalized.add(req.segment)
@@ -231,7 +257,7 @@ class Asr(Processor):
                   "end": round(max(offset + w.end, speech), 3), "p": round(w.p, 3)}
                  for w in tr.words]
         text = tr.text
-        if not req.final:
+        if not req.final and self.promise:
             agreed = self._agree.setdefault(req.segment, LocalAgreement(self.holdback))
             agreed.update([str(w["w"]) for w in words])
         if agreed is not None and agreed.stable:  # interims and finals keep what was promised
@@ -242,6 +268,9 @@ class Asr(Processor):
                            queue=round(result.wait, 4), decode=round(result.infer, 4))
         if result.batch > 1:
             event["batch"] = result.batch
+        if tr.first_text is not None:
+            event["first_pass"] = {"text": tr.first_text, "decode": tr.first_decode}
+            event["second_pass"] = {"decode": tr.second_decode}
         if not req.final:
             event["stable"] = " ".join(agreed.stable) if agreed is not None else ""
         else:

@@ -17,13 +17,14 @@ from earshot.errors import ConfigError, StorageError
 from earshot.redact import redact_url as redact
 from earshot.storage.metadata.records import (
     MetadataStore,
+    PartRecord,
     SegmentRecord,
     StreamRecord,
     StreamState,
 )
 from earshot.storage.metadata.sqlite import SqliteStore
 
-__all__ = ["MetadataStore", "SegmentRecord", "SqliteStore", "StreamRecord", "StreamState",
+__all__ = ["MetadataStore", "PartRecord", "SegmentRecord", "SqliteStore", "StreamRecord", "StreamState",
            "open_store", "redact"]
 
 

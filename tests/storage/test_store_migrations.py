@@ -104,8 +104,8 @@ def test_a_failing_migration_leaves_nothing_behind(
 
     def with_broken(dialect: migrate.Dialect) -> list[migrate.Migration]:
         return [*real(dialect), migrate.Migration(
-            len(real(dialect)) + 1, "broken", "CREATE TABLE half_done (x integer);\nSELECT no_such_column FROM "
-                         "streams;\n")]
+            len(real(dialect)) + 1, "broken",
+            "CREATE TABLE half_done (x integer);\nSELECT no_such_column FROM streams;\n")]
 
     monkeypatch.setattr(migrate, "load", with_broken)
     with pytest.raises((StorageError, ConfigError)):

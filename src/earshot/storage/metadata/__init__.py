@@ -24,8 +24,8 @@ from earshot.storage.metadata.records import (
 )
 from earshot.storage.metadata.sqlite import SqliteStore
 
-__all__ = ["MetadataStore", "PartRecord", "SegmentRecord", "SqliteStore", "StreamRecord", "StreamState",
-           "open_store", "redact"]
+__all__ = ["MetadataStore", "PartRecord", "SegmentRecord", "SqliteStore", "StreamRecord",
+           "StreamState", "open_store", "redact"]
 
 
 def open_store(target: str | Path) -> MetadataStore:

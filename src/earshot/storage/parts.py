@@ -299,7 +299,7 @@ def load_known(base: Path, known: Mapping[int, int], remote: Mapping[str, Remote
         got = next((remote[part_path(base, n, suf).name] for suf in SUFFIXES
                     if part_path(base, n, suf).name in remote), None)
         if got is None:
-            if n == 0:
+            if n == 0 and len(order) == 1:
                 raise FileNotFoundError(f"{base.name}: no part 0 here or in the object store")
             if n == len(order) - 1 and n > 0:  # claimed, nothing written yet
                 order.pop()

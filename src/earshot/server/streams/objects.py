@@ -292,6 +292,16 @@ class ArchiveStore:
             except Exception as exc:
                 log.warning("archive store: deleting %s: %s", name, exc)
 
+    def single_remote(self, rec: StreamRecord) -> RemoteFile | None:
+        """The archive's one file when it has one part only and that is in the object store
+        and not on this disk (served as it is: a Range is one ranged GET)."""
+        rows = self.meta.parts(rec.id)
+        if len(rows) != 1 or rows[0].n != 0 or rows[0].name is None or rows[0].size is None:
+            return None
+        if self.local_files(rec.id) or P.is_rotated(self.data_dir / rec.path):
+            return None
+        return RemoteFile(self.s3, rows[0].name, int(rows[0].size), self.reads)
+
     async def delete_stream(self, rows: list[PartRecord]) -> None:
         names = [r.name for r in rows if r.name]
         for name in names:

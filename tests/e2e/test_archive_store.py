@@ -188,9 +188,10 @@ async def test_closed_parts_go_up_while_live_and_a_dead_store_loses_nothing(
     so, ingest goes on; the store back, the backlog drains and the archive reads back
     exactly from the other gateway."""
     async with CutProxy(cluster.moto.port) as proxy:
-        a = cluster.gateway("a", "--archive-part", "0.5",
-                            env={"AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"})
-        b = cluster.gateway("b")
+        a = await asyncio.to_thread(  # (the proxy runs on this loop)
+            cluster.gateway, "a", "--archive-part", "0.5",
+            env={"AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"})
+        b = await asyncio.to_thread(cluster.gateway, "b")
         sent = noise(5, 3)
         task = asyncio.create_task(stream_file(a.url, sent, RATE, processors=[],
                                                realtime=True, block_s=0.05))
@@ -259,7 +260,10 @@ async def test_bad_stores_are_clear_at_start_up_and_ingest_goes_on(
             ("refused", ("--archive-store-endpoint", refused), None, "unreachable")):
         store = "s3://no-such-bucket/x" if name == "nobucket" else f"s3://{BUCKET}/{PREFIX}"
         gw = cluster.gateway(name, *args, store=store, env=env)
-        h = health(gw)
+        deadline = time.monotonic() + 30
+        while (h := health(gw))["archive_store"]["state"] == "unknown":  # (being checked)
+            assert time.monotonic() < deadline, h
+            time.sleep(0.1)
         assert h["status"] == "degraded" and h["archive_store"]["state"] == state, h
         assert h["archive_store"]["error"], h
         sent = noise(1, 5)

@@ -50,6 +50,7 @@ from earshot.storage.objects import (
 from earshot.storage.objects.remote import ReadCounter, RemoteFile
 
 log = logging.getLogger("earshot.objects")
+PROBE_EVERY = 2.0  # seconds between checks of a store that fails
 
 _FILE = re.compile(r"^(?P<id>[^.]+)(?:\.part(?P<n>\d{4,}))?\.(?P<ext>wav|flac|ogg)$")
 
@@ -92,12 +93,16 @@ class ArchiveStore:
         self.removed_files = 0
         self._removals: list[tuple[float, str, int, int]] = []  # (due, path, size, mtime)
         self._sweeper: asyncio.Task[None] | None = None
+        self._checking: asyncio.Task[bool] | None = None
 
     # -- life --------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Check the store (a clear error in the log and /healthz if it fails; ingest goes
-        on), queue every closed file not yet uploaded, start removing uploaded ones."""
-        await self.uploader.start(check=True)
+        """Check the store (in the background, so a store that does not answer never holds
+        the start: a clear error in the log and /healthz if it fails, ``state`` "unknown"
+        until it is done; ingest goes on), queue every closed file not yet uploaded, start
+        removing uploaded ones."""
+        await self.uploader.start(check=False)
+        self._checking = asyncio.create_task(self.uploader.check(), name="earshot-store-check")
         try:
             queued = await asyncio.to_thread(self._scan)
         except Exception:
@@ -110,6 +115,8 @@ class ArchiveStore:
         self._sweeper = asyncio.create_task(self._sweep(), name="earshot-archive-sweep")
 
     async def close(self, timeout: float = 5.0) -> None:
+        if self._checking is not None and not self._checking.done():
+            self._checking.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -252,12 +259,30 @@ class ArchiveStore:
         return removed
 
     async def _sweep(self) -> None:
+        next_probe = self.clock() + PROBE_EVERY
         while True:
             await asyncio.sleep(min(1.0, max(0.05, self.keep_local / 4)))
             try:
                 self.sweep()
             except Exception:
                 log.exception("archive store: removing uploaded files")
+            if self.clock() >= next_probe:
+                next_probe = self.clock() + PROBE_EVERY
+                await self.probe()
+
+    async def probe(self) -> bool:
+        """While the store fails (or uploads wait out a backoff): check it again; once it
+        works, every waiting upload goes at once (the backlog drains without waiting for
+        the longest backoff)."""
+        u = self.uploader
+        if u.state == "ok" and not u.queue.report(self.clock())["retrying"]:
+            return True
+        if not await u.check():
+            return False
+        moved = u.retry_now()
+        if moved:
+            log.info("archive store: works again; %d upload(s) retried now", moved)
+        return True
 
     # -- continuing a stream whose archive is elsewhere ---------------------------------------
     def continue_here(self, rec: StreamRecord, offset: int) -> list[int]:

@@ -116,7 +116,7 @@ async def get_audio(stream_id: str, hub: HubDep, request: Request,
     rec = _record(hub, stream_id)
     hub.sync_archive(rec.id)  # make the header match what is on disk right now
     path = hub.path_of(rec)
-    one = None
+    one: P.RemoteFile | None = None
     if hub.objects is not None and start is None and end is None:
         one = await asyncio.to_thread(hub.objects.single_remote, rec)
     parts = await archive_parts(hub, rec) if one is None else None
@@ -129,12 +129,13 @@ async def get_audio(stream_id: str, hub: HubDep, request: Request,
     filename = f"{stem + '-' if stem else ''}{rec.id}{path.suffix}"
     if start is not None or end is not None:  # ?start=S&end=E: that range as a WAV
         return range_response(path, start, end, filename, parts)
-    if one is not None or (parts is not None and len(parts) == 1
-                           and not isinstance(parts[0].path, Path)):
-        src = one or parts[0].path  # type: ignore[index]  # in the object store only: its
-        filename = f"{stem + '-' if stem else ''}{rec.id}{src.suffix}"
-        return remote_file_response(src, filename, MEDIA_TYPES.get(  # bytes; a Range, one GET
-            src.suffix, "application/octet-stream"), request.headers.get("range"))
+    if one is None and parts is not None and len(parts) == 1 \
+            and not isinstance(parts[0].path, Path):
+        one = parts[0].path
+    if one is not None:  # in the object store only: its bytes; a Range is one ranged GET
+        filename = f"{stem + '-' if stem else ''}{rec.id}{one.suffix}"
+        return remote_file_response(one, filename, MEDIA_TYPES.get(
+            one.suffix, "application/octet-stream"), request.headers.get("range"))
     if parts is not None and len(parts) > 1:
         return whole_response(path, filename, request.headers.get("range"), parts)
     if is_rotated(path):  # parts: one WAV stitched on the fly (RF64 past 4 GiB)

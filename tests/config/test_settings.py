@@ -40,7 +40,9 @@ FLAT_NAMES = [
     "web_origins", "allowed_origins", "forwarded_allow_ips", "conn_rate", "conn_burst",
     "auth_fail_rate", "auth_fail_burst", "token_secret", "auth_timeout", "max_preauth",
     "max_preauth_per_address", "header_timeout", "certfile", "keyfile", "archive_format",
-    "archive_part", "fsync", "header_interval", "ack_interval", "ack_interval_max",
+    "archive_part", "fsync", "header_interval", "archive_store", "archive_store_endpoint",
+    "archive_store_region", "archive_store_access_key_id", "archive_store_secret_access_key",
+    "archive_keep_local", "ack_interval", "ack_interval_max",
     "max_message_bytes", "compat", "processors", "filters", "filter_processors", "max_lag",
     "drain_timeout", "max_processors", "asr_model", "asr_engine", "asr_device",
     "asr_compute_type",
@@ -51,7 +53,8 @@ FLAT_NAMES = [
     "max_ack_latency", "min_free_space", "bus",
     "bus_retention", "mqtt", "upload_limit", "wyoming", "wyoming_allow", "icecast",
 ]
-FILE_ONLY = {"header_interval", "compat"}
+FILE_ONLY = {"header_interval", "compat", "archive_store_access_key_id",
+             "archive_store_secret_access_key"}
 FLAG_OF = {"processors": "--processor"}  # where the flag is not --flat-name
 
 

@@ -37,9 +37,8 @@ COMPOSE = ROOT / "deploy" / "compose.yaml"
 NGINX = ROOT / "deploy" / "nginx-compose.conf"
 EARSHOT_SERVICES = {"gateway1", "gateway2", "worker-vad-level", "worker-asr", "bucket"}
 SERVICES = EARSHOT_SERVICES | {"redis", "postgres", "minio", "nginx"}
-# EARSHOT_* variables the compose file sets ahead of their settings: the archive store
-# (issue 23, part 3) is being wired into the server; drop it from here once it is a setting
-PENDING_SETTINGS = {"ARCHIVE_STORE"}
+# EARSHOT_* variables the compose file may set ahead of their settings (none now)
+PENDING_SETTINGS: set[str] = set()
 
 
 def compose_config(env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -118,3 +118,23 @@ def test_bad_arguments_are_refused() -> None:
         UploadQueue(concurrency=0)
     with pytest.raises(ValueError, match="size"):
         queue().add(job("neg", size=-1), 0.0)
+
+
+def test_retry_now_brings_every_backed_off_job_forward_once_the_store_works() -> None:
+    q = queue(concurrency=1, base=60.0, factor=2.0, cap=300.0, jitter=0.0)
+    q.add(job("a"), 0.0)
+    q.add(job("b"), 0.0)
+    q.add(job("fresh"), 0.0)
+    for name in ("a", "b"):
+        assert q.take(0.0) == job(name)
+        q.failed(name, 0.0, "unreachable")
+    assert q.take(1.0) == job("fresh")
+    q.succeeded("fresh", 1.0)
+    assert q.take(10.0) is None and q.next_due(10.0) == pytest.approx(50.0)
+    assert q.retry_now(10.0) == 2
+    assert q.next_due(10.0) == 0.0
+    assert q.take(10.0) == job("a")  # in their order, each once
+    q.succeeded("a", 10.5)
+    assert q.take(10.5) == job("b")
+    q.succeeded("b", 11.0)
+    assert q.take(11.0) is None and len(q) == 0 and q.retry_now(11.0) == 0

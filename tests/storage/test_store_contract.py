@@ -6,7 +6,7 @@ import pytest
 from storage_helpers import record
 
 from earshot.errors import DuplicateStream, StorageError, StreamNotFound
-from earshot.storage.metadata import MetadataStore, SegmentRecord
+from earshot.storage.metadata import MetadataStore, PartRecord, SegmentRecord
 
 
 def seg(sid: str, n: int, start: int = 0, end: int = 16000) -> SegmentRecord:
@@ -100,6 +100,29 @@ def test_claim_event_is_true_once_per_stream_and_key(store: MetadataStore) -> No
     store.delete("c")  # claims go with the stream
     store.create(record("c"))
     assert store.claim_event("c", "vad:speech_end:123456") is True
+
+
+def test_archive_parts_are_claimed_once_and_recorded_when_uploaded(
+        store: MetadataStore) -> None:
+    store.create(record("p"))
+    assert store.parts("p") == []
+    assert store.add_part("p", 1, 48000, "gw-a") is True
+    assert store.add_part("p", 1, 96000, "gw-b") is False  # taken: the caller picks 2
+    assert store.add_part("p", 2, 96000, "gw-b") is True
+    store.part_uploaded(PartRecord("p", 0, 0, "gw-a", "streams/p.wav", 96044, 48000, "ab" * 32,
+                                   "etag0", 7.5))
+    store.part_uploaded(PartRecord("p", 1, 999, "gw-a", "streams/p.part0001.wav", 100, 28,
+                                   "cd" * 32, "etag1", 8.5))
+    got = store.parts("p")
+    assert [(r.n, r.start, r.gateway, r.name, r.size, r.frames, r.uploaded) for r in got] == [
+        (0, 0, "gw-a", "streams/p.wav", 96044, 48000, 7.5),
+        (1, 48000, "gw-a", "streams/p.part0001.wav", 100, 28, 8.5),  # its start kept
+        (2, 96000, "gw-b", None, None, None, None)]
+    with pytest.raises(StreamNotFound):
+        store.add_part("missing", 1, 0)
+    store.delete("p")  # parts go with the stream
+    store.create(record("p"))
+    assert store.parts("p") == []
 
 
 def test_transcripts_are_idempotent_by_segment(store: MetadataStore) -> None:

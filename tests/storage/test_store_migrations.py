@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS transcripts (
 );
 """
 
-SHIPPED = [(1, "initial"), (2, "cluster")]
+SHIPPED = [(1, "initial"), (2, "cluster"), (3, "archive_parts")]
 
 
 def versions(target: str) -> list[tuple[int, str]]:
@@ -70,7 +70,7 @@ def test_a_pre_migration_sqlite_file_opens_and_upgrades(tmp_path: Path) -> None:
             db.execute("INSERT INTO segments VALUES ('old', ?, 0, 10, 16000, 'p', 2.0)", (n,))
         db.execute("INSERT INTO transcripts VALUES ('old', 0, 0.1, 0.9, 'hi', '[]', 2.0)")
     store = SqliteStore(path)
-    assert store.migrated == [1, 2]
+    assert store.migrated == [1, 2, 3]
     rec = store.get("old")
     assert (rec.frames, rec.state, rec.client) == (32000, "finished", {"agent": "0.1"})
     assert [s.n for s in store.segments("old")] == [0, 1, 4]
@@ -88,7 +88,7 @@ def test_a_pre_migration_sqlite_file_opens_and_upgrades(tmp_path: Path) -> None:
 
 def test_migrations_are_recorded_once_and_reopening_is_a_no_op(store_target: str) -> None:
     first = open_store(store_target)
-    assert first.migrated == [1, 2]  # type: ignore[attr-defined]
+    assert first.migrated == [1, 2, 3]  # type: ignore[attr-defined]
     first.close()
     second = open_store(store_target)
     assert second.migrated == []  # type: ignore[attr-defined]
@@ -98,14 +98,14 @@ def test_migrations_are_recorded_once_and_reopening_is_a_no_op(store_target: str
 
 def test_a_failing_migration_leaves_nothing_behind(
         store_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """All pending migrations run in one transaction: a broken third one undoes the
-    first two as well, and the next start tries again from a clean slate."""
+    """All pending migrations run in one transaction: a broken last one undoes the
+    others as well, and the next start tries again from a clean slate."""
     real = migrate.load
 
     def with_broken(dialect: migrate.Dialect) -> list[migrate.Migration]:
         return [*real(dialect), migrate.Migration(
-            3, "broken", "CREATE TABLE half_done (x integer);\nSELECT no_such_column FROM "
-                         "streams;\n")]
+            len(real(dialect)) + 1, "broken",
+            "CREATE TABLE half_done (x integer);\nSELECT no_such_column FROM streams;\n")]
 
     monkeypatch.setattr(migrate, "load", with_broken)
     with pytest.raises((StorageError, ConfigError)):
@@ -123,7 +123,7 @@ def test_a_failing_migration_leaves_nothing_behind(
                                                "WHERE type = 'table'")}
     assert "half_done" not in tables and "streams" not in tables
     store = open_store(store_target)
-    assert store.migrated == [1, 2]  # type: ignore[attr-defined]
+    assert store.migrated == [1, 2, 3]  # type: ignore[attr-defined]
     store.close()
 
 
@@ -169,7 +169,7 @@ def test_concurrent_start_ups_migrate_once(store_target: str) -> None:
     advisory lock, SQLite's BEGIN IMMEDIATE): all open, the schema is made once."""
     applied, errors = race_open(store_target)
     assert errors == []
-    assert sorted(applied) == [[], [], [], [1, 2]]
+    assert sorted(applied) == [[], [], [], [1, 2, 3]]
     assert versions(store_target) == SHIPPED
 
 
@@ -181,7 +181,7 @@ def test_sqlite_files_made_by_racing_start_ups_all_open(tmp_path: Path) -> None:
         target = str(tmp_path / f"meta{i}.db")
         applied, errors = race_open(target)
         assert errors == [], f"round {i}"
-        assert sorted(applied) == [[], [], [], [1, 2]]
+        assert sorted(applied) == [[], [], [], [1, 2, 3]]
         with sqlite3.connect(target) as db:
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert versions(target) == SHIPPED

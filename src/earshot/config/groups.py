@@ -203,6 +203,29 @@ class ArchiveSettings(Group):
     header_interval: float = setting(1.0, "seconds between updates of a live archive's "
                                      "header (the length readers and crash repair see)",
                                      flag=None, range=SECONDS)
+    store: str | None = setting(None, "put finished archives and closed parts in object "
+                                "storage: s3://BUCKET/PREFIX (any S3-compatible service; "
+                                "endpoint, region and keys from AWS_* variables; pip install "
+                                "'earshot[s3]'; docs: deploy.md)", flat="archive_store",
+                                metavar="URL", example="s3://my-bucket/earshot")
+    store_endpoint: str | None = setting(None, "the object store's URL (default: "
+                                         "AWS_ENDPOINT_URL, else AWS S3)",
+                                         flat="archive_store_endpoint", metavar="URL",
+                                         example="http://minio:9000")
+    store_region: str | None = setting(None, "the object store's region (default: AWS_REGION)",
+                                       flat="archive_store_region", metavar="REGION",
+                                       example="eu-central-1")
+    store_access_key_id: str | None = setting(
+        None, "the object store's access key id (default: AWS_ACCESS_KEY_ID)",
+        flat="archive_store_access_key_id", flag=None, example="AKIAEXAMPLE")
+    store_secret_access_key: str | None = setting(
+        None, "the object store's secret key (default: AWS_SECRET_ACCESS_KEY)",
+        flat="archive_store_secret_access_key", flag=None, redact="all", example="secret")
+    keep_local: float = setting(3600.0, "seconds an uploaded archive or closed part stays in "
+                                "the data directory (0: removed once uploaded and verified)",
+                                flat="archive_keep_local", range=Range(float, 0, WEEK * 52,
+                                                                       unit="seconds"),
+                                metavar="SECONDS")
 
 
 @dataclass(frozen=True, kw_only=True)

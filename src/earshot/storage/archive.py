@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,9 @@ class Archive:
             self.part_frames = MAX_DATA_BYTES // fb  # no part ever nears the 4 GiB limit
         self._unsynced: list[Path] = []  # closed parts (and the sidecar) not yet fsynced
         self.writer = _PartsWriter(self)
+        #: called after a rotation with the archive and the number of the part just closed
+        #: (the archive store uploads it: server/streams/objects.py)
+        self.on_rotate: Callable[[Archive, int], None] | None = None
 
     @staticmethod
     def frames_for(seconds: float, rate: int) -> int:
@@ -103,6 +107,52 @@ class Archive:
             )
         return cls(writer, spec, fmt, base=path, starts=starts,
                    part_frames=cls.frames_for(part_seconds, spec.rate))
+
+    @classmethod
+    def continue_at(cls, path: Path, spec: StreamSpec, fmt: ArchiveFormat, starts: list[int],
+                    *, part_seconds: float = 0.0) -> Archive:
+        """Continue, on this gateway, an archive whose earlier parts are elsewhere (another
+        gateway's disk, the object store): a new part ``len(starts) - 1`` beginning at
+        stream frame ``starts[-1]``, listed with the earlier parts' starts in the sidecar.
+        ``path`` is part 0's (absent here)."""
+        n = len(starts) - 1
+        if n < 1:
+            raise ValueError("a continued archive starts at part 1 or later")
+        new = P.part_path(path, n)
+        writer = WavWriter.create(new, encoding_for(fmt), spec.rate, spec.channels)
+        archive = cls(writer, spec, fmt, base=path, starts=list(starts),
+                      part_frames=cls.frames_for(part_seconds, spec.rate))
+        try:
+            archive._list_parts(archive.starts)
+        except BaseException:
+            writer.close()
+            new.unlink(missing_ok=True)
+            raise
+        return archive
+
+    @classmethod
+    def reopen_last(cls, path: Path, spec: StreamSpec, fmt: ArchiveFormat, *,
+                    part_seconds: float = 0.0) -> Archive:
+        """Continue a continued archive (:meth:`continue_at`; part 0 not here): its last
+        listed part, repaired, at the offset the sidecar and that part give."""
+        from earshot.storage.wav import repair
+
+        meta = P.read_sidecar(path)
+        if meta is None:
+            raise FileNotFoundError(f"{path.name}: no parts here")
+        starts = [int(s) for s in meta["starts"]]
+        last = P.part_path(path, len(starts) - 1)
+        repair(last)
+        writer = WavWriter.reopen(last)
+        return cls(writer, spec, fmt, base=path, starts=starts,
+                   part_frames=cls.frames_for(part_seconds, spec.rate))
+
+    @property
+    def continued(self) -> bool:
+        """Whether some part is not on this disk (elsewhere: another gateway, the object
+        store); such an archive is left as written at its stop (no FLAC/Ogg conversion)."""
+        return not all(any(P.part_path(self.base, n, s).exists() for s in P.SUFFIXES)
+                       for n in range(len(self.starts)))
 
     @property
     def frames(self) -> int:
@@ -176,6 +226,8 @@ class Archive:
         self._unsynced.append(self.part.path)
         self.part = new
         self.starts.append(offset)
+        if self.on_rotate is not None:
+            self.on_rotate(self, len(self.starts) - 2)
 
     def _list_parts(self, starts: list[int]) -> None:
         P.write_sidecar(self.base, {"rate": self.spec.rate, "starts": starts}, fsync=False)

@@ -26,10 +26,10 @@ import json
 import os
 import re
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Protocol
 
 from earshot.errors import StorageError
 from earshot.fsutil import fsync_dir
@@ -163,12 +163,29 @@ def on_disk(base: Path) -> list[Path]:
 
 
 # -- reading -----------------------------------------------------------------------------------
+class RemoteFile(Protocol):
+    """A part's file in the object store (:class:`earshot.storage.objects.remote.RemoteFile`):
+    read by ranged GETs, never whole for a small range."""
+
+    name: str
+    suffix: str
+    size: int
+
+    def pread(self, offset: int, length: int) -> bytes: ...
+    def iter_range(self, start: int, end: int, chunk: int = ...) -> Iterator[bytes]: ...
+    def open(self) -> BinaryIO: ...
+
+
+Source = Path | RemoteFile
+
+
 @dataclass(frozen=True, slots=True)
 class Part:
-    """One part as a reader sees it, in the frames of its file (its ``rate``)."""
+    """One part as a reader sees it, in the frames of its file (its ``rate``); its file on
+    the local disk (a Path) or in the object store (a :class:`RemoteFile`)."""
 
     n: int
-    path: Path
+    path: Source
     start: int  # frames before it
     frames: int
     rate: int
@@ -184,8 +201,26 @@ class Part:
         return self.start + self.frames
 
 
-def _open_info(path: Path) -> tuple[int, int, int, WavEncoding]:
+def sound_file(src: Source) -> Any:
+    """A soundfile.SoundFile reading a part's file, local or remote."""
+    import soundfile as sf
+
+    return sf.SoundFile(src if isinstance(src, Path) else src.open())
+
+
+def _open_info(path: Source) -> tuple[int, int, int, WavEncoding]:
     """(frames, rate, channels, encoding) of one part file."""
+    if not isinstance(path, Path):
+        if path.suffix == ".wav":
+            lay = parse_layout(path.pread(0, 4096))
+            return (max(0, (path.size - lay.data_start) // lay.frame_bytes), lay.rate,
+                    lay.channels, lay.encoding)
+        try:
+            with sound_file(path) as f:
+                frames, rate, ch, sub = f.frames, f.samplerate, f.channels, f.subtype
+        except RuntimeError as exc:
+            raise StorageError(f"cannot read {path.name}: {exc}") from None
+        return frames, rate, ch, "pcm16" if sub.startswith("PCM_16") else "float32"
     if path.suffix == ".wav":
         with open(path, "rb") as f:
             lay = parse_layout(f.read(4096))
@@ -200,6 +235,11 @@ def _open_info(path: Path) -> tuple[int, int, int, WavEncoding]:
         raise StorageError(f"cannot read {path.name}: {exc}") from None
     enc: WavEncoding = "pcm16" if info.subtype.startswith("PCM_16") else "float32"
     return info.frames, info.samplerate, info.channels, enc
+
+
+def file_frames(path: Source) -> int:
+    """The frames one part file holds."""
+    return _open_info(path)[0]
 
 
 def load(base: Path) -> list[Part]:
@@ -228,6 +268,55 @@ def load(base: Path) -> list[Part]:
     begins = [round(s * scale) for s in starts]
     return [Part(n, path, a, max(0, e - a), rate, ch, enc)
             for n, (path, a, e) in enumerate(zip(paths, begins, ends, strict=True))]
+
+
+def load_known(base: Path, known: Mapping[int, int], remote: Mapping[str, RemoteFile], *,
+               rate: int) -> list[Part]:
+    """The parts of an archive that may be spread over gateways and the object store (issue
+    23): ``known`` the start of each part the metadata store knows (part number → stream
+    frame), ``remote`` the files in the object store by name, ``rate`` the stream's.
+
+    The local sidecar (if any) and ``known`` together give each part's start; each part's
+    file is the local one when there is one (its finished form first), else the object.
+    Every part but the last holds up to the next one's start (what its file holds beyond
+    it was never acknowledged: a gateway that died, the stream continued elsewhere); the
+    last, what its file holds. FileNotFoundError when part 0 is nowhere, StorageError when
+    an earlier part is not in the object store yet."""
+    meta = read_sidecar(base)
+    starts: dict[int, int] = {0: 0}
+    if meta is not None:
+        starts.update(enumerate(int(s) for s in meta["starts"]))
+    starts.update(known)
+    order: list[int] = []
+    while len(order) in starts:
+        order.append(starts[len(order)])
+    files: list[Source] = []
+    for n in range(len(order)):
+        local = find_part(base, n)
+        if local.exists():
+            files.append(local)
+            continue
+        got = next((remote[part_path(base, n, suf).name] for suf in SUFFIXES
+                    if part_path(base, n, suf).name in remote), None)
+        if got is None:
+            if n == 0 and len(order) == 1:
+                raise FileNotFoundError(f"{base.name}: no part 0 here or in the object store")
+            if n == len(order) - 1 and n > 0:  # claimed, nothing written yet
+                order.pop()
+                break
+            raise StorageError(f"part {n} of {base.name} is not in the object store yet (its "
+                               "gateway uploads it when it is back)")
+        files.append(got)
+    held, frate, ch, enc = _open_info(files[-1])
+    srate = int((meta or {}).get("rate") or rate)
+    scale = frate / srate if srate and srate != frate else 1.0
+    begins = [round(s * scale) for s in order]
+    ends = [*begins[1:], begins[-1] + held]
+    total = (meta or {}).get("frames")
+    if total is not None and len(files) == len((meta or {}).get("starts", [])):
+        ends[-1] = min(ends[-1], round(int(total) * scale))
+    return [Part(n, f, a, max(0, e - a), frate, ch, enc)
+            for n, (f, a, e) in enumerate(zip(files, begins, ends, strict=True))]
 
 
 def total_frames(parts: list[Part]) -> int:
@@ -269,19 +358,32 @@ def _read_part(p: Part, lo: int, hi: int, chunk: int) -> Iterator[bytes]:
     range); anything else (FLAC, Ogg) decoded from a seek to the expected sample type."""
     fb = p.frame_bytes
     lay = None
-    if p.path.suffix == ".wav":
-        with open(p.path, "rb") as f:
+    src = p.path
+    if not isinstance(src, Path):
+        if src.suffix == ".wav":
+            lay = parse_layout(src.pread(0, 4096))
+            if (lay.encoding, lay.rate, lay.channels) == (p.encoding, p.rate, p.channels):
+                yield from src.iter_range(lay.data_start + lo * fb, lay.data_start + hi * fb,
+                                          max(fb, chunk // fb * fb))
+                return
+        yield from _decode(p, lo, hi, chunk)
+        return
+    if src.suffix == ".wav":
+        with open(src, "rb") as f:
             lay = parse_layout(f.read(4096))
         if (lay.encoding, lay.rate, lay.channels) != (p.encoding, p.rate, p.channels):
             lay = None
     if lay is not None:
-        yield from read_bytes(p.path, lay.data_start + lo * fb, (hi - lo) * fb,
+        yield from read_bytes(src, lay.data_start + lo * fb, (hi - lo) * fb,
                               max(fb, chunk // fb * fb))
         return
-    import soundfile as sf
+    yield from _decode(p, lo, hi, chunk)
 
+
+def _decode(p: Part, lo: int, hi: int, chunk: int) -> Iterator[bytes]:
+    fb = p.frame_bytes
     dtype = "int16" if p.encoding == "pcm16" else "float32"
-    with sf.SoundFile(str(p.path)) as f:
+    with sound_file(p.path) as f:
         f.seek(lo)
         left = hi - lo
         block = max(1, chunk // fb)

@@ -6,24 +6,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from earshot.audio import to_mono
 from earshot.storage import parts as P
 
 
-def peaks(path: Path, width: int, *, block: int = 1 << 16) -> tuple[list[float], list[float],
-                                                                     int]:
+def peaks(path: Path, width: int, *, block: int = 1 << 16,
+          parts: list[P.Part] | None = None) -> tuple[list[float], list[float], int]:
     """Min and max of the mono mix in ``width`` equal columns; and the frame count.
-    ``path`` is the archive's part 0."""
+    ``path`` is the archive's part 0; ``parts`` its parts when already loaded (e.g. some in
+    the object store: :func:`earshot.storage.parts.load_known`)."""
     lo = np.full(width, np.inf, np.float32)
     hi = np.full(width, -np.inf, np.float32)
-    parts = P.load(path)
+    parts = P.load(path) if parts is None else parts
     frames = P.total_frames(parts)
     for part in parts:
         if not part.frames:
             continue
-        with sf.SoundFile(part.path) as f:
+        with P.sound_file(part.path) as f:
             pos, left = part.start, part.frames
             for data in f.blocks(blocksize=block, dtype="float32", always_2d=True):
                 x = to_mono(data[:left])

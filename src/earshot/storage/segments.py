@@ -10,7 +10,8 @@ from earshot.storage import parts as P
 from earshot.storage.wav import header
 
 
-def cut(archive: Path, start: int, end: int, target: Path) -> int:
+def cut(archive: Path, start: int, end: int, target: Path,
+        parts: list[P.Part] | None = None) -> int:
     """Copy frames [start, end) of an archive (``archive``: its part 0; live or closed,
     across its parts) into a new WAV file.
 
@@ -20,7 +21,7 @@ def cut(archive: Path, start: int, end: int, target: Path) -> int:
     memory); callers on the event loop run it in a thread. Returns the frames copied
     (fewer than asked if the archive is shorter).
     """
-    parts = P.load(archive)
+    parts = P.load(archive) if parts is None else parts
     encoding, rate, channels = P.kind(parts)
     start, end = max(0, start), min(end, P.total_frames(parts))
     if end <= start:

@@ -179,6 +179,9 @@ class MemoryBus:
     async def held_elsewhere(self, stream: str) -> bool:
         return False
 
+    async def log_tail(self, stream: str) -> int | None:
+        return None  # no shared log
+
     async def take_over(self, stream: str, timeout: float | None = None) -> bool:
         return True  # nobody else holds anything
 

@@ -375,6 +375,24 @@ class RedisStreamsBus:
             return False  # Redis down: nobody can prove a claim; the archive decides
         return holder is not None and holder != self.name.encode()
 
+    async def log_tail(self, stream: str, *, scan: int = 50_000) -> int | None:
+        """The offset after the stream's newest entry in its partition of the audio log
+        (an ``end`` entry's offset, an ``audio`` entry's offset + frames), looking back at
+        most ``scan`` entries; None when none is retained."""
+        key, want, last, seen = self.keys.audio_of(stream), stream.encode(), "+", 0
+        while seen < scan:
+            rows = await self.redis.xrevrange(key, max=last, min="-", count=500)
+            for _id, f in rows:
+                if f.get(b"stream") == want and b"offset" in f:
+                    off = int(f[b"offset"])
+                    return off + int(f.get(b"frames", 0)) if f.get(b"kind") == b"audio" else off
+            if len(rows) < 500:
+                return None
+            seen += len(rows)
+            last = "(" + (rows[-1][0].decode() if isinstance(rows[-1][0], bytes)
+                          else str(rows[-1][0]))
+        return None
+
     async def take_over(self, stream: str, timeout: float | None = None) -> bool:
         """Ask the gateway holding ``stream`` to let go; wait until it did or its claim
         expired (it died). True when the stream is free for us."""

@@ -93,6 +93,12 @@ def create_app(settings: Settings) -> FastAPI:
         registry = Registry(settings.processing.processors,
                             unavailable={"asr": loaded.reason or ASR_HINT})
 
+    s3 = None
+    if settings.archive.store:  # a bad URL or a missing boto3 fails here; the store's own
+        from earshot.server.streams.objects import store_from_settings  # check comes next
+
+        s3 = store_from_settings(settings)
+
     bridge = None
     if settings.mqtt.url:
         from earshot.integrations.mqtt import MqttBridge, paho_module
@@ -113,6 +119,14 @@ def create_app(settings: Settings) -> FastAPI:
         repaired = await hub.recover()
         if repaired:
             log.warning("repaired %d archive(s) left open by a crash", len(repaired))
+        objects = None
+        if s3 is not None:  # --archive-store: checked now (a clear error, /healthz degraded)
+            from earshot.server.streams.objects import ArchiveStore
+
+            objects = hub.objects = ArchiveStore(settings, store, s3, writing=hub.archive_of)
+            await objects.start()
+            collector = objects.collector()
+            app.state.metrics.registry.register(collector)
         app.state.hub = hub
         from earshot.server.doors import start_listeners, stop_listeners
 
@@ -131,6 +145,9 @@ def create_app(settings: Settings) -> FastAPI:
             ticker.cancel()
             probe.cancel()
             await hub.shutdown()
+            if objects is not None:
+                await objects.close()
+                app.state.metrics.registry.unregister(collector)
             if bridge is not None:
                 await bridge.close()
             await bus.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +54,11 @@ def _load(path: Path) -> list[P.Part]:
 
 
 def range_response(path: Path, start: float | None, end: float | None,
-                   filename: str) -> Response:
+                   filename: str, parts: list[P.Part] | None = None) -> Response:
     """A streamed WAV of the range with ``X-Earshot-Range: first-frame end-frame``; 400
-    for a bad range, 416 for one beyond the archive. Across parts as one archive."""
-    parts = _load(path)
+    for a bad range, 416 for one beyond the archive. Across parts as one archive
+    (``parts``: already loaded, e.g. some in the object store)."""
+    parts = _load(path) if parts is None else parts
     encoding, rate, channels = P.kind(parts)
     try:
         first, stop = frame_range(start, end, rate, P.total_frames(parts))
@@ -80,20 +81,13 @@ def range_response(path: Path, start: float | None, end: float | None,
 _BYTES = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
-def whole_response(path: Path, filename: str, range_header: str | None) -> Response:
-    """The whole archive of a stream rotated into parts, as one WAV (RF64 past 4 GiB),
-    stitched on the fly; a single HTTP ``Range: bytes=`` is honoured (206)."""
-    parts = _load(path)
-    encoding, rate, channels = P.kind(parts)
-    fb = parts[0].frame_bytes
-    frames = P.total_frames(parts)
-    data_len = frames * fb
-    head = P.wav_header(encoding, rate, channels, data_len)
-    size = len(head) + data_len
+def byte_range(range_header: str | None, size: int,
+               headers: dict[str, str]) -> tuple[int, int, int]:
+    """A single HTTP ``Range: bytes=`` of a body of ``size`` bytes: ``(lo, hi, status)``,
+    bytes ``[lo, hi)``, Content-Range and Content-Length set in ``headers``; 416 when it
+    cannot be satisfied."""
     lo, hi = 0, size  # bytes [lo, hi)
     status = 200
-    headers = {"Content-Disposition": content_disposition(f"{Path(filename).stem}.wav"),
-               "Accept-Ranges": "bytes", "X-Earshot-Parts": str(len(parts))}
     m = _BYTES.match((range_header or "").strip())
     if m and (m.group(1) or m.group(2)):
         if m.group(1):
@@ -107,6 +101,34 @@ def whole_response(path: Path, filename: str, range_header: str | None) -> Respo
         status = 206
         headers["Content-Range"] = f"bytes {lo}-{hi - 1}/{size}"
     headers["Content-Length"] = str(hi - lo)
+    return lo, hi, status
+
+
+def remote_file_response(obj: P.RemoteFile, filename: str, media: str,
+                         range_header: str | None) -> Response:
+    """A one-file archive that is only in the object store, byte for byte as it was
+    uploaded; a ``Range`` is one ranged GET of exactly those bytes."""
+    headers = {"Content-Disposition": content_disposition(filename),
+               "Accept-Ranges": "bytes"}
+    lo, hi, status = byte_range(range_header, obj.size, headers)
+    return StreamingResponse(obj.iter_range(lo, hi), status_code=status, media_type=media,
+                             headers=headers)
+
+
+def whole_response(path: Path, filename: str, range_header: str | None,
+                   parts: list[P.Part] | None = None) -> Response:
+    """The whole archive of a stream rotated into parts, as one WAV (RF64 past 4 GiB),
+    stitched on the fly; a single HTTP ``Range: bytes=`` is honoured (206)."""
+    parts = _load(path) if parts is None else parts
+    encoding, rate, channels = P.kind(parts)
+    fb = parts[0].frame_bytes
+    frames = P.total_frames(parts)
+    data_len = frames * fb
+    head = P.wav_header(encoding, rate, channels, data_len)
+    size = len(head) + data_len
+    headers = {"Content-Disposition": content_disposition(f"{Path(filename).stem}.wav"),
+               "Accept-Ranges": "bytes", "X-Earshot-Parts": str(len(parts))}
+    lo, hi, status = byte_range(range_header, size, headers)
 
     def body() -> Iterator[bytes]:
         if lo < len(head):
@@ -157,7 +179,8 @@ def source_times(t_from: str, t_to: str) -> tuple[float, float]:
 
 
 def source_response(name: str, streams: list[tuple[StreamRecord, Path]], t_from: float,
-                    t_to: float) -> Response:
+                    t_to: float, loader: Callable[[StreamRecord, Path], list[P.Part]] | None
+                    = None) -> Response:
     """``GET /api/sources/{name}/audio?from=ISO&to=ISO``: every WAV archive of the streams
     named ``name`` (their records and archive paths, live archives' headers already
     synced by the caller, on the event loop) on one wall-clock timeline, silence where
@@ -170,10 +193,10 @@ def source_response(name: str, streams: list[tuple[StreamRecord, Path]], t_from:
     archives: dict[str, list[P.Part]] = {}
     spans = []
     for rec, path in streams:
-        if path.suffix != ".wav" or not path.exists():
+        if path.suffix != ".wav" or (loader is None and not path.exists()):
             continue  # FLAC/Ogg archives are not stitched (yet)
         try:
-            parts = P.load(path)
+            parts = P.load(path) if loader is None else loader(rec, path)
         except (OSError, StorageError):
             continue
         if any(p.path.suffix != ".wav" for p in parts):

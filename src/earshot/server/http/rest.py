@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -28,12 +30,15 @@ from earshot.server.http.audio_range import (
     content_disposition,
     named,
     range_response,
+    remote_file_response,
     source_response,
     source_times,
     whole_response,
 )
 from earshot.server.streams.hub import Hub
+from earshot.storage import parts as P
 from earshot.storage.archive import MEDIA_TYPES
+from earshot.storage.metadata import StreamRecord
 from earshot.storage.parts import is_rotated
 from earshot.storage.peaks import peaks
 
@@ -120,6 +125,28 @@ async def get_stream(stream_id: str, hub: HubDep, request: Request) -> dict[str,
     return out
 
 
+async def archive_parts(hub: Hub, rec: StreamRecord) -> list[P.Part] | None:
+    """With an archive store (server/streams/objects.py): the archive's parts, each on the
+    local disk or in the object store; None without one (the local readers as they are).
+    410 when part 0 is nowhere, 409 when a part is not uploaded yet, 503 when the store
+    does not answer."""
+    objects = hub.objects
+    if objects is None:
+        return None
+    from earshot.storage.objects import ObjectStoreError
+
+    try:
+        parts = await asyncio.to_thread(objects.parts, rec)
+        P.kind(parts)
+    except FileNotFoundError:
+        raise HTTPException(410, f"the archive of stream {rec.id} is gone") from None
+    except ObjectStoreError as exc:
+        raise HTTPException(409 if exc.reason == "missing" else 503, exc.message) from None
+    except StorageError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return parts
+
+
 @api.get(
     "/streams/{stream_id}/audio",
     summary="The stream's archive (WAV, or FLAC when so configured); supports HTTP Range",
@@ -135,13 +162,28 @@ async def get_audio(stream_id: str, hub: HubDep, request: Request,
     need(request, Scope.LISTEN, rec.name)
     hub.sync_archive(rec.id)  # make the header match what is on disk right now
     path = hub.path_of(rec)
-    if not path.exists():
+    one: P.RemoteFile | None = None
+    if hub.objects is not None and start is None and end is None:
+        one = await asyncio.to_thread(hub.objects.single_remote, rec)
+    parts = await archive_parts(hub, rec) if one is None else None
+    if parts is None and one is None and not path.exists():
         raise HTTPException(410, f"the archive of stream {rec.id} is gone")
+    if parts is not None and len(parts) == 1:
+        path = parts[0].path if isinstance(parts[0].path, Path) else path
     media = MEDIA_TYPES.get(path.suffix, "application/octet-stream")
     stem = re.sub(r"(?a)[^\w.-]+", "_", re.sub(r"\.\w{1,5}$", "", rec.name or ""))[:60].strip("._")
     filename = f"{stem + '-' if stem else ''}{rec.id}{path.suffix}"
     if start is not None or end is not None:  # ?start=S&end=E: that range as a WAV
-        return range_response(path, start, end, filename)
+        return range_response(path, start, end, filename, parts)
+    if one is None and parts is not None and len(parts) == 1 \
+            and not isinstance(parts[0].path, Path):
+        one = parts[0].path
+    if one is not None:  # in the object store only: its bytes; a Range is one ranged GET
+        filename = f"{stem + '-' if stem else ''}{rec.id}{one.suffix}"
+        return remote_file_response(one, filename, MEDIA_TYPES.get(
+            one.suffix, "application/octet-stream"), request.headers.get("range"))
+    if parts is not None and len(parts) > 1:
+        return whole_response(path, filename, request.headers.get("range"), parts)
     if is_rotated(path):  # parts: one WAV stitched on the fly (RF64 past 4 GiB)
         return whole_response(path, filename, request.headers.get("range"))
     return FileResponse(path, media_type=media, filename=filename)
@@ -159,7 +201,9 @@ async def get_source_audio(name: str, hub: HubDep, request: Request,
             hub.sync_archive(rec.id)
             rec = hub.record(rec.id)
         streams.append((rec, hub.path_of(rec)))
-    return await asyncio.to_thread(source_response, name, streams, t_from, t_to)
+    objects = hub.objects
+    loader = (lambda rec, _path: objects.parts(rec)) if objects is not None else None
+    return await asyncio.to_thread(source_response, name, streams, t_from, t_to, loader)
 
 
 @api.get("/streams/{stream_id}/peaks", summary="Waveform peaks for drawing: min/max per column")
@@ -169,10 +213,11 @@ async def get_peaks(stream_id: str, hub: HubDep, request: Request,
     need(request, Scope.LISTEN, rec.name)
     hub.sync_archive(rec.id)
     path = hub.path_of(rec)
-    if not path.exists():
+    parts = await archive_parts(hub, rec)
+    if parts is None and not path.exists():
         raise HTTPException(410, f"the archive of stream {rec.id} is gone")
     try:
-        lo, hi, frames = await asyncio.to_thread(peaks, path, width)
+        lo, hi, frames = await asyncio.to_thread(peaks, path, width, parts=parts)
     except FileNotFoundError:
         raise HTTPException(410, f"the archive of stream {rec.id} is gone") from None
     except StorageError as exc:  # e.g. being finalized (storage/parts.py)
@@ -191,16 +236,40 @@ async def list_segments(stream_id: str, hub: HubDep, request: Request) -> dict[s
 @api.get("/streams/{stream_id}/segments/{n}/audio", summary="One speech segment as WAV",
          response_class=FileResponse)
 async def get_segment_audio(stream_id: str, n: int, hub: HubDep,
-                            request: Request) -> FileResponse:
+                            request: Request) -> Response:
     rec = _record(hub, stream_id)
     need(request, Scope.LISTEN, rec.name)
     seg = next((s for s in hub.store.segments(rec.id) if s.n == n), None)
     if seg is None:
         raise HTTPException(404, f"stream {rec.id} has no segment {n}")
     path = hub.settings.server.data_dir / seg.path
+    if not path.exists() and hub.objects is not None:  # cut on another gateway: the same
+        parts = await archive_parts(hub, rec)         # frames, read from the archive
+        return segment_response(rec, seg.start, seg.end, parts or [])
     if not path.exists():
         raise HTTPException(410, f"segment {n} of stream {rec.id} is gone")
     return FileResponse(path, media_type="audio/wav", filename=f"{rec.id}-segment{n:04d}.wav")
+
+
+def segment_response(rec: StreamRecord, start: int, end: int, parts: list[P.Part]) -> Response:
+    """A segment as the WAV :func:`earshot.storage.segments.cut` makes of it: frames
+    ``[start, end)`` of the archive."""
+    from fastapi.responses import StreamingResponse
+
+    encoding, rate, channels = P.kind(parts)
+    end = min(end, P.total_frames(parts))
+    if end <= start:
+        raise HTTPException(410, f"the segment [{start}, {end}) of {rec.id} is not in its archive")
+    length = (end - start) * parts[0].frame_bytes
+    head = P.wav_header(encoding, rate, channels, length)
+
+    def body() -> Iterator[bytes]:
+        yield head
+        yield from P.iter_frames(parts, start, end)
+
+    return StreamingResponse(body(), media_type="audio/wav", headers={
+        "Content-Length": str(len(head) + length),
+        "Content-Disposition": f'attachment; filename="{rec.id}-segment.wav"'})
 
 
 @api.get("/streams/{stream_id}/transcript",
@@ -315,9 +384,12 @@ async def healthz(request: Request, hub: HubDep) -> dict[str, Any]:
     status = "ok" if bus["state"] == "ok" else "degraded"
     if hub.check_space() != "ok":
         status = "degraded"
+    store = hub.objects.report() if hub.objects is not None else None
+    if store is not None and store["degraded"]:
+        status = "degraded"
     return {"status": status, "version": __version__, "live_streams": len(hub.live_info("*")),
             "bus": bus, "admission": hub.admission_report(), "ingest": hub.ingest_report(),
-            "storage": hub.space.report(),
+            "storage": hub.space.report(), "archive_store": store,
             "rest": rest_report(request), **caps}
 
 

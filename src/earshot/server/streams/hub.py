@@ -21,7 +21,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from earshot.audio import ArchiveFormat
 from earshot.cluster.bus import ALL
@@ -46,6 +46,9 @@ from earshot.storage.metadata import MetadataStore, StreamRecord
 from earshot.wire.codes import Code
 from earshot.wire.ingest import Start
 
+if TYPE_CHECKING:
+    from earshot.server.streams.objects import ArchiveStore
+
 __all__ = ["Hub", "LiveStream", "Owner", "hash_token", "new_stream_id"]
 
 log = logging.getLogger("earshot.hub")
@@ -69,6 +72,7 @@ class Hub:
         self.registry = registry or Registry(settings.processing.processors)
         self.clock = clock
         self.live: dict[str, LiveStream] = {}
+        self.objects: ArchiveStore | None = None  # --archive-store (set by the app)
         self.router = EventRouter(store, bus, metrics, settings.server.data_dir, self.owner_of,
                                   self._processed)
         self._background: set[asyncio.Task[Any]] = set()
@@ -90,6 +94,11 @@ class Hub:
 
     def path_of(self, rec: StreamRecord) -> Path:
         return self.settings.server.data_dir / rec.path
+
+    def archive_of(self, stream_id: str) -> Archive | None:
+        """The archive a live stream here is writing (None when not live here)."""
+        live = self.live.get(stream_id)
+        return live.archive if live is not None else None
 
     def is_live(self, stream_id: str) -> bool:
         return stream_id in self.live
@@ -241,6 +250,7 @@ class Hub:
                 raise ProtocolError(Code.STORAGE_FULL, "the server's disk is full; "
                                     "try again later") from None
             raise
+        self._watch(archive)
         rec = StreamRecord(
             id=sid, name=start.name, created=time.time(), format=spec.format,
             archive_format=fmt, rate=spec.rate, channels=spec.channels, path=rel,
@@ -300,8 +310,7 @@ class Hub:
             self.metrics.streams_started.labels("resume").inc()
             self._announce(live, resumed=True)
             return live, token
-        archive = Archive.reopen(self.path_of(rec), spec.pcm, rec.archive_format,  # type: ignore[arg-type]
-                                 part_seconds=self.settings.archive.part)
+        archive = await self._reopen(rec, spec)
         rec.state = "live"
         rec.frames = archive.frames
         rec.format = spec.format
@@ -311,6 +320,50 @@ class Hub:
         live = LiveStream(rec, writer, False, owner)
         self._attach(live, resumed=True)
         return live, token
+
+    def _watch(self, archive: Archive) -> None:
+        if self.objects is not None:
+            archive.on_rotate = self._part_closed
+
+    def _part_closed(self, archive: Archive, n: int) -> None:
+        if self.objects is not None:
+            try:
+                self.objects.part_closed(archive, n)
+            except Exception:  # never in the way of ingest
+                log.exception("archive store: after closing part %d of %s", n, archive.base)
+
+    async def _reopen(self, rec: StreamRecord, spec: Any) -> Archive:
+        """The archive a resume continues: here as it was, or, with an archive store, a
+        new part on this gateway when later parts are elsewhere (server/streams/objects.py;
+        docs/deploy.md: a gateway that died)."""
+        path, fmt = self.path_of(rec), rec.archive_format
+        seconds = self.settings.archive.part
+        objects = self.objects
+        if objects is None:
+            archive = Archive.reopen(path, spec.pcm, fmt, part_seconds=seconds)  # type: ignore[arg-type]
+            self._watch(archive)
+            return archive
+        rows = await asyncio.to_thread(self.store.parts, rec.id)
+        local = objects.local_files(rec.id)
+        last_known = max((r.n for r in rows), default=0)
+        if local and max(local) >= last_known:
+            if 0 in local:
+                archive = Archive.reopen(path, spec.pcm, fmt,  # type: ignore[arg-type]
+                                         part_seconds=seconds)
+            else:
+                archive = Archive.reopen_last(path, spec.pcm, fmt,  # type: ignore[arg-type]
+                                              part_seconds=seconds)
+        else:
+            tail = await self.bus.log_tail(rec.id)
+            offset = tail if tail is not None else rec.frames
+            starts = await asyncio.to_thread(objects.continue_here, rec, offset)
+            archive = Archive.continue_at(path, spec.pcm, fmt,  # type: ignore[arg-type]
+                                          starts, part_seconds=seconds)
+            log.warning("stream %s: its archive is elsewhere; continued here in part %d from "
+                        "frame %d (%s)", rec.id, len(starts) - 1, offset,
+                        "the shared log's end" if tail is not None else "the stored offset")
+        self._watch(archive)
+        return archive
 
     def _attach(self, live: LiveStream, *, resumed: bool) -> None:
         self.live[live.id] = live
@@ -516,7 +569,10 @@ class Hub:
             rec = live.rec
             rec.frames = archive.frames
             fields: dict[str, Any] = {"frames": rec.frames}
-            if finished:
+            if finished and self.objects is not None and archive.continued:
+                rec.state, rec.ended = "finished", time.time()  # (the parts stay as written)
+                fields.update(state="finished", ended=rec.ended)
+            elif finished:
                 final = await asyncio.to_thread(
                     finalize, archive.path, rec.archive_format  # type: ignore[arg-type]
                 )
@@ -534,6 +590,8 @@ class Hub:
                 self.space.write_failed("the metadata database")
             self.live.pop(rec.id, None)
             self.metrics.streams_active.set(len(self.live))
+        if self.objects is not None:
+            self.objects.archive_closed(rec)
         await self.bus.release(rec.id)
         self.bus.publish(rec.id, {
             "type": "stream_ended", "stream": rec.id, "t": rec.frames / rec.rate,
@@ -630,4 +688,7 @@ class Hub:
             shutil.rmtree(seg_dir)
         for p in self.streams_dir.glob(f"{rec.id}.*"):
             p.unlink(missing_ok=True)
+        rows = self.store.parts(stream_id) if self.objects is not None else []
         self.store.delete(stream_id)
+        if self.objects is not None and rows:
+            self._spawn(self.objects.delete_stream(rows))

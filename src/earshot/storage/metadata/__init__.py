@@ -17,14 +17,15 @@ from earshot.errors import ConfigError, StorageError
 from earshot.redact import redact_url as redact
 from earshot.storage.metadata.records import (
     MetadataStore,
+    PartRecord,
     SegmentRecord,
     StreamRecord,
     StreamState,
 )
 from earshot.storage.metadata.sqlite import SqliteStore
 
-__all__ = ["MetadataStore", "SegmentRecord", "SqliteStore", "StreamRecord", "StreamState",
-           "open_store", "redact"]
+__all__ = ["MetadataStore", "PartRecord", "SegmentRecord", "SqliteStore", "StreamRecord",
+           "StreamState", "open_store", "redact"]
 
 
 def open_store(target: str | Path) -> MetadataStore:

@@ -26,6 +26,8 @@ from earshot.redact import redact_url as redact
 from earshot.storage.metadata.migrate import migrate_postgres
 from earshot.storage.metadata.records import (
     COLUMNS,
+    PART_COLUMNS,
+    PartRecord,
     SegmentRecord,
     StreamRecord,
     StreamState,
@@ -212,6 +214,32 @@ class PostgresStore:
                           "WHERE stream=%s ORDER BY start, segment", (stream_id,))
         return [{"segment": r[0], "start": r[1], "end": r[2], "text": r[3], "words": r[4]}
                 for r in rows]
+
+    def add_part(self, stream_id: str, n: int, start: int, gateway: str = "") -> bool:
+        try:
+            _, count = self._exec(
+                "INSERT INTO archive_parts (stream, n, start, gateway) VALUES (%s,%s,%s,%s) "
+                "ON CONFLICT DO NOTHING", (stream_id, n, start, gateway), fetch=False)
+        except pg_errors.ForeignKeyViolation:
+            raise StreamNotFound(stream_id) from None
+        return count == 1
+
+    def part_uploaded(self, part: PartRecord) -> None:
+        values = tuple(getattr(part, c) for c in PART_COLUMNS)
+        try:
+            self._exec(
+                f"INSERT INTO archive_parts ({','.join(PART_COLUMNS)}) VALUES "
+                f"({','.join(['%s'] * len(PART_COLUMNS))}) ON CONFLICT (stream, n) DO UPDATE "
+                "SET name=excluded.name, size=excluded.size, frames=excluded.frames, "
+                "sha256=excluded.sha256, etag=excluded.etag, uploaded=excluded.uploaded, "
+                "gateway=excluded.gateway", values, fetch=False)
+        except pg_errors.ForeignKeyViolation:
+            raise StreamNotFound(part.stream) from None
+
+    def parts(self, stream_id: str) -> builtins.list[PartRecord]:
+        rows = self._rows(f"SELECT {','.join(PART_COLUMNS)} FROM archive_parts "
+                          "WHERE stream=%s ORDER BY n", (stream_id,))
+        return [PartRecord(*r) for r in rows]
 
     def close(self) -> None:
         self._pool.close()

@@ -64,6 +64,30 @@ class SegmentRecord:
         }
 
 
+@dataclass(slots=True)
+class PartRecord:
+    """One part of a stream's archive as the cluster knows it (issue 23): made when a
+    gateway starts a part after the first, completed once the file is in the object store
+    (``name``: its path relative to the data directory, also its key under the store's
+    prefix; ``uploaded`` None until then)."""
+
+    stream: str
+    n: int
+    start: int  # stream frame of its first frame
+    gateway: str = ""
+    name: str | None = None
+    size: int | None = None
+    frames: int | None = None
+    sha256: str | None = None
+    etag: str | None = None
+    uploaded: float | None = None
+
+
+#: the columns of the archive_parts table, in order
+PART_COLUMNS = ("stream", "n", "start", "gateway", "name", "size", "frames", "sha256", "etag",
+                "uploaded")
+
+
 class MetadataStore(Protocol):
     """Stream metadata, segments, transcripts and event claims of a server or a cluster.
 
@@ -127,6 +151,21 @@ class MetadataStore(Protocol):
 
     def transcripts(self, stream_id: str) -> builtins.list[dict[str, Any]]:
         """Stored finals in time order: segment, start, end, text, words."""
+        ...
+
+    def add_part(self, stream_id: str, n: int, start: int, gateway: str = "") -> bool:
+        """Claim part ``n`` of a stream's archive, starting at stream frame ``start``: True
+        for the first claim by any process, False if the part is known already (the
+        caller picks the next number). StreamNotFound for an unknown stream."""
+        ...
+
+    def part_uploaded(self, part: PartRecord) -> None:
+        """Record that a part's file is in the object store (its row made if need be; an
+        existing row keeps its start)."""
+        ...
+
+    def parts(self, stream_id: str) -> builtins.list[PartRecord]:
+        """The known parts of a stream's archive, in order."""
         ...
 
     def close(self) -> None: ...

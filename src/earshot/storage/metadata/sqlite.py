@@ -15,6 +15,8 @@ from earshot.errors import DuplicateStream, StorageError, StreamNotFound
 from earshot.storage.metadata.migrate import migrate_sqlite
 from earshot.storage.metadata.records import (
     COLUMNS,
+    PART_COLUMNS,
+    PartRecord,
     SegmentRecord,
     StreamRecord,
     StreamState,
@@ -181,6 +183,30 @@ class SqliteStore:
             "ORDER BY start, segment", (stream_id,))
         return [{"segment": r[0], "start": r[1], "end": r[2], "text": r[3],
                  "words": json.loads(r[4])} for r in rows]
+
+    def add_part(self, stream_id: str, n: int, start: int, gateway: str = "") -> bool:
+        try:
+            return self._count("INSERT OR IGNORE INTO archive_parts (stream, n, start, gateway) "
+                               "VALUES (?,?,?,?)", (stream_id, n, start, gateway)) == 1
+        except sqlite3.IntegrityError:
+            raise StreamNotFound(stream_id) from None
+
+    def part_uploaded(self, part: PartRecord) -> None:
+        values = tuple(getattr(part, c) for c in PART_COLUMNS)
+        try:
+            self._query(
+                f"INSERT INTO archive_parts ({','.join(PART_COLUMNS)}) VALUES "
+                f"({','.join('?' * len(PART_COLUMNS))}) ON CONFLICT (stream, n) DO UPDATE SET "
+                "name=excluded.name, size=excluded.size, frames=excluded.frames, "
+                "sha256=excluded.sha256, etag=excluded.etag, uploaded=excluded.uploaded, "
+                "gateway=excluded.gateway", values)
+        except sqlite3.IntegrityError:
+            raise StreamNotFound(part.stream) from None
+
+    def parts(self, stream_id: str) -> builtins.list[PartRecord]:
+        rows = self._query(f"SELECT {','.join(PART_COLUMNS)} FROM archive_parts WHERE stream=? "
+                           "ORDER BY n", (stream_id,))
+        return [PartRecord(*r) for r in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -173,6 +173,20 @@ class UploadQueue:
         heapq.heappush(self._heap, (entry.due, entry.seq, name))
         return delay
 
+    def retry_now(self, now: float) -> int:
+        """The store works again (a probe succeeded): every job waiting out a backoff is due
+        now, so the backlog drains at once instead of after the longest backoff. Returns
+        how many were brought forward."""
+        moved = 0
+        for name, entry in self._waiting.items():
+            if entry.attempts > 0 and entry.due > now:
+                entry.due = now
+                self._seq += 1
+                entry.seq = self._seq
+                heapq.heappush(self._heap, (entry.due, entry.seq, name))
+                moved += 1
+        return moved
+
     def _requeue_if_changed(self, name: str, now: float) -> None:
         again = self._again.pop(name, None)
         if again is not None:

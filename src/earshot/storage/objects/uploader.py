@@ -111,6 +111,13 @@ class Uploader:
         assert self._loop is not None, "start() first"
         self._loop.call_soon_threadsafe(self.submit, job)
 
+    def retry_now(self) -> int:
+        """Every job waiting out a backoff is due now (the store works again)."""
+        moved = self.queue.retry_now(self.clock())
+        if moved and self._wake is not None:
+            self._wake.set()
+        return moved
+
     async def wait_idle(self, timeout: float | None = None) -> None:
         """Until nothing is queued or under way (tests, an orderly shutdown)."""
         assert self._idle is not None, "start() first"

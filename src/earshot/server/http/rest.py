@@ -269,7 +269,7 @@ def segment_response(rec: StreamRecord, start: int, end: int, parts: list[P.Part
 
     return StreamingResponse(body(), media_type="audio/wav", headers={
         "Content-Length": str(len(head) + length),
-        "Content-Disposition": f'attachment; filename="{rec.id}-segment.wav"'})
+        "Content-Disposition": content_disposition(f"{rec.id}-segment.wav")})
 
 
 @api.get("/streams/{stream_id}/transcript",

@@ -90,6 +90,7 @@ def test_deepgram_sdk_live_through_earshot(
     assert len(streams) == 2 and {s["state"] for s in streams} == {"finished"}
     assert {s["client"]["dialect"] for s in streams} == {"deepgram"}
     rec = next(s for s in streams if s["frames"] == READING["frames"])
+    rec = httpx.get(f"{server.http}/api/streams/{rec['id']}", headers=headers).json()
     assert rec["name"] == "deepgram" and rec["client"]["encoding"] == "linear16"
     assert rec["client"]["model"] == "nova-3"
     y, rate = sf.read(server.data_dir / rec["path"], dtype="int16")

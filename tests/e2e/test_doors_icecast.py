@@ -76,6 +76,12 @@ def streams(server: ServerProcess) -> list[dict]:
     return got
 
 
+def record(server: ServerProcess, stream: dict) -> dict:
+    """The stream's own record: its client info in full (a listing holds the dialect)."""
+    got: dict = httpx.get(f"{server.http}/api/streams/{stream['id']}", headers=HEADERS).json()
+    return got
+
+
 def test_ffmpeg_sources_through_earshot(server_factory: Callable[..., ServerProcess],
                                         tmp_path: Path) -> None:
     port = free_port()
@@ -105,7 +111,7 @@ def test_ffmpeg_sources_through_earshot(server_factory: Callable[..., ServerProc
     seen, proc = asyncio.run(live_push())
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
     assert seen and seen[0]["name"] == "kitchen" and seen[0]["state"] == "live"
-    rec = streams(server)[0]
+    rec = record(server, streams(server)[0])
     assert rec["state"] == "finished" and rec["client"]["dialect"] == "icecast"
     assert rec["client"]["method"] == "PUT" and rec["client"]["ice"]["name"] == "Kitchen radio"
     mine = [e for e in events if e.get("stream") == rec["id"]]
@@ -134,7 +140,7 @@ def test_ffmpeg_sources_through_earshot(server_factory: Callable[..., ServerProc
     while time.monotonic() < deadline and (
             len(streams(server)) < 2 or streams(server)[0]["state"] != "finished"):
         time.sleep(0.1)
-    porch = streams(server)[0]
+    porch = record(server, streams(server)[0])
     assert porch["name"] == "porch" and porch["client"]["method"] == "SOURCE"
     y, rate = sf.read(server.data_dir / porch["path"], dtype="float32")
     ref = ffmpeg_decode(ogg)  # 48 kHz: Opus decodes at 48 kHz

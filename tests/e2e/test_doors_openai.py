@@ -121,6 +121,8 @@ def test_openai_sdk_transcribes_through_earshot(
                         headers={"authorization": f"Bearer {TOKEN}"}).json()["streams"]
     assert len(streams) == 6 and {s["state"] for s in streams} == {"finished"}
     assert {s["client"]["dialect"] for s in streams} == {"openai"}
+    streams = [httpx.get(f"{server.http}/api/streams/{s['id']}",  # the client info in full
+                         headers={"authorization": f"Bearer {TOKEN}"}).json() for s in streams]
     rec = next(s for s in streams if s["client"]["filename"] == "reading.wav")
     assert rec["frames"] == READING["frames"] and rec["client"]["model"] == "whisper-1"
     x, _ = sf.read(FIXTURES / "reading_16k.wav", dtype="float32")

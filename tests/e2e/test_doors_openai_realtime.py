@@ -80,6 +80,7 @@ def test_openai_realtime_transcription_through_earshot(
     assert len(streams) == 2 and {s["state"] for s in streams} == {"finished"}
     assert {s["client"]["dialect"] for s in streams} == {"openai-realtime"}
     rec = next(s for s in streams if s["frames"] == len(pcm24))
+    rec = httpx.get(f"{server.http}/api/streams/{rec['id']}", headers=headers).json()
     assert rec["rate"] == 24000 and rec["client"]["model"] == "gpt-4o-transcribe"
     y, rate = sf.read(server.data_dir / rec["path"], dtype="int16")
     assert rate == 24000 and np.array_equal(pcm24, y)  # exact

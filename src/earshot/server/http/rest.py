@@ -108,8 +108,10 @@ async def list_streams(
     records, total = hub.store.list(limit=limit, offset=offset)
     items = [hub.record(r.id).public() if hub.is_live(r.id) else r.public() for r in records
              if principal.allows(Scope.LISTEN, name=r.name)]  # (a names grant: its own)
-    for item in items:  # what the client said of itself: in the stream's own record only
-        item.pop("client", None)
+    for item in items:  # what the client said of itself: in the stream's own record only,
+        client = item.pop("client", None)  # but for the door it came through (docs/doors.md)
+        if isinstance(client, dict) and isinstance(d := client.get("dialect"), str):
+            item["client"] = {"dialect": d[:40]}
     nxt = None
     if offset + limit < total:
         nxt = str(request.url.include_query_params(limit=limit, offset=offset + limit))

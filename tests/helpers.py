@@ -70,7 +70,7 @@ class ServerProcess(Child):
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> ServerProcess:
+    def start(self, timeout: float = 60.0) -> ServerProcess:
         cmd = [*self.command, "serve", "--port", str(self.port),
                "--data-dir", str(self.data_dir), "--log-level", "warning", *self.args]
         logf = open(self.log, "ab")  # noqa: SIM115 - the child keeps it

@@ -111,7 +111,7 @@ class IngestSession:
         if self._auth_error is not None:
             await self._emit(self.conn.fail(self._auth_error.code, self._auth_error.message))
             return
-        if self.pending is not None:
+        if self.pending is not None and self.principal is None:  # credentials due in start
             address = ws.client.host if ws.client is not None else "?"
             refused = self.pending.enter(address)
             if refused is not None:

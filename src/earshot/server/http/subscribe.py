@@ -141,7 +141,8 @@ async def _serve(ws: WebSocket, hub: Hub, stream: str, audio: str | None,
                     await ws.send_text(header)
                     await ws.send_bytes(payload)
             else:
-                if not hearing.may_hear(str(item.get("stream"))):
+                sid = item.get("stream")  # (a notice to this subscriber has none)
+                if sid is not None and not hearing.may_hear(str(sid)):
                     continue
                 await ws.send_text(json.dumps(item, separators=(",", ":")))
 

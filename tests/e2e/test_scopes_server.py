@@ -401,3 +401,24 @@ def test_the_command_line_mints_and_every_client_takes_a_scoped_token(
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+async def test_a_names_grant_hears_only_its_streams(server: ServerProcess) -> None:
+    kitchen = mint(SECRET, ["listen"], ttl=60, names="kitchen-*")  # type: ignore[arg-type]
+    url = f"ws://127.0.0.1:{server.port}/ws/subscribe?stream=*&audio=s16"
+    async with (live_stream(server, "garage-live") as (garage_id, _),
+                live_stream(server, "kitchen-live2") as (kitchen_id, _),
+                connect(url, additional_headers=headers(kitchen)) as ws):
+        subscribed = await expect(ws, "subscribed")
+        assert [i["stream"] for i in subscribed["live"]] == [kitchen_id]
+        heard: set[str] = set()
+        async with asyncio.timeout(10):
+            while True:
+                raw = await ws.recv()
+                if isinstance(raw, str):
+                    msg = json.loads(raw)
+                    if "stream" in msg:
+                        heard.add(msg["stream"])
+                    if msg.get("type") == "audio" and msg["offset"] >= RATE:
+                        break  # a second of the kitchen's audio
+        assert heard == {kitchen_id}, (heard, garage_id)

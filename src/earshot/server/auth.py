@@ -259,7 +259,8 @@ def authenticate_request(security: Any, headers: Mapping[str, str],
 
 
 class Pending:
-    """Connections not yet authenticated (an ingest socket before its first start), counted
+    """Connections not yet authenticated (an ingest socket that brought no credentials in
+    its handshake, until its first start), counted
     per client address and in total, so silent sockets cannot pile up: :meth:`enter` says
     why one more is refused (None: admitted), :meth:`leave` when it starts or goes."""
 

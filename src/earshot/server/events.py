@@ -40,6 +40,7 @@ from earshot.wire.codes import Code, metric_code
 log = logging.getLogger("earshot.router")
 
 
+MAX_FLOORS = 10_000  # (stream, processor) span floors remembered for remote workers
 #: the events that come from the gateway itself, never forwarded back to a sender
 GATEWAY_EVENTS = frozenset({"stream_started", "stream_ended"})
 
@@ -235,7 +236,8 @@ class EventRouter:
     def from_worker(self, sid: str, events: list[Event], held: StreamRecord | None,
                     archive: Path | None, received: int = 0) -> tuple[str, str] | None:
         """Fan out a remote worker's events like local ones (its segments cut in a worker
-        thread); ``received``: the frames of the stream received so far. None when done,
+        thread); ``received``: the frames of the stream received so far (held elsewhere:
+        the frames the worker was sent). None when done,
         else (code, message) and nothing delivered: an unknown stream, or a ``speech_end``
         span outside the audio received or not after the processor's previous one."""
         if held is not None and archive is not None:
@@ -245,13 +247,14 @@ class EventRouter:
             self.emit(held, archive, events, cut_later=True)
             return None
         try:
-            self.store.get(sid)
+            rec = self.store.get(sid)
         except StreamNotFound:
             return Code.UNKNOWN_STREAM, f"no stream {sid!r}"
-        for e in events:  # a worker's last events after the stream ended: subscribers only
-            if storage_work(e) is Work.CUT_SEGMENT:  # (nothing more is cut from it)
-                continue
-            e["stream"] = sid
+        problem = self.check_spans(rec, received, events)
+        if problem is not None:
+            return Code.BAD_EVENT, problem
+        for e in events:  # held by another gateway (it gets them through the bus), or a
+            e["stream"] = sid  # worker's last events after the stream ended
             self.bus.publish(sid, e)
         return None
 
@@ -277,6 +280,8 @@ class EventRouter:
                         f"of the previous one ({floor / rec.rate:g} s)")
             floors[key] = last
         self._floors.update(floors)
+        while len(self._floors) > MAX_FLOORS:  # (streams held elsewhere are never settled here)
+            self._floors.pop(next(iter(self._floors)))
         return None
 
     # -- a replay over a finished stream's archive (server/streams/replay.py) --------------

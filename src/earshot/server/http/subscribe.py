@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -110,7 +111,15 @@ class Hearing:
         self.hub, self.principal = hub, principal
         self.everything = Scope.ADMIN in principal.scopes or principal.names is None
         self.known: dict[str, bool] = {}
-        self.handed: set[str] = set()
+        self.handed: dict[str, int] = {}  # stream → the end (in frames) of its audio sent
+
+    def hand(self, item: AudioItem) -> None:
+        if item.samples is not None:
+            end = item.offset + len(item.samples)
+        else:
+            end = max((off + n for off, n, _ in item.packets), default=item.offset)
+        if end > self.handed.get(item.stream, 0):
+            self.handed[item.stream] = end
 
     def may_hear(self, sid: str) -> bool:
         if self.everything:
@@ -138,12 +147,13 @@ async def _serve(ws: WebSocket, hub: Hub, stream: str, audio: str | None,
             if isinstance(item, AudioItem):
                 if not hearing.may_hear(item.stream):
                     continue
-                hearing.handed.add(item.stream)
+                hearing.hand(item)
                 for header, payload in audio_messages(item, audio or "f32"):
                     await ws.send_text(header)
                     await ws.send_bytes(payload)
             else:
-                if not hearing.may_hear(str(item.get("stream"))):
+                sid = item.get("stream")  # (a notice to this subscriber has none)
+                if sid is not None and not hearing.may_hear(str(sid)):
                     continue
                 await ws.send_text(json.dumps(item, separators=(",", ":")))
 
@@ -185,10 +195,11 @@ def audio_messages(item: AudioItem, fmt: str) -> list[tuple[str, bytes]]:
 
 
 def handle_worker_message(hub: Hub, text: str, principal: Principal = OPEN,
-                          handed: set[str] | None = None) -> dict[str, Any] | None:
+                          handed: Mapping[str, int] | None = None) -> dict[str, Any] | None:
     """Check events sent back by a remote worker and fan them out; None when fine, else
     the error to answer (nothing of a refused message is delivered). ``handed``: the
-    streams whose audio this connection received (None: any, for tests of the rules)."""
+    streams whose audio this connection received, with the frames it received of each
+    (None: any, for tests of the rules)."""
     if len(text) > hub.settings.ingest.max_message_bytes:
         return error_message(Code.MESSAGE_TOO_LARGE, "event message too large")
     try:
@@ -234,7 +245,7 @@ def handle_worker_message(hub: Hub, text: str, principal: Principal = OPEN,
     if isinstance(worker, str):
         for e in events:
             e["worker"] = worker[:100]
-    problem = hub.from_worker(sid, events)
+    problem = hub.from_worker(sid, events, handed.get(sid, 0) if handed is not None else 0)
     if problem is not None:
         return error_message(problem[0], problem[1])
     return None

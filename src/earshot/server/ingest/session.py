@@ -111,7 +111,7 @@ class IngestSession:
         if self._auth_error is not None:
             await self._emit(self.conn.fail(self._auth_error.code, self._auth_error.message))
             return
-        if self.pending is not None:
+        if self.pending is not None and self.principal is None:  # credentials due in start
             address = ws.client.host if ws.client is not None else "?"
             refused = self.pending.enter(address)
             if refused is not None:
@@ -247,10 +247,15 @@ class IngestSession:
     def _auth_expired(self) -> None:
         """No stream started by ``--auth-timeout``: close 4401 (the connection held a slot)."""
         self._deadline = None
-        if self.live is None and not self._closed:
-            self._expiry = asyncio.ensure_future(self._emit(self.conn.fail(
-                Code.UNAUTHORIZED, "no start with valid credentials within "
-                f"{self.settings.security.auth_timeout:g} s of connecting")))
+        if self.live is not None or self._closed:
+            return
+        if self.busy:  # a message (a start, perhaps) is being handled: look again shortly
+            self._deadline = asyncio.get_running_loop().call_later(0.1, self._auth_expired)
+            return
+        self._expiry = asyncio.ensure_future(self._emit(self.conn.fail(
+            Code.UNAUTHORIZED, "no start with valid credentials within "
+            f"{self.settings.security.auth_timeout:g} s of connecting")))
+        self._expiry.add_done_callback(_quietly)
 
     async def _start(self, req: StartRequested) -> list[Output]:
         start = req.start
@@ -407,6 +412,12 @@ class IngestSession:
             await self.ws.close(code, reason)
         except Exception:  # already gone
             log.debug("close after disconnect", exc_info=True)
+
+
+def _quietly(done: asyncio.Future[None]) -> None:
+    """A background close's outcome, retrieved (a client gone meanwhile is no news)."""
+    if not done.cancelled() and done.exception() is not None:
+        log.debug("closing at the auth deadline failed", exc_info=done.exception())
 
 
 def _plain(value: Any) -> Any:

@@ -131,12 +131,15 @@ class Hub:
         if live is not None:
             live.archive.sync()
 
-    def from_worker(self, stream_id: str, events: list[Event]) -> tuple[str, str] | None:
-        """Events a remote WebSocket worker sends back; (code, message) when refused."""
+    def from_worker(self, stream_id: str, events: list[Event],
+                    delivered: int = 0) -> tuple[str, str] | None:
+        """Events a remote WebSocket worker sends back (``delivered``: the frames of the
+        stream's audio it was sent, the bound of its spans for a stream held elsewhere);
+        (code, message) when refused."""
         live = self.live.get(stream_id)
         return self.router.from_worker(stream_id, events, live.rec if live else None,
                                        live.archive.path if live else None,
-                                       live.offset if live else 0)
+                                       live.offset if live else delivered)
 
     # -- load (server/streams/load.py) -------------------------------------------------------
     def observe_loop_lag(self, lag: float, now: float) -> None:

@@ -215,6 +215,7 @@ async def list_replays(hub: HubDep) -> dict[str, Any]:
 async def delete_stream(stream_id: str, hub: HubDep) -> Response:
     rec = _record(hub, stream_id)
     try:
+        await hub.check_deletable(rec.id)
         hub.delete(rec.id)
     except StorageError as exc:
         raise HTTPException(409, str(exc)) from None

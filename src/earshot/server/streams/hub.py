@@ -38,7 +38,7 @@ from earshot.server.streams.lifecycle import read_held, write_held
 from earshot.server.streams.live import LiveStream, Owner, hash_token, new_stream_id
 from earshot.server.streams.load import Load
 from earshot.server.streams.processing import remote_processors, start_pipeline
-from earshot.server.streams.recovery import recover
+from earshot.server.streams.recovery import recover, register_orphans
 from earshot.server.streams.replay import Replays
 from earshot.server.streams.space import is_no_space
 from earshot.storage.archive import Archive, finalize
@@ -144,8 +144,14 @@ class Hub:
     # -- recovery (server/streams/recovery.py) -----------------------------------------------
     async def recover(self) -> list[str]:
         """Repair every archive a crash left open; those streams become resumable. On a
-        shared bus, streams another live gateway holds are left alone."""
-        return await recover(self.store, self.bus, self.settings.server.data_dir)
+        shared bus, streams another live gateway holds are left alone. With one gateway on
+        its own directory, archives whose database row is missing are registered again
+        (server/streams/recovery.py)."""
+        repaired = await recover(self.store, self.bus, self.settings.server.data_dir)
+        if not self.bus.remote and self.settings.server.processes == 1:
+            repaired += await asyncio.to_thread(register_orphans, self.store,
+                                                self.settings.server.data_dir)
+        return repaired
 
     # -- start / resume -----------------------------------------------------------------
     async def open(self, start: Start, owner: Owner) -> tuple[LiveStream, str, list[Event]]:
@@ -232,7 +238,8 @@ class Hub:
         rel = f"streams/{sid}.wav"
         path = self.settings.server.data_dir / rel
         try:
-            archive = Archive.create(path, spec.pcm, fmt, part_seconds=self.settings.archive.part)
+            archive = Archive.create(path, spec.pcm, fmt, part_seconds=self.settings.archive.part,
+                                     fsync=self.settings.archive.fsync)
         except OSError as exc:
             path.unlink(missing_ok=True)  # never leave a zero-byte archive behind
             if is_no_space(exc):
@@ -503,8 +510,8 @@ class Hub:
             if finished:
                 try:
                     final = await asyncio.to_thread(
-                        finalize, archive.path, rec.archive_format  # type: ignore[arg-type]
-                    )
+                        finalize, archive.path, rec.archive_format,  # type: ignore[arg-type]
+                        self.settings.archive.fsync)
                 except OSError as exc:  # e.g. FLAC on a full disk: the WAV is kept whole
                     if not is_no_space(exc):
                         raise

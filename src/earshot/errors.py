@@ -10,10 +10,11 @@ class EarshotError(Exception):
 class ProtocolError(EarshotError):
     """A peer broke the wire protocol. ``code`` is the stable machine-readable error code."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, **extra: object) -> None:
         super().__init__(message)
         self.code = code  # an earshot.wire.codes.Code (a str)
         self.message = message
+        self.extra = extra  # more fields of the error message (``frames`` of a finished one)
 
 
 class StorageError(EarshotError):

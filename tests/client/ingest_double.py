@@ -152,7 +152,8 @@ class IngestServer:
                 self._do(self.conn.refuse("bad_resume_token", "wrong resume_token"))
                 return
             if s.finished:
-                self._do(self.conn.refuse("stream_finished", "stream has finished"))
+                self._do(self.conn.refuse("stream_finished", "stream has finished",
+                                          frames=s.frames))
                 return
             sid = start.resume
         else:

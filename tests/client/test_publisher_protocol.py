@@ -425,3 +425,24 @@ def test_opus_takes_only_samples() -> None:
         c.send(b"\x00\x00")
     with pytest.raises(ClientError, match="encoder"):
         core(format="opus")
+
+
+def test_stream_finished_with_fewer_frames_than_sent_is_no_success() -> None:
+    """A server that finished the stream without its tail (a full disk at the stop, issue
+    19) says how many frames it holds: the client fails with count_mismatch, never Done."""
+    c = core()
+    server = IngestServer()
+    connect(c, server)
+    c.send(pcm(500))
+    c.stop()
+    for m in c.data_to_send():
+        server.receive(m)
+    assert server.stream().finished
+    server.stream().frames = 300  # the server lost the last 200
+    server.take()
+    server.close_frame = None
+    assert isinstance(hang_up(c, server), RetryIn)
+    connect(c, server)
+    d = hang_up(c, server)
+    assert isinstance(d, Failed) and d.code == "count_mismatch"
+    assert "holds 300 frames, but this client sent 500" in str(d.error)

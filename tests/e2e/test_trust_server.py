@@ -310,3 +310,90 @@ async def test_replay_streams_ndjson_with_progress_and_stops_when_its_client_goe
     assert body["replays"] == []
     ended = next(j for j in body["recent"] if j["stream"] == sid)
     assert ended["state"] == "cancelled" and ended["done_frames"] < len(long)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Any:
+    """A 3 MiB tmpfs (root only, as tests/e2e/test_disk_full.py)."""
+    import os
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        why = f"cannot mount a small tmpfs here: {r.stderr.strip() or r.returncode}"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def test_a_full_disk_at_stop_leaves_the_stream_resumable_and_whole(
+        small_fs: Path, server_factory: Callable[..., ServerProcess]) -> None:
+    """The stop's final write fails on a full disk: the stream was marked finished without
+    its tail, and the client, resuming into ``stream_finished``, reported success with its
+    own count. Now the stream stays interrupted; once there is space the client resumes,
+    resends the tail and stops with every frame, sample for sample."""
+    import os
+
+    from earshot.client import Publisher, Reconnect
+
+    data = small_fs / "data"
+    # acks every 5 s of audio: the 2 s sent are all pending when the stop comes
+    # (the database elsewhere, with room: the state it records is what a resume reads)
+    server = server_factory("--min-free-space", "0", "--ack-interval", "5",
+                            "--ack-interval-max", "5", "--db", str(small_fs.parent / "m.db"),
+                            data_dir=data)
+    rate, ch = 48000, 2
+    x = (np.random.default_rng(3).standard_normal((rate * 2, ch)) * 3000).astype("<i2")
+    events: list[dict[str, Any]] = []
+    pub = Publisher(server.url, rate=rate, channels=ch, format="s16", processors=[],
+                    reconnect=Reconnect(initial=0.1, maximum=0.3, busy_attempts=400))
+
+    async def watch() -> None:
+        async for e in pub.events():
+            events.append(e)
+
+    watcher = asyncio.create_task(watch())
+    await pub.start()
+    await pub.send(x)
+    for _ in range(200):  # every frame received by the server, not all of it written
+        async with connect(f"{server.url}/subscribe?stream={pub.stream_id}") as sub:
+            held = json.loads(await sub.recv())["live"][0]["offset"]
+        if held == len(x):
+            break
+        await asyncio.sleep(0.02)
+    written = httpx.get(f"{server.http}/api/streams/{pub.stream_id}").json()["frames"]
+    assert held == len(x) and written < len(x), (held, written)
+    st = os.statvfs(small_fs)
+    filler = small_fs / "filler"
+    filler.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 4096))  # a page left
+
+    async def free_when_refused() -> None:
+        while not any(e.get("code") == "storage_full" for e in events):
+            await asyncio.sleep(0.02)
+        for _ in range(300):  # until the stop's connection is done with the stream
+            if httpx.get(f"{server.http}/healthz").json()["live_streams"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        state = httpx.get(f"{server.http}/api/streams/{pub.stream_id}").json()["state"]
+        assert state == "interrupted"  # (was 'finished', without the tail)
+        filler.unlink()
+
+    freer = asyncio.create_task(free_when_refused())
+    frames = await pub.stop(timeout=30)
+    await freer
+    await watcher
+    assert frames == len(x)
+    rec = httpx.get(f"{server.http}/api/streams/{pub.stream_id}").json()
+    assert rec["state"] == "finished" and rec["frames"] == len(x)
+    import soundfile as sf
+
+    y, _ = sf.read(data / rec["path"], dtype="int16")
+    assert np.array_equal(y, x)
+    assert any(e.get("code") == "storage_full" for e in events)

@@ -112,8 +112,9 @@ class Done:
 
     ``confirmed``: the count is the server's ``stopped`` count, checked equal to what was
     sent. It is False only when the server answered a resume with ``stream_finished`` after
-    capture had ended: the stop landed and its answer was lost with the connection (``stop``
-    is sent only after every frame, so the server holds them all). ``frames`` is None for a
+    capture had ended: the stop landed and its answer was lost with the connection; the
+    frame count that refusal carries was then checked equal to what was sent (a different
+    one, or none, is a ``count_mismatch`` failure). ``frames`` is None for a
     stream ended "as it is" (its buffer was cut) that the server no longer knows."""
 
     frames: int | None
@@ -472,7 +473,16 @@ class PublisherProtocol:
         elif code == "stream_finished" and self.buffer.closed and self.stream_id is not None:
             # Capture ended and the stream is finished: our 'stop' landed (it is sent only
             # after every frame, and only it finishes a stream) and its answer was lost.
-            self._verdict = Done(self.offset, self.stream_id, confirmed=False)
+            # Success only if the server's count is ours (a stop whose last write failed
+            # must never pass for one that kept everything).
+            frames = msg.get("frames")
+            if frames == self.offset and not isinstance(frames, bool):
+                self._verdict = Done(self.offset, self.stream_id, confirmed=False)
+            else:
+                said = "did not say how many" if frames is None else f"holds {frames}"
+                self._verdict = Failed(ClientError(
+                    f"stream {self.stream_id} was finished by the server, which {said} "
+                    f"frames, but this client sent {self.offset}", code="count_mismatch"))
         else:
             self._verdict = self._fatal(code, message)
 

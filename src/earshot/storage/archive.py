@@ -81,9 +81,13 @@ class Archive:
 
     @classmethod
     def create(cls, path: Path, spec: StreamSpec, fmt: ArchiveFormat, *,
-               part_seconds: float = 0.0) -> Archive:
-        """``path`` is the live file (always a ``.wav``): part 0."""
+               part_seconds: float = 0.0, fsync: bool = False) -> Archive:
+        """``path`` is the live file (always a ``.wav``): part 0. ``fsync``: its header
+        and its directory entry are made durable now (before the stream is registered)."""
         writer = WavWriter.create(path, encoding_for(fmt), spec.rate, spec.channels)
+        if fsync:
+            writer.fsync()
+            fsync_dir(path.parent)
         return cls(writer, spec, fmt, part_frames=cls.frames_for(part_seconds, spec.rate))
 
     @classmethod
@@ -291,19 +295,20 @@ class _PartsWriter:
         self._archive.close()
 
 
-def finalize(path: Path, fmt: ArchiveFormat) -> Path:
+def finalize(path: Path, fmt: ArchiveFormat, fsync: bool = False) -> Path:
     """Turn a closed live archive (``path``: part 0's WAV) into its final form; returns
     part 0's final path. Every part is finalized like a one-file archive (the later parts
     first, part 0 last: see storage/parts.py).
 
     For FLAC and Ogg Opus, converts block by block (never the whole file in memory), then
-    replaces the WAV atomically. Other formats are already final.
+    replaces the WAV atomically. Other formats are already final. ``fsync`` (``--fsync``):
+    each new file fsynced before its rename, the directory after it, before a WAV goes.
     """
     meta = P.read_sidecar(path)
     if meta is None:
-        return finalize_one(path, fmt)
+        return finalize_one(path, fmt, fsync)
     if fmt in FINAL_SUFFIX:
-        P.finalize_parts(path, P.on_disk(path), meta, lambda p: finalize_one(p, fmt))
+        P.finalize_parts(path, P.on_disk(path), meta, lambda p: finalize_one(p, fmt, fsync))
     else:
         P.finalize_parts(path, P.on_disk(path), meta, lambda p: p)
     return P.find_part(path, 0)

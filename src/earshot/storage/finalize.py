@@ -11,14 +11,18 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from earshot.fsutil import fsync_dir, fsync_file
+
 #: the file suffix of each archive format that is converted at stop (WAV formats are final)
 FINAL_SUFFIX = {"flac": ".flac", "ogg": ".ogg"}
 
 
-def finalize_one(path: Path, fmt: str) -> Path:
-    """One closed WAV file in its final form (the old one replaced atomically)."""
+def finalize_one(path: Path, fmt: str, fsync: bool = False) -> Path:
+    """One closed WAV file in its final form (the old one replaced atomically). With
+    ``fsync``, the converted file is fsynced before its rename, and the directory after it,
+    before the WAV is removed: a power cut at any point leaves one whole archive."""
     if fmt == "ogg":
-        return _to_ogg(path)
+        return _replace(path, _to_ogg(path), fsync)
     if fmt != "flac":
         return path
     target = path.with_suffix(".flac")
@@ -29,16 +33,28 @@ def finalize_one(path: Path, fmt: str) -> Path:
     ) as dst:
         for block in src.blocks(blocksize=65536, dtype="int16", always_2d=True):
             dst.write(block)
+    return _replace(path, tmp, fsync)
+
+
+def _replace(wav: Path, tmp: Path, fsync: bool) -> Path:
+    """``tmp`` (``X.flac.part``) in place as ``X.flac``, then ``wav`` removed."""
+    target = tmp.with_suffix("") if tmp.suffix == ".part" else tmp
+    if fsync:
+        fsync_file(tmp)
     os.replace(tmp, target)
-    path.unlink()
+    if fsync:
+        fsync_dir(target.parent)  # the new name is durable before the old file goes
+    wav.unlink()
+    if fsync:
+        fsync_dir(target.parent)
     return target
 
 
 def _to_ogg(path: Path) -> Path:
+    """The Ogg Opus file written beside ``path``, as ``X.ogg.part``."""
     from earshot.codec.opus import OPUS_RATES
     from earshot.storage.oggopus import OggOpusWriter
 
-    target = path.with_suffix(".ogg")
     tmp = path.with_suffix(".ogg.part")
     tmp.unlink(missing_ok=True)
     with sf.SoundFile(path) as src:
@@ -62,6 +78,4 @@ def _to_ogg(path: Path) -> Path:
             writer.write(tail)
             total += len(tail)
         writer.close(length=total)
-    os.replace(tmp, target)
-    path.unlink()
-    return target
+    return tmp

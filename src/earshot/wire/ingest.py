@@ -439,15 +439,16 @@ class IngestConnection:
             out.extend(self._audio(data))
         return out
 
-    def refuse(self, code: str, message: str) -> list[Output]:
-        """The start was refused. Fatal codes close; others let the client try again."""
+    def refuse(self, code: str, message: str, **extra: Any) -> list[Output]:
+        """The start was refused. Fatal codes close; others let the client try again.
+        ``extra``: more fields of the error (``frames`` of a finished stream)."""
         assert self.state is State.STARTING
         self.start = None
         self._pending_binary = None
         if code in FATAL_CLOSE:
-            return self._fatal(code, message)
+            return self._fatal(code, message, **extra)
         self.state = State.AWAITING_START
-        return [Send(error_message(code, message))]
+        return [Send(error_message(code, message, **extra))]
 
     def fail(self, code: str, message: str) -> list[Output]:
         """End the connection from the server side (e.g. superseded by a resume)."""
@@ -496,9 +497,9 @@ class IngestConnection:
     def _too_large(self, size: int) -> str:
         return f"message of {size} bytes exceeds the limit of {self.limits.max_message_bytes}"
 
-    def _fatal(self, code: str, message: str) -> list[Output]:
+    def _fatal(self, code: str, message: str, **extra: Any) -> list[Output]:
         self.state = State.CLOSED
         return [
-            Send(error_message(code, message)),
+            Send(error_message(code, message, **extra)),
             Close(FATAL_CLOSE.get(code, CloseCode.BAD_REQUEST), message[:120]),
         ]

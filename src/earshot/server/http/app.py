@@ -109,7 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = open_store(db)  # opened in the serving process (never across a fork)
+        store = open_store(db, fsync=settings.archive.fsync)  # in the serving process
         bus = app.state.bus
         hub = Hub(settings, store, app.state.metrics, bus, registry=registry)
         await bus.start(hub.on_bus_events, hub.on_bus_release, hub.on_bus_job)

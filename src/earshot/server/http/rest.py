@@ -373,6 +373,7 @@ async def delete_stream(stream_id: str, hub: HubDep, request: Request) -> Respon
     need(request, Scope.ADMIN)
     rec = _record(hub, stream_id)
     try:
+        await hub.check_deletable(rec.id)
         hub.delete(rec.id)
     except StorageError as exc:
         raise HTTPException(409, str(exc)) from None

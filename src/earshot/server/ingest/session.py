@@ -272,7 +272,7 @@ class IngestSession:
         try:
             live, token, warnings = await self.hub.open(start, self)
         except ProtocolError as exc:
-            return self.conn.refuse(exc.code, exc.message)
+            return self.conn.refuse(exc.code, exc.message, **exc.extra)
         except StorageFull as exc:
             return self.conn.refuse(Code.STORAGE_FULL, str(exc))
         except (StorageError, OSError) as exc:
@@ -303,8 +303,16 @@ class IngestSession:
     async def _stop(self, length: int | None = None) -> None:
         live = self.live
         assert live is not None
-        await self.hub.flush(live)
+        if not await self.hub.flush(live):
+            return  # storage_full: closed, and the stream left resumable (never finished
+            #         without its tail)
         frames = await self.hub.detach(live, self, stopped=True, length=length)
+        if not live.compat and live.rec.state != "finished":  # its last write failed
+            self.live = None
+            await self._emit(self.conn.fail(
+                Code.STORAGE_FULL, f"the server's disk is full: the end of stream {live.id} "
+                f"is not written ({frames} frames are); resume later to finish it"))
+            return
         self.live = None
         self.post({
             "type": "stopped", "stream": live.id, "offset": frames,

@@ -38,7 +38,7 @@ from earshot.server.streams.lifecycle import read_held, write_held
 from earshot.server.streams.live import LiveStream, Owner, hash_token, new_stream_id
 from earshot.server.streams.load import Load
 from earshot.server.streams.processing import remote_processors, start_pipeline
-from earshot.server.streams.recovery import recover
+from earshot.server.streams.recovery import recover, register_orphans
 from earshot.server.streams.replay import Replays
 from earshot.server.streams.space import is_no_space
 from earshot.storage.archive import Archive, finalize
@@ -157,8 +157,14 @@ class Hub:
     # -- recovery (server/streams/recovery.py) -----------------------------------------------
     async def recover(self) -> list[str]:
         """Repair every archive a crash left open; those streams become resumable. On a
-        shared bus, streams another live gateway holds are left alone."""
-        return await recover(self.store, self.bus, self.settings.server.data_dir)
+        shared bus, streams another live gateway holds are left alone. With one gateway on
+        its own directory, archives whose database row is missing are registered again
+        (server/streams/recovery.py)."""
+        repaired = await recover(self.store, self.bus, self.settings.server.data_dir)
+        if not self.bus.remote and self.settings.server.processes == 1:
+            repaired += await asyncio.to_thread(register_orphans, self.store,
+                                                self.settings.server.data_dir)
+        return repaired
 
     # -- start / resume -----------------------------------------------------------------
     async def open(self, start: Start, owner: Owner) -> tuple[LiveStream, str, list[Event]]:
@@ -245,7 +251,8 @@ class Hub:
         rel = f"streams/{sid}.wav"
         path = self.settings.server.data_dir / rel
         try:
-            archive = Archive.create(path, spec.pcm, fmt, part_seconds=self.settings.archive.part)
+            archive = Archive.create(path, spec.pcm, fmt, part_seconds=self.settings.archive.part,
+                                     fsync=self.settings.archive.fsync)
         except OSError as exc:
             path.unlink(missing_ok=True)  # never leave a zero-byte archive behind
             if is_no_space(exc):
@@ -282,8 +289,9 @@ class Hub:
             raise ProtocolError(Code.UNKNOWN_STREAM, f"no stream {sid!r} to resume") from None
         if not hmac.compare_digest(rec.token_hash, hash_token(token)):
             raise ProtocolError(Code.BAD_RESUME_TOKEN, "wrong resume_token for this stream")
-        if rec.state == "finished":
-            raise ProtocolError(Code.STREAM_FINISHED, f"stream {sid} has finished; start a new one")
+        if rec.state == "finished":  # with its count: the client checks it is its own
+            raise ProtocolError(Code.STREAM_FINISHED, f"stream {sid} has finished with "
+                                f"{rec.frames} frames; start a new one", frames=rec.frames)
         spec = start.spec
         if (spec.rate, spec.channels) != (rec.rate, rec.channels):
             raise ProtocolError(
@@ -445,9 +453,10 @@ class Hub:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def flush(self, live: LiveStream) -> None:
+    async def flush(self, live: LiveStream) -> bool:
         """Write pending audio, then acknowledge everything durably written. A full disk
-        ends the connection with ``storage_full`` (1013); the stream stays resumable."""
+        ends the connection with ``storage_full`` (1013); the stream stays resumable.
+        False when the write failed so."""
         try:
             await self._flush(live)
         except StorageFull as exc:
@@ -455,6 +464,8 @@ class Hub:
             if owner is not None:
                 with contextlib.suppress(Exception):
                     await owner.kick(Code.STORAGE_FULL, str(exc))
+            return False
+        return True
 
     async def _flush(self, live: LiveStream) -> None:
         """Write pending audio, then acknowledge everything durably written.
@@ -539,8 +550,10 @@ class Hub:
 
     async def _detach(self, live: LiveStream, *, stopped: bool, length: int | None) -> int:
         async with live.lock:
-            with contextlib.suppress(StorageFull):  # the client resends what is not written
+            try:
                 self.batch.write(live)
+            except StorageFull:  # the client resends what is not written: a stop that
+                stopped = False  # lost its tail must not finish the stream (resumable)
             self.batch.tail(live)
             if stopped and length is not None:
                 extra = live.writer.trim_tail(length, limit=live.rec.rate // 5)
@@ -575,16 +588,24 @@ class Hub:
             if finished and self.objects is not None and archive.continued:
                 rec.state, rec.ended = "finished", time.time()  # (the parts stay as written)
                 fields.update(state="finished", ended=rec.ended)
-            elif finished:
-                final = await asyncio.to_thread(
-                    finalize, archive.path, rec.archive_format  # type: ignore[arg-type]
-                )
-                rec.path = str(final.relative_to(self.settings.server.data_dir))
-                rec.state, rec.ended = "finished", time.time()
-                fields.update(state="finished", ended=rec.ended, path=rec.path)
             else:
-                rec.state = "interrupted"
-                fields.update(state="interrupted")
+                if finished:
+                    try:
+                        final = await asyncio.to_thread(
+                            finalize, archive.path, rec.archive_format,  # type: ignore[arg-type]
+                            self.settings.archive.fsync)
+                    except OSError as exc:  # e.g. FLAC on a full disk: the WAV is kept whole
+                        if not is_no_space(exc):
+                            raise
+                        self.space.write_failed(f"finalizing {rec.id}")
+                        finished = False
+                if finished:
+                    rec.path = str(final.relative_to(self.settings.server.data_dir))
+                    rec.state, rec.ended = "finished", time.time()
+                    fields.update(state="finished", ended=rec.ended, path=rec.path)
+                else:
+                    rec.state = "interrupted"
+                    fields.update(state="interrupted")
             try:
                 self.store.update(rec.id, **fields)
             except StorageError as exc:  # e.g. SQLite on a full disk: repaired at start
@@ -682,10 +703,26 @@ class Hub:
             self.admission.reserve(ids, self.clock(), left)
         return len(ids)
 
+    async def check_deletable(self, stream_id: str) -> None:
+        """Refuse (:class:`StorageError`) to delete a stream live anywhere: here, by its
+        stored state, or held by another gateway (its owner key on a shared bus)."""
+        if stream_id in self.live:
+            raise StorageError(f"stream {stream_id} is live; stop it before deleting")
+        if self.store.get(stream_id).state == "live":
+            raise StorageError(f"stream {stream_id} is live (on another gateway, or left "
+                               "so by a crash until the next start repairs it)")
+        if await self.bus.held_elsewhere(stream_id):
+            raise StorageError(f"stream {stream_id} is held by another gateway")
+
     def delete(self, stream_id: str) -> None:
+        """Delete a stream and its files; refused while it is live (here or by its stored
+        state: ask :meth:`check_deletable` first for other gateways' claims)."""
         if stream_id in self.live:
             raise StorageError(f"stream {stream_id} is live; stop it before deleting")
         rec = self.store.get(stream_id)
+        if rec.state == "live":
+            raise StorageError(f"stream {stream_id} is live (on another gateway, or left "
+                               "so by a crash until the next start repairs it)")
         seg_dir = self.streams_dir / f"{rec.id}.segments"
         if seg_dir.is_dir():
             shutil.rmtree(seg_dir)

@@ -28,7 +28,7 @@ __all__ = ["MetadataStore", "PartRecord", "SegmentRecord", "SqliteStore", "Strea
            "StreamState", "open_store", "redact"]
 
 
-def open_store(target: str | Path) -> MetadataStore:
+def open_store(target: str | Path, *, fsync: bool = False) -> MetadataStore:
     """The metadata store a ``--db`` value names.
 
     ``postgresql://…`` (or ``postgres://…``, any libpq URL) opens a :class:`PostgresStore`
@@ -36,16 +36,17 @@ def open_store(target: str | Path) -> MetadataStore:
     ``sqlite:////absolute/path`` or a plain file path an :class:`SqliteStore`. Schema
     migrations run on opening. Raises :class:`~earshot.errors.ConfigError` for a URL of
     another kind, a server that cannot be reached or a file that cannot be opened, and
-    :class:`~earshot.errors.MissingDependency` without the PostgreSQL extra.
+    :class:`~earshot.errors.MissingDependency` without the PostgreSQL extra. ``fsync``
+    (the server's ``--fsync``): SQLite runs ``synchronous=FULL``.
     """
     if isinstance(target, Path):
-        return _open_sqlite(target)
+        return _open_sqlite(target, fsync)
     text = target.strip()
     scheme, sep, rest = text.partition("://")
     if not text:
         raise ConfigError("empty database URL: use postgresql://…, sqlite:///path or a path")
     if not sep:
-        return _open_sqlite(Path(text))
+        return _open_sqlite(Path(text), fsync)
     scheme = scheme.lower()
     if scheme in ("postgresql", "postgres"):
         from earshot.storage.metadata.postgres import PostgresStore
@@ -55,13 +56,13 @@ def open_store(target: str | Path) -> MetadataStore:
         if not rest.startswith("/") or not rest[1:]:
             raise ConfigError(f"bad SQLite URL {text!r}: use sqlite:///relative/path or "
                               "sqlite:////absolute/path")
-        return _open_sqlite(Path(rest[1:]))
+        return _open_sqlite(Path(rest[1:]), fsync)
     raise ConfigError(f"unsupported database URL {redact(text)!r}: use "
                       "postgresql://user@host:port/dbname, sqlite:///path or a file path")
 
 
-def _open_sqlite(path: Path) -> SqliteStore:
+def _open_sqlite(path: Path, full_sync: bool = False) -> SqliteStore:
     try:
-        return SqliteStore(path)
+        return SqliteStore(path, full_sync=full_sync)
     except StorageError as exc:
         raise ConfigError(str(exc)) from None

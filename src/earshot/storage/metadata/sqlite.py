@@ -58,7 +58,9 @@ class SqliteStore:
     statement. Not for a network file system: several machines need PostgreSQL.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, full_sync: bool = False) -> None:
+        """``full_sync`` (the server's ``--fsync``): ``synchronous=FULL``, every commit
+        durable across a power cut (NORMAL, the default, may lose the last commits)."""
         self.path = Path(path)
         self._lock = threading.Lock()
         try:
@@ -69,7 +71,7 @@ class SqliteStore:
         try:
             self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
             _wal_mode(self._db, time.monotonic() + BUSY_TIMEOUT)
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if full_sync else 'NORMAL'}")
             self._db.execute("PRAGMA foreign_keys=ON")
             self.migrated = migrate_sqlite(self._db)
         except BaseException as exc:

@@ -368,13 +368,16 @@ class DeepgramLive:
                 raise DoorError("bad_audio", f"not an Opus packet: {exc}") from None
             return [*out, Audio(bytes(data))]
         frame = width * o.channels
-        buf = self._carry + data
-        whole = len(buf) - len(buf) % frame
-        self._carry = buf[whole:]
+        if not self._carry and len(data) % frame == 0:  # the common case: whole frames
+            whole, chunk = len(data), data
+        else:
+            buf = self._carry + data
+            whole = len(buf) - len(buf) % frame
+            self._carry = buf[whole:]
+            chunk = buf[:whole]
         if not whole:
             return out
         self.frames += whole // frame
-        chunk = buf[:whole]
         if o.encoding == "mulaw":
             chunk = mulaw_to_s16(chunk).tobytes()
         elif o.encoding == "alaw":

@@ -2,12 +2,15 @@
 runs beside them: OpenAI (401 JSON, 415 not audio, 413 past the upload limit, 400 a bad
 field), Realtime (401), Deepgram (401 wrong key, 400 ``encoding=foo``), Wyoming (a header
 that is not JSON, a payload length past the limit: an ``error`` event and a close),
-Icecast (401 with ``WWW-Authenticate``, 400 for a PUT without a content type). None leaves
-a stream or a file behind, and the native stream stays exact."""
+Icecast (401 with ``WWW-Authenticate``, 400 for a PUT without a content type); and a
+Deepgram client (authenticated by the browser's subprotocol) that sends nothing is closed
+after 10 s as Deepgram does (1011, ``NET-0001``, after ``Metadata``). None leaves a stream or
+a file behind, and the native stream stays exact."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import socket
@@ -18,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from helpers import FIXTURES, ServerProcess, free_port, stream_file
 
@@ -75,7 +78,20 @@ def test_bad_input_at_every_door_beside_a_native_stream(
     x, _ = sf.read(FIXTURES / "reading_16k.wav", dtype="int16", frames=16000 * 5)
     ws = f"ws://127.0.0.1:{server.port}"
 
+    async def idle() -> tuple[int, str, list[str]]:
+        """Deepgram's idle close: the browser's subprotocol auth (echoed), then silence."""
+        async with connect(f"{ws}/v1/listen?encoding=linear16&sample_rate=16000",
+                           subprotocols=["token", TOKEN]) as c:  # type: ignore[list-item]
+            assert c.subprotocol == "token"
+            got: list[str | bytes] = []
+            with contextlib.suppress(ConnectionClosed):  # no audio, no KeepAlive: 10 s
+                async for m in c:
+                    got.append(m)
+            assert c.close_code is not None and c.close_reason is not None
+            return c.close_code, c.close_reason, [json.loads(m)["type"] for m in got]
+
     async def run() -> tuple[object, dict]:
+        idle_task = asyncio.create_task(idle())
         native = asyncio.create_task(stream_file(
             f"{server.url}?token={TOKEN}", x, 16000, processors=["level"], realtime=True,
             name="native"))
@@ -96,6 +112,7 @@ def test_bad_input_at_every_door_beside_a_native_stream(
                                     b"Authorization: Basic c291cmNlOndyb25n\r\n\r\n"),
             await asyncio.to_thread(tcp, ice, b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\n\r\n")]
         pub, _events, _ = await native
+        got["idle"] = await asyncio.wait_for(idle_task, 20)
         return pub, got
 
     pub, got = asyncio.run(run())
@@ -112,6 +129,8 @@ def test_bad_input_at_every_door_beside_a_native_stream(
     auth, no_type = got["icecast"]
     assert auth.startswith(b"HTTP/1.0 401 ") and b'WWW-Authenticate: Basic realm="earshot"' in auth
     assert no_type.startswith(b"HTTP/1.0 400 ")
+    code, reason, messages = got["idle"]
+    assert code == 1011 and "net0001" in reason and messages == ["Metadata"]
 
     headers = {"authorization": f"Bearer {TOKEN}"}
     streams = httpx.get(f"{server.http}/api/streams", headers=headers).json()["streams"]

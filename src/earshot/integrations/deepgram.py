@@ -299,6 +299,7 @@ class DeepgramLive:
         self._sha = hashlib.sha256()
         self._ue = _Utterance()
         self._last_speech = float("-inf")  # the latest speech start seen
+        self._starts: list[float] = []  # speech starts seen (recent ones), stream time
         self._told_after_close = False
         self._decoder: Decoder | None = None
         if not options.raw:
@@ -500,6 +501,9 @@ class DeepgramLive:
 
     def _speech_at(self, t: float) -> None:
         self._last_speech = max(self._last_speech, t)
+        if not self._starts or t > self._starts[-1]:
+            self._starts.append(t)
+            del self._starts[:-64]
         ue = self._ue
         if ue.last_word_end is not None and t > ue.last_word_end:
             ue.speech_after = True
@@ -524,6 +528,15 @@ class DeepgramLive:
             if ends:  # speech heard after the last word (its start came first) counts too
                 last = max(ends)
                 self._ue = _Utterance(last, speech_after=self._last_speech > last)
+                gap = self.options.utterance_end_ms
+                after = [t for t in self._starts if t > last]
+                if gap is not None and after and after[0] - last >= gap / 1000:
+                    # a final decoded late: the next speech began after the gap had
+                    # passed in the audio, so the utterance did end (said now, late)
+                    self._ue = _Utterance()
+                    out.append(Send(dumps({"type": "UtteranceEnd", "channel": [0, 1],
+                                           "last_word_end": round(last, 3)})))
+                    return out
         return out + self._utterance_end()
 
     def results(self, *, text: str, words: list[Mapping[str, Any]], start: float,

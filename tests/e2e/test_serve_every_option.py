@@ -83,6 +83,7 @@ def test_serve_with_every_option_changed(tmp_path: Path) -> None:
         "db": str(tmp_path / "meta" / "earshot.db"), "certfile": str(cert),
         "keyfile": str(key), "bus": redis.url, "mqtt": broker.url + "/every-option",
         "asr_model": str(FIXTURES / "tiny-whisper"),
+        "wyoming": f"tcp://127.0.0.1:{free_port()}", "icecast": f"127.0.0.1:{free_port()}",
     }
     (tmp_path / "meta").mkdir()
     texts = {opt.flat: real.get(opt.flat, opt.sample()) for opt in options()}

@@ -444,6 +444,21 @@ def test_speech_heard_before_the_previous_final_arrived_also_counts() -> None:
     assert [m["type"] for m in out] == ["Results"]
 
 
+def test_a_final_decoded_late_still_ends_its_utterance_when_the_gap_was_there() -> None:
+    """Under load a final can come after the next speech began: the utterance did end if
+    that speech began at least utterance_end_ms after its last word (in the audio)."""
+    s = live("encoding=linear16&sample_rate=16000&vad_events=true&utterance_end_ms=1000")
+    s.receive_bytes(bytes(32000 * 5), 0.1)  # 5 s of audio in
+    s.on_event(speech_start(0.5))
+    s.on_event(speech_start(3.0))  # 1.5 s after the last word below: past the gap
+    out = sent(s.on_event(final(0, "one", 0.5, 1.5)))
+    assert [m["type"] for m in out] == ["Results", "UtteranceEnd"]
+    assert out[1]["last_word_end"] == 1.5
+    # and not twice, however much audio comes
+    assert not [m for m in sent(s.receive_bytes(bytes(32000), 0.2))
+                if m["type"] == "UtteranceEnd"]
+
+
 def test_the_end_flushes_a_pending_utterance_end_then_metadata() -> None:
     s = live("encoding=linear16&sample_rate=16000&utterance_end_ms=1000")
     s.on_event(ready())

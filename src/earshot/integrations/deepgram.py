@@ -299,6 +299,7 @@ class DeepgramLive:
         self._sha = hashlib.sha256()
         self._ue = _Utterance()
         self._last_speech = float("-inf")  # the latest speech start seen
+        self._starts: list[float] = []  # speech starts seen (recent ones), stream time
         self._told_after_close = False
         self._decoder: Decoder | None = None
         if not options.raw:
@@ -368,13 +369,16 @@ class DeepgramLive:
                 raise DoorError("bad_audio", f"not an Opus packet: {exc}") from None
             return [*out, Audio(bytes(data))]
         frame = width * o.channels
-        buf = self._carry + data
-        whole = len(buf) - len(buf) % frame
-        self._carry = buf[whole:]
+        if not self._carry and len(data) % frame == 0:  # the common case: whole frames
+            whole, chunk = len(data), data
+        else:
+            buf = self._carry + data
+            whole = len(buf) - len(buf) % frame
+            self._carry = buf[whole:]
+            chunk = buf[:whole]
         if not whole:
             return out
         self.frames += whole // frame
-        chunk = buf[:whole]
         if o.encoding == "mulaw":
             chunk = mulaw_to_s16(chunk).tobytes()
         elif o.encoding == "alaw":
@@ -497,6 +501,9 @@ class DeepgramLive:
 
     def _speech_at(self, t: float) -> None:
         self._last_speech = max(self._last_speech, t)
+        if not self._starts or t > self._starts[-1]:
+            self._starts.append(t)
+            del self._starts[:-64]
         ue = self._ue
         if ue.last_word_end is not None and t > ue.last_word_end:
             ue.speech_after = True
@@ -521,6 +528,15 @@ class DeepgramLive:
             if ends:  # speech heard after the last word (its start came first) counts too
                 last = max(ends)
                 self._ue = _Utterance(last, speech_after=self._last_speech > last)
+                gap = self.options.utterance_end_ms
+                after = [t for t in self._starts if t > last]
+                if gap is not None and after and after[0] - last >= gap / 1000:
+                    # a final decoded late: the next speech began after the gap had
+                    # passed in the audio, so the utterance did end (said now, late)
+                    self._ue = _Utterance()
+                    out.append(Send(dumps({"type": "UtteranceEnd", "channel": [0, 1],
+                                           "last_word_end": round(last, 3)})))
+                    return out
         return out + self._utterance_end()
 
     def results(self, *, text: str, words: list[Mapping[str, Any]], start: float,

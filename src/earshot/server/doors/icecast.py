@@ -1,7 +1,7 @@
 """Icecast sources (ffmpeg ``icecast://``, BUTT, liquidsoap) on their own port (``--icecast
 HOST:PORT``). The glue of :mod:`earshot.integrations.icecast`: the head parsed by
 :class:`IcecastConnection`, the token (Basic auth, user ``source``) and the mount checked
-(a mount already live here is refused, 403), the body decoded by
+(a mount with a source connected is refused, 403), the body decoded by
 :class:`~earshot.integrations.decode.StreamDecoder` (its thread wakes the connection when
 blocks are ready) into an ordinary stream named after the mount, at the source's own rate
 and channels; the processors from ``?processors=`` on the mount, else the server's. The
@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from earshot.cluster.bus import ALL
 from earshot.config import Settings
 from earshot.integrations.common import (
     Action,
@@ -67,8 +66,11 @@ class IcecastSource:
     """One source connection."""
 
     def __init__(self, hub: Hub, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+                 writer: asyncio.StreamWriter, mounts: set[str] | None = None) -> None:
         self.hub = hub
+        #: the mounts a source is connected to now (one source a mount, as Icecast)
+        self.mounts = mounts if mounts is not None else set()
+        self.mount: str | None = None
         self.reader = reader
         self.writer = writer
         self.transport = TcpTransport(writer)
@@ -104,6 +106,8 @@ class IcecastSource:
             log.exception("icecast source failed")
         finally:
             reads.cancel()
+            if self.mount is not None:  # free for a reconnect while this one finishes
+                self.mounts.discard(self.mount)
             if self.decoder is not None:
                 self.decoder.abort()
             if self.runner is not None:
@@ -145,9 +149,11 @@ class IcecastSource:
         except AuthError as exc:
             log.warning("icecast %s: %s refused: %s", self.peer, request.mount, exc.message)
             return self.conn.refuse(DoorError(exc.code, exc.message, status=exc.status))
-        if any(s["name"] == request.name for s in hub.live_info(ALL)):
-            return self.conn.refuse(DoorError("mount_in_use", f"mount {request.mount} is "
-                                              "live already", status=403))
+        if request.name in self.mounts:
+            return self.conn.refuse(DoorError("mount_in_use", f"mount {request.mount} has "
+                                              "a source already", status=403))
+        self.mounts.add(request.name)
+        self.mount = request.name
         self.request = request
         self.runner = DoorRunner(hub, principal, on_event, self.transport, name=request.name,
                                  processors=() if request.processors is not None else None)
@@ -182,8 +188,13 @@ class IcecastSource:
             self.done = True
 
     async def _end(self) -> None:
-        """The source closed (or its Content-Length is complete): the last blocks, stop."""
+        """The source closed (or its Content-Length is complete): the last blocks, stop.
+        Its mount is free from now: a source reconnecting goes on as a new stream of the
+        same name while this one finishes."""
         self.done = True
+        if self.mount is not None:
+            self.mounts.discard(self.mount)
+            self.mount = None
         dec, runner = self.decoder, self.runner
         if dec is None or runner is None:
             return
@@ -198,9 +209,10 @@ async def start(settings: Settings, hub: Hub, capabilities: dict[str, Any]) -> a
     value = settings.doors.icecast
     assert value is not None
     host, port = address(value)
+    mounts: set[str] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await IcecastSource(hub, reader, writer).run()
+        await IcecastSource(hub, reader, writer, mounts).run()
 
     server = await asyncio.start_server(handle, host, port,
                                         reuse_port=settings.server.processes > 1)

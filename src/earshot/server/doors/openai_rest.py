@@ -25,6 +25,7 @@ from earshot.integrations.common import (
     Audio,
     DoorError,
     Event,
+    Finalize,
     OpenStream,
     Stop,
     is_stream_error,
@@ -257,7 +258,9 @@ class Transcription:
         finally:
             await asyncio.to_thread(dec.close)
             if self.runner.live is not None:
-                await self.runner.perform([Stop()])
+                # every final in (the stop waits for the finalize's answer, which comes
+                # after the finals asked for before it), then the stream ends
+                await self.runner.perform([Finalize(), Stop()])
                 await self.runner.settled()
         if self.error is not None:
             raise self.error

@@ -14,6 +14,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from earshot.integrations.common import Action
 from earshot.server.doors.runner import DoorRunner
+from earshot.server.ingest.lane import lane_of
 
 log = logging.getLogger("earshot.doors")
 
@@ -42,6 +43,32 @@ async def refuse(ws: WebSocket, status: int, headers: dict[str, str], body: byte
 
 def subprotocols(ws: WebSocket) -> list[str]:
     return [str(p) for p in ws.scope.get("subprotocols", [])]
+
+
+class LaneSink:
+    """Binary messages on uvicorn's direct lane (:mod:`earshot.server.ingest.lane`): the
+    core takes each inside ``data_received``; plain audio goes to the hub at once
+    (:meth:`DoorRunner.perform_now`), anything else is carried out by a task, in order
+    (later messages queue behind it on the receive loop)."""
+
+    def __init__(self, runner: DoorRunner,
+                 on_bytes: Callable[[bytes, float], list[Action]]) -> None:
+        self.runner = runner
+        self.on_bytes_core = on_bytes
+        self.busy = True  # the receive loop is handling a message (set by serve)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def on_bytes(self, data: bytes) -> bool:
+        runner = self.runner
+        if runner.closed or self._tasks:
+            return False
+        actions = self.on_bytes_core(data, time.monotonic())
+        if not actions or runner.perform_now(actions):
+            return True
+        task = asyncio.get_running_loop().create_task(runner.perform(actions))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
 
 
 async def serve(ws: WebSocket, runner: DoorRunner, *,
@@ -78,9 +105,17 @@ async def serve(ws: WebSocket, runner: DoorRunner, *,
 
     if deadline is not None or wake is not None:
         side = asyncio.create_task(timers(), name="earshot-door-timers")
+    lane = lane_of(ws.scope)
+    sink = LaneSink(runner, on_bytes) if lane is not None else None
+    if lane is not None and sink is not None:
+        lane.attach(sink)
     try:
         while not runner.closed:
+            if sink is not None:
+                sink.busy = False
             msg = await ws.receive()
+            if sink is not None:
+                sink.busy = True
             if msg["type"] == "websocket.disconnect":
                 break
             now = time.monotonic()
@@ -94,6 +129,12 @@ async def serve(ws: WebSocket, runner: DoorRunner, *,
     except Exception:
         log.exception("door connection failed")
     finally:
+        if lane is not None:
+            lane.detach()
+        if sink is not None:
+            for task in list(sink._tasks):
+                with contextlib.suppress(Exception):
+                    await task
         if side is not None:
             side.cancel()
         await runner.finish()

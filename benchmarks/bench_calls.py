@@ -36,9 +36,9 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from helpers import ServerProcess  # noqa: E402
-
 from earshot.call import Call  # noqa: E402
+from earshot.errors import ClientError  # noqa: E402
+from helpers import ServerProcess  # noqa: E402
 
 RATE = 48000
 FRAME = 960
@@ -151,10 +151,17 @@ async def rooms_run(srv: ServerProcess, rooms: int, seconds: float) -> dict[str,
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        srv = ServerProcess(Path(tmp) / "data").start()
+        # admission by loop lag off: this measures where the mix stops keeping up
+        srv = ServerProcess(Path(tmp) / "data", "--max-loop-lag", "0").start()
         try:
             lat = await latency(srv.url, args.latency_seconds)
-            capacity = [await rooms_run(srv, n, args.seconds) for n in args.rooms]
+            capacity = []
+            for n in args.rooms:
+                try:
+                    capacity.append(await rooms_run(srv, n, args.seconds))
+                except ClientError as exc:
+                    capacity.append({"rooms": n, "refused": str(exc)})
+                    break
         finally:
             srv.stop()
     return {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,10 +43,11 @@ def _file(path: Path, speech: np.ndarray, at: float, total: float) -> np.ndarray
     return x
 
 
-def _call(srv: ServerProcess, room: str, name: str, f: Path, out: Path) -> subprocess.Popen[str]:
+def _call(srv: ServerProcess, room: str, name: str, f: Path, out: Path,
+          *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "earshot.cli", "call", room, "--url",
                              srv.url, "--name", name, "--file", str(f), "--out", str(out),
-                             "--linger", "1"], stdout=subprocess.PIPE,
+                             "--linger", "1", *extra], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -190,3 +192,51 @@ def test_three_people_events_and_clock(server: ServerProcess, tmp_path: Path) ->
         assert speaking, n
     joined = {e["participant"]: e["t"] for e in events["cat"] if e["type"] == "joined"}
     assert {"cat"} <= set(joined)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
+def _wer(ref: list[str], hyp: list[str]) -> float:
+    d = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, d[0] = d[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (r != h))
+    return d[len(hyp)] / max(1, len(ref))
+
+
+def test_the_transcript_names_every_speaker(server: ServerProcess, tmp_path: Path) -> None:
+    """Two Festival-voiced scripts in one call: each final of the call's transcript names
+    the right speaker, and each speaker's words come out with WER <= 0.15."""
+    reading = json.loads((FIXTURES / "reading_16k.json").read_text())["speech"]
+    parts = {"ann": (0.0, 9.4), "bob": (9.6, 18.9)}  # three sentences each
+    ann = _file(tmp_path / "ann.wav", _speech("reading_16k", 0.0, 9.4), 0.0, 9.9)
+    bob = _file(tmp_path / "bob.wav", _speech("reading_16k", 9.6, 9.3), 0.5, 9.9)
+    assert len(ann) and len(bob)
+    procs = {n: _call(server, "talk", n, tmp_path / f"{n}.wav", tmp_path / f"heard_{n}.wav",
+                      "--processor", "vad", "--processor", "asr") for n in ("ann", "bob")}
+    _finish(procs)
+    finals = httpx.get(server.http + "/api/rooms/talk/transcript").json()
+    finals = finals if isinstance(finals, list) else finals.get("finals", finals)
+    assert finals, finals
+    said = {n: [s["text"] for s in reading if lo <= s["start_s"] and s["end_s"] <= hi]
+            for n, (lo, hi) in parts.items()}
+    assert all(len(v) == 3 for v in said.values()), said
+    for f in finals:  # each final is one of its speaker's sentences, not the other's
+        mine = min(_wer(_words(t), _words(f["text"])) for t in said[f["speaker"]])
+        theirs = min(_wer(_words(t), _words(f["text"])) for n in said if n != f["speaker"]
+                     for t in said[n])
+        assert mine < theirs, f
+    starts = [f["start"] for f in finals]
+    assert starts == sorted(starts)  # interleaved by time on the room clock
+    for n in said:
+        hyp = [w for f in finals if f["speaker"] == n for w in _words(f["text"])]
+        ref = [w for t in said[n] for w in _words(t)]
+        assert _wer(ref, hyp) <= 0.15, (n, ref, hyp)
+    txt = httpx.get(server.http + "/api/rooms/talk/transcript", params={"format": "txt"})
+    assert txt.status_code == 200 and "ann" in txt.text and "bob" in txt.text
+    for fmt in ("srt", "vtt"):
+        r = httpx.get(server.http + "/api/rooms/talk/transcript", params={"format": fmt})
+        assert r.status_code == 200 and "bob" in r.text

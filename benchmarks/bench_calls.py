@@ -125,17 +125,18 @@ async def rooms_run(srv: ServerProcess, rooms: int, seconds: float) -> dict[str,
     await asyncio.sleep(seconds)
     cpu1, t1 = cpu_seconds(srv.proc.pid), time.monotonic()
     seats = []
-    for r in range(rooms):
-        state = httpx.get(f"{srv.http}/api/rooms/room{r}").json()
-        seats += [p["mix"] for p in state["participants"]]
-    health = httpx.get(srv.http + "/healthz").json()
+    async with httpx.AsyncClient(timeout=60) as http:
+        for r in range(rooms):
+            state = (await http.get(f"{srv.http}/api/rooms/room{r}")).json()
+            seats += [p["mix"] for p in state["participants"]]
+        health = (await http.get(srv.http + "/healthz")).json()
     streams = {}
     for c in calls:
         await c.leave()
         streams[f"{c.room}/{c.name}"] = c.stream
     exact = 0
     for name, sid in streams.items():
-        rec = httpx.get(f"{srv.http}/api/streams/{sid}").json()
+        rec = httpx.get(f"{srv.http}/api/streams/{sid}", timeout=60).json()
         y, _ = sf.read(srv.data_dir / rec["path"], dtype="float32")
         exact += int(np.array_equal(y, voices[name][:len(y)]) and len(y) == len(voices[name]))
     cores = (cpu1 - cpu0) / (t1 - t0)
@@ -174,7 +175,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--rooms", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--rooms", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "calls.json")
     args = ap.parse_args()
     result = asyncio.run(main_async(args))

@@ -8,7 +8,7 @@ handed it, plus its place in the frame (it plays that much later). Device buffer
 included (there are none), the 20 ms framing on both sides is. A and B run in one process
 (own event loop, own clocks), the gateway in another (``earshot serve``, loopback).
 
-Capacity: N rooms of 4 bot participants each (one process holds the bots), each sending
+Capacity: N rooms of 4 bot participants each (a bot process per room), each sending
 16-bit PCM at 48 kHz in real time; for each N: the gateway's CPU (its process's, per
 participant), the mixer's counters per seat (concealed, stale: audio that came too late for
 the live mix), the loop lag, and whether every archive holds exactly what its bot sent.
@@ -99,52 +99,85 @@ async def latency(url: str, seconds: float) -> dict[str, Any]:
                                       "accelerated_frames": stats.accelerated_frames}}
 
 
-async def rooms_run(srv: ServerProcess, rooms: int, seconds: float) -> dict[str, Any]:
-    rng = np.random.default_rng(rooms)
-    voices = {}
+def voice(room: int, p: int, seconds: float) -> np.ndarray:
+    """Bot ``p`` of room ``room``'s voice: noise, exactly representable in 16 bits."""
+    rng = np.random.default_rng(1000 * room + p)
+    x = (0.1 * rng.standard_normal(int(seconds * RATE))).astype(np.float32)
+    return (np.round(x * 32768) / 32768).astype(np.float32)
+
+
+async def bot_room(url: str, room: int, seconds: float) -> None:
+    """One room's 4 bots, in this process (``--bot-room``): join, say "joined", talk for
+    ``seconds``, leave, print their streams as JSON."""
     calls = []
-    for r in range(rooms):
-        for p in range(4):
-            x = (0.1 * rng.standard_normal(int(seconds * RATE))).astype(np.float32)
-            x = np.round(x * 32768) / 32768  # exactly representable as 16-bit
-            name = f"room{r}/p{p}"
-            voices[name] = x
-            pos = [0]
+    for p in range(4):
+        x = voice(room, p, seconds)
+        pos = [0]
 
-            def mic(n: int, x: np.ndarray = x, pos: list[int] = pos) -> np.ndarray | None:
-                chunk = x[pos[0]:pos[0] + n]
-                pos[0] += len(chunk)
-                return chunk if len(chunk) else None
+        def mic(n: int, x: np.ndarray = x, pos: list[int] = pos) -> np.ndarray | None:
+            chunk = x[pos[0]:pos[0] + n]
+            pos[0] += len(chunk)
+            return chunk if len(chunk) else None
 
-            calls.append(Call(srv.url, f"room{r}", f"p{p}", rate=RATE, mic=mic,
-                              processors=()))
-    assert srv.proc is not None
+        calls.append(Call(url, f"room{room}", f"p{p}", rate=RATE, mic=mic, processors=()))
     for c in calls:
         await c.join()
-    cpu0, t0 = cpu_seconds(srv.proc.pid), time.monotonic()
-    await asyncio.sleep(seconds)
-    cpu1, t1 = cpu_seconds(srv.proc.pid), time.monotonic()
-    seats = []
-    async with httpx.AsyncClient(timeout=60) as http:
-        for r in range(rooms):
-            state = (await http.get(f"{srv.http}/api/rooms/room{r}")).json()
-            seats += [p["mix"] for p in state["participants"]]
-        health = (await http.get(srv.http + "/healthz")).json()
-    streams = {}
+    print("joined", flush=True)
+    await asyncio.sleep(seconds + 0.5)
     for c in calls:
         await c.leave()
-        streams[f"{c.room}/{c.name}"] = c.stream
+    print(json.dumps({f"p{i}": c.stream for i, c in enumerate(calls)}), flush=True)
+
+
+async def rooms_run(srv: ServerProcess, rooms: int, seconds: float) -> dict[str, Any]:
+    """``rooms`` rooms of 4 bots, one bot process per room (the load generator must not be
+    what falls behind)."""
+    import subprocess
+
+    assert srv.proc is not None
+    procs = [subprocess.Popen([sys.executable, __file__, "--bot-room", str(r), "--url",
+                               srv.url, "--seconds", str(seconds)], stdout=subprocess.PIPE,
+                              text=True) for r in range(rooms)]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            if line.strip() != "joined":
+                raise ClientError(f"a bot room did not join: {line!r}")
+        window = max(1.0, seconds - 1.0)
+        cpu0, t0 = cpu_seconds(srv.proc.pid), time.monotonic()
+        await asyncio.sleep(window)
+        cpu1, t1 = cpu_seconds(srv.proc.pid), time.monotonic()
+        seats = []
+        async with httpx.AsyncClient(timeout=60) as http:
+            for r in range(rooms):
+                state = (await http.get(f"{srv.http}/api/rooms/room{r}")).json()
+                seats += [p["mix"] for p in state["participants"] if "mix" in p]
+                if not state["participants"]:
+                    print("empty room", r, state, file=sys.stderr)
+            health = (await http.get(srv.http + "/healthz")).json()
+        streams: dict[str, str] = {}
+        for r, p in enumerate(procs):
+            out, _ = p.communicate(timeout=120)
+            for name, sid in json.loads(out.strip().splitlines()[-1]).items():
+                streams[f"{r}/{name}"] = sid
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
     exact = 0
-    for name, sid in streams.items():
+    for key, sid in streams.items():
+        room, name = key.split("/")
         rec = httpx.get(f"{srv.http}/api/streams/{sid}", timeout=60).json()
         y, _ = sf.read(srv.data_dir / rec["path"], dtype="float32")
-        exact += int(np.array_equal(y, voices[name][:len(y)]) and len(y) == len(voices[name]))
+        x = voice(int(room), int(name[1:]), seconds)
+        exact += int(len(y) == len(x) and np.array_equal(y, x))
     cores = (cpu1 - cpu0) / (t1 - t0)
     n = rooms * 4
     return {"rooms": rooms, "participants": n, "server_cores": round(cores, 3),
             "server_cores_per_participant": round(cores / n, 4),
             "rooms_per_core_estimate": round(1 / (4 * cores / n), 1) if cores else None,
-            "mixer_concealed_ms_max": max(s["concealed_ms"] for s in seats),
+            "mixer_concealed_ms_max": max((s["concealed_ms"] for s in seats), default=None),
             "mixer_stale_frames_total": sum(s["stale"] for s in seats),
             "loop_lag": health.get("admission", {}).get("loop_lag"),
             "archives_exact": f"{exact}/{n}"}
@@ -177,7 +210,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rooms", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "calls.json")
+    ap.add_argument("--bot-room", type=int, help=argparse.SUPPRESS)  # a bot process
+    ap.add_argument("--url", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.bot_room is not None:
+        asyncio.run(bot_room(args.url, args.bot_room, args.seconds))
+        return
     result = asyncio.run(main_async(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -70,6 +70,9 @@ def add_call(sub: Any, client_opts: Callable[[argparse.ArgumentParser], None]) -
                             "for --file)")
     c.add_argument("--rate", type=int, help="the stream's rate (default: the file's, or "
                                             "48000 for a microphone)")
+    c.add_argument("--processor", action="append", metavar="NAME",
+                   help="a processor on your stream (repeat for several; default: vad, which "
+                        "gives the room's speaking/silent; asr for the call's transcript)")
     c.add_argument("--levels", action="store_true", help="also print the levels events")
     c.set_defaults(func=cmd_call)
 
@@ -137,8 +140,9 @@ async def _main(args: argparse.Namespace) -> int:
             print(f"earshot: {kind} {e.get('code')}: {e.get('message')}", file=sys.stderr)
 
     player = None if args.file is not None or args.out is not None else _Speaker()
+    processors = tuple(args.processor) if args.processor else ("vad",)
     call = Call(args.url, args.room, name, rate=rate, token=args.token, aec=aec, agc=agc,
-                ns=ns, mic=mic, on_event=show, record=args.out is not None,
+                ns=ns, mic=mic, processors=processors, on_event=show, record=args.out is not None,
                 on_audio=player.play if player is not None else None)
     await call.join()
     try:

@@ -23,8 +23,12 @@ const TRY_AGAIN_LATER = codes.close.TRY_AGAIN_LATER; // server_full, storage_ful
 export class IngestClient {
   constructor({ server, token = null, format = "s16", rate, channels = 1, preSkip = 0,
                 processors = null, name = null, language = null, client = {},
-                emit = () => {}, onfail = () => {} }) {
+                emit = () => {}, onfail = () => {}, path = "/ws", query = {},
+                onbinary = null }) {
     this.server = server;
+    this.path = path; // "/ws/call" for a call (call.js), with its room and name in `query`
+    this.query = query;
+    this.onbinary = onbinary; // binary messages from the server (a call's mix)
     this.token = token;
     this.format = format;
     this.rate = rate;
@@ -70,6 +74,14 @@ export class IngestClient {
     return done;
   }
 
+  /** A JSON message on the open connection (e.g. a call's mute); false if not connected. */
+  sendJson(message) {
+    const ws = this._ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+    ws.send(JSON.stringify(message));
+    return true;
+  }
+
   abort() {
     this.closed = true;
     if (this._ws) this._ws.close(1000, "aborted");
@@ -108,10 +120,12 @@ export class IngestClient {
 
   connect() {
     return new Promise((resolve, reject) => {
-      const query = this.token ? `?token=${encodeURIComponent(this.token)}` : "";
+      const params = new URLSearchParams(this.query);
+      if (this.token) params.set("token", this.token);
+      const query = params.toString() ? `?${params}` : "";
       let ws;
       try {
-        ws = new WebSocket(`${this.server}/ws${query}`);
+        ws = new WebSocket(`${this.server}${this.path}${query}`);
       } catch (err) {
         reject(new EarshotError(`bad server address ${this.server}: ${err.message}`, "bad-url"));
         return;
@@ -134,7 +148,10 @@ export class IngestClient {
         ws.send(JSON.stringify(start));
       };
       ws.onmessage = (e) => {
-        if (typeof e.data !== "string") return;
+        if (typeof e.data !== "string") {
+          if (this.onbinary) this.onbinary(e.data);
+          return;
+        }
         const msg = JSON.parse(e.data);
         if (msg.type === "ack" && msg.events) { // (batch) the events before the ack, in order
           for (const ev of msg.events) handle(ev);

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from earshot.audio import f32_to_s16
 from earshot.codec.opus import OpusEncoder
 from earshot.rooms.errors import RoomError
 from earshot.rooms.mixer import Mixer
@@ -73,8 +74,7 @@ class Member:
     stream: str
     rate: int
     conn: Listener | None
-    encoder: OpusEncoder
-    next_tick: int | None = None  # the tick its next packet is (packets follow the ticks)
+    encoder: OpusEncoder | None  # None: the mix goes as 16-bit PCM (``?mix=s16``)
 
 
 @dataclass(eq=False)
@@ -154,7 +154,8 @@ class RoomService:
 
     # -- seats ---------------------------------------------------------------------------
     def join(self, name: str, participant: str, *, stream: str, rate: int, channels: int,
-             offset: int, key: str | None, conn: Listener) -> dict[str, Any]:
+             offset: int, key: str | None, conn: Listener,
+             mix: str = "opus") -> dict[str, Any]:
         """Seat ``participant`` (or resume its seat); returns the room's state."""
         now = self.hub.clock()
         room, events = self.rooms.join(name, participant, stream=stream, rate=rate, now=now,
@@ -168,9 +169,9 @@ class RoomService:
         member = call.members.get(participant)
         if member is None:
             call.mixer.add_seat(participant, rate, channels)
-            member = Member(participant, stream, rate, conn,
-                            OpusEncoder(MIX_RATE, 1, bitrate=self.bitrate,
-                                        application="lowdelay"))
+            encoder = None if mix == "s16" else OpusEncoder(
+                MIX_RATE, 1, bitrate=self.bitrate, application="lowdelay")
+            member = Member(participant, stream, rate, conn, encoder)
             call.members[participant] = member
             seat = room.seat(participant)
             call.stretches.append({"participant": participant, "stream": stream,
@@ -263,7 +264,9 @@ class RoomService:
             peak = float(np.max(np.abs(contribution))) if len(contribution) else 0.0
             call.peaks[participant] = max(call.peaks.get(participant, 0.0), peak)
             if member.conn is None:
-                member.next_tick = None
+                continue
+            if member.encoder is None:
+                member.conn.post_bytes(mix_header(frame) + f32_to_s16(mix).samples.tobytes())
                 continue
             for packet in member.encoder.encode(mix):
                 member.conn.post_bytes(mix_header(frame) + packet)

@@ -54,6 +54,7 @@ class CallSession(IngestSession):
         self.rooms = rooms
         self.room = ws.query_params.get("room", "")
         self.participant = ws.query_params.get("name", "")
+        self.mix = "s16" if ws.query_params.get("mix") == "s16" else "opus"
         self.seated = False
         self.stopped = False
 
@@ -83,7 +84,7 @@ class CallSession(IngestSession):
         try:
             state = self.rooms.join(self.room, self.participant, stream=live.id,
                                     rate=live.rec.rate, channels=live.rec.channels,
-                                    offset=live.offset, key=key, conn=self)
+                                    offset=live.offset, key=key, conn=self, mix=self.mix)
         except RoomError as exc:  # lost a race for the last seat or the name
             await self.hub.detach(live, self, stopped=False)
             self.live = None

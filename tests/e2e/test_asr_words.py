@@ -79,8 +79,9 @@ async def stream_and_score(server: ServerProcess, name: str,
         for w in f["words"]:
             assert f["start"] - 0.05 <= w["start"] <= w["end"] <= f["end"] + 0.5
         # two passes: the first pass's text and both timings; the final's own decode
-        # includes the second pass
-        assert f["first_pass"]["text"] and f["first_pass"]["decode"] > 0
+        # includes the second pass. (Under load every interim of an utterance may have
+        # been skipped: then the first pass heard nothing and its text is empty.)
+        assert set(f["first_pass"]) == {"text", "decode"} and f["first_pass"]["decode"] >= 0
         assert 0 < f["second_pass"]["decode"] <= f["decode"]
 
     # 1: word error rate, streaming vs offline

@@ -20,7 +20,8 @@ time in 20 ms blocks; starts are spread over the first second. Per N:
   events (the asr processor's: decodes waiting, interims skipped) and ``dropped`` events
   (a processor fell more than --max-lag behind and skipped audio);
 * the server's CPU (user + system, all its processes: decoder children included) per
-  second, and the machine's load average.
+  second, per stream, and the N that would fill every core at that cost (``ceiling_n``: what
+  an otherwise idle machine could hold at best), and the machine's load average.
 
 N is **held** when every utterance gets its final, nothing is dropped and the final p95 is
 at most 1.5 s. Without ``--streams`` N grows by 2 until two in a row fail. Numbers from a
@@ -152,10 +153,13 @@ def score(results: list[dict[str, Any]]) -> dict[str, Any]:
                 continue
             f = min(near, key=lambda f: abs(f["end"] - end))
             latency.append(f["arrived"] - end)
+    unmatched = sum(1 for r in results for f in r["finals"]
+                    if not any(abs(f["end"] - end) <= 1.0 for end in r["ends"]))
     lat = np.array(latency or [np.inf])
     lags = [e for r in results for e in r["lag"]]
     return {
         "utterances": sum(len(r["ends"]) for r in results), "finals_missing": missing,
+        "finals_unmatched": unmatched,  # e.g. an utterance the VAD split in two
         "final_p50_s": round(float(np.percentile(lat, 50)), 3),
         "final_p95_s": round(float(np.percentile(lat, 95)), 3),
         "final_max_s": round(float(lat.max()), 3),
@@ -168,6 +172,8 @@ def score(results: list[dict[str, Any]]) -> dict[str, Any]:
         "interims_skipped": sum(int(e.get("interims_skipped", 0)) for e in lags),
         "lag_events": len(lags), "dropped_events": sum(r["dropped"] for r in results),
         "errors": sum(len(r["errors"]) for r in results),
+        "error_samples": [{k: e.get(k) for k in ("type", "code", "message")}
+                          for r in results for e in r["errors"]][:5],
     }
 
 
@@ -206,6 +212,10 @@ def run_n(n: int, seconds: float, opts: list[str], pool: list[np.ndarray]) -> di
            "workers": health.get("workers"), "batch": health.get("batch"),
            "two_pass": health.get("two_pass"), "engine": health.get("engine"),
            "seconds": round(wall, 1), "talk_fraction": round(speech / total, 2)}
+    # the CPU one speaking stream costs the server (VAD and both passes included), and the
+    # N that would fill every core with it: the ceiling on an otherwise idle machine
+    row["cpu_per_stream"] = round(row["server_cpu_cores"] / n, 4)
+    row["ceiling_n"] = int((os.cpu_count() or 1) / max(row["cpu_per_stream"], 1e-6))
     row["held"] = (row["finals_missing"] == 0 and row["dropped_events"] == 0
                    and row["final_p95_s"] <= HELD_P95)
     return row
@@ -237,7 +247,7 @@ def main() -> None:
     print(f"# earshot serve {label}; {len(pool)} utterances, {args.seconds:g} s a stream; "
           f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}", flush=True)
     print("| N | held | final p50 / p95 / max s | missing | interims (skipped) | lag | dropped "
-          "| server CPU cores | load |")
+          "| server CPU cores (per stream) | load |")
     print("|---:|:---:|---:|---:|---:|---:|---:|---:|---:|")
     rows: list[dict[str, Any]] = []
     ns = list(args.streams or [])
@@ -252,7 +262,8 @@ def main() -> None:
         print(f"| {n} | {'yes' if r['held'] else 'no'} | {r['final_p50_s']:.2f} / "
               f"{r['final_p95_s']:.2f} / {r['final_max_s']:.2f} | {r['finals_missing']} "
               f"| {r['interims']} ({r['interims_skipped']}) | {r['lag_events']} "
-              f"| {r['dropped_events']} | {r['server_cpu_cores']:.2f} | {r['load_after']:.1f} |",
+              f"| {r['dropped_events']} | {r['server_cpu_cores']:.2f} "
+              f"({r['cpu_per_stream']:.3f}) | {r['load_after']:.1f} |",
               flush=True)
         if not args.streams:
             fails = 0 if r["held"] else fails + 1

@@ -181,3 +181,20 @@ def test_two_passes_a_final_decoded_whole_can_differ_from_the_incremental_one() 
     finally:
         one.close()  # type: ignore[attr-defined]
     assert single.first_text is None and single.second_decode is None
+
+
+def test_a_final_whose_audio_was_only_appended_is_decoded_by_the_second_pass(
+        engine: PocketSphinxEngine, reading: np.ndarray) -> None:
+    """Under load every interim of an utterance may be skipped: the final then appends the
+    whole utterance for the second pass, and the first pass heard nothing (found by
+    benchmarks/bench_speaking.py at 4 streams: the empty first pass failed the final)."""
+    utt = engine.begin()
+    utt.append(sentence(reading, 5))
+    final = utt.finish()
+    assert final.text == READING["speech"][5]["text"]
+    assert final.first_text == "" and final.second_decode is not None
+    half = sentence(reading, 6)
+    utt = engine.begin()
+    utt.feed(half[:half.size // 2])
+    utt.append(half[half.size // 2:])
+    assert utt.finish().text == READING["speech"][6]["text"]

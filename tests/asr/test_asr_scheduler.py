@@ -314,3 +314,39 @@ def test_two_pass_final_appends_its_tail_for_the_second_pass_only() -> None:
     assert engine.appended == {0: [20800], 1: [16000]}
     assert [r.transcription.text for r in got if r.transcription is not None] == \
         ["8000", "28800", "16000"]
+
+
+class SlowFirst:
+    """Decoding segment 0 takes long, the rest is quick (a long utterance, then a short)."""
+
+    name = "slow-first"
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, int]] = []
+
+    def transcribe(self, audio: np.ndarray, *, final: bool) -> Transcription:
+        seg = int(audio.size // RATE)
+        if seg == 0:
+            time.sleep(0.3)
+        return tr(str(seg), audio.size / RATE)
+
+
+def test_a_streams_finals_arrive_in_order_with_several_workers() -> None:
+    """Two workers: the second must not deliver a stream's next final before the first has
+    delivered the long one before it; another stream's final goes on meanwhile."""
+    results = Results()
+    sched = AsrScheduler(SlowFirst(), workers=2)
+    try:
+        sched.submit("s", DecodeRequest(0, 0, np.zeros(RATE // 2, np.float32), True, 1),
+                      results)
+        sched.submit("s", DecodeRequest(1, 0, np.zeros(RATE + 10, np.float32), True, 2),
+                     results)
+        sched.submit("t", DecodeRequest(0, 0, np.zeros(RATE + 10, np.float32), True, 1),
+                     results)
+        got = results.wait(3)
+    finally:
+        sched.close()
+    order = [(r.stream, r.request.segment) for r in got]
+    assert order.index(("s", 0)) < order.index(("s", 1))
+    assert order[0] == ("t", 0)  # not held up by s's long decode
+    assert all(r.transcription is not None for r in got)

@@ -76,7 +76,7 @@ async def test_tiny_model_interims_then_one_final_per_utterance(
 async def test_slow_engine_never_delays_levels_or_vad_and_every_final_arrives(
         server_factory: Callable[..., ServerProcess]) -> None:
     server = server_factory("--asr-model", "1.2", "--asr-engine", "testprocs:SlowEngine",
-                            "--drain-timeout", "30", env=TESTS_ENV)
+                            "--asr-workers", "1", "--drain-timeout", "30", env=TESTS_ENV)
     x, rate = sf.read(FIXTURES / "speech_16k.wav", dtype="int16")
     noise = (np.random.default_rng(8).standard_normal(len(x)) * 2000).astype("<i2")
     (pub, events, arrived), (pub2, other, other_arrived) = await asyncio.gather(

@@ -115,7 +115,7 @@ def _pcm16(audio: np.ndarray) -> bytes:
 # -- the child process --------------------------------------------------------------------
 def _words(decoder: Any) -> list[tuple[str, int, int, float]]:
     out = []
-    for seg in decoder.seg():
+    for seg in decoder.seg() or ():  # None: no hypothesis (e.g. no audio decoded)
         w = _ALT.sub("", seg.word)
         if not w or w.startswith(("<", "[", "+")):  # <s>, </s>, <sil>, [NOISE], ++UH++
             continue

@@ -108,6 +108,7 @@ class AsrScheduler:
         self.batch_window = batch_window
         self._cond = threading.Condition()
         self._finals: deque[_Job] = deque()
+        self._busy: dict[str, int] = {}  # stream → its finals being decoded now
         self._interims: dict[str, _Job] = {}
         self._turns: deque[str] = deque()  # streams with a waiting interim, in turn order
         self._finalized: dict[str, int] = {}  # stream → highest segment with a final asked
@@ -194,22 +195,52 @@ class AsrScheduler:
                 jobs.append(job)
         return jobs
 
+    def _ready(self) -> int:
+        """Waiting finals that may be decoded now: a stream's finals are decoded one after
+        another (with several workers, a long utterance's final must not be overtaken by
+        the next one's), so those of a stream with a final being decoded wait."""
+        return sum(1 for j in self._finals if not self._busy.get(j.stream))
+
+    def _take_finals(self, n: int) -> list[_Job]:
+        out: list[_Job] = []
+        keep: deque[_Job] = deque()
+        while self._finals:
+            job = self._finals.popleft()
+            if len(out) < n and not self._busy.get(job.stream):
+                out.append(job)
+            else:
+                keep.append(job)
+        self._finals = keep
+        for job in out:
+            self._busy[job.stream] = self._busy.get(job.stream, 0) + 1
+        return out
+
+    def _release(self, jobs: list[_Job]) -> None:
+        with self._cond:
+            for job in jobs:
+                if job.request.final:
+                    left = self._busy.get(job.stream, 0) - 1
+                    if left > 0:
+                        self._busy[job.stream] = left
+                    else:
+                        self._busy.pop(job.stream, None)
+            self._cond.notify_all()
+
     def _next(self) -> list[_Job] | None:
         with self._cond:
             while True:
-                if self._finals:
-                    if self.max_batch > 1 and len(self._finals) < self.max_batch \
+                if self._ready():
+                    if self.max_batch > 1 and self._ready() < self.max_batch \
                             and self.batch_window > 0:
                         deadline = self.clock() + self.batch_window
-                        while len(self._finals) < self.max_batch and not self._closed:
+                        while self._ready() < self.max_batch and not self._closed:
                             left = deadline - self.clock()
                             if left <= 0:
                                 break
                             self._cond.wait(left)
-                        if not self._finals:
+                        if not self._ready():
                             continue  # another worker took them
-                    n = min(self.max_batch, len(self._finals))
-                    return [self._finals.popleft() for _ in range(n)]
+                    return self._take_finals(self.max_batch)
                 jobs = self._take_interims(self.max_batch)
                 if jobs:
                     return jobs
@@ -219,42 +250,48 @@ class AsrScheduler:
 
     def _work(self) -> None:
         while (jobs := self._next()) is not None:
-            live: list[_Job] = []
-            for job in jobs:
-                req = job.request
-                if not req.final and self._finalized.get(job.stream, -1) >= req.segment:
-                    self._skip(job)
-                else:
-                    live.append(job)
-            if not live:
-                continue
-            started = self.clock()
-            results: list[Transcription | None]
             try:
-                results = self._decode(live)
-                errors: list[str | None] = [None] * len(live)
-            except Exception as exc:  # one bad decode must not kill the worker
-                log.exception("speech-to-text failed")
-                results = [None] * len(live)
-                errors = [f"{type(exc).__name__}: {exc}"] * len(live)
-                self.stats.failures += len(live)
-            finished = self.clock()
-            infer = finished - started
-            self.stats.batches += 1
-            self.stats.batch_sizes.append(len(live))
-            self.stats.largest_batch = max(self.stats.largest_batch, len(live))
-            if len(live) > 1:
-                self.stats.batched_jobs += len(live)
-            for job, result, error in zip(live, results, errors, strict=True):
-                wait = started - job.enqueued
-                self.stats.waits.append(wait)
-                self.stats.infers.append(infer)
-                if job.request.final:
-                    self.stats.decoded_finals += 1
-                else:
-                    self.stats.decoded_interims += 1
-                self._deliver(job, JobResult(job.stream, job.request, result, wait, infer,
-                                             error, len(live)))
+                self._run(jobs)
+            finally:
+                self._release(jobs)
+
+    def _run(self, jobs: list[_Job]) -> None:
+        live: list[_Job] = []
+        for job in jobs:
+            req = job.request
+            if not req.final and self._finalized.get(job.stream, -1) >= req.segment:
+                self._skip(job)
+            else:
+                live.append(job)
+        if not live:
+            return
+        started = self.clock()
+        results: list[Transcription | None]
+        try:
+            results = self._decode(live)
+            errors: list[str | None] = [None] * len(live)
+        except Exception as exc:  # one bad decode must not kill the worker
+            log.exception("speech-to-text failed")
+            results = [None] * len(live)
+            errors = [f"{type(exc).__name__}: {exc}"] * len(live)
+            self.stats.failures += len(live)
+        finished = self.clock()
+        infer = finished - started
+        self.stats.batches += 1
+        self.stats.batch_sizes.append(len(live))
+        self.stats.largest_batch = max(self.stats.largest_batch, len(live))
+        if len(live) > 1:
+            self.stats.batched_jobs += len(live)
+        for job, result, error in zip(live, results, errors, strict=True):
+            wait = started - job.enqueued
+            self.stats.waits.append(wait)
+            self.stats.infers.append(infer)
+            if job.request.final:
+                self.stats.decoded_finals += 1
+            else:
+                self.stats.decoded_interims += 1
+            self._deliver(job, JobResult(job.stream, job.request, result, wait, infer,
+                                         error, len(live)))
 
     def _decode(self, jobs: list[_Job]) -> list[Transcription | None]:
         if self.incremental:

@@ -251,14 +251,18 @@ async def test_a_killed_gateway_s_stream_continues_on_the_other(cluster: Cluster
 
 async def test_bad_stores_are_clear_at_start_up_and_ingest_goes_on(
         cluster: Cluster, tmp_path: Path) -> None:
-    """A bucket that does not exist, an endpoint that refuses: a clear error at start-up in
-    /healthz (degraded), and a stream is still recorded exactly; a malformed URL stops
-    the server before it listens."""
+    """A bucket that does not exist, an endpoint that refuses, keys the store refuses: a
+    clear error at start-up in /healthz (degraded), and a stream is still recorded exactly;
+    a malformed URL stops the server before it listens."""
     refused = f"http://127.0.0.1:{free_port()}"
-    for name, args, env, state in (
-            ("nobucket", (), None, "no_bucket"),
-            ("refused", ("--archive-store-endpoint", refused), None, "unreachable")):
-        store = "s3://no-such-bucket/x" if name == "nobucket" else f"s3://{BUCKET}/{PREFIX}"
+    iam = MotoServer(tmp_path / "moto-iam", iam=True).start()  # checks keys (s3_helpers.py)
+    wrong = {"AWS_ENDPOINT_URL": iam.endpoint, "AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG1",
+             "AWS_SECRET_ACCESS_KEY": "wrong-secret"}
+    for name, args, env, store, state in (
+            ("nobucket", (), None, "s3://no-such-bucket/x", "no_bucket"),
+            ("refused", ("--archive-store-endpoint", refused), None, f"s3://{BUCKET}/x",
+             "unreachable"),
+            ("wrongkeys", (), wrong, f"s3://{BUCKET}", "bad_credentials")):
         gw = cluster.gateway(name, *args, store=store, env=env)
         deadline = time.monotonic() + 30
         while (h := health(gw))["archive_store"]["state"] == "unknown":  # (being checked)
@@ -272,6 +276,7 @@ async def test_bad_stores_are_clear_at_start_up_and_ingest_goes_on(
         r = httpx.get(f"{gw.http}/api/streams/{pub.stream_id}/audio", timeout=30)
         assert np.array_equal(wav(r.content), sent)  # from the local disk
         gw.stop()
+    iam.stop()
     bad = ServerProcess(tmp_path / "bad", "--archive-store", "s3://Bad_Bucket/x")
     with pytest.raises(RuntimeError, match="not a valid bucket name"):
         bad.start()

@@ -171,6 +171,14 @@ async def test_a_stream_recorded_on_one_gateway_reads_back_from_the_other(
     assert "x-earshot-parts" not in whole.headers  # the object itself, byte for byte
     assert np.array_equal(wav(whole.content), one) and got == whole.content[100_000:102_000]
 
+    d = httpx.delete(f"{b.http}/api/streams/{sid}", timeout=30)  # from the other gateway:
+    assert d.status_code == 204  # its objects go with it
+    deadline = time.monotonic() + 20
+    while any(n.startswith(sid) for n in bucket_names(cluster.moto)):
+        assert time.monotonic() < deadline, bucket_names(cluster.moto)
+        time.sleep(0.1)
+    assert httpx.get(f"{a.http}/api/streams/{sid}/audio", timeout=30).status_code == 404
+
 
 async def ranged(gw: ServerProcess, sid: str, lo: int, hi: int) -> tuple[bytes, float]:
     """A ``Range: bytes=lo-hi`` read and the bytes the gateway fetched from the store."""

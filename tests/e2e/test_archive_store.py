@@ -266,25 +266,27 @@ async def test_bad_stores_are_clear_at_start_up_and_ingest_goes_on(
     iam = MotoServer(tmp_path / "moto-iam", iam=True).start()  # checks keys (s3_helpers.py)
     wrong = {"AWS_ENDPOINT_URL": iam.endpoint, "AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG1",
              "AWS_SECRET_ACCESS_KEY": "wrong-secret"}
-    for name, args, env, store, state in (
-            ("nobucket", (), None, "s3://no-such-bucket/x", "no_bucket"),
-            ("refused", ("--archive-store-endpoint", refused), None, f"s3://{BUCKET}/x",
-             "unreachable"),
-            ("wrongkeys", (), wrong, f"s3://{BUCKET}", "bad_credentials")):
-        gw = cluster.gateway(name, *args, store=store, env=env)
-        deadline = time.monotonic() + 30
-        while (h := health(gw))["archive_store"]["state"] == "unknown":  # (being checked)
-            assert time.monotonic() < deadline, h
-            time.sleep(0.1)
-        assert h["status"] == "degraded" and h["archive_store"]["state"] == state, h
-        assert h["archive_store"]["error"], h
-        sent = noise(1, 5)
-        pub, _, _ = await stream_file(gw.url, sent, RATE, processors=[], realtime=False)
-        assert pub.acked == len(sent)
-        r = httpx.get(f"{gw.http}/api/streams/{pub.stream_id}/audio", timeout=30)
-        assert np.array_equal(wav(r.content), sent)  # from the local disk
-        gw.stop()
-    iam.stop()
+    try:
+        for name, args, env, store, state in (
+                ("nobucket", (), None, "s3://no-such-bucket/x", "no_bucket"),
+                ("refused", ("--archive-store-endpoint", refused), None, f"s3://{BUCKET}/x",
+                 "unreachable"),
+                ("wrongkeys", (), wrong, f"s3://{BUCKET}", "bad_credentials")):
+            gw = cluster.gateway(name, *args, store=store, env=env)
+            deadline = time.monotonic() + 30
+            while (h := health(gw))["archive_store"]["state"] == "unknown":  # (being checked)
+                assert time.monotonic() < deadline, h
+                time.sleep(0.1)
+            assert h["status"] == "degraded" and h["archive_store"]["state"] == state, h
+            assert h["archive_store"]["error"], h
+            sent = noise(1, 5)
+            pub, _, _ = await stream_file(gw.url, sent, RATE, processors=[], realtime=False)
+            assert pub.acked == len(sent)
+            r = httpx.get(f"{gw.http}/api/streams/{pub.stream_id}/audio", timeout=30)
+            assert np.array_equal(wav(r.content), sent)  # from the local disk
+            gw.stop()
+    finally:
+        iam.stop()
     bad = ServerProcess(tmp_path / "bad", "--archive-store", "s3://Bad_Bucket/x")
     with pytest.raises(RuntimeError, match="not a valid bucket name"):
         bad.start()

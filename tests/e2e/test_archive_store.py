@@ -171,6 +171,14 @@ async def test_a_stream_recorded_on_one_gateway_reads_back_from_the_other(
     assert "x-earshot-parts" not in whole.headers  # the object itself, byte for byte
     assert np.array_equal(wav(whole.content), one) and got == whole.content[100_000:102_000]
 
+    d = httpx.delete(f"{b.http}/api/streams/{sid}", timeout=30)  # from the other gateway:
+    assert d.status_code == 204  # its objects go with it
+    deadline = time.monotonic() + 20
+    while any(n.startswith(sid) for n in bucket_names(cluster.moto)):
+        assert time.monotonic() < deadline, bucket_names(cluster.moto)
+        time.sleep(0.1)
+    assert httpx.get(f"{a.http}/api/streams/{sid}/audio", timeout=30).status_code == 404
+
 
 async def ranged(gw: ServerProcess, sid: str, lo: int, hi: int) -> tuple[bytes, float]:
     """A ``Range: bytes=lo-hi`` read and the bytes the gateway fetched from the store."""
@@ -251,27 +259,34 @@ async def test_a_killed_gateway_s_stream_continues_on_the_other(cluster: Cluster
 
 async def test_bad_stores_are_clear_at_start_up_and_ingest_goes_on(
         cluster: Cluster, tmp_path: Path) -> None:
-    """A bucket that does not exist, an endpoint that refuses: a clear error at start-up in
-    /healthz (degraded), and a stream is still recorded exactly; a malformed URL stops
-    the server before it listens."""
+    """A bucket that does not exist, an endpoint that refuses, keys the store refuses: a
+    clear error at start-up in /healthz (degraded), and a stream is still recorded exactly;
+    a malformed URL stops the server before it listens."""
     refused = f"http://127.0.0.1:{free_port()}"
-    for name, args, env, state in (
-            ("nobucket", (), None, "no_bucket"),
-            ("refused", ("--archive-store-endpoint", refused), None, "unreachable")):
-        store = "s3://no-such-bucket/x" if name == "nobucket" else f"s3://{BUCKET}/{PREFIX}"
-        gw = cluster.gateway(name, *args, store=store, env=env)
-        deadline = time.monotonic() + 30
-        while (h := health(gw))["archive_store"]["state"] == "unknown":  # (being checked)
-            assert time.monotonic() < deadline, h
-            time.sleep(0.1)
-        assert h["status"] == "degraded" and h["archive_store"]["state"] == state, h
-        assert h["archive_store"]["error"], h
-        sent = noise(1, 5)
-        pub, _, _ = await stream_file(gw.url, sent, RATE, processors=[], realtime=False)
-        assert pub.acked == len(sent)
-        r = httpx.get(f"{gw.http}/api/streams/{pub.stream_id}/audio", timeout=30)
-        assert np.array_equal(wav(r.content), sent)  # from the local disk
-        gw.stop()
+    iam = MotoServer(tmp_path / "moto-iam", iam=True).start()  # checks keys (s3_helpers.py)
+    wrong = {"AWS_ENDPOINT_URL": iam.endpoint, "AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG1",
+             "AWS_SECRET_ACCESS_KEY": "wrong-secret"}
+    try:
+        for name, args, env, store, state in (
+                ("nobucket", (), None, "s3://no-such-bucket/x", "no_bucket"),
+                ("refused", ("--archive-store-endpoint", refused), None, f"s3://{BUCKET}/x",
+                 "unreachable"),
+                ("wrongkeys", (), wrong, f"s3://{BUCKET}", "bad_credentials")):
+            gw = cluster.gateway(name, *args, store=store, env=env)
+            deadline = time.monotonic() + 30
+            while (h := health(gw))["archive_store"]["state"] == "unknown":  # (being checked)
+                assert time.monotonic() < deadline, h
+                time.sleep(0.1)
+            assert h["status"] == "degraded" and h["archive_store"]["state"] == state, h
+            assert h["archive_store"]["error"], h
+            sent = noise(1, 5)
+            pub, _, _ = await stream_file(gw.url, sent, RATE, processors=[], realtime=False)
+            assert pub.acked == len(sent)
+            r = httpx.get(f"{gw.http}/api/streams/{pub.stream_id}/audio", timeout=30)
+            assert np.array_equal(wav(r.content), sent)  # from the local disk
+            gw.stop()
+    finally:
+        iam.stop()
     bad = ServerProcess(tmp_path / "bad", "--archive-store", "s3://Bad_Bucket/x")
     with pytest.raises(RuntimeError, match="not a valid bucket name"):
         bad.start()

@@ -124,3 +124,21 @@ async def test_a_job_from_the_bus_cuts_once_in_the_cluster(world: Any) -> None:
     await router.job("s1", dict(end))  # the same event again (another gateway's job)
     assert len(store.segments("s1")) == 1
     assert [m["type"] for m in owner.posted] == ["segment"]
+
+
+async def test_a_segment_of_an_archive_elsewhere_is_cut_from_its_parts(world: Any,
+                                                                       tmp_path: Path) -> None:
+    """With an archive store, a job for a stream whose archive is not on this disk cuts the
+    segment from the parts the store finds (here: the archive moved to another directory,
+    as if on another gateway or in the bucket)."""
+    from earshot.storage import parts as P
+
+    _, _, path, _, owner, router, x = world
+    elsewhere = tmp_path / "elsewhere.wav"
+    path.rename(elsewhere)
+    router.parts_of = lambda r: P.load(elsewhere)
+    end = {"type": "speech_end", "t": 2.0, "start": 1.0, "end": 2.5, "processor": "vad"}
+    await router.job("s1", dict(end))
+    assert owner.posted[-1]["type"] == "segment"
+    cut, _ = sf.read(tmp_path / "streams/s1.segments/0000.wav", dtype="int16")
+    assert np.array_equal(cut, x[16000:40000])

@@ -35,6 +35,7 @@ from earshot.server.metrics import Metrics
 from earshot.server.streams.live import Owner
 from earshot.storage import segments
 from earshot.storage.metadata import MetadataStore, SegmentRecord, StreamRecord
+from earshot.storage.parts import Part
 from earshot.wire.codes import Code, metric_code
 
 log = logging.getLogger("earshot.router")
@@ -88,6 +89,9 @@ class EventRouter:
         #: (stream, processor) → the frame a remote worker's next speech_end starts at or after
         self._floors: dict[tuple[str, str], int] = {}
         self._last_cut: dict[str, asyncio.Task[None]] = {}  # the cuts in a thread, in order
+        #: with an archive store: a stream's parts wherever they are (a segment of an
+        #: archive not on this disk, e.g. a worker's speech_end handled here, is cut from them)
+        self.parts_of: Callable[[StreamRecord], list[Part]] | None = None
 
     # -- events of a stream held here (its processors run in this process) -----------------
     def emit(self, rec: StreamRecord, archive: Path, events: list[Event], *,
@@ -163,7 +167,13 @@ class EventRouter:
             start, end = segment_span(e, rec.rate)
             n = self.store.allocate_segment(rec.id)
             rel = f"streams/{rec.id}.segments/{n:04d}.wav"
-            frames = segments.cut(archive, start, end, self.data_dir / rel)
+            try:
+                frames = segments.cut(archive, start, end, self.data_dir / rel)
+            except (OSError, StorageError):
+                if self.parts_of is None:
+                    raise
+                frames = segments.cut(archive, start, end, self.data_dir / rel,
+                                      parts=self.parts_of(rec))
         except (OSError, StorageError, ValueError, TypeError, KeyError) as exc:
             log.warning("stream %s: cannot cut segment: %s", rec.id, exc)
             return {"type": "error", "code": Code.SEGMENT_FAILED, "stream": rec.id,

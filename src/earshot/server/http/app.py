@@ -124,6 +124,7 @@ def create_app(settings: Settings) -> FastAPI:
             from earshot.server.streams.objects import ArchiveStore
 
             objects = hub.objects = ArchiveStore(settings, store, s3, writing=hub.archive_of)
+            hub.router.parts_of = objects.parts
             await objects.start()
             collector = objects.collector()
             app.state.metrics.registry.register(collector)

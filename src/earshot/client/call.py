@@ -41,6 +41,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from earshot.client.jitter import JitterBuffer
 from earshot.client.transport import ws_options
 from earshot.errors import ClientError
+from earshot.wire.codes import BUSY, RETRYABLE, Code
 
 __all__ = ["MIX_RATE", "Call"]
 
@@ -324,9 +325,12 @@ class Call:
                 await self._connect_once()
                 return
             except ClientError as exc:
-                if not self._ready.is_set() or exc.code not in ("internal", "shutting_down"):
+                busy = exc.code in BUSY  # a busy server's refusal: back off, try again
+                if not busy and (not self._ready.is_set() or exc.code not in RETRYABLE):
                     self._fail(exc)
                     return
+                if busy:
+                    delay = max(delay, 0.5)
             except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI,
                     TimeoutError) as exc:
                 if not self._ready.is_set():
@@ -419,7 +423,7 @@ class Call:
                 self._stopped.set_result(int(m.get("offset", 0)))
         elif kind == "error":
             code = m.get("code")
-            if not self._ready.is_set() or code in ("superseded",):
+            if not self._ready.is_set() or code == Code.SUPERSEDED:
                 raise ClientError(f"{code}: {m.get('message')}", code=code)
         self._event(m)
 

@@ -221,6 +221,10 @@ class Call:
         if self._ws is not None:
             await self._ws.send(json.dumps({"type": "mute", "muted": bool(muted)}))
 
+    def unacknowledged(self) -> np.ndarray:
+        """The 16-bit samples sent (or queued) that the server has not acknowledged yet."""
+        return np.frombuffer(bytes(self._unacked), "<i2")
+
     def heard(self) -> np.ndarray:
         """Everything heard so far (``record=True``): float32 at 48 kHz, one 20 ms frame per
         tick of the call's clock from joining on, silence where nothing came."""
@@ -371,7 +375,7 @@ class Call:
             try:
                 async for msg in ws:
                     if isinstance(msg, bytes):
-                        self._mix(msg)
+                        self.receive_mix(msg)
                         continue
                     self._message(json.loads(msg))
             finally:
@@ -388,7 +392,9 @@ class Call:
             if self.stream is not None and self._sent >= self.acked:
                 await self._send_pending(ws)
 
-    def _mix(self, msg: bytes) -> None:
+    def receive_mix(self, msg: bytes) -> None:
+        """One binary message of the mix (8 bytes of room frame, one packet) into the
+        jitter buffer, stamped with the pop that will first play it."""
         if len(msg) <= HEADER.size:
             return
         (frame,) = HEADER.unpack_from(msg)

@@ -41,6 +41,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from earshot.client.jitter import JitterBuffer
 from earshot.client.transport import ws_options
 from earshot.errors import ClientError
+from earshot.wire.codes import BUSY, RETRYABLE, Code
 
 __all__ = ["MIX_RATE", "Call"]
 
@@ -220,6 +221,10 @@ class Call:
         if self._ws is not None:
             await self._ws.send(json.dumps({"type": "mute", "muted": bool(muted)}))
 
+    def unacknowledged(self) -> np.ndarray:
+        """The 16-bit samples sent (or queued) that the server has not acknowledged yet."""
+        return np.frombuffer(bytes(self._unacked), "<i2")
+
     def heard(self) -> np.ndarray:
         """Everything heard so far (``record=True``): float32 at 48 kHz, one 20 ms frame per
         tick of the call's clock from joining on, silence where nothing came."""
@@ -324,9 +329,12 @@ class Call:
                 await self._connect_once()
                 return
             except ClientError as exc:
-                if not self._ready.is_set() or exc.code not in ("internal", "shutting_down"):
+                busy = exc.code in BUSY  # a busy server's refusal: back off, try again
+                if not busy and (not self._ready.is_set() or exc.code not in RETRYABLE):
                     self._fail(exc)
                     return
+                if busy:
+                    delay = max(delay, 0.5)
             except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI,
                     TimeoutError) as exc:
                 if not self._ready.is_set():
@@ -367,7 +375,7 @@ class Call:
             try:
                 async for msg in ws:
                     if isinstance(msg, bytes):
-                        self._mix(msg)
+                        self.receive_mix(msg)
                         continue
                     self._message(json.loads(msg))
             finally:
@@ -384,7 +392,9 @@ class Call:
             if self.stream is not None and self._sent >= self.acked:
                 await self._send_pending(ws)
 
-    def _mix(self, msg: bytes) -> None:
+    def receive_mix(self, msg: bytes) -> None:
+        """One binary message of the mix (8 bytes of room frame, one packet) into the
+        jitter buffer, stamped with the pop that will first play it."""
         if len(msg) <= HEADER.size:
             return
         (frame,) = HEADER.unpack_from(msg)
@@ -419,7 +429,7 @@ class Call:
                 self._stopped.set_result(int(m.get("offset", 0)))
         elif kind == "error":
             code = m.get("code")
-            if not self._ready.is_set() or code in ("superseded",):
+            if not self._ready.is_set() or code == Code.SUPERSEDED:
                 raise ClientError(f"{code}: {m.get('message')}", code=code)
         self._event(m)
 

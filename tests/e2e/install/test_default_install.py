@@ -239,3 +239,26 @@ def test_a_call_from_the_default_install(serve_venv: Path, server: ServerProcess
     assert len(r.stderr.strip().splitlines()) == 1 and "pywebrtc-audio" in r.stderr
     streams = httpx.get(f"{server.http}/api/streams", params={"limit": 200}).json()["streams"]
     assert not [s for s in streams if (s["name"] or "").startswith("room2")]
+
+
+def test_sound_card_commands_without_portaudio_are_refused_up_front(
+        serve_venv: Path, server: ServerProcess, tmp_path: Path) -> None:
+    """sounddevice comes with pocketsphinx, but the PortAudio library may be missing: then
+    playing (``listen``), a microphone (``stream``) and a call's speaker are refused in one
+    line naming what is missing, before anything connects."""
+    r = run(serve_venv, "python", "-c", "import sounddevice", cwd=tmp_path)
+    if r.returncode == 0:
+        pytest.skip("PortAudio is installed here: the sound card commands may work")
+    assert "PortAudio" in r.stderr
+    for args, use in ((("listen", "no-such-stream"), "playback"),
+                      (("stream",), "microphone input"),
+                      (("call", "room3", "--aec", "off", "--agc", "off", "--ns", "off"),
+                       "speaker output")):
+        r = run(serve_venv, "earshot", *args, "--url", server.url, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert_clean(r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{use} needs sounddevice and PortAudio" in lines[0], lines
+        assert "pip install 'earshot[mic]'" in lines[0]
+    streams = httpx.get(f"{server.http}/api/streams", params={"limit": 200}).json()["streams"]
+    assert not [s for s in streams if (s["name"] or "").startswith("room3")]

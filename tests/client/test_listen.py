@@ -75,3 +75,28 @@ def test_recording_stops_at_seconds(tmp_path: Path) -> None:
     listener._close_sinks()
     assert listener._ended.is_set()
     assert np.array_equal(sf.read(tmp_path / "r.wav", dtype="int16")[0], x[:800])
+
+
+def test_playback_without_sounddevice_is_refused_before_connecting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Playing (the default of ``earshot listen``) on an install without the mic extra: one
+    clear error naming what is missing, before any connection (port 1 would refuse it)."""
+    from earshot.errors import MissingDependency
+
+    monkeypatch.setitem(__import__("sys").modules, "sounddevice", None)  # not installed
+    listener = Listener("ws://127.0.0.1:1/ws", "s1", play=True)
+    with pytest.raises(MissingDependency) as got:
+        asyncio.run(listener.run())
+    assert str(got.value).startswith("playback needs sounddevice")
+    assert "pip install 'earshot[mic]'" in str(got.value)
+    assert listener.stats.bytes_in == 0
+
+
+def test_opus_without_a_decoder_is_refused_before_connecting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from earshot.codec import opus
+    from earshot.errors import MissingDependency
+
+    monkeypatch.setattr(opus, "decoder_missing", lambda: "Opus support needs PyAV")
+    with pytest.raises(MissingDependency, match="--codec opus: Opus support needs PyAV"):
+        asyncio.run(Listener("ws://127.0.0.1:1/ws", "s1", codec="opus").run())

@@ -203,7 +203,7 @@ class _Speaker:
     def __init__(self) -> None:
         from earshot.client.sources import import_sounddevice
 
-        sd = import_sounddevice()
+        sd = import_sounddevice("speaker output")
         self.stream = sd.OutputStream(samplerate=48000, channels=1, dtype="float32",
                                       blocksize=960, latency="low")
         self.stream.start()

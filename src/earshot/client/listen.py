@@ -107,6 +107,21 @@ class Listener:
         self._writer: Any = None
         self._device: Any = None
 
+    def check_dependencies(self) -> None:
+        """Raise :class:`~earshot.errors.MissingDependency` if playback or the Opus codec
+        needs a package that is not installed (:meth:`run` asks before connecting, not once
+        the first audio is in)."""
+        if self.codec == "opus":
+            from earshot.codec.opus import decoder_missing
+            from earshot.errors import MissingDependency
+
+            if (why := decoder_missing()) is not None:
+                raise MissingDependency(f"--codec opus: {why}")
+        if self.play:
+            from earshot.client.sources import import_sounddevice
+
+            import_sounddevice("playback")
+
     async def run(self) -> ListenStats:
         """Listen until the stream ends (or ``seconds`` pass); the statistics."""
         from websockets.asyncio.client import connect
@@ -115,6 +130,7 @@ class Listener:
         from earshot.client.transport import ws_options
         from earshot.client.urls import ws_url
 
+        self.check_dependencies()
         url = ws_url(self.url, "/ws/subscribe", stream=self.stream,
                      audio="opus" if self.codec == "opus" else "s16")
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
@@ -338,7 +354,7 @@ class Listener:
         if self.play:
             from earshot.client.sources import import_sounddevice
 
-            sd = import_sounddevice()
+            sd = import_sounddevice("playback")
             self._device = sd.OutputStream(samplerate=rate, channels=channels,
                                            dtype="float32")
             self._device.start()

@@ -184,12 +184,14 @@ class FileSource:
                     await asyncio.sleep(ahead)
 
 
-def import_sounddevice() -> Any:
+def import_sounddevice(use: str = "microphone input") -> Any:
+    """The sounddevice module, or :class:`MissingDependency` naming ``use`` (what needed
+    it: ``"microphone input"``, ``"playback"``) and how to install it."""
     try:
         import sounddevice
     except (ImportError, OSError) as exc:  # OSError: PortAudio library missing
         raise MissingDependency(
-            f"microphone input needs sounddevice and PortAudio ({exc}): "
+            f"{use} needs sounddevice and PortAudio ({exc}): "
             "pip install 'earshot[mic]' (and apt-get install libportaudio2)"
         ) from None
     return sounddevice

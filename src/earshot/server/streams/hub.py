@@ -17,13 +17,11 @@ import dataclasses
 import hmac
 import logging
 import secrets
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from earshot.audio import ArchiveFormat
 from earshot.cluster.bus import ALL
 from earshot.cluster.bus.base import Bus
 from earshot.config import Settings
@@ -32,16 +30,16 @@ from earshot.processors.base import Event
 from earshot.processors.registry import Registry
 from earshot.server.events import EventRouter
 from earshot.server.metrics import Metrics
+from earshot.server.streams.archives import Archives, archive_format
 from earshot.server.streams.batch import BatchPath, decoder_for, resume_skip
 from earshot.server.streams.cleanup import open_cleanup
-from earshot.server.streams.lifecycle import read_held, write_held
+from earshot.server.streams.lifecycle import drain, read_held
 from earshot.server.streams.live import LiveStream, Owner, hash_token, new_stream_id
 from earshot.server.streams.load import Load
 from earshot.server.streams.processing import remote_processors, start_pipeline
 from earshot.server.streams.recovery import recover, register_orphans
 from earshot.server.streams.replay import Replays
-from earshot.server.streams.space import is_no_space
-from earshot.storage.archive import Archive, finalize
+from earshot.storage.archive import Archive
 from earshot.storage.metadata import MetadataStore, StreamRecord
 from earshot.wire.codes import Code
 from earshot.wire.ingest import Start
@@ -72,20 +70,27 @@ class Hub:
         self.registry = registry or Registry(settings.processing.processors)
         self.clock = clock
         self.live: dict[str, LiveStream] = {}
-        self.objects: ArchiveStore | None = None  # --archive-store (set by the app)
         self.router = EventRouter(store, bus, metrics, settings.server.data_dir, self.owner_of,
                                   self._processed)
         self._background: set[asyncio.Task[Any]] = set()
         self.replays = Replays()  # replay jobs running here (server/streams/replay.py)
-        self.streams_dir = settings.server.data_dir / "streams"
-        self.streams_dir.mkdir(parents=True, exist_ok=True)
         self.load = Load(settings, metrics)  # admission, free space, the ack cadence
         self.admission, self.space = self.load.admission, self.load.space
+        self.archives = Archives(settings, store, bus, self.space, self._spawn)
         self.batch = BatchPath(bus, metrics, self.space, ack_interval=self.load.cadence.current,
                                header_interval=settings.archive.header_interval)
         now = clock()
         self.load.check_space(now)
         self.load.show(self.live, now)
+
+    @property
+    def objects(self) -> ArchiveStore | None:
+        """The archive store (``--archive-store``; server/streams/objects.py), or None."""
+        return self.archives.objects
+
+    @objects.setter
+    def objects(self, store: ArchiveStore | None) -> None:
+        self.archives.objects = store
 
     # -- what others may ask (on the event loop) ----------------------------------------
     def owner_of(self, stream_id: str) -> Owner | None:
@@ -93,7 +98,7 @@ class Hub:
         return live.owner if live is not None else None
 
     def path_of(self, rec: StreamRecord) -> Path:
-        return self.settings.server.data_dir / rec.path
+        return self.archives.path_of(rec)
 
     def archive_of(self, stream_id: str) -> Archive | None:
         """The archive a live stream here is writing (None when not live here)."""
@@ -229,9 +234,7 @@ class Hub:
         rec = live.rec
         try:
             if created:
-                self.store.delete(rec.id)
-                for p in self.streams_dir.glob(f"{rec.id}.*"):
-                    p.unlink(missing_ok=True)
+                self.archives.remove_new(rec)
             else:
                 rec.state, rec.frames = "interrupted", live.archive.frames
                 self.store.update(rec.id, state="interrupted", frames=rec.frames)
@@ -245,37 +248,17 @@ class Hub:
 
     def _create(self, start: Start, owner: Owner) -> tuple[LiveStream, str]:
         spec = start.spec
-        fmt: ArchiveFormat = (start.archive or self.settings.archive.format)  # type: ignore[assignment]
+        fmt = archive_format(start.archive or self.settings.archive.format)
         sid = new_stream_id()
         token = secrets.token_urlsafe(18)
         rel = f"streams/{sid}.wav"
-        path = self.settings.server.data_dir / rel
-        try:
-            archive = Archive.create(path, spec.pcm, fmt, part_seconds=self.settings.archive.part,
-                                     fsync=self.settings.archive.fsync)
-        except OSError as exc:
-            path.unlink(missing_ok=True)  # never leave a zero-byte archive behind
-            if is_no_space(exc):
-                self.space.write_failed(f"creating {rel}")
-                raise ProtocolError(Code.STORAGE_FULL, "the server's disk is full; "
-                                    "try again later") from None
-            raise
-        self._watch(archive)
+        archive = self.archives.create(rel, spec, fmt)
         rec = StreamRecord(
             id=sid, name=start.name, created=time.time(), format=spec.format,
             archive_format=fmt, rate=spec.rate, channels=spec.channels, path=rel,
             token_hash=hash_token(token), client=dict(start.client),
         )
-        try:
-            self.store.create(rec)
-        except StorageError as exc:
-            archive.close()
-            path.unlink(missing_ok=True)
-            if is_no_space(exc):
-                self.space.write_failed("the metadata database")
-                raise ProtocolError(Code.STORAGE_FULL, "the server's disk is full; "
-                                    "try again later") from None
-            raise
+        self.archives.register(rec, archive)
         writer = self.batch.writer(archive, spec, start.pre_skip, self.clock())
         live = LiveStream(rec, writer, start.compat, owner)
         self._attach(live, resumed=False)
@@ -321,7 +304,7 @@ class Hub:
             self.metrics.streams_started.labels("resume").inc()
             self._announce(live, resumed=True)
             return live, token
-        archive = await self._reopen(rec, spec)
+        archive = await self.archives.reopen(rec, spec)
         rec.state = "live"
         rec.frames = archive.frames
         rec.format = spec.format
@@ -331,50 +314,6 @@ class Hub:
         live = LiveStream(rec, writer, False, owner)
         self._attach(live, resumed=True)
         return live, token
-
-    def _watch(self, archive: Archive) -> None:
-        if self.objects is not None:
-            archive.on_rotate = self._part_closed
-
-    def _part_closed(self, archive: Archive, n: int) -> None:
-        if self.objects is not None:
-            try:
-                self.objects.part_closed(archive, n)
-            except Exception:  # never in the way of ingest
-                log.exception("archive store: after closing part %d of %s", n, archive.base)
-
-    async def _reopen(self, rec: StreamRecord, spec: Any) -> Archive:
-        """The archive a resume continues: here as it was, or, with an archive store, a
-        new part on this gateway when later parts are elsewhere (server/streams/objects.py;
-        docs/deploy.md: a gateway that died)."""
-        path, fmt = self.path_of(rec), rec.archive_format
-        seconds = self.settings.archive.part
-        objects = self.objects
-        if objects is None:
-            archive = Archive.reopen(path, spec.pcm, fmt, part_seconds=seconds)  # type: ignore[arg-type]
-            self._watch(archive)
-            return archive
-        rows = await asyncio.to_thread(self.store.parts, rec.id)
-        local = objects.local_files(rec.id)
-        last_known = max((r.n for r in rows), default=0)
-        if local and max(local) >= last_known:
-            if 0 in local:
-                archive = Archive.reopen(path, spec.pcm, fmt,  # type: ignore[arg-type]
-                                         part_seconds=seconds)
-            else:
-                archive = Archive.reopen_last(path, spec.pcm, fmt,  # type: ignore[arg-type]
-                                              part_seconds=seconds)
-        else:
-            tail = await self.bus.log_tail(rec.id)
-            offset = tail if tail is not None else rec.frames
-            starts = await asyncio.to_thread(objects.continue_here, rec, offset)
-            archive = Archive.continue_at(path, spec.pcm, fmt,  # type: ignore[arg-type]
-                                          starts, part_seconds=seconds)
-            log.warning("stream %s: its archive is elsewhere; continued here in part %d from "
-                        "frame %d (%s)", rec.id, len(starts) - 1, offset,
-                        "the shared log's end" if tail is not None else "the stored offset")
-        self._watch(archive)
-        return archive
 
     def _attach(self, live: LiveStream, *, resumed: bool) -> None:
         self.live[live.id] = live
@@ -579,43 +518,11 @@ class Hub:
         await self.router.settle(live.id, self.settings.processing.drain_timeout)  # cuts
         async with live.lock:
             live.owner = None
-            archive = live.archive
-            archive.sync(self.settings.archive.fsync)
-            archive.close()
             rec = live.rec
-            rec.frames = archive.frames
-            fields: dict[str, Any] = {"frames": rec.frames}
-            if finished and self.objects is not None and archive.continued:
-                rec.state, rec.ended = "finished", time.time()  # (the parts stay as written)
-                fields.update(state="finished", ended=rec.ended)
-            else:
-                if finished:
-                    try:
-                        final = await asyncio.to_thread(
-                            finalize, archive.path, rec.archive_format,  # type: ignore[arg-type]
-                            self.settings.archive.fsync)
-                    except OSError as exc:  # e.g. FLAC on a full disk: the WAV is kept whole
-                        if not is_no_space(exc):
-                            raise
-                        self.space.write_failed(f"finalizing {rec.id}")
-                        finished = False
-                if finished:
-                    rec.path = str(final.relative_to(self.settings.server.data_dir))
-                    rec.state, rec.ended = "finished", time.time()
-                    fields.update(state="finished", ended=rec.ended, path=rec.path)
-                else:
-                    rec.state = "interrupted"
-                    fields.update(state="interrupted")
-            try:
-                self.store.update(rec.id, **fields)
-            except StorageError as exc:  # e.g. SQLite on a full disk: repaired at start
-                if not is_no_space(exc):
-                    raise
-                self.space.write_failed("the metadata database")
+            await self.archives.finish(rec, live.archive, finished=finished)
             self.live.pop(rec.id, None)
             self.metrics.streams_active.set(len(self.live))
-        if self.objects is not None:
-            self.objects.archive_closed(rec)
+        self.archives.closed(rec)
         await self.bus.release(rec.id)
         self.bus.publish(rec.id, {
             "type": "stream_ended", "stream": rec.id, "t": rec.frames / rec.rate,
@@ -660,39 +567,10 @@ class Hub:
             await asyncio.wait(self._background, timeout=self.settings.processing.drain_timeout)
 
     async def drain(self, timeout: float = 5.0) -> list[str]:
-        """A planned shutdown (SIGTERM/SIGINT, server/lifecycle.py): refuse new streams and
-        resumes, write and acknowledge what every publisher sent, tell it ``shutting_down``
-        (close 1001; it stops taking audio from then on) and leave its stream resumable.
-        Streams being stopped finish their stop. Returns the streams that were held."""
-        self.admission.draining = True
-        self.load.show(self.live, self.clock())
-        held = [lv for lv in self.live.values()
-                if lv.owner is not None and lv.detaching is None]
-
-        async def tell(live: LiveStream) -> None:
-            owner = live.owner
-            if owner is None or live.detaching is not None:
-                return
-            await self.flush(live)
-            with contextlib.suppress(Exception):
-                await owner.kick(Code.SHUTTING_DOWN, "the server is restarting; resume shortly")
-
-        deadline = self.clock() + timeout
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(tell(lv) for lv in held)), timeout)
-            # a resume that was under way when the drain began
-            late = [lv for lv in self.live.values() if lv.owner is not None
-                    and lv.detaching is None and lv not in held]
-            held += late
-            await asyncio.wait_for(asyncio.gather(*(tell(lv) for lv in late)),
-                                   max(0.1, deadline - self.clock()))
-        while self.live and self.clock() < deadline:  # each session detaches as it closes
-            await asyncio.sleep(0.02)
-        ids = [lv.id for lv in held]
-        if self.settings.server.processes == 1 and not self.bus.remote:  # one gateway, its own dir
-            write_held(self.settings.server.data_dir, ids)
-        log.info("drained %d stream(s) for a restart; they stay resumable", len(ids))
-        return ids
+        """A planned shutdown (SIGTERM/SIGINT): every publisher's audio written and
+        acknowledged, ``shutting_down`` and close 1001, streams left resumable
+        (:func:`~earshot.server.streams.lifecycle.drain`). Returns the streams held."""
+        return await drain(self, timeout)
 
     def reserve_held(self) -> int:
         """After a planned restart: keep slots for the streams held at shutdown."""
@@ -723,12 +601,4 @@ class Hub:
         if rec.state == "live":
             raise StorageError(f"stream {stream_id} is live (on another gateway, or left "
                                "so by a crash until the next start repairs it)")
-        seg_dir = self.streams_dir / f"{rec.id}.segments"
-        if seg_dir.is_dir():
-            shutil.rmtree(seg_dir)
-        for p in self.streams_dir.glob(f"{rec.id}.*"):
-            p.unlink(missing_ok=True)
-        rows = self.store.parts(stream_id) if self.objects is not None else []
-        self.store.delete(stream_id)
-        if self.objects is not None and rows:
-            self._spawn(self.objects.delete_stream(rows))
+        self.archives.delete(rec)

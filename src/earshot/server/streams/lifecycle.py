@@ -24,7 +24,13 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from earshot.wire.codes import Code
+
+if TYPE_CHECKING:
+    from earshot.server.streams.hub import Hub
+    from earshot.server.streams.live import LiveStream
 
 log = logging.getLogger("earshot")
 
@@ -112,3 +118,39 @@ def read_held(data_dir: Path, grace: float) -> tuple[list[str], float]:
     except (KeyError, TypeError, ValueError):
         return [], 0.0
     return (ids, left) if left > 0 else ([], 0.0)
+
+
+async def drain(hub: Hub, timeout: float = 5.0) -> list[str]:
+    """A planned shutdown (SIGTERM/SIGINT): refuse new streams and resumes, write and
+    acknowledge what every publisher sent, tell it ``shutting_down`` (close 1001; it stops
+    taking audio from then on) and leave its stream resumable. Streams being stopped
+    finish their stop. Returns the streams that were held."""
+    hub.admission.draining = True
+    hub.load.show(hub.live, hub.clock())
+    held = [lv for lv in hub.live.values()
+            if lv.owner is not None and lv.detaching is None]
+
+    async def tell(live: LiveStream) -> None:
+        owner = live.owner
+        if owner is None or live.detaching is not None:
+            return
+        await hub.flush(live)
+        with contextlib.suppress(Exception):
+            await owner.kick(Code.SHUTTING_DOWN, "the server is restarting; resume shortly")
+
+    deadline = hub.clock() + timeout
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(tell(lv) for lv in held)), timeout)
+        # a resume that was under way when the drain began
+        late = [lv for lv in hub.live.values() if lv.owner is not None
+                and lv.detaching is None and lv not in held]
+        held += late
+        await asyncio.wait_for(asyncio.gather(*(tell(lv) for lv in late)),
+                               max(0.1, deadline - hub.clock()))
+    while hub.live and hub.clock() < deadline:  # each session detaches as it closes
+        await asyncio.sleep(0.02)
+    ids = [lv.id for lv in held]
+    if hub.settings.server.processes == 1 and not hub.bus.remote:  # one gateway, its own dir
+        write_held(hub.settings.server.data_dir, ids)
+    log.info("drained %d stream(s) for a restart; they stay resumable", len(ids))
+    return ids

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +22,6 @@ from helpers import ServerProcess
 pytestmark = pytest.mark.slow
 
 RATE, CH = 48000, 2  # 192 kB/s of s16
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        # needs root and permission to mount: a skip on a developer's machine, a failure
-        # under CI (which runs as root), where nothing may be skipped
-        why = f"cannot mount a small tmpfs here: {r.stderr.strip() or r.returncode}"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def free(path: Path) -> int:

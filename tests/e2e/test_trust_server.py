@@ -312,27 +312,6 @@ async def test_replay_streams_ndjson_with_progress_and_stops_when_its_client_goe
     assert ended["state"] == "cancelled" and ended["done_frames"] < len(long)
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Any:
-    """A 3 MiB tmpfs (root only, as tests/e2e/test_disk_full.py)."""
-    import os
-    import subprocess
-
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        why = f"cannot mount a small tmpfs here: {r.stderr.strip() or r.returncode}"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 async def test_a_full_disk_at_stop_leaves_the_stream_resumable_and_whole(
         small_fs: Path, server_factory: Callable[..., ServerProcess]) -> None:
     """The stop's final write fails on a full disk: the stream was marked finished without

@@ -11,7 +11,7 @@ assigned after construction.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
@@ -29,34 +29,30 @@ SIZE = "a size (64M, 1G or bytes)"
 WEEK = 7 * 86400
 
 
-def max_streams_value(value: object) -> int | str:
-    """``--max-streams``: a count, or ``auto`` (admit while the measured headroom allows)."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text == AUTO:
-            return AUTO
-        try:
-            return int(text)
-        except ValueError:
-            raise ConfigError(f"max streams must be a count or 'auto', not {value!r}") from None
-    if isinstance(value, int):
-        return value
-    raise ConfigError(f"max streams must be a count or 'auto', not {value!r}")
+def count_or_auto(what: str) -> Callable[[object], int | str]:
+    """A parser of a count that may also be ``auto`` (the server decides)."""
+
+    def parse(value: object) -> int | str:
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == AUTO:
+                return AUTO
+            try:
+                return int(text)
+            except ValueError:
+                raise ConfigError(f"{what} must be a count or 'auto', not {value!r}") from None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{what} must be a count or 'auto', not {value!r}")
+
+    parse.__doc__ = f"{what}: a count, or 'auto'"
+    return parse
 
 
-def workers_value(value: object) -> int | str:
-    """``--asr-workers``: a count, or ``auto`` (one per core)."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text == AUTO:
-            return AUTO
-        try:
-            return int(text)
-        except ValueError:
-            raise ConfigError(f"asr workers must be a count or 'auto', not {value!r}") from None
-    if isinstance(value, int):
-        return value
-    raise ConfigError(f"asr workers must be a count or 'auto', not {value!r}")
+#: ``--max-streams``: a count, or ``auto`` (admit while the measured headroom allows)
+max_streams_value = count_or_auto("max streams")
+#: ``--asr-workers``: a count, or ``auto`` (one per core)
+workers_value = count_or_auto("asr workers")
 
 
 def web_origins(values: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:

@@ -206,3 +206,28 @@ async def test_a_dropped_participant_resumes_into_its_seat(server: ServerProcess
     before = lag_before + cut - 2 * HEAR
     # the same mouth-to-ear delay after the gap as before: what was missed was skipped
     assert abs(after - before) < 0.25 * HEAR, (before / HEAR, after / HEAR, c1, c2)
+
+
+async def test_a_token_that_may_not_publish_there_cannot_speak(tmp_path: Path) -> None:
+    """A call seat is a publish of ``ROOM/name``: a listen-only token, or a publish token
+    for other names, is refused (``forbidden``) and takes no seat; one for the room joins."""
+    admin = "calls-admin-secret-0123456789"
+    srv = ServerProcess(tmp_path / "data", "--token", admin).start()
+    try:
+        def token(scope: str, names: str | None = None) -> str:
+            r = httpx.post(f"{srv.http}/api/tokens", json={"scope": [scope], "names": names},
+                           headers={"authorization": f"Bearer {admin}"})
+            assert r.status_code == 200, r.text
+            return str(r.json()["token"])
+
+        for refused in (token("listen"), token("publish", "other/*")):
+            with pytest.raises(ClientError) as exc:
+                await Call(srv.url, "standup", "eve", token=refused).join()
+            assert exc.value.code == "forbidden"
+        rooms = httpx.get(f"{srv.http}/api/rooms",
+                          headers={"authorization": f"Bearer {admin}"}).json()
+        assert "eve" not in str(rooms)  # no seat was taken
+        async with Call(srv.url, "standup", "ann", token=token("publish", "standup/*")) as ann:
+            assert ann.stream
+    finally:
+        srv.stop()

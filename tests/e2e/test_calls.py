@@ -22,7 +22,13 @@ import pytest
 import soundfile as sf
 import soxr
 
-from helpers import FIXTURES, ServerProcess, best_alignment
+from helpers import (
+    FIXTURES,
+    HEARD_CORRELATION,
+    ServerProcess,
+    best_alignment,
+    block_correlation,
+)
 
 pytestmark = pytest.mark.slow
 RATE = 16000
@@ -47,7 +53,8 @@ def _call(srv: ServerProcess, room: str, name: str, f: Path, out: Path,
           *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "earshot.cli", "call", room, "--url",
                              srv.url, "--name", name, "--file", str(f), "--out", str(out),
-                             "--linger", "1", *extra], stdout=subprocess.PIPE,
+                             "--linger", "1", "--min-delay", "0.1", *extra],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -85,24 +92,9 @@ def _check_hears(heard: np.ndarray, x: np.ndarray, window: tuple[float, float]) 
     lo, hi = int(window[0] * HEAR), int(window[1] * HEAR)
     seg = heard[max(0, lo + lag):max(0, hi + lag)]
     assert len(seg) > HEAR // 2, (lag, len(heard))
-    corr = block_correlation(seg, x48[lo:hi])
-    assert corr >= 0.9, corr
+    corr = block_correlation(seg, x48[lo:hi], HEAR)
+    assert corr >= HEARD_CORRELATION, corr
     return _rms(seg)
-
-
-def block_correlation(y: np.ndarray, x: np.ndarray, block: float = 0.1,
-                      slack: float = 0.06) -> float:
-    """Median correlation of ``y``'s 0.1 s blocks (where ``x`` has sound) with ``x``, each
-    block aligned on its own within ``slack`` seconds."""
-    b, s = int(block * HEAR), int(slack * HEAR)
-    cors = []
-    for i in range(s, min(len(x), len(y)) - b - s, b):
-        ref = x[i - s:i + b + s]
-        if _rms(x[i:i + b]) < 3e-3:
-            continue
-        cors.append(best_alignment(y[i:i + b], ref)[1])
-    assert cors
-    return float(np.median(cors))
 
 
 def _archives(srv: ServerProcess, room: str) -> dict[str, np.ndarray]:

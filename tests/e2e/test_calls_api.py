@@ -19,9 +19,11 @@ from earshot.call import Call
 from earshot.errors import ClientError
 from helpers import (
     FIXTURES,
+    HEARD_CORRELATION,
     CutProxy,
     ServerProcess,
     best_alignment,
+    block_correlation,
     free_port,
 )
 
@@ -63,18 +65,6 @@ def _s16(x: np.ndarray) -> np.ndarray:
     return (np.clip(x, -1.0, 1.0 - 1 / 32768) * 32768.0).round().astype(np.int16)
 
 
-def block_correlation(y: np.ndarray, x: np.ndarray, block: float = 0.1,
-                      slack: float = 0.06) -> float:
-    """Median correlation of ``y``'s 0.1 s blocks (where ``x`` has sound) with ``x``, each
-    aligned on its own within ``slack`` s (a frame skipped or concealed on a busy machine
-    spoils only its own block)."""
-    b, s = int(block * HEAR), int(slack * HEAR)
-    cors = [best_alignment(y[i:i + b], x[i - s:i + b + s])[1]
-            for i in range(s, min(len(x), len(y)) - b - s, b) if _rms(x[i:i + b]) >= 3e-3]
-    assert cors
-    return float(np.median(cors))
-
-
 def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x.astype(np.float64))))) if len(x) else 0.0
 
@@ -105,7 +95,7 @@ async def test_a_bot_sends_hears_mutes_and_gets_events(server: ServerProcess) ->
     assert np.array_equal(_archive(server, talker.stream or ""), _s16(voice))
     v48 = soxr.resample(voice, 16000, HEAR)
     lag, _ = best_alignment(heard, v48)
-    assert block_correlation(heard[lag:] if lag >= 0 else heard, v48) >= 0.9
+    assert block_correlation(heard[lag:] if lag >= 0 else heard, v48, HEAR) >= HEARD_CORRELATION
     kinds = []
     while not ear.events.empty():
         e = ear.events.get_nowait()

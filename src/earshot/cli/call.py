@@ -74,6 +74,10 @@ def add_call(sub: Any, client_opts: Callable[[argparse.ArgumentParser], None]) -
                    help="a processor on your stream (repeat for several; default: vad, which "
                         "gives the room's speaking/silent; asr for the call's transcript)")
     c.add_argument("--levels", action="store_true", help="also print the levels events")
+    c.add_argument("--min-delay", type=_seconds, default=0.02, metavar="SECONDS",
+                   help="the least the jitter buffer holds before playing (0.02: it grows by "
+                        "itself when packets come late; more for a bot on a busy machine, "
+                        "whose --out then has fewer gaps)")
     c.set_defaults(func=cmd_call)
 
 
@@ -143,7 +147,8 @@ async def _main(args: argparse.Namespace) -> int:
     processors = tuple(args.processor) if args.processor else ("vad",)
     call = Call(args.url, args.room, name, rate=rate, token=args.token, aec=aec, agc=agc,
                 ns=ns, mic=mic, processors=processors, on_event=show, record=args.out is not None,
-                on_audio=player.play if player is not None else None)
+                on_audio=player.play if player is not None else None,
+                min_delay=args.min_delay)
     await call.join()
     try:
         if samples is not None:

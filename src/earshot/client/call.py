@@ -107,8 +107,9 @@ class Call:
             self._reverse = soxr.ResampleStream(MIX_RATE, rate, 1, dtype="float32",
                                                 quality="QQ")
         self._rev_buf = np.zeros(0, np.float32)
-        self.jb = JitterBuffer(MIX_RATE, MIX_FRAME, min_delay=min_delay, max_delay=0.2,
-                               initial_delay=0.02)
+        self.jb = JitterBuffer(MIX_RATE, MIX_FRAME, min_delay=min_delay,
+                               max_delay=max(0.2, min_delay),
+                               initial_delay=max(0.02, min_delay))
         from earshot.codec.opus import OpusDecoder
 
         self._decoder = OpusDecoder(MIX_RATE, 1)

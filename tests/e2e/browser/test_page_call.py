@@ -19,7 +19,7 @@ import soxr
 from browserlib import shot
 
 from earshot.call import Call
-from helpers import FIXTURES, ServerProcess, best_alignment
+from helpers import FIXTURES, HEARD_CORRELATION, ServerProcess, best_alignment, block_correlation
 
 pytestmark = pytest.mark.slow
 HEAR = 48000
@@ -30,19 +30,6 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     srv = ServerProcess(tmp_path / "data").start()
     yield srv
     srv.stop()
-
-
-def _blocks(y: np.ndarray, x: np.ndarray, block: float = 0.1, slack: float = 0.06) -> float:
-    """Median correlation of 0.1 s blocks of ``y`` with ``x`` (already aligned), each block
-    aligned on its own within ``slack`` s, over the blocks where ``x`` has sound."""
-    b, s = int(block * HEAR), int(slack * HEAR)
-    cors = []
-    for i in range(s, min(len(x), len(y)) - b - s, b):
-        if float(np.sqrt(np.mean(np.square(x[i:i + b])))) < 3e-3:
-            continue
-        cors.append(best_alignment(y[i:i + b], x[i - s:i + b + s])[1])
-    assert cors
-    return float(np.median(cors))
 
 
 def _aligned(heard: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -115,17 +102,17 @@ def test_page_and_python_hear_each_other(server: ServerProcess,
                      "autoGainControl": True}
     # the page heard the Python participant
     v48 = soxr.resample(voice, rate, HEAR)
-    corr_web = _blocks(_aligned(web_heard, v48), v48)
+    corr_web = block_correlation(_aligned(web_heard, v48), v48, HEAR)
     # the Python participant heard the page's microphone: what the browser sent after its
     # echo cancellation, noise suppression and gain control, i.e. the page's archive
     streams = httpx.get(server.http + "/api/streams").json()["streams"]
     web = next(x for x in streams if x["name"] == "mixed/web")
     sent, sent_rate = sf.read(server.data_dir / web["path"], dtype="float32")
     assert sent_rate == HEAR and web["state"] == "finished"
-    corr_py = _blocks(_aligned(result["heard"], sent), sent)
+    corr_py = block_correlation(_aligned(result["heard"], sent), sent, HEAR)
     kinds = [(e["type"], e.get("participant")) for e in result["events"]]
     assert ("joined", "web") in kinds and ("muted", "web") in kinds
     assert kinds.index(("muted", "web")) < kinds.index(("unmuted", "web")) \
         < kinds.index(("left", "web"))
-    assert corr_web >= 0.9, corr_web
-    assert corr_py >= 0.9, corr_py
+    assert corr_web >= HEARD_CORRELATION, corr_web
+    assert corr_py >= HEARD_CORRELATION, corr_py

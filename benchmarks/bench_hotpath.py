@@ -8,7 +8,10 @@ Each round runs, one after another on the same machine and load generator
 * ``level``: ``earshot serve`` with its defaults (archive + acks + ``level``), the load
   client asking for batched events like earshot's own clients;
 * ``none``: the same with ``"processors": []`` (archive + acks only);
-* optionally ``starlette`` (``--with-starlette``): uvicorn + a Starlette discard endpoint.
+* optionally ``starlette`` (``--with-starlette``): uvicorn + a Starlette discard endpoint;
+* optionally (``--compat``) ``bare-compat`` and ``compat``: the classic browser snippet's
+  connection (no ``start``, ``?rate=&format=f32``, never reads) against the bare server and
+  against ``earshot serve`` with its defaults; ``compat`` is compared with ``bare-compat``.
 
 Rounds repeat (``--repeats``, median reported) and kinds are interleaved within a round,
 so a change in the machine's load hits every kind alike; the ratios are what count.
@@ -40,7 +43,11 @@ KINDS: dict[str, list[str]] = {
     "starlette": ["--server-kind", "bare-starlette"],
     "level": [],
     "none": ["--processors", "none"],
+    # the classic browser snippet: no start, ?rate=&format=f32, never reads (--compat)
+    "bare-compat": ["--server-kind", "bare-websockets", "--compat"],
+    "compat": ["--compat"],
 }
+BASELINE = {"compat": "bare-compat", "bare-compat": "bare-compat"}
 
 
 def run_one(kind: str, streams: int, seconds: float, extra: list[str]) -> dict[str, Any]:
@@ -79,7 +86,7 @@ def summarize(runs: list[dict[str, Any]], kinds: list[str], streams: int) -> dic
             "runs": len(rs),
             "held_all": all(r.get("held") == r.get("streams") for r in rs),
             "archives_exact": all(r.get("archives_exact", True) for r in rs
-                                  if k not in ("bare", "starlette")),
+                                  if k not in ("bare", "starlette", "bare-compat")),
             "server_cpu_pct_per_stream": median([per_stream(r, "server_cpu_pct_per_stream")
                                                  for r in rs]),
             "client_cpu_pct_per_stream": median([per_stream(r, "client_cpu_pct_per_stream")
@@ -90,8 +97,8 @@ def summarize(runs: list[dict[str, Any]], kinds: list[str], streams: int) -> dic
             "messages_back_per_stream_s": rs[-1].get("server_messages_per_stream_s") if rs
             else None,
         }
-    base = out["kinds"].get("bare", {})
-    for v in out["kinds"].values():
+    for k, v in out["kinds"].items():
+        base = out["kinds"].get(BASELINE.get(k, "bare"), {})
         for key, name in (("server_cpu_pct_per_stream", "server_ratio"),
                           ("client_cpu_pct_per_stream", "client_ratio")):
             b, x = base.get(key), v.get(key)
@@ -133,6 +140,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--with-starlette", action="store_true")
+    ap.add_argument("--compat", action="store_true",
+                    help="also the classic snippet's connection (bare-compat, compat)")
     ap.add_argument("--capacity", type=int, nargs="*", default=[],
                     help="N to try with archive + acks + level, in order (stops at the "
                     "first not held)")
@@ -144,7 +153,8 @@ def main() -> int:
     if args.table:
         print(table(json.loads(Path(args.table).read_text())))
         return 0
-    kinds = ["bare", *(["starlette"] if args.with_starlette else []), "level", "none"]
+    kinds = ["bare", *(["starlette"] if args.with_starlette else []), "level", "none",
+             *(["bare-compat", "compat"] if args.compat else [])]
     records: list[dict[str, Any]] = []
     for i in range(args.repeats):
         print(f"round {i + 1}/{args.repeats}", flush=True)

@@ -64,6 +64,28 @@ def ingest_vs_bare() -> str:
                   "lrrrrrr", rows)
 
 
+COMPAT = "hotpath-compat.json"  # bench_hotpath.py --compat: the same rounds, five kinds
+COMPAT_KINDS = {
+    "bare": ("native protocol", "bare `websockets` discard server"),
+    "none": ("native protocol", "**earshot, archive + acks**"),
+    "level": ("native protocol", "**earshot defaults** (archive + acks + `level`)"),
+    "bare-compat": ("classic snippet", "bare `websockets` discard server"),
+    "compat": ("classic snippet", "**earshot defaults** (compatibility mode)"),
+}
+
+
+def ingest_compat() -> str:
+    summary = next(r for r in _load(COMPAT) if r.get("summary"))
+    rows = []
+    for kind, (client, label) in COMPAT_KINDS.items():
+        v = summary["kinds"][kind]
+        rows.append([client, label, _n(v["server_cpu_pct_per_stream"], ".3f", " %"),
+                     _n(v["server_ratio"], ".2f"), _n(v["client_cpu_pct_per_stream"], ".3f", " %"),
+                     _n(v["rss_mb"], ".0f", " MB")])
+    return _table(["client", f"server, N = {summary['streams']}", "server CPU per stream",
+                   "x its bare", "load client CPU per stream", "RSS"], "llrrrr", rows)
+
+
 def ingest_capacity() -> str:
     records = _load(HOTPATH)
     summary = next(r for r in records if r.get("summary"))
@@ -369,6 +391,7 @@ def admission() -> str:
 
 TABLES: dict[str, Callable[[], str]] = {
     "ingest-vs-bare": ingest_vs_bare,
+    "ingest-compat": ingest_compat,
     "ingest-capacity": ingest_capacity,
     "bare-capacity": bare_capacity,
     "client": client_cost,

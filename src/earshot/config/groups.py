@@ -216,7 +216,8 @@ class ArchiveSettings(Group):
         flat="archive_store_access_key_id", flag=None, example="AKIAEXAMPLE")
     store_secret_access_key: str | None = setting(
         None, "the object store's secret key (default: AWS_SECRET_ACCESS_KEY)",
-        flat="archive_store_secret_access_key", flag=None, redact="all", example="secret")
+        flat="archive_store_secret_access_key", flag=None, redact="all",
+        example="wJalrXUtnFEMI-EXAMPLE-KEY")
     keep_local: float = setting(3600.0, "seconds an uploaded archive or closed part stays in "
                                 "the data directory (0: removed once uploaded and verified)",
                                 flat="archive_keep_local", range=Range(float, 0, WEEK * 52,

@@ -161,6 +161,28 @@ def test_a_deadline_that_comes_early_is_kept(tmp_path: Path) -> None:
     assert path.due(0.25, current) == [live]  # ...but not forgotten either
 
 
+def test_batches_flushed_by_size_leave_no_deadlines_behind(tmp_path: Path) -> None:
+    """A stream sending 20 ms messages is flushed by size every 5th message; each batch's
+    deadline goes once the batch is written, so the schedule stays about one per stream
+    (it grew by one entry per batch, forever, and every tick walked all of them)."""
+    path, live, owner = make(tmp_path)
+    current = {live.id: live}
+    now, sizes, flushed = 0.0, [], 0
+    for i in range(500):  # 10 s of audio in 20 ms messages, ticks every 50 ms
+        now = i * 0.02
+        if path.add(live, pcm(320).tobytes(), 320, now=now):
+            path.flush(live, now=now)
+            flushed += 1
+        if i % 3 == 2:
+            assert path.due(now, current) == []  # never due: each batch filled by size
+            sizes.append(path.scheduled())
+    assert flushed == 100 and owner.acks[-1] == 500 * 320
+    assert max(sizes) <= 2, sizes[-5:]
+    path.add(live, pcm(160).tobytes(), 160, now=now + 0.02)  # a trickle: due by time
+    assert path.due(now + 0.2, current) == [live]
+    assert path.scheduled() == 0
+
+
 def test_a_longer_interval_takes_effect_for_every_stream(tmp_path: Path) -> None:
     path, live, _ = make(tmp_path)
     path.set_interval(0.25, [live])

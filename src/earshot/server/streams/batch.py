@@ -62,7 +62,9 @@ class BatchPath:
         self.space = space
         self.ack_interval = ack_interval  # the cadence's current interval (hub: set_interval)
         self.header_interval = header_interval
-        self._flushes: Deadlines[LiveStream] = Deadlines()  # a trickling stream's next ack
+        # a batch's deadline (its stream, its number): one entry per batch, dropped once
+        # the batch is gone (flushed by size), so the heap holds about one per live stream
+        self._flushes: Deadlines[tuple[LiveStream, int]] = Deadlines()
         self._syncs: Deadlines[LiveStream] = Deadlines()  # header syncs, every stream
         self._tally = Tally()
         self._relay_warned = False
@@ -95,7 +97,7 @@ class BatchPath:
         new = not w.pending_frames  # a new batch: flushed by size, or by its deadline
         due = w.add(data, frames, now)
         if new and w.pending_frames:
-            self._flushes.push(w.due_at, live)
+            self._flushes.push(w.due_at, (live, w.batch))
         return due
 
     def write(self, live: LiveStream) -> Written | None:
@@ -208,14 +210,19 @@ class BatchPath:
         """Streams still live (in ``current``) whose oldest pending audio waited an ack
         interval: flush them. Only streams whose deadline came are looked at."""
         out = []
-        for live in self._flushes.due(now):
-            if current.get(live.id) is not live:
-                continue  # ended, or resumed as another LiveStream
-            if live.writer.flush_due(now):
+        for live, batch in self._flushes.due(now):
+            w = live.writer
+            if w.batch != batch or not w.pending_frames or current.get(live.id) is not live:
+                continue  # written already (its successor has its own deadline), or ended
+            if w.flush_due(now):
                 out.append(live)
-            elif live.writer.pending_frames:  # the interval grew since: not forgotten
-                self._flushes.push(live.writer.due_at, live)
+            else:  # the interval grew since the batch began: not forgotten
+                self._flushes.push(w.due_at, (live, batch))
         return out
+
+    def scheduled(self) -> int:
+        """Flush deadlines waiting in the schedule: about one per live stream."""
+        return len(self._flushes)
 
     def sync_headers(self, now: float, current: Mapping[str, LiveStream]) -> None:
         """Patch the archive headers that are due (crash-safe readers see their sizes)."""

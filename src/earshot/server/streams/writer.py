@@ -46,6 +46,7 @@ class StreamWriter:
         self.pending = bytearray()
         self.pending_frames = 0
         self.pending_since = 0.0
+        self.batch = 0  # number of the pending batch (counts the batches written)
         self.newest = 0.0  # when the newest pending audio arrived
         self.acked = archive.frames
         self.header_synced = now
@@ -97,6 +98,7 @@ class StreamWriter:
             return None
         data, self.pending = self.pending, bytearray()  # views of `data` stay valid
         self.pending_frames = 0
+        self.batch += 1
         first = self.archive.frames
         result = self.archive.append(data)
         if result.non_finite:

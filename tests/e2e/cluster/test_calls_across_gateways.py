@@ -108,7 +108,9 @@ def test_a_room_across_two_gateways(tmp_path: Path, redis_server: RedisServer) -
         assert s2["participants"] == s1["participants"] or \
             [p["participant"] for p in s2["participants"]] == ["ann", "bob"], s2
         assert "held_by" not in s1 and s2["held_by"] == holder.decode()
-        assert httpx.get(f"{gw2.http}/api/rooms/across/audio").status_code == 409
+        for what in ("audio", "transcript"):  # made on the holder
+            r409 = httpx.get(f"{gw2.http}/api/rooms/across/{what}")
+            assert r409.status_code == 409 and r409.json()["detail"]["holder"], r409.text
         # a name taken on the holder is refused through the other gateway, the same way
         for srv in (gw2, gw1):
             refusal = asyncio.run(_refused(srv, "ann"))

@@ -156,10 +156,10 @@ def _reader(path: str) -> Callable[[int, int], np.ndarray]:
 
 
 @router.get("/{room}/audio", summary="The call recording (WAV); ?tracks=1: a channel each",
-            responses={200: {"content": {"audio/wav": {}}}})
-async def get_room_audio(room: str, rooms: Rooms, request: Request,
+            responses={200: {"content": {"audio/wav": {}}}},
+            dependencies=[Depends(_not_held_elsewhere)])
+async def get_room_audio(room: str, rooms: Rooms,
                          tracks: Annotated[bool, Query()] = False) -> Response:
-    await _not_held_elsewhere(request, room)
     try:
         stretches = rooms.stretches(room)
     except RoomError as exc:
@@ -182,13 +182,12 @@ async def get_room_audio(room: str, rooms: Rooms, request: Request,
 
 
 @router.get("/{room}/transcript", summary="The transcript by speaker: JSON, or "
-            "?format=srt|vtt|txt")
+            "?format=srt|vtt|txt", dependencies=[Depends(_not_held_elsewhere)])
 async def get_room_transcript(
-        room: str, rooms: Rooms, request: Request,
+        room: str, rooms: Rooms,
         format: Annotated[str, Query(pattern="^(json|srt|vtt|txt)$")] = "json") -> Response:
     from earshot.asr.export import FORMATS
 
-    await _not_held_elsewhere(request, room)
     try:
         stretches = rooms.stretches(room)
     except RoomError as exc:

@@ -146,6 +146,13 @@ def test_a_room_across_two_gateways(tmp_path: Path, redis_server: RedisServer) -
         bob_join = [e["t"] for e in events["bob"] if e["type"] == "joined"
                     and e["participant"] == "bob"]
         assert ann_join and ann_join == bob_join
+        # the call recording, made on the holder, has bob's track from gateway 2's stream
+        rec = httpx.get(f"{gw1.http}/api/rooms/across/audio", params={"tracks": 1})
+        assert rec.status_code == 200, rec.text
+        tracks, rate = sf.read(io.BytesIO(rec.content), dtype="float32")
+        assert rate == HEAR and tracks.shape[1] == 2
+        bob_track = tracks[:, 1]
+        assert _rms(bob_track) > 0.01 and _rms(tracks[:, 0]) > 0.01
     finally:
         gw1.stop()
         gw2.stop()

@@ -151,8 +151,37 @@ async def test_remote_seats_hear_and_are_heard(sides: list[Side],
     # the room's state asked of the holder through gateway 2
     remote = await two.relay.state("r", "gw1")
     assert [p["muted"] for p in remote["participants"]] == [False, True]
+    await bob.send_json({"type": "mute", "muted": False})
+    await ann.expect("unmuted", timeout=5)
+    # bob's VAD (its stream's events, on gateway 2) makes him speaking in the room
+    bob.session.post({"type": "speech_start", "t": 0.5})
+    for c in (ann, bob):
+        e = await c.expect("speaking", timeout=5)
+        assert e["participant"] == "bob"
+        assert e["t"] == pytest.approx(state["participants"][1]["joined_at"] + 0.5)
+    # bob's network drops: his seat waits; he resumes through gateway 2 into it
+    ready = next(m for m in bob.messages() if m.get("type") == "ready")
+    await bob.disconnect()
+    for _ in range(50):
+        if not one.rooms.snapshot("r")["participants"][1]["connected"]:
+            break
+        await asyncio.sleep(0.05)
+    assert not one.rooms.snapshot("r")["participants"][1]["connected"]
+    again = await two.connect("r", "bob")
+    await again.send_json({"type": "start", "format": "s16", "rate": 48000,
+                           "processors": [], "resume": ready["stream"],
+                           "resume_token": ready["resume_token"]})
+    resumed = await again.expect("room", timeout=5)
+    assert resumed["participants"][1]["connected"] is True
+    assert [m for m in ann.messages() if m.get("type") in ("joined", "left")
+            and m.get("participant") == "bob"] == [next(
+                m for m in ann.messages() if m.get("type") == "joined"
+                and m.get("participant") == "bob")]  # resumed silently, never left
+    before = len(again.ws.binary)  # type: ignore[attr-defined]
+    await talk(sides, 0.6, {ann: a, again: b}, pos | {again: pos[bob]})
+    assert len(again.ws.binary) > before + 10  # type: ignore[attr-defined]  # hears again
     # bob stops: he leaves the room on the holder
-    await bob.send_json({"type": "stop"})
+    await again.send_json({"type": "stop"})
     left = await ann.expect("left", timeout=5)
     assert left["participant"] == "bob" and left["reason"] == "left"
 

@@ -162,7 +162,8 @@ class RoomRelay:
         self.dropped = 0  # messages not sent (Redis down) or refused on arrival
 
     # -- lifecycle -----------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, *, wait: float = 5.0) -> None:
+        """Start listening (waiting up to ``wait`` seconds for the subscription)."""
         if self.redis is None:
             from earshot.cluster.bus.redis import redis_module
 
@@ -171,7 +172,7 @@ class RoomRelay:
         self._tasks = [asyncio.create_task(f(), name=f"earshot-relay-{f.__name__}")
                        for f in (self._listen, self._send_loop, self._lease_loop)]
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._subscribed.wait(), 5.0)
+            await asyncio.wait_for(self._subscribed.wait(), wait)
 
     async def close(self) -> None:
         for t in self._tasks:

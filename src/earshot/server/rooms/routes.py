@@ -68,7 +68,7 @@ async def open_rooms(app: Any) -> None:
     bus = app.state.hub.bus
     if isinstance(bus, RedisStreamsBus):
         relay = RoomRelay(rooms_of(app), bus.url, bus.keys, bus.name)
-        await relay.start()
+        await relay.start(wait=5.0 if bus.up else 0.0)  # Redis down: start anyway
         app.state.room_relay = relay
 
 

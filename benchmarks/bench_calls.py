@@ -8,6 +8,13 @@ handed it, plus its place in the frame (it plays that much later). Device buffer
 included (there are none), the 20 ms framing on both sides is. A and B run in one process
 (own event loop, own clocks), the gateway in another (``earshot serve``, loopback).
 
+Two gateways (``--two-gateways``): a redis-server and two ``earshot serve --bus redis://…``
+sharing a data directory; the room is held by gateway 1 (its first participant joins
+there). Measured the same way, three times: both participants on gateway 1 (the baseline,
+with the Redis bus), the mouth on gateway 2 (its audio reaches the mix through the relay),
+the ear on gateway 2 (its mix comes back through the relay). Results go to
+``calls-two-gateways.json``; the capacity runs are skipped.
+
 Capacity: N rooms of 4 bot participants each (a bot process per room), each sending
 16-bit PCM at 48 kHz in real time; for each N: the gateway's CPU (its process's, per
 participant), the mixer's counters per seat (concealed, stale: audio that came too late for
@@ -15,6 +22,7 @@ the live mix), the loop lag, and whether every archive holds exactly what its bo
 
     python benchmarks/bench_calls.py                       # → benchmarks/results/calls.json
     python benchmarks/bench_calls.py --rooms 1 4 8 --seconds 10
+    python benchmarks/bench_calls.py --two-gateways --latency-seconds 20
 """
 
 from __future__ import annotations
@@ -49,7 +57,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def latency(url: str, seconds: float) -> dict[str, Any]:
+async def latency(url: str, seconds: float, *, ear_url: str | None = None,
+                  room: str = "bench-latency") -> dict[str, Any]:
+    """The ear joins first (through ``ear_url``, else ``url``), then the mouth (``url``)."""
     burst = (0.5 * np.sin(2 * np.pi * 1000 * np.arange(480) / RATE)).astype(np.float32)
     period = RATE // 2  # a burst every 0.5 s
     sent: list[float] = []  # mouth times of the bursts' first samples
@@ -79,8 +89,8 @@ async def latency(url: str, seconds: float) -> dict[str, Any]:
         elif not len(loud) and np.max(np.abs(frame)) < 0.01:
             quiet[0] = True
 
-    async with Call(url, "bench-latency", "ear", rate=RATE, on_audio=speaker) as ear, \
-            Call(url, "bench-latency", "mouth", rate=RATE, mic=mic):
+    async with Call(ear_url or url, room, "ear", rate=RATE, on_audio=speaker) as ear, \
+            Call(url, room, "mouth", rate=RATE, mic=mic):
         await asyncio.sleep(seconds)
         stats = ear.jb.stats
     lat = []
@@ -183,7 +193,51 @@ async def rooms_run(srv: ServerProcess, rooms: int, seconds: float) -> dict[str,
             "archives_exact": f"{exact}/{n}"}
 
 
+def _about() -> dict[str, Any]:
+    return {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+            "python": sys.version.split()[0], "cpus": os.cpu_count(),
+            "load_average_at_start": os.getloadavg()[0]}
+
+
+async def two_gateways(args: argparse.Namespace) -> dict[str, Any]:
+    """Mouth-to-ear with the room held on gateway 1, each participant on either gateway."""
+    from redis_helpers import RedisServer
+
+    about = _about()
+    with tempfile.TemporaryDirectory() as tmp:
+        redis = RedisServer(Path(tmp) / "redis").start()
+        gws = []
+        try:
+            for _ in range(2):
+                gws.append(ServerProcess(Path(tmp) / "data", "--bus", redis.url,
+                                         "--max-loop-lag", "0").start())
+            gw1, gw2 = gws
+            runs = {"both_on_gateway_1": (gw1.url, gw1.url),
+                    "mouth_on_gateway_2": (gw2.url, gw1.url),
+                    "ear_on_gateway_2": (gw1.url, gw2.url)}
+            out = {}
+            for i, (label, (mouth, ear)) in enumerate(runs.items()):
+                # the ear joins first, on gateway 1 except in the last run: there the room
+                # must still be held by gateway 1, so a participant of gateway 1 holds it
+                if label == "ear_on_gateway_2":
+                    async with Call(gw1.url, f"bench-latency-{i}", "holder", rate=RATE,
+                                    processors=()):
+                        out[label] = await latency(mouth, args.latency_seconds, ear_url=ear,
+                                                   room=f"bench-latency-{i}")
+                else:
+                    out[label] = await latency(mouth, args.latency_seconds, ear_url=ear,
+                                               room=f"bench-latency-{i}")
+                print(label, json.dumps(out[label]), file=sys.stderr)
+        finally:
+            for g in gws:
+                g.stop()
+            redis.stop()
+    return {**about, "room_held_by": "gateway 1", "mouth_to_ear_two_gateways": out}
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    if args.two_gateways:
+        return await two_gateways(args)
     with tempfile.TemporaryDirectory() as tmp:
         # admission by loop lag off: this measures where the mix stops keeping up
         srv = ServerProcess(Path(tmp) / "data", "--max-loop-lag", "0").start()
@@ -209,13 +263,19 @@ def main() -> None:
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rooms", type=int, nargs="+", default=[1, 2, 4, 8])
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "calls.json")
+    ap.add_argument("--two-gateways", action="store_true",
+                    help="mouth-to-ear through two gateways on a Redis bus (needs "
+                    "redis-server); results in calls-two-gateways.json")
+    ap.add_argument("--out", type=Path)
     ap.add_argument("--bot-room", type=int, help=argparse.SUPPRESS)  # a bot process
     ap.add_argument("--url", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bot_room is not None:
         asyncio.run(bot_room(args.url, args.bot_room, args.seconds))
         return
+    if args.out is None:
+        name = "calls-two-gateways.json" if args.two_gateways else "calls.json"
+        args.out = ROOT / "benchmarks" / "results" / name
     result = asyncio.run(main_async(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -20,7 +20,9 @@ class RoomError(EarshotError):
     offset that is not one), ``bad_event`` (not a VAD event), ``bad_limits``,
     ``bad_audio`` (samples or settings of the wrong shape, type or value), ``bad_time``
     (a time that is not finite or goes backwards), ``bad_transcript`` (a final without
-    the fields of one).
+    the fields of one), ``bad_relay`` (bytes that are not a relay message between
+    gateways), ``room_unreachable`` (the room is held by another gateway that did not
+    answer).
     """
 
     def __init__(self, code: str, message: str) -> None:

@@ -86,6 +86,8 @@ class Code(enum.StrEnum):
     ROOM_ENDED = "room_ended"
     NO_ROOM = "no_room"
     NOT_IN_ROOM = "not_in_room"
+    ROOM_UNREACHABLE = "room_unreachable"  # held by another gateway that did not answer
+    HELD_ELSEWHERE = "held_elsewhere"  # a room's call under way on another gateway
     # -- events about a stream (errors and warnings) ----------------------------------------
     PROCESSOR_FAILED = "processor_failed"
     PROCESSOR_UNAVAILABLE = "processor_unavailable"

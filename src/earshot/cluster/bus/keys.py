@@ -19,6 +19,10 @@ Redis" section documents these for users who consume the log with plain redis-py
 * ``{prefix}workers:{kind}`` — sorted set: worker name → last heartbeat (ms).
 * ``{prefix}dedup:{stream}`` — hash: processor → delivered-event state (JSON).
 * ``{prefix}stats`` — hash of counters (``takeovers:{kind}``).
+* ``{prefix}room:{room}:holder`` — the gateway holding a call's room (string, expires; its
+  mix is made there, :mod:`earshot.server.rooms.relay`).
+* ``{prefix}gateway:{name}`` — a pub/sub channel per gateway: the relay messages of calls
+  (:mod:`earshot.rooms.relay`) for the rooms or the participants it has.
 """
 
 from __future__ import annotations
@@ -60,6 +64,12 @@ class Keys:
 
     def dedup(self, stream: str) -> str:
         return f"{self.prefix}dedup:{stream}"
+
+    def room_holder(self, room: str) -> str:
+        return f"{self.prefix}room:{room}:holder"
+
+    def gateway(self, name: str) -> str:
+        return f"{self.prefix}gateway:{name}"
 
     @property
     def stats(self) -> str:

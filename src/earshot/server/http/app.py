@@ -27,7 +27,7 @@ from earshot.server.http.static import CorsStaticFiles
 from earshot.server.http.subscribe import subscribe
 from earshot.server.ingest.session import IngestSession, refuse_unauthorized
 from earshot.server.metrics import Metrics
-from earshot.server.rooms.routes import add_rooms, close_rooms
+from earshot.server.rooms.routes import add_rooms, close_rooms, open_rooms
 from earshot.server.streams.admission import probe_loop_lag
 from earshot.server.streams.hub import Hub
 from earshot.server.streams.lifecycle import DRAIN_TIMEOUT, drain_on_signals
@@ -129,6 +129,7 @@ def create_app(settings: Settings) -> FastAPI:
             collector = objects.collector()
             app.state.metrics.registry.register(collector)
         app.state.hub = hub
+        await open_rooms(app)  # with a Redis bus: rooms across gateways (server/rooms/relay.py)
         from earshot.server.doors import start_listeners, stop_listeners
 
         listeners = await start_listeners(app)  # --wyoming, --icecast (docs/doors.md)

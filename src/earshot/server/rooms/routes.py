@@ -11,6 +11,13 @@
 
 The recording and the transcript are of the room's current call, or of the last call
 held under that name on this gateway (``DATA/rooms/ROOM.json``).
+
+With a Redis bus a room may be held by another gateway (:mod:`earshot.server.rooms.relay`):
+then ``GET /api/rooms/ROOM`` answers with the holder's state (asked of it through the
+relay, ``held_by`` naming it), and the recording and the transcript of a call under way
+are refused with 409 ``held_elsewhere`` naming the holder (they are made there, where the
+call's stretches are kept); once the call has ended they are served from any gateway that
+shares the holder's data directory.
 """
 
 from __future__ import annotations
@@ -30,11 +37,13 @@ from earshot.errors import StreamNotFound
 from earshot.rooms.errors import RoomError
 from earshot.rooms.recording import Track, call_transcript, mix_call, participants
 from earshot.server.http.rest import require_token
+from earshot.server.rooms.relay import RoomRelay
 from earshot.server.rooms.service import MIX_RATE, RoomService
 from earshot.server.rooms.session import CallSession
 from earshot.server.streams.hub import Hub
+from earshot.wire.codes import Code
 
-__all__ = ["add_rooms", "close_rooms", "rooms_of"]
+__all__ = ["add_rooms", "close_rooms", "open_rooms", "relay_of", "rooms_of"]
 
 router = APIRouter(prefix="/api/rooms", tags=["rooms"], dependencies=[Depends(require_token)])
 
@@ -47,7 +56,27 @@ def rooms_of(app: Any) -> RoomService:
     return service
 
 
+def relay_of(app: Any) -> RoomRelay | None:
+    """The gateway's relay of rooms across gateways (None: not on a Redis bus)."""
+    return getattr(app.state, "room_relay", None)
+
+
+async def open_rooms(app: Any) -> None:
+    """On a Redis bus, start the relay that lets a room's participants be on any gateway."""
+    from earshot.cluster.bus.redis import RedisStreamsBus
+
+    bus = app.state.hub.bus
+    if isinstance(bus, RedisStreamsBus):
+        relay = RoomRelay(rooms_of(app), bus.url, bus.keys, bus.name)
+        await relay.start(wait=5.0 if bus.up else 0.0)  # Redis down: start anyway
+        app.state.room_relay = relay
+
+
 async def close_rooms(app: Any) -> None:
+    relay = relay_of(app)
+    if relay is not None:
+        await relay.close()
+        app.state.room_relay = None
     service = getattr(app.state, "rooms", None)
     if service is not None:
         await service.close()
@@ -62,7 +91,23 @@ Rooms = Annotated[RoomService, Depends(_service)]
 
 def _http(exc: RoomError) -> HTTPException:
     status = 404 if exc.code in ("no_room", "not_in_room") else 400
+    if exc.code == Code.ROOM_UNREACHABLE:
+        status = 503
     return HTTPException(status, {"code": exc.code, "message": exc.message})
+
+
+async def _held_elsewhere(request: Request, room: str) -> str | None:
+    relay = relay_of(request.app)
+    return None if relay is None else await relay.holder_of(room)
+
+
+async def _not_held_elsewhere(request: Request, room: str) -> None:
+    """409 for the recording or transcript of a call under way on another gateway."""
+    holder = await _held_elsewhere(request, room)
+    if holder is not None:
+        raise HTTPException(409, {"code": Code.HELD_ELSEWHERE, "holder": holder,
+                                  "message": f"room {room!r} is held by gateway {holder}: "
+                                  "its recording and transcript are made there"})
 
 
 @router.get("", summary="The rooms live on this gateway")
@@ -72,8 +117,13 @@ async def list_rooms(rooms: Rooms) -> dict[str, Any]:
 
 @router.get("/{room}", summary="One live room: its clock and participants (with each "
             "seat's mixer counters)")
-async def get_room(room: str, rooms: Rooms) -> dict[str, Any]:
+async def get_room(room: str, rooms: Rooms, request: Request) -> dict[str, Any]:
     try:
+        holder = await _held_elsewhere(request, room)
+        if holder is not None:
+            relay = relay_of(request.app)
+            assert relay is not None
+            return {**await relay.state(room, holder), "held_by": holder}
         return rooms.snapshot(room, stats=True)
     except RoomError as exc:
         raise _http(exc) from None
@@ -106,7 +156,8 @@ def _reader(path: str) -> Callable[[int, int], np.ndarray]:
 
 
 @router.get("/{room}/audio", summary="The call recording (WAV); ?tracks=1: a channel each",
-            responses={200: {"content": {"audio/wav": {}}}})
+            responses={200: {"content": {"audio/wav": {}}}},
+            dependencies=[Depends(_not_held_elsewhere)])
 async def get_room_audio(room: str, rooms: Rooms,
                          tracks: Annotated[bool, Query()] = False) -> Response:
     try:
@@ -131,7 +182,7 @@ async def get_room_audio(room: str, rooms: Rooms,
 
 
 @router.get("/{room}/transcript", summary="The transcript by speaker: JSON, or "
-            "?format=srt|vtt|txt")
+            "?format=srt|vtt|txt", dependencies=[Depends(_not_held_elsewhere)])
 async def get_room_transcript(
         room: str, rooms: Rooms,
         format: Annotated[str, Query(pattern="^(json|srt|vtt|txt)$")] = "json") -> Response:
@@ -162,4 +213,4 @@ def add_rooms(app: FastAPI, settings: Settings) -> None:
 
     @app.websocket("/ws/call")
     async def call(ws: WebSocket) -> None:
-        await CallSession(ws, app.state.hub, rooms_of(app)).run()
+        await CallSession(ws, app.state.hub, rooms_of(app), relay_of(app)).run()

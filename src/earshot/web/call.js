@@ -14,6 +14,16 @@
 // Opus) and played through player-worklet.js, the jitter buffer of `earshot listen`.
 // Events: the room's ("room", "joined", "left", "speaking", "silent", "muted", "unmuted",
 // "ended", "levels"), the stream's ("ready", "ack", ...), "servererror", "error".
+//
+// Latency probe (off by default; benchmarks/bench_calls_page.py): with `probe: true`, the
+// capture and player worklets look for the onsets of bursts (probe.js) in what the
+// microphone callback gets and what the speaker callback plays, and the call emits
+// "probe" events {side: "mic" | "speaker", time, peak}: `time` is the onset sample's own
+// time in ms on Date.now()'s clock (the system clock, comparable with Python's time.time()
+// on the same machine): for the microphone, the callback's time minus how long before it
+// the sample was captured; for the speaker, plus how long after it the sample plays (the
+// sound device's own buffer excluded). Without it the worklets do nothing more.
+// `playerStats` holds the player's last jitter-buffer report (about once a second).
 
 import { EarshotError, defaultServer, emit, explain } from "./common.js";
 import { IngestClient } from "./ingest.js";
@@ -49,6 +59,8 @@ export class Call extends EventTarget {
       autoGainControl: options.autoGainControl ?? true,
     };
     this.keepHeard = options.keepHeard ?? true; // decoded mix kept for heardPcm()
+    this.probe = !!options.probe; // "probe" events: see the top of this file
+    this.playerStats = null;
     this.state = "idle"; // idle | joining | joined | leaving | left | failed
     this.participants = new Map(); // name -> {speaking, muted, level}
     this.muted = false;
@@ -69,13 +81,18 @@ export class Call extends EventTarget {
       if (this.mix === "opus") this._startDecoder();
       await this.context.audioWorklet.addModule(CAPTURE_WORKLET);
       await this.context.audioWorklet.addModule(PLAYER_WORKLET);
-      this.player = new AudioWorkletNode(this.context, "earshot-player",
-                                         { numberOfInputs: 0, outputChannelCount: [1] });
+      this.player = new AudioWorkletNode(this.context, "earshot-player", {
+        numberOfInputs: 0, outputChannelCount: [1],
+        processorOptions: { probe: this.probe } });
+      this.player.port.onmessage = (e) => {
+        if (e.data.type === "stats") this.playerStats = e.data;
+        else if (e.data.type === "probe") this._probe("speaker", e.data);
+      };
       this.player.connect(this.context.destination);
       this.source = this.context.createMediaStreamSource(this.media);
       this.capture = new AudioWorkletNode(this.context, "earshot-capture", {
         numberOfInputs: 1, numberOfOutputs: 1, outputChannelCount: [1],
-        processorOptions: { frameMs: 20 } });
+        processorOptions: { frameMs: 20, probe: this.probe } });
       const mute = this.context.createGain();
       mute.gain.value = 0;
       this.source.connect(this.capture).connect(mute).connect(this.context.destination);
@@ -93,6 +110,7 @@ export class Call extends EventTarget {
       await Promise.race([this.ingest.connect().then(() => seated), refused]);
       this.capture.port.onmessage = (e) => {
         if (e.data === "end") return;
+        if (e.data.type === "probe") { this._probe("mic", e.data); return; }
         const data = new Int16Array(e.data);
         this.ingest.add({ offset: this._total, data });
         this._total += data.length;
@@ -167,6 +185,10 @@ export class Call extends EventTarget {
       }
     }
     emit(this, type, msg);
+  }
+
+  _probe(side, m) {
+    emit(this, "probe", { side, time: m.time, peak: m.peak });
   }
 
   _packet(buf) {

@@ -1,6 +1,10 @@
 // earshot capture worklet: turns the microphone's 128-frame render quanta into 20 ms frames
 // of little-endian int16 (what the server archives bit-exact), posted to the main thread.
 // Conversion matches the server's f32 → s16 rule: round(x * 32768), saturated.
+// With processorOptions.probe (a Call made with `probe: true`), each burst's onset is also
+// posted as {type: "probe", time, peak} (probe.js): for the latency benchmark.
+
+import { OnsetProbe, blockTime } from "./probe.js";
 
 class EarshotCapture extends AudioWorkletProcessor {
   constructor(options) {
@@ -10,6 +14,8 @@ class EarshotCapture extends AudioWorkletProcessor {
     this.frame = new Int16Array(this.size);
     this.fill = 0;
     this.running = true;
+    this.probe = options && options.processorOptions && options.processorOptions.probe
+      ? new OnsetProbe() : null;
     this.port.onmessage = (e) => {
       if (e.data === "stop") {
         if (this.fill > 0) this.flush(this.fill);
@@ -31,6 +37,11 @@ class EarshotCapture extends AudioWorkletProcessor {
     const input = inputs[0];
     if (!input || input.length === 0) return true;
     const ch = input[0];  // mono: the page asks getUserMedia for one channel
+    if (this.probe) {
+      const o = this.probe.feed(ch);
+      if (o) this.port.postMessage({ type: "probe", peak: o.peak,
+                                     time: blockTime(o.index, ch.length, sampleRate, -1) });
+    }
     for (let i = 0; i < ch.length; i++) {
       let v = Math.round(ch[i] * 32768);
       if (v > 32767) v = 32767; else if (v < -32768) v = -32768; else if (v !== v) v = 0;

@@ -4,12 +4,17 @@
 // clock's time, and the render callback pops one frame per 20 ms of output: audio,
 // silence for a concealed frame (lost, or a stretch to grow the delay), or silence while
 // pre-buffering. The audio clock is the playout clock, so the output never stalls.
+// With processorOptions.probe (a Call made with `probe: true`), each burst's onset in the
+// output is also posted as {type: "probe", time, peak} (probe.js): for the latency benchmark.
 
 import { JitterBuffer } from "./jitter.js";
+import { OnsetProbe, blockTime } from "./probe.js";
 
 class EarshotPlayer extends AudioWorkletProcessor {
-  constructor() {
+  constructor(options) {
     super();
+    this.probe = options && options.processorOptions && options.processorOptions.probe
+      ? new OnsetProbe() : null;
     this.jb = null;
     this.frame = 0;
     this.cur = null; // the frame being played (Int16Array, or null: silence)
@@ -40,6 +45,11 @@ class EarshotPlayer extends AudioWorkletProcessor {
       this.head++;
     }
     if (++this.ticks % 50 === 0) this._report();
+    if (this.probe) {
+      const o = this.probe.feed(out);
+      if (o) this.port.postMessage({ type: "probe", peak: o.peak,
+                                     time: blockTime(o.index, out.length, sampleRate, 1) });
+    }
     return true;
   }
 

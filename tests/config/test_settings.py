@@ -52,6 +52,7 @@ FLAT_NAMES = [
     "max_rest_requests", "max_rest_per_client", "rest_send_timeout", "max_loop_lag",
     "max_ack_latency", "min_free_space", "bus",
     "bus_retention", "mqtt", "upload_limit", "wyoming", "wyoming_allow", "icecast",
+    "max_rooms", "room_seats", "room_grace", "seat_grace",
 ]
 FILE_ONLY = {"header_interval", "compat", "archive_store_access_key_id",
              "archive_store_secret_access_key"}
@@ -111,7 +112,8 @@ def test_the_names_users_type_are_unchanged() -> None:
         assert opt.flag == want, opt.flat
     assert len({o.path for o in options()}) == len(FLAT_NAMES)
     assert [f for f in GROUPS] == ["server", "security", "tls", "archive", "ingest",
-                                   "processing", "asr", "admission", "bus", "mqtt", "doors"]
+                                   "processing", "asr", "admission", "bus", "mqtt", "doors",
+                                   "rooms"]
 
 
 @pytest.mark.parametrize("opt", options(), ids=lambda o: o.flat)
@@ -157,6 +159,23 @@ async def test_the_hub_runs_a_fixed_cadence_from_a_large_ack_interval() -> None:
         assert not gw.hub.load.cadence.adaptive
     async with Gateway(ack_interval=0.05, ack_interval_max=0.3) as gw:
         assert (gw.hub.load.cadence.base, gw.hub.load.cadence.most) == (0.05, 0.3)
+
+
+async def test_the_call_limits_reach_the_rooms() -> None:
+    """``--max-rooms``, ``--room-seats``, ``--room-grace``, ``--seat-grace`` (each layer: the
+    command line over the environment over the file) become the gateway's RoomLimits."""
+    from earshot.rooms.room import RoomLimits
+    from earshot.server.rooms.service import RoomService, room_limits
+
+    ns = serve_parser().parse_args(["--max-rooms", "3", "--room-seats", "2",
+                                    "--room-grace", "5"])
+    s = merge_settings(parse_config_file("[rooms]\nseats = 4\ngrace = 60\nseat_grace = 1\n"),
+                       env_overrides({"EARSHOT_SEAT_GRACE": "2.5"}), cli_overrides(ns))
+    want = RoomLimits(max_seats=2, max_rooms=3, grace=5.0, seat_grace=2.5)
+    assert room_limits(s.rooms) == want
+    assert room_limits(Settings().rooms) == RoomLimits()  # the defaults are the core's
+    async with Gateway(**{k: v for k, v in s.changed().items() if k != "data_dir"}) as gw:
+        assert RoomService(gw.hub).limits == want
 
 
 # -- the generators agree -----------------------------------------------------------------
@@ -227,6 +246,8 @@ def test_sizes_have_one_parser_everywhere() -> None:
     (["--processes", "65"], "argument --processes: must be an integer from 1 to 64, not 65"),
     (["--conn-burst", "0"], "argument --conn-burst: must be an integer of at least 1, not 0"),
     (["--bus-retention", "0.5"], "argument --bus-retention: must be a number from 1 to 604800"),
+    (["--room-seats", "0"], "argument --room-seats: must be an integer from 1 to 64, not 0"),
+    (["--seat-grace", "-1"], "argument --seat-grace: must be a number from 0 to 3600"),
 ])
 def test_bad_options_are_usage_errors_with_the_range(
         argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

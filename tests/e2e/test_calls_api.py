@@ -221,3 +221,33 @@ async def test_a_token_that_may_not_publish_there_cannot_speak(tmp_path: Path) -
             assert ann.stream
     finally:
         srv.stop()
+
+
+async def test_the_servers_room_limits_are_its_options(tmp_path: Path) -> None:
+    """``earshot serve --room-seats 2 --max-rooms 1``: a third participant gets ``room_full``
+    and a second room ``too_many_rooms``, each naming the limit; /api/rooms and /healthz
+    report the limits; the room that is held goes on."""
+    srv = ServerProcess(tmp_path / "data", "--room-seats", "2", "--max-rooms", "1",
+                        "--seat-grace", "4").start()
+    try:
+        limits = httpx.get(f"{srv.http}/api/rooms").json()["limits"]
+        assert limits == {"max_rooms": 1, "room_seats": 2, "room_grace": 30.0,
+                          "seat_grace": 4.0}
+        assert httpx.get(f"{srv.http}/healthz").json()["rooms"] == limits
+        async with Call(srv.url, "standup", "ann"), Call(srv.url, "standup", "bob"):
+            with pytest.raises(ClientError) as full:
+                await Call(srv.url, "standup", "cat").join()
+            assert full.value.code == "room_full"
+            assert "full (2 participants)" in str(full.value)
+            with pytest.raises(ClientError) as many:
+                await Call(srv.url, "retro", "dan").join()
+            assert many.value.code == "too_many_rooms"
+            assert "at most 1 rooms" in str(many.value)
+            rooms = httpx.get(f"{srv.http}/api/rooms").json()["rooms"]
+            assert [(r["room"], [p["participant"] for p in r["participants"]])
+                    for r in rooms] == [("standup", ["ann", "bob"])]
+        names = {s["name"] for s in httpx.get(f"{srv.http}/api/streams").json()["streams"]}
+        assert names == {"standup/ann", "standup/bob"}  # the refused joins opened no stream
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log.read_text()

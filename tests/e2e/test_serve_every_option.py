@@ -11,7 +11,8 @@ option (``header_interval``, ``compat``) come from a ``--config`` file, as group
 The server must come up (https /healthz), print the effective settings it runs with
 (``--log-level debug``: one JSON line, secrets masked) equal, setting by setting, to what was
 asked, and show them where they act: TLS with our certificate, the token, the archive
-format, the ack cadence, admission and REST limits, speech-to-text, the Redis bus.
+format, the ack cadence, admission and REST limits, speech-to-text, the Redis bus, the
+calls' limits.
 """
 
 from __future__ import annotations
@@ -142,6 +143,12 @@ def test_serve_with_every_option_changed(tmp_path: Path) -> None:
         assert health["rest"]["rate"] == float(texts["rest_rate"])
         assert health["rest"]["max_requests"] == int(texts["max_rest_requests"])
         assert health["bus"]["state"] == "ok"  # --bus: the real redis-server
+        rooms = {"max_rooms": int(texts["max_rooms"]), "room_seats": int(texts["room_seats"]),
+                 "room_grace": float(texts["room_grace"]),
+                 "seat_grace": float(texts["seat_grace"])}
+        assert health["rooms"] == rooms  # the calls' limits, as the rooms keep them
+        assert httpx.get(base + "/api/rooms", verify=False, headers={
+            "Authorization": f"Bearer {token}"}).json()["limits"] == rooms
         asr = health["asr"]
         assert asr["available"] and asr["engine"] == texts["asr_engine"]
         assert asr["model"] == texts["asr_model"]

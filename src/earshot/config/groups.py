@@ -422,11 +422,28 @@ class DoorsSettings(Group):
             raise ConfigError(f"--wyoming {self.wyoming!r}: use tcp://HOST:PORT")
 
 
+@dataclass(frozen=True, kw_only=True)
+class RoomsSettings(Group):
+    TITLE: ClassVar[str] = "calls (docs: calls.md)"
+
+    max_rooms: int = setting(100, "rooms (calls) held at once per gateway; past it a new "
+                             "room is refused with 'too_many_rooms'",
+                             range=Range(int, 1, 100_000), metavar="N")
+    seats: int = setting(8, "participants per room; past it 'room_full'", flat="room_seats",
+                         range=Range(int, 1, 64), metavar="N")
+    grace: float = setting(30.0, "seconds an empty room lives on before it ends (a join "
+                           "in that time keeps it)", flat="room_grace",
+                           range=Range(float, 0, 86400, unit="seconds"), metavar="SECONDS")
+    seat_grace: float = setting(10.0, "seconds a dropped participant's seat waits for them "
+                                "to resume it", range=Range(float, 0, 3600, unit="seconds"),
+                                metavar="SECONDS")
+
+
 GROUPS: dict[str, type[Group]] = {
     "server": ServerSettings, "security": SecuritySettings, "tls": TlsSettings,
     "archive": ArchiveSettings, "ingest": IngestSettings, "processing": ProcessingSettings,
     "asr": AsrSettings, "admission": AdmissionSettings, "bus": BusSettings,
-    "mqtt": MqttSettings, "doors": DoorsSettings,
+    "mqtt": MqttSettings, "doors": DoorsSettings, "rooms": RoomsSettings,
 }
 
 
@@ -448,6 +465,7 @@ class Settings:
     bus: BusSettings = BusSettings()
     mqtt: MqttSettings = MqttSettings()
     doors: DoorsSettings = DoorsSettings()
+    rooms: RoomsSettings = RoomsSettings()
 
     def __post_init__(self) -> None:
         if self.server.processes > 1 and self.bus.url is None:

@@ -28,7 +28,9 @@ mapping unchanged. Anyone else asking for a name that is seated gets ``name_take
 Names: a room is 1-64 of ``A-Z a-z 0-9 . _ -``, starting with a letter or digit (it goes
 into stream names, URLs and MQTT topics). A participant is 1-64 printable characters
 without ``/ + #`` and without leading or trailing spaces. Limits (:class:`RoomLimits`):
-seats per room (``room_full``), rooms per server (:class:`Rooms`, ``too_many_rooms``).
+seats per room (``room_full``), rooms per server (:class:`Rooms`, ``too_many_rooms``); a
+server takes them from its settings (``--room-seats``, ``--max-rooms``, ``--room-grace``,
+``--seat-grace``: :func:`earshot.server.rooms.service.room_limits`).
 """
 
 from __future__ import annotations

@@ -198,3 +198,42 @@ async def test_vad_events_become_speaking_and_silent(kind: str) -> None:
         if kind == "speech_end":
             session.post({"type": "speech_end", "t": 1.25})
             assert (await ann.expect("silent"))["t"] == pytest.approx(1.25)
+
+
+async def test_the_rooms_settings_are_the_limits_a_gateway_keeps() -> None:
+    """``--room-seats 2 --max-rooms 1 --seat-grace 0.5 --room-grace 1`` (the flat settings a
+    gateway is built with) are what its rooms refuse and end by, on the fake clock."""
+    async with Gateway(room_seats=2, max_rooms=1, seat_grace=0.5, room_grace=1.0) as gw:
+        rooms = RoomService(gw.hub)  # no limits given: the gateway's settings
+        assert (rooms.limits.max_seats, rooms.limits.max_rooms) == (2, 1)
+        assert (rooms.limits.seat_grace, rooms.limits.grace) == (0.5, 1.0)
+        ann, bob = await connect(gw, rooms, "r", "ann"), await connect(gw, rooms, "r", "bob")
+        await start(ann, 16000)
+        await start(bob, 16000)
+        cat = await connect(gw, rooms, "r", "cat")
+        await cat.send_json({"type": "start", "format": "s16", "rate": 16000})
+        err = await cat.expect("error")
+        assert err["code"] == "room_full" and "2 participants" in err["message"]
+        dan = await connect(gw, rooms, "s", "dan")
+        await dan.send_json({"type": "start", "format": "s16", "rate": 16000})
+        err = await dan.expect("error")
+        assert err["code"] == "too_many_rooms" and "at most 1 rooms" in err["message"]
+        # bob's network drops: his seat waits 0.5 s (then at the room's next 1 s tick) ...
+        await bob.disconnect()
+        quiet = np.zeros(16000 * 4, np.int16)
+        pos = {ann: 0}
+        await run(gw, 0.4, {ann: quiet}, {ann: 16000}, pos)
+        assert [p["participant"] for p in rooms.snapshot("r")["participants"]] == ["ann", "bob"]
+        await run(gw, 0.8, {ann: quiet}, {ann: 16000}, pos)
+        left = await ann.expect("left")
+        assert left["participant"] == "bob" and left["reason"] == "lost"
+        assert left["t"] == pytest.approx(0.5, abs=0.05)  # lost at 0, gone after seat_grace
+        # ... and once ann stops, the empty room ends after 1 s: the gateway may open another
+        await ann.send_json({"type": "stop"})
+        await ann.expect("stopped")
+        await run(gw, 0.5, {}, {}, {})
+        assert rooms.names() == ["r"]  # within its grace
+        await run(gw, 1.6, {}, {}, {})
+        assert rooms.names() == []
+        await dan.send_json({"type": "start", "format": "s16", "rate": 16000})
+        assert [p["participant"] for p in (await dan.expect("room"))["participants"]] == ["dan"]

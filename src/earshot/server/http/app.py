@@ -28,6 +28,7 @@ from earshot.server.http.subscribe import subscribe
 from earshot.server.ingest.session import IngestSession, refuse_unauthorized
 from earshot.server.metrics import Metrics
 from earshot.server.rooms.routes import add_rooms, close_rooms, open_rooms
+from earshot.server.rooms.service import limits_report, room_limits
 from earshot.server.streams.admission import probe_loop_lag
 from earshot.server.streams.hub import Hub
 from earshot.server.streams.lifecycle import DRAIN_TIMEOUT, drain_on_signals
@@ -64,6 +65,7 @@ def capabilities(settings: Settings, registry: Registry,
         "processors": sorted(registry.offered),
         "default_processors": [s.ref for s in registry.defaults],
         "asr": report,
+        "rooms": limits_report(room_limits(settings.rooms)),  # calls' limits (docs/calls.md)
     }
 
 

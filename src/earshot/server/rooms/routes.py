@@ -1,6 +1,7 @@
 """The call endpoints: ``/ws/call`` and the ``/api/rooms`` REST routes.
 
-* ``GET /api/rooms`` — the rooms live on this gateway;
+* ``GET /api/rooms`` — the rooms live on this gateway, and its limits (``--max-rooms``,
+  ``--room-seats``, ``--room-grace``, ``--seat-grace``);
 * ``GET /api/rooms/ROOM`` — one live room's state (its clock, its participants);
 * ``GET /api/rooms/ROOM/audio`` — the call recording as WAV (16-bit, 48 kHz): every
   participant's archive aligned on the room clock and summed (no limiter: the sum of the
@@ -38,7 +39,7 @@ from earshot.rooms.errors import RoomError
 from earshot.rooms.recording import Track, call_transcript, mix_call, participants
 from earshot.server.http.rest import require_token
 from earshot.server.rooms.relay import RoomRelay
-from earshot.server.rooms.service import MIX_RATE, RoomService
+from earshot.server.rooms.service import MIX_RATE, RoomService, limits_report
 from earshot.server.rooms.session import CallSession
 from earshot.server.streams.hub import Hub
 from earshot.wire.codes import Code
@@ -110,9 +111,10 @@ async def _not_held_elsewhere(request: Request, room: str) -> None:
                                   "its recording and transcript are made there"})
 
 
-@router.get("", summary="The rooms live on this gateway")
+@router.get("", summary="The rooms live on this gateway, and its limits")
 async def list_rooms(rooms: Rooms) -> dict[str, Any]:
-    return {"rooms": [rooms.snapshot(n) for n in rooms.names()]}
+    return {"rooms": [rooms.snapshot(n) for n in rooms.names()],
+            "limits": limits_report(rooms.limits)}
 
 
 @router.get("/{room}", summary="One live room: its clock and participants (with each "

@@ -12,6 +12,10 @@ Everything runs on the event loop, time from the hub's clock. Per room:
   frame, for how many frames), kept in ``DATA/rooms/ROOM.json`` for the call recording and
   the transcript by speaker (:mod:`earshot.server.rooms.routes`).
 
+The limits (:class:`~earshot.rooms.room.RoomLimits`) are the gateway's ``rooms`` settings
+(``--max-rooms``, ``--room-seats``, ``--room-grace``, ``--seat-grace``: :func:`room_limits`)
+unless given.
+
 Room events (:class:`~earshot.rooms.room.RoomEvent`) go to every participant, and onto the
 bus under the stream of the participant they are about (subscribers of that stream or of
 ``*``, MQTT), with ``room`` and room-clock ``t``.
@@ -34,6 +38,7 @@ import numpy as np
 
 from earshot.audio import f32_to_s16
 from earshot.codec.opus import OpusEncoder
+from earshot.config import RoomsSettings
 from earshot.rooms.errors import RoomError
 from earshot.rooms.mixer import Mixer
 from earshot.rooms.room import (
@@ -46,7 +51,7 @@ from earshot.rooms.room import (
 )
 from earshot.server.streams.hub import Hub
 
-__all__ = ["MIX_RATE", "Member", "RoomService", "mix_header"]
+__all__ = ["MIX_RATE", "Member", "RoomService", "limits_report", "mix_header", "room_limits"]
 
 log = logging.getLogger("earshot.rooms")
 MIX_RATE = 48000
@@ -58,6 +63,19 @@ HEADER = struct.Struct("<Q")
 def mix_header(room_frame: int) -> bytes:
     """The 8 bytes before each mix packet: its first room frame (48 kHz), little-endian."""
     return HEADER.pack(room_frame)
+
+
+def room_limits(settings: RoomsSettings) -> RoomLimits:
+    """The room limits the ``rooms`` settings ask for (``--max-rooms``, ``--room-seats``,
+    ``--room-grace``, ``--seat-grace``)."""
+    return RoomLimits(max_seats=settings.seats, max_rooms=settings.max_rooms,
+                      grace=settings.grace, seat_grace=settings.seat_grace)
+
+
+def limits_report(limits: RoomLimits) -> dict[str, Any]:
+    """The limits as ``/api/rooms`` and ``/healthz`` report them (by the settings' names)."""
+    return {"max_rooms": limits.max_rooms, "room_seats": limits.max_seats,
+            "room_grace": limits.grace, "seat_grace": limits.seat_grace}
 
 
 class Listener(Protocol):
@@ -93,7 +111,7 @@ class RoomService:
     def __init__(self, hub: Hub, limits: RoomLimits | None = None, *,
                  bitrate: int = 32000) -> None:
         self.hub = hub
-        self.rooms = Rooms(limits)
+        self.rooms = Rooms(limits if limits is not None else room_limits(hub.settings.rooms))
         self.limits = self.rooms.limits
         self.bitrate = bitrate
         self._calls: dict[str, _Call] = {}

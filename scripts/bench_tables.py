@@ -389,6 +389,36 @@ def admission() -> str:
                    "archives exact", "CPU pressure (PSI avg60)"], "llrrrrrlll", rows)
 
 
+
+# -- speech-to-text: speaking streams per box ------------------------------------------------
+SPEAKING = {  # bench_speaking.py --json files, in the order shown
+    "speaking-pocketsphinx.json": "pocketsphinx, two passes (default)",
+    "speaking-pocketsphinx-incremental.json": "pocketsphinx, `--asr-final incremental`",
+    "speaking-whisper-batch8.json": "tiny Whisper, `--asr-batch 8`",
+    "speaking-whisper-batch1.json": "tiny Whisper, `--asr-batch 1`",
+}
+
+
+def speaking() -> str:
+    rows = []
+    for name, label in SPEAKING.items():
+        run = _load(name)
+        for r in run["rows"]:
+            per = r.get("cpu_per_stream", r["server_cpu_cores"] / r["streams"])
+            rows.append([label, str(r["streams"]), "yes" if r["held"] else "no",
+                         f"{r['final_p50_s']:.2f} / {r['final_p95_s']:.2f} / "
+                         f"{r['final_max_s']:.2f}",
+                         str(r["finals_missing"]),
+                         f"{r['interims']} ({r['interims_skipped']})", str(r["lag_events"]),
+                         str(r["dropped_events"]),
+                         f"{r['server_cpu_cores']:.2f} ({per:.3f})",
+                         f"{r['load_after']:.1f}"])
+        rows.append([f"{label}: highest N held", f"**{run['highest_held'] or 'none'}**",
+                     "", "", "", "", "", "", "", f"run {run.get('date', '?')}"])
+    return _table(["engine", "N", "held", "final p50 / p95 / max s", "missing",
+                   "interims (skipped)", "lag events", "dropped",
+                   "server CPU cores (per stream)", "load"], "lrlrrrrrrr", rows)
+
 TABLES: dict[str, Callable[[], str]] = {
     "ingest-vs-bare": ingest_vs_bare,
     "ingest-compat": ingest_compat,
@@ -414,6 +444,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "guard": guard,
     "soak": soak,
     "admission": admission,
+    "speaking": speaking,
 }
 
 

@@ -116,6 +116,7 @@ class MemoryWebSocket:
     accepted: bool = False
     closed: tuple[int, str] | None = None
     sent: list[str] = field(default_factory=list)  # text sent through ASGI, in order
+    binary: list[bytes] = field(default_factory=list)  # binary sent (e.g. a call's mix)
     _incoming: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
 
     @property
@@ -135,6 +136,11 @@ class MemoryWebSocket:
         if self.closed is not None:
             raise RuntimeError("send after close")
         self.sent.append(text)
+
+    async def send_bytes(self, data: bytes) -> None:
+        if self.closed is not None:
+            raise RuntimeError("send after close")
+        self.binary.append(data)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         self.closed = (code, reason)

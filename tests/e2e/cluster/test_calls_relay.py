@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +27,6 @@ pytestmark = pytest.mark.slow
 FRAME = 960
 
 
-@dataclass(eq=False)
-class CallSocket(MemoryWebSocket):
-    binary: list[bytes] = field(default_factory=list)
-
-    async def send_bytes(self, data: bytes) -> None:
-        self.binary.append(data)
-
-
 @dataclass
 class Side:
     gw: Gateway
@@ -42,7 +34,7 @@ class Side:
     relay: RoomRelay
 
     async def connect(self, room: str, name: str) -> SessionClient:
-        ws = CallSocket({"room": room, "name": name, "mix": "s16"})
+        ws = MemoryWebSocket({"room": room, "name": name, "mix": "s16"})
         session = CallSession(ws, self.gw.hub, self.rooms, self.relay)  # type: ignore[arg-type]
         task = asyncio.create_task(session.run())
         await asyncio.sleep(0)
@@ -81,7 +73,7 @@ def tone(freq: float, seconds: float, rate: int = 48000) -> np.ndarray:
 
 def heard(c: SessionClient) -> np.ndarray:
     ws = c.ws
-    assert isinstance(ws, CallSocket)
+    assert isinstance(ws, MemoryWebSocket)
     frames = {struct.unpack_from("<Q", b)[0]: np.frombuffer(b[8:], "<i2") for b in ws.binary}
     if not frames:
         return np.zeros(0, np.int16)

@@ -8,7 +8,6 @@ import asyncio
 import io
 import json
 import struct
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -23,17 +22,9 @@ from earshot.server.testing import Gateway, MemoryWebSocket, SessionClient
 FRAME = 960
 
 
-@dataclass(eq=False)
-class CallSocket(MemoryWebSocket):
-    binary: list[bytes] = field(default_factory=list)
-
-    async def send_bytes(self, data: bytes) -> None:
-        self.binary.append(data)
-
-
 async def connect(gw: Gateway, rooms: RoomService, room: str, name: str,
                   mix: str = "s16") -> SessionClient:
-    ws = CallSocket({"room": room, "name": name, "mix": mix})
+    ws = MemoryWebSocket({"room": room, "name": name, "mix": mix})
     session = CallSession(ws, gw.hub, rooms)  # type: ignore[arg-type]
     task = asyncio.create_task(session.run())
     await asyncio.sleep(0)
@@ -50,7 +41,7 @@ async def start(c: SessionClient, rate: int) -> dict:
 def mix_of(c: SessionClient) -> tuple[int, np.ndarray]:
     """What ``c`` was sent as its mix (mix=s16): the first room frame, the samples."""
     ws = c.ws
-    assert isinstance(ws, CallSocket)
+    assert isinstance(ws, MemoryWebSocket)
     frames = {struct.unpack_from("<Q", b)[0]: np.frombuffer(b[8:], "<i2") for b in ws.binary}
     if not frames:
         return 0, np.zeros(0, np.int16)

@@ -19,6 +19,8 @@ time in 20 ms blocks; starts are spread over the first second. Per N:
 * finals missing (an utterance with no final), interims delivered and skipped, ``lag``
   events (the asr processor's: decodes waiting, interims skipped) and ``dropped`` events
   (a processor fell more than --max-lag behind and skipped audio);
+* speculative second passes (two-pass finals): how many finals used one, how many were
+  thrown away because speech resumed, and their decoding seconds;
 * the server's CPU (user + system, all its processes: decoder children included) per
   second, per stream, and the N that would fill every core at that cost (``ceiling_n``: what
   an otherwise idle machine could hold at best), and the machine's load average.
@@ -157,6 +159,8 @@ def score(results: list[dict[str, Any]]) -> dict[str, Any]:
                     if not any(abs(f["end"] - end) <= 1.0 for end in r["ends"]))
     lat = np.array(latency or [np.inf])
     lags = [e for r in results for e in r["lag"]]
+    passes = [f["second_pass"] for r in results for f in r["finals"]
+              if "speculative" in f.get("second_pass", {})]
     return {
         "utterances": sum(len(r["ends"]) for r in results), "finals_missing": missing,
         "finals_unmatched": unmatched,  # e.g. an utterance the VAD split in two
@@ -166,6 +170,12 @@ def score(results: list[dict[str, Any]]) -> dict[str, Any]:
         "second_pass_p50_s": round(float(np.median(
             [f["second_pass"]["decode"] for r in results for f in r["finals"]
              if "second_pass" in f] or [0.0])), 3),
+        # speculative second passes (decoded while the VAD waited): finals that used one,
+        # finals that could have, decodes thrown away (speech resumed) and their seconds
+        "speculative_hits": sum(1 for p in passes if p["speculative"]),
+        "speculative_finals": len(passes),
+        "speculative_misses": sum(int(p["misses"]) for p in passes),
+        "speculative_wasted_s": round(sum(float(p["wasted"]) for p in passes), 3),
         "queue_p95_s": round(float(np.percentile(
             [f["queue"] for r in results for f in r["finals"]] or [0.0], 95)), 3),
         "interims": sum(r["interims"] for r in results),
@@ -265,6 +275,11 @@ def main() -> None:
               f"| {r['dropped_events']} | {r['server_cpu_cores']:.2f} "
               f"({r['cpu_per_stream']:.3f}) | {r['load_after']:.1f} |",
               flush=True)
+        if r["speculative_finals"]:
+            print(f"|   | speculative second pass used by {r['speculative_hits']} of "
+                  f"{r['speculative_finals']} finals; {r['speculative_misses']} thrown away "
+                  f"({r['speculative_wasted_s']:.2f} s of decoding) | | | | | | | |",
+                  flush=True)
         if not args.streams:
             fails = 0 if r["held"] else fails + 1
             if fails >= 2:

@@ -198,3 +198,45 @@ def test_a_final_whose_audio_was_only_appended_is_decoded_by_the_second_pass(
     utt.feed(half[:half.size // 2])
     utt.append(half[half.size // 2:])
     assert utt.finish().text == READING["speech"][6]["text"]
+
+
+def test_a_speculative_second_pass_gives_the_words_of_the_second_pass() -> None:
+    """speculate (the second pass on the utterance's own decoder while the VAD waits)
+    decodes each LibriVox clip word for word as the final's second pass does, and
+    finish_with then only finishes the first pass. When speech goes on after it, the first
+    pass resumes (interims keep the words before the pause) and the final is decoded again,
+    whole."""
+    x, _ = sf.read(FIXTURES / "librivox_16k.wav", dtype="float32")
+    clips = [x[s["start"] - 1600: s["end"] + 4800] for s in LIBRIVOX["speech"]]
+    e = load_engine(EngineConfig(model="en-us", workers=2), "pocketsphinx")
+    assert isinstance(e, PocketSphinxEngine) and e.speculative
+    try:
+        for clip in clips[:3]:
+            cut = clip.size - 4800  # the first pass has not heard the last 0.3 s
+            utts = [e.begin(), e.begin()]
+            for i in range(0, cut, 8000):
+                for u in utts:
+                    u.feed(clip[i:min(i + 8000, cut)])
+            whole = utts[0].speculate(clip[cut:])
+            assert whole.second_decode is not None and whole.second_decode > 0
+            assert whole.first_text is None and whole.duration == clip.size / 16000
+            final = utts[0].finish_with(whole)
+            utts[1].append(clip[cut:])
+            regular = utts[1].finish()
+            assert final.text == regular.text and final.words == regular.words
+            assert final.first_text == regular.first_text
+            assert final.first_decode is not None and final.first_decode > 0
+        clip = clips[0]
+        half = clip.size // 2
+        utt = e.begin()
+        utt.feed(clip[:half - 8000])
+        early = utt.speculate(clip[half - 8000:half])  # a pause, then speech goes on
+        utt.feed(clip[half:half + 8000])
+        assert utt.partial().text.startswith(early.text.split()[0])
+        utt.append(clip[half + 8000:])
+        late = utt.finish()  # decoded again whole: words after the pause too
+        assert late.duration == clip.size / 16000 and late.second_decode is not None
+        assert late.words[-1].end > half / 16000 + 1.0 and len(late.words) > len(early.words)
+        assert late.first_text is not None and late.first_text.startswith(early.text.split()[0])
+    finally:
+        e.close()

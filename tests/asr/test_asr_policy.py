@@ -72,3 +72,35 @@ def test_local_agreement() -> None:
     # a hypothesis that disagrees never takes stable words back
     stable, unstable = la.update(["yellow", "word"])
     assert stable == ["hello", "world", "how"] and unstable == ["yellow", "word"]
+
+
+def test_a_speculative_request_has_the_audio_of_the_final_if_the_end_holds() -> None:
+    x = np.random.default_rng(3).standard_normal(RATE * 4).astype(np.float32)
+    p = UtterancePolicy(interim_interval=0.5)
+    assert p.speculate(RATE) is None  # no utterance
+    reqs = feed_all(p, x[:int(2.3 * RATE)], 0, 1600, {int(1.25 * RATE): ("start", RATE)})
+    spec = p.speculate(2 * RATE)  # the VAD saw silence begin: it will end at 2 s
+    assert spec is not None and spec.speculative and not spec.final
+    assert (spec.segment, spec.start, spec.end) == (0, RATE, 2 * RATE)
+    assert np.array_equal(spec.audio, x[RATE:2 * RATE])
+    assert p.speculate(2 * RATE) is None  # asked once per end
+    assert p.speculate(RATE) is None  # nothing to decode
+    reqs += feed_all(p, x[int(2.3 * RATE):int(2.6 * RATE)], int(2.3 * RATE), 1600)
+    final = p.speech_end(2 * RATE)[0]
+    assert final.final and not final.speculative
+    assert (final.segment, final.start, final.end) == (spec.segment, spec.start, spec.end)
+    assert np.array_equal(final.audio, spec.audio)
+    assert not any(r.speculative for r in reqs)  # interims are never speculative
+
+
+def test_speculation_after_speech_resumed_gives_a_later_end() -> None:
+    x = np.random.default_rng(4).standard_normal(RATE * 5).astype(np.float32)
+    p = UtterancePolicy()
+    p.speech_start(0)
+    p.feed(x[:3 * RATE], 0)
+    first = p.speculate(2 * RATE)
+    second = p.speculate(int(2.8 * RATE))  # speech resumed, then a new silence
+    assert first is not None and second is not None
+    assert second.end == int(2.8 * RATE) and second.version > first.version
+    final = p.speech_end(int(2.8 * RATE))[0]
+    assert final.end == second.end != first.end

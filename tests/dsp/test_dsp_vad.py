@@ -154,3 +154,24 @@ def test_chunking_is_invisible(speech_16k: np.ndarray, cuts: list[int]) -> None:
     events += vad.flush()
     assert events == expected and len(expected) == 2
     assert np.array_equal(np.concatenate(probs), r.probs)
+
+
+def test_tentative_end_announces_each_speech_end_before_it_comes(
+        speech_16k: np.ndarray) -> None:
+    """The tentative end appears when silence begins (before the VAD is sure) and is the
+    very offset of the speech_end that follows (refined the same way); it goes away when
+    speech resumes, and a later silence announces a later end."""
+    vad = StreamingVad(min_silence_ms=300, pad_ms=30)
+    announced: list[tuple[int, int]] = []  # (position when first seen, tentative end)
+    ends: list[tuple[int, int]] = []  # (position when reported, offset)
+    for i in range(0, speech_16k.size, 320):
+        r = vad.feed(speech_16k[i:i + 320], i)
+        t = vad.tentative_end
+        if t is not None and (not announced or announced[-1][1] != t):
+            announced.append((i + 320, t))
+        ends += [(i + 320, e.offset) for e in r.events if e.kind == "speech_end"]
+    assert len(ends) == 3 and vad.tentative_end is None
+    for at, end in ends:
+        before = [(a, t) for a, t in announced if a < at]
+        assert before and before[-1][1] == end  # announced, exactly
+        assert at - before[-1][0] >= 0.25 * RATE  # most of the silence earlier

@@ -198,3 +198,25 @@ def test_chunking_is_invisible(runs: list[tuple[float, int]], cuts: list[int]) -
     assert offsets == sorted(offsets)
     for start, end in zip(offsets[::2], offsets[1::2], strict=True):
         assert end - start >= 4000
+
+
+def test_pending_end_is_the_end_a_silence_will_give_unless_speech_resumes() -> None:
+    s = seg()
+    s.feed([0.9] * 40, 0)
+    assert s.in_speech and s.pending_end is None  # speaking: no end in sight
+    s.feed([0.0], 40 * W)  # silence begins: the countdown starts
+    assert s.pending_end == (40 + 10) * W
+    s.feed([0.4] * 5, 41 * W)  # in-between windows do not cancel it
+    assert s.pending_end == (40 + 10) * W
+    s.feed([0.9] * 10, 46 * W)  # speech resumes: no end pending
+    assert s.pending_end is None
+    s.feed([0.0] * 5, 56 * W)  # a new silence: a later end
+    assert s.pending_end == (56 + 10) * W
+    got = events(s, [0.0] * 30, 61 * W)  # it lasts: the end is the one announced
+    assert got == [("speech_end", (56 + 10) * W)] and s.pending_end is None
+
+
+def test_no_pending_end_for_a_segment_not_yet_reported() -> None:
+    s = seg()
+    s.feed([0.9] * 10 + [0.0], 0)  # too short to have been reported
+    assert not s.in_speech and s.pending_end is None

@@ -22,6 +22,12 @@ Optional capabilities, each declared by a class attribute (absent means no):
   hypothesis but a second decode of the whole finished utterance (PocketSphinx then
   normalises the cepstrum over the whole utterance: fewer errors), so a final may differ from
   the interims; its :class:`Transcription` carries the first pass's text and both timings.
+* ``speculative = True`` (with ``two_pass``) — its utterance decoders also offer
+  ``speculate(audio) -> Transcription`` (add ``audio``, the rest of the utterance up to
+  where it may end, and decode the utterance so far whole, now; the utterance may go on)
+  and ``finish_with(second) -> Transcription`` (finish the first pass only and return
+  ``second`` with the first pass's text and seconds): the scheduler then decodes a finished
+  utterance speculatively while the VAD waits to confirm its end (docs/asr.md).
 * ``max_batch: int`` greater than 1 — ``transcribe_batch`` decodes several streams' audio
   in one call (:class:`BatchEngine`); the scheduler hands it up to ``max_batch`` waiting
   finals (or interims) at once.

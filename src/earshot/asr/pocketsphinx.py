@@ -19,6 +19,14 @@ own flat-lexicon rescoring pass (``fwdflat``) is off: it cost a third of the CPU
 improve the words on either fixture. The child keeps
 the utterance's audio (32 kB a second) for it, so nothing is sent twice.
 
+The second pass may also run before the end is sure (:meth:`_Utterance.speculate`, the
+child's ``spec`` op): the scheduler asks for it while the VAD waits out its silence
+(speculative second passes, docs/asr.md). It runs on the utterance's own decoder, right
+after ending its first pass: the second pass owes much of its gain to the state the first
+pass left in that decoder (on a spare decoder the LibriVox WER was 0.282 instead of
+0.225). If speech goes on, the first pass resumes on the same decoder (interims show the
+words before the pause, then the new ones) and the final decodes everything again.
+
 PocketSphinx's native code holds the GIL while it decodes, which would stall the server's
 event loop, VAD and levels behind every decode. So the decoders live in child processes
 (``--asr-workers`` of them, ``python -m earshot.asr.pocketsphinx``): the server's
@@ -35,6 +43,7 @@ and a ``*.dict`` pronouncing dictionary, e.g. a model from cmusphinx.github.io.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -112,6 +121,16 @@ def _pcm16(audio: np.ndarray) -> bytes:
     return (np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 
 
+def _timed(raw: list[tuple[str, int, int, float]], duration: float) -> list[Word]:
+    """The child's (word, start frame, end frame, prob) as words timed within the audio."""
+    words: list[Word] = []
+    for w, a, b, p in raw:
+        start = min(max(a / FRAME_RATE, 0.0), duration)
+        end = min(max(b / FRAME_RATE, start), duration)
+        words.append(Word(w, round(start, 3), round(end, 3), round(min(max(p, 0.0), 1.0), 3)))
+    return words
+
+
 # -- the child process --------------------------------------------------------------------
 def _words(decoder: Any) -> list[tuple[str, int, int, float]]:
     out = []
@@ -146,10 +165,29 @@ def _child(paths: dict[str, str]) -> None:  # pragma: no cover - runs in the chi
     open_: dict[int, Any] = {}
     audio: dict[int, bytearray] = {}  # each open utterance's audio (for a second pass)
     busy: dict[int, float] = {}  # seconds each open utterance's first pass took
+    #: after a speculative second pass (op "spec"): the bytes of audio it decoded and the
+    #: first pass's words until then; the first pass goes on from there in a new decoder
+    #: utterance (``ended``: none open yet) on the same decoder
+    spec_at: dict[int, int] = {}
+    first_words: dict[int, list[str]] = {}
+    ended: set[int] = set()
 
     def decoder() -> Any:
         return free.pop() if free else pocketsphinx.Decoder(loglevel="FATAL", samprate=RATE,
                                                             **DECODER_OPTIONS, **paths)
+
+    def end_first(uid: int, d: Any) -> list[tuple[str, int, int, float]]:
+        """End the first pass's open decoder utterance; its words (none if ended)."""
+        if uid in ended:
+            return []
+        ended.add(uid)
+        d.end_utt()
+        return _words(d)
+
+    def drop(uid: int) -> None:
+        for m in (open_, audio, busy, spec_at, first_words):
+            m.pop(uid, None)
+        ended.discard(uid)
 
     try:
         free.append(decoder())
@@ -170,36 +208,61 @@ def _child(paths: dict[str, str]) -> None:  # pragma: no cover - runs in the chi
                 open_[uid] = d
                 audio[uid] = bytearray()
                 busy[uid] = 0.0
+                first_words[uid] = []
             elif op == "feed":
                 t = time.perf_counter()
                 d = open_[uid]
+                if uid in ended:  # speech went on after a speculative pass
+                    ended.discard(uid)
+                    d.start_utt()
                 for i in range(0, len(payload), 2 * PIECE):
                     d.process_raw(payload[i:i + 2 * PIECE], False, False)
                 hyp = d.hyp()
-                value = hyp.hypstr if hyp is not None else ""
+                value = " ".join([*first_words[uid], hyp.hypstr if hyp is not None else ""])
+                value = value.strip()
                 audio[uid] += payload
                 busy[uid] += time.perf_counter() - t
             elif op == "append":  # audio for the second pass only (the final's tail)
                 audio[uid] += payload
+            elif op == "spec":  # the second pass now, on the same decoder (its state helps)
+                d = open_[uid]
+                audio[uid] += payload
+                t = time.perf_counter()
+                first_words[uid] += [w[0] for w in end_first(uid, d)]
+                busy[uid] += time.perf_counter() - t
+                t = time.perf_counter()
+                d.start_utt()
+                d.process_raw(bytes(audio[uid]), False, True)
+                d.end_utt()
+                spec_at[uid] = len(audio[uid])
+                value = {"words": _words(d), "second_s": time.perf_counter() - t}
             elif op in ("finish", "close"):
-                d = open_.pop(uid, None)
-                pcm = audio.pop(uid, b"")
-                first_s = busy.pop(uid, 0.0)
+                d = open_.get(uid)
+                pcm = audio.get(uid, b"")
+                first_s = busy.get(uid, 0.0)
+                first = first_words.get(uid, [])
                 if d is not None:
                     t = time.perf_counter()
-                    d.end_utt()
+                    last = end_first(uid, d)
                     if op == "finish":
-                        first = _words(d)
+                        first = first + [w[0] for w in last]
                         first_s += time.perf_counter() - t
-                        value = {"words": first, "first": None}
-                        if payload and pcm:  # the second pass: the whole utterance at once
+                        if payload == "spec":  # the speculative pass stands: first only
+                            value = {"words": [], "first": first, "first_s": first_s}
+                        elif not payload and uid not in spec_at:  # one pass
+                            value = {"words": last, "first": None, "first_s": first_s}
+                        elif pcm:  # the second pass: the whole utterance at once
                             t = time.perf_counter()
                             d.start_utt()
                             d.process_raw(bytes(pcm), False, True)
                             d.end_utt()
-                            value = {"words": _words(d), "first": [w[0] for w in first],
+                            value = {"words": _words(d), "first": first,
                                      "first_s": first_s, "second_s": time.perf_counter() - t}
+                        else:
+                            value = {"words": [], "first": first, "first_s": first_s,
+                                     "second_s": 0.0}
                     free.append(d)
+                drop(uid)
             elif op == "stop":
                 conn.send(("ok", None))
                 return
@@ -207,9 +270,7 @@ def _child(paths: dict[str, str]) -> None:  # pragma: no cover - runs in the chi
                 raise ValueError(f"unknown operation {op!r}")
             conn.send(("ok", value))
         except Exception as exc:
-            open_.pop(uid, None)  # a decoder in a bad state is dropped, not pooled
-            audio.pop(uid, None)
-            busy.pop(uid, None)
+            drop(uid)  # a decoder in a bad state is dropped, not pooled
             conn.send(("err", f"{type(exc).__name__}: {exc}"))
 
 
@@ -324,12 +385,7 @@ class _Utterance:
         finally:
             self._engine._release(proc)
         duration = self._frames / RATE
-        words: list[Word] = []
-        for w, a, b, p in raw["words"]:
-            start = min(max(a / FRAME_RATE, 0.0), duration)
-            end = min(max(b / FRAME_RATE, start), duration)
-            words.append(Word(w, round(start, 3), round(end, 3),
-                              round(min(max(p, 0.0), 1.0), 3)))
+        words = _timed(raw["words"], duration)
         if raw["first"] is None:
             return Transcription(text=" ".join(w.w for w in words), words=tuple(words),
                                  language="en", duration=duration)
@@ -338,6 +394,37 @@ class _Utterance:
                              first_text=" ".join(raw["first"]),
                              first_decode=round(float(raw["first_s"]), 4),
                              second_decode=round(float(raw["second_s"]), 4))
+
+    def speculate(self, audio: np.ndarray) -> Transcription:
+        """The second pass now, before the end is sure: ``audio`` (the rest of the utterance
+        up to where it may end) is added and the utterance so far decoded whole on this
+        utterance's own decoder, right after its first pass (that decoder's state is what
+        makes the second pass better: a spare decoder loses most of the gain). If speech
+        goes on, the first pass continues on the same decoder and the final's second pass
+        decodes everything again; if not, :meth:`finish_with` uses this result."""
+        if self._proc is None:
+            raise RuntimeError("this utterance is finished")
+        pcm = _pcm16(audio)
+        raw = self._proc.call("spec", self._uid, pcm)
+        self._frames += len(pcm) // 2
+        duration = self._frames / RATE
+        words = _timed(raw["words"], duration)
+        return Transcription(text=" ".join(w.w for w in words), words=tuple(words),
+                             language="en", duration=duration,
+                             second_decode=round(float(raw["second_s"]), 4))
+
+    def finish_with(self, second: Transcription) -> Transcription:
+        """Finish the first pass only: ``second`` (this utterance's :meth:`speculate`, whose
+        audio was the whole utterance) with the first pass's text and seconds."""
+        if self._proc is None:
+            raise RuntimeError("this utterance is finished")
+        proc, self._proc = self._proc, None
+        try:
+            raw = proc.call("finish", self._uid, "spec")
+        finally:
+            self._engine._release(proc)
+        return dataclasses.replace(second, first_text=" ".join(raw["first"]),
+                                   first_decode=round(float(raw["first_s"]), 4))
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
@@ -362,6 +449,7 @@ class PocketSphinxEngine:
     name = "pocketsphinx"
     incremental = True
     two_pass = True  # the configured value (EngineConfig.two_pass) replaces it
+    speculative = True  # utterances offer speculate() and finish_with() (two passes only)
     languages = ("en",)
 
     def __init__(self, cfg: EngineConfig, *, start_timeout: float = 60.0) -> None:

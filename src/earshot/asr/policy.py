@@ -6,6 +6,10 @@ the VAD's ``speech_start``/``speech_end`` decisions and answers with decode requ
 * an **interim** every ``interim_interval`` seconds of audio while an utterance goes on —
   the utterance so far;
 * one **final** when the utterance ends — the whole utterance;
+* a **speculative** request (:meth:`UtterancePolicy.speculate`) when the VAD sees silence
+  begin: the whole utterance up to where it will end if the silence lasts, decoded while the
+  VAD waits to be sure; its result stands for the final when the final's audio is the same
+  (same segment, start and end), and is thrown away when speech resumes;
 * utterances longer than ``max_utterance`` are cut at their quietest 10 ms in the last
   ``cut_search`` seconds: the part before the cut gets its final, the rest continues as the
   next utterance.
@@ -32,6 +36,7 @@ class DecodeRequest:
     final: bool
     version: int  # increases with every request of the stream (newer supersedes older)
     lead: int = 0  # frames of audio[0:lead] before the speech start (context for the engine)
+    speculative: bool = False  # the final's audio if the utterance ends here (final False)
 
     @property
     def end(self) -> int:
@@ -48,6 +53,7 @@ class _Utterance:
     start: int  # speech start (frame offset)
     last_interim: int  # frame offset at which the last interim was requested
     lead: int = 0  # frames of audio before ``start`` given to the engine
+    speculated: int | None = None  # end of the last speculative request
 
 
 @dataclass
@@ -109,16 +115,30 @@ class UtterancePolicy:
             return []
         return [self._request(utt, end, final=True)]
 
+    def speculate(self, end: int) -> DecodeRequest | None:
+        """The VAD expects the utterance to end at ``end`` (silence began; it is not sure
+        yet): a speculative request for the audio the final will have if it does (None: no
+        utterance, nothing to decode, or the same end was asked for already)."""
+        utt = self._utt
+        if utt is None or end == utt.speculated:
+            return None
+        end = min(end, self.position)
+        if end <= utt.start:
+            return None
+        utt.speculated = end
+        return self._request(utt, end, final=False, speculative=True)
+
     def flush(self) -> list[DecodeRequest]:
         """End of stream: an utterance still open gets its final."""
         return self.speech_end(self.position)
 
-    def _request(self, utt: _Utterance, end: int, *, final: bool) -> DecodeRequest:
+    def _request(self, utt: _Utterance, end: int, *, final: bool,
+                 speculative: bool = False) -> DecodeRequest:
         self._version += 1
         first = utt.start - utt.lead
         a, b = first - self._buf_start, end - self._buf_start
         return DecodeRequest(utt.segment, first, self._buf[a:b].copy(), final, self._version,
-                             utt.lead)
+                             utt.lead, speculative)
 
     def _cut(self, utt: _Utterance) -> DecodeRequest:
         """Close ``utt`` at its quietest point near the cap; continue in a new utterance."""

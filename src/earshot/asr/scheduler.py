@@ -17,11 +17,23 @@
   waits, up to ``max_batch`` interims, round-robin). A worker that finds one final waits
   ``batch_window`` seconds at most for others to join it. Results are delivered in the
   order the jobs were taken, each to its own stream.
+* **Speculative second passes** (two-pass engines declaring ``speculative = True``): a
+  speculative request (the VAD saw silence begin; :meth:`UtterancePolicy.speculate`) hands
+  the utterance's decoder the audio up to that end and has it decode the utterance whole
+  (``speculate``) while the VAD waits to confirm the end. It ranks below finals and
+  interims: taken only when neither waits and another worker stays idle (with one worker:
+  when it is idle), one per stream (a newer one replaces it), never delivered to the stream.
+  When the final of that utterance has the same audio (segment, start, end), it waits for
+  the speculative decode if still running and uses it (a *hit*: the final only finishes
+  the first pass, ``finish_with``);
+  otherwise (speech resumed: a later end) the speculative result is discarded (a *miss*; its
+  decode seconds are *wasted*). A final's ``JobResult`` says which, and the waste.
 * The engine's native code may release the GIL; workers run beside the event loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -48,6 +60,12 @@ class JobResult:
     infer: float  # seconds of decoding (of the whole batch it was part of)
     error: str | None = None
     batch: int = 1  # jobs decoded in the same engine call
+    #: two-pass finals when speculation is on: True when the speculative second pass was
+    #: used, False when not (None: speculation off); ``spec_misses`` speculative decodes of
+    #: this utterance were thrown away, after ``spec_wasted`` seconds of decoding
+    speculative: bool | None = None
+    spec_misses: int = 0
+    spec_wasted: float = 0.0
 
 
 Done = Callable[[JobResult], None]
@@ -60,6 +78,8 @@ class _Job:
     done: Done
     enqueued: float
     language: str | None = None
+    spec: tuple[bool, int, float] | None = None  # finals: speculative hit, misses, wasted s
+    holder: _Spec | None = None  # speculative jobs: their state
 
 
 @dataclass
@@ -74,6 +94,25 @@ class SchedulerStats:
     waits: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
     infers: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1000))
+    speculative_decoded: int = 0  # speculative second passes run
+    speculative_hits: int = 0  # finals that used one
+    speculative_misses: int = 0  # speculative decodes thrown away (speech resumed)
+    speculative_dropped: int = 0  # speculative requests never decoded (no spare worker)
+    speculative_wasted: float = 0.0  # seconds spent on the misses
+
+
+@dataclass(slots=True)
+class _Spec:
+    """A speculative second pass of one utterance."""
+
+    job: _Job
+    state: str = "queued"  # queued → running → done
+    finished: threading.Event = field(default_factory=threading.Event)
+    result: Transcription | None = None
+    infer: float = 0.0
+    #: "" (may be used), "replaced" (by a newer one: the final reports it), "orphan" (its
+    #: final or stream has gone: counted in the stats only)
+    fate: str = ""
 
 
 @dataclass(slots=True)
@@ -113,6 +152,13 @@ class AsrScheduler:
         self._turns: deque[str] = deque()  # streams with a waiting interim, in turn order
         self._finalized: dict[str, int] = {}  # stream → highest segment with a final asked
         self._sessions: dict[tuple[str, int], _Session] = {}  # (stream, segment) → decoder
+        #: speculative second passes: the current one of each utterance, the queue (streams
+        #: in order), each utterance's misses and wasted seconds so far
+        self.speculates = self.two_pass and getattr(engine, "speculative", False) is True
+        self._specs: dict[tuple[str, int], _Spec] = {}
+        self._spec_queue: dict[str, _Spec] = {}
+        self._spec_waste: dict[tuple[str, int], tuple[int, float]] = {}
+        self._running = 0  # workers decoding now
         self._closed = False
         self.workers = max(1, workers)
         self._threads = [threading.Thread(target=self._work, name=f"earshot-asr-{i}",
@@ -125,6 +171,9 @@ class AsrScheduler:
         """Queue ``request``; ``done(result)`` is called on a worker thread. ``language``
         (for engines that take one per call) overrides the engine's configured one."""
         job = _Job(stream, request, done, self.clock(), language)
+        if request.speculative:
+            self._submit_spec(job)
+            return
         skipped: _Job | None = None
         with self._cond:
             if request.final:
@@ -159,6 +208,11 @@ class AsrScheduler:
             job = self._interims.pop(stream, None)
             self._finalized.pop(stream, None)
             sessions = [self._sessions.pop(k) for k in list(self._sessions) if k[0] == stream]
+            self._spec_queue.pop(stream, None)
+            for key in [k for k in self._specs if k[0] == stream]:
+                self._specs.pop(key).fate = "orphan"
+            for key in [k for k in self._spec_waste if k[0] == stream]:
+                del self._spec_waste[key]
         if job is not None:
             self._skip(job)
         for session in sessions:
@@ -228,31 +282,48 @@ class AsrScheduler:
 
     def _next(self) -> list[_Job] | None:
         with self._cond:
-            while True:
-                if self._ready():
-                    if self.max_batch > 1 and self._ready() < self.max_batch \
-                            and self.batch_window > 0:
-                        deadline = self.clock() + self.batch_window
-                        while self._ready() < self.max_batch and not self._closed:
-                            left = deadline - self.clock()
-                            if left <= 0:
-                                break
-                            self._cond.wait(left)
-                        if not self._ready():
-                            continue  # another worker took them
-                    return self._take_finals(self.max_batch)
-                jobs = self._take_interims(self.max_batch)
-                if jobs:
-                    return jobs
-                if self._closed:
-                    return None
-                self._cond.wait()
+            jobs = self._pick()
+            if jobs is not None:
+                self._running += 1
+            return jobs
+
+    def _pick(self) -> list[_Job] | None:
+        """The next jobs to decode (under ``_cond``; None: closed)."""
+        while True:
+            if self._ready():
+                if self.max_batch > 1 and self._ready() < self.max_batch \
+                        and self.batch_window > 0:
+                    deadline = self.clock() + self.batch_window
+                    while self._ready() < self.max_batch and not self._closed:
+                        left = deadline - self.clock()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
+                    if not self._ready():
+                        continue  # another worker took them
+                return self._take_finals(self.max_batch)
+            jobs = self._take_interims(self.max_batch)
+            if jobs:
+                return jobs
+            if self._closed:
+                return None
+            if self._spec_queue and (self.workers == 1 or self._running + 1 < self.workers):
+                stream = next(iter(self._spec_queue))
+                spec = self._spec_queue.pop(stream)
+                spec.state = "running"
+                return [spec.job]
+            self._cond.wait()
 
     def _work(self) -> None:
         while (jobs := self._next()) is not None:
             try:
-                self._run(jobs)
+                if jobs[0].request.speculative:
+                    self._run_spec(jobs[0])
+                else:
+                    self._run(jobs)
             finally:
+                with self._cond:
+                    self._running -= 1
                 self._release(jobs)
 
     def _run(self, jobs: list[_Job]) -> None:
@@ -290,8 +361,11 @@ class AsrScheduler:
                 self.stats.decoded_finals += 1
             else:
                 self.stats.decoded_interims += 1
+            hit, misses, wasted = job.spec if job.spec is not None else (None, 0, 0.0)
+            if job.request.final and self.speculates and hit is None:
+                hit = False
             self._deliver(job, JobResult(job.stream, job.request, result, wait, infer,
-                                         error, len(live)))
+                                         error, len(live), hit, misses, round(wasted, 4)))
 
     def _decode(self, jobs: list[_Job]) -> list[Transcription | None]:
         if self.incremental:
@@ -312,7 +386,7 @@ class AsrScheduler:
 
     # -- incremental engines ----------------------------------------------------------------
     def _session(self, job: _Job) -> _Session | None:
-        """The decoder of this request's utterance (None: a stale interim)."""
+        """The decoder of this request's utterance (None: a stale interim or speculation)."""
         key = (job.stream, job.request.segment)
         with self._cond:
             s = self._sessions.get(key)
@@ -324,15 +398,33 @@ class AsrScheduler:
 
     def _decode_incremental(self, job: _Job) -> Transcription | None:
         req = job.request
+        second = self._claim_spec(job) if req.final and self.speculates else None
         s = self._session(job)
         if s is None:
             return None
         with s.lock:
             if s.closed:
                 if req.final:  # finished by another request of the same utterance:
-                    return self._whole(job)  # not expected, but never lose a final
+                    # not expected, but never lose a final
+                    return second if second is not None else self._whole(job)
                 return None
             try:
+                if second is not None:  # the second pass is done: finish the first only
+                    s.closed = True
+                    decoder, s.decoder = s.decoder, None
+                    if decoder is None:  # every interim was skipped: no first pass
+                        return dataclasses.replace(second, first_text="", first_decode=0.0)
+                    finish_with = getattr(decoder, "finish_with", None)
+                    if callable(finish_with):
+                        try:
+                            return cast("Transcription", finish_with(second))
+                        except Exception:  # the words are there: lose the first pass only
+                            log.exception("finishing a first pass failed")
+                            decoder.close()
+                            return dataclasses.replace(second, first_text="",
+                                                       first_decode=0.0)
+                    decoder.close()
+                    return second
                 if s.decoder is None:
                     s.decoder = cast("IncrementalEngine", self.engine).begin(language=job.language)
                     s.fed = 0
@@ -371,6 +463,114 @@ class AsrScheduler:
             raise
         result: Transcription = utt.finish()
         return result
+
+    # -- speculative second passes -------------------------------------------------------------
+    def _submit_spec(self, job: _Job) -> None:
+        key = (job.stream, job.request.segment)
+        with self._cond:
+            if not self.speculates or self._closed \
+                    or self._finalized.get(job.stream, -1) >= key[1]:
+                return
+            queued = self._spec_queue.pop(job.stream, None)  # one waits per stream
+            if queued is not None:
+                qkey = (job.stream, queued.job.request.segment)
+                if self._specs.get(qkey) is queued:
+                    del self._specs[qkey]
+                queued.fate = "orphan"
+                self.stats.speculative_dropped += 1
+            old = self._specs.pop(key, None)
+            if old is not None:
+                self._discard(key, old, "replaced")
+            spec = job.holder = _Spec(job)
+            self._specs[key] = self._spec_queue[job.stream] = spec
+            self._cond.notify()
+
+    def _discard(self, key: tuple[str, int], spec: _Spec, fate: str) -> None:
+        """``spec`` will not be used (under ``_cond``): a decoded one is a miss."""
+        spec.fate = fate
+        if spec.state == "queued":
+            self.stats.speculative_dropped += 1
+            if self._spec_queue.get(key[0]) is spec:
+                del self._spec_queue[key[0]]
+        elif spec.state == "done":
+            self._waste(key, spec)
+        # running: counted when it finishes (_run_spec)
+
+    def _waste(self, key: tuple[str, int], spec: _Spec) -> None:
+        misses, wasted = self._spec_waste.get(key, (0, 0.0))
+        self._spec_waste[key] = (misses + 1, wasted + spec.infer)
+        self.stats.speculative_misses += 1
+        self.stats.speculative_wasted += spec.infer
+
+    def _run_spec(self, job: _Job) -> None:
+        key = (job.stream, job.request.segment)
+        spec = job.holder
+        assert spec is not None
+        started = self.clock()
+        result: Transcription | None = None
+        try:
+            result = self._speculate(job)
+        except Exception:
+            log.exception("speculative speech-to-text failed (the final decodes on its own)")
+        infer = self.clock() - started
+        with self._cond:
+            spec.result, spec.infer, spec.state = result, infer, "done"
+            self.stats.speculative_decoded += 1
+            if spec.fate == "replaced" and self._finalized.get(key[0], -1) < key[1]:
+                self._waste(key, spec)  # the final will report it
+            elif spec.fate:  # its final (or stream) has gone: in the stats only
+                self.stats.speculative_misses += 1
+                self.stats.speculative_wasted += infer
+        spec.finished.set()
+        if self.observe is not None:
+            try:
+                self.observe(JobResult(job.stream, job.request, result, started - job.enqueued,
+                                       infer), False)
+            except Exception:
+                log.exception("speech-to-text result callback failed")
+
+    def _speculate(self, job: _Job) -> Transcription | None:
+        """The speculative pass on the utterance's own decoder (None: its session ended)."""
+        req = job.request
+        s = self._session(job)
+        if s is None:
+            return None
+        with s.lock:
+            if s.closed:
+                return None
+            if s.decoder is None:
+                s.decoder = cast("IncrementalEngine", self.engine).begin(language=job.language)
+                s.fed = 0
+            speculate = getattr(s.decoder, "speculate", None)
+            if not callable(speculate):
+                return None
+            result = cast("Transcription", speculate(req.audio[s.fed:]))
+            s.fed = max(s.fed, req.audio.size)
+            return result
+
+    def _claim_spec(self, job: _Job) -> Transcription | None:
+        """For a final: the speculative second pass of its utterance if it decoded the same
+        audio (waiting for it when it is still running), else None; either way the
+        utterance's speculation ends here and its misses are recorded for the result."""
+        req = job.request
+        key = (job.stream, req.segment)
+        with self._cond:
+            spec = self._specs.pop(key, None)
+            match = spec is not None and spec.job.request.start == req.start \
+                and spec.job.request.end == req.end
+            if spec is not None and (not match or spec.state == "queued"):
+                self._discard(key, spec, "orphan")
+                spec = None
+        if spec is not None:
+            spec.finished.wait()
+        with self._cond:
+            if spec is not None and spec.result is None:  # it failed
+                spec = None
+            if spec is not None:
+                self.stats.speculative_hits += 1
+            misses, wasted = self._spec_waste.pop(key, (0, 0.0))
+        job.spec = (spec is not None, misses, wasted)
+        return spec.result if spec is not None else None
 
     @staticmethod
     def _close_session(s: _Session) -> None:

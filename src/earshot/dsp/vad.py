@@ -265,6 +265,16 @@ class VadSegmenter:
         """True between a reported ``speech_start`` and its ``speech_end``."""
         return self._confirmed
 
+    @property
+    def pending_end(self) -> int | None:
+        """The offset the open segment's ``speech_end`` will have if the silence that began
+        goes on for ``min_silence_ms`` (None: no reported segment is counting down). Only a
+        window at or above ``threshold`` cancels the countdown; then this is None again, and
+        a later silence gives a later end."""
+        if self._confirmed and self._silence_from is not None:
+            return self._speech_end + self.pad
+        return None
+
     def feed(self, probs: Sequence[float] | np.ndarray, offset: int) -> list[VadEvent]:
         """Consume probabilities of consecutive windows, the first starting at ``offset``."""
         events: list[VadEvent] = []
@@ -385,6 +395,10 @@ class StreamingVad:
         )
         self._pos: int | None = None  # frame offset of _buf[0]
         self._buf = np.zeros(0, dtype=np.float32)
+        self._pending_raw: int | None = None
+        #: where the segment being spoken will end if the silence that began lasts (the
+        #: ``speech_end`` offset, refined as it will be), or None: see :meth:`consume`
+        self.tentative_end: int | None = None
 
     @property
     def position(self) -> int | None:
@@ -425,7 +439,22 @@ class StreamingVad:
         audio = self._push_history(windows.reshape(-1))
         start = probs_offset + windows.size - audio.size
         events = [self._refine(e, audio, start) for e in self.segmenter.feed(probs, probs_offset)]
+        self._tentative(audio, start)
         return VadResult(events, probs, probs_offset)
+
+    def _tentative(self, audio: np.ndarray, audio_start: int) -> None:
+        """Update :attr:`tentative_end`: set when a reported segment's silence countdown
+        begins (``min_silence_ms`` before its ``speech_end`` would be reported), to the very
+        offset that ``speech_end`` will have (refined from the same audio) if no speech
+        resumes; None when no countdown runs. Lets a consumer start work on the utterance
+        while the VAD waits (asr's speculative second pass)."""
+        raw = self.segmenter.pending_end
+        if raw is None:
+            self._pending_raw = self.tentative_end = None
+        elif raw != self._pending_raw:
+            self._pending_raw = raw
+            self.tentative_end = self._refine(VadEvent("speech_end", raw, 0.0), audio,
+                                              audio_start).offset
 
     def _push_history(self, scored: np.ndarray) -> np.ndarray:
         """Append scored audio to the history; return a view of all of it (at least the last
@@ -477,6 +506,7 @@ class StreamingVad:
         hist = self._ring[: self._hist_n]
         hist_start = self._pos - hist.size
         events = [self._refine(e, hist, hist_start) for e in self.segmenter.flush(end)]
+        self._pending_raw = self.tentative_end = None
         self._pos = end
         self._buf = np.zeros(0, dtype=np.float32)
         return events

@@ -104,7 +104,8 @@ class Metrics:
         if skipped:
             self.asr_skipped.inc()
             return
-        kind = "final" if result.request.final else "interim"
+        kind = ("final" if result.request.final else
+                "speculative" if result.request.speculative else "interim")
         self.asr_wait.labels(kind).observe(result.wait)
         self.asr_infer.labels(kind).observe(result.infer)
 

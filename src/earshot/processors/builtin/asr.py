@@ -18,7 +18,15 @@ first pass's text and both passes' seconds::
 
 (``first_pass.decode``: the seconds the incremental decoding of the utterance took in all,
 spread over the utterance while it was spoken; ``second_pass.decode``: the whole-utterance
-decode after its end, part of the final's ``decode``.) Decoding runs on the server's shared
+decode, after its end and part of the final's ``decode`` unless it was speculative.) The
+second pass starts speculatively when the VAD sees silence begin (its ``tentative_end``),
+on the audio up to where the utterance will end if the silence lasts; the final uses it
+when the VAD confirms that end (``"second_pass": {"decode": 0.13, "speculative": true,
+"misses": 0, "wasted": 0.0}``: ``speculative`` whether this final used it, ``misses`` and
+``wasted`` the speculative decodes of the utterance thrown away because speech resumed,
+and their seconds). Speculation runs only on a spare decoder (asr/scheduler.py).
+
+Decoding runs on the server's shared
 :class:`~earshot.asr.scheduler.AsrScheduler`, never in this processor's own thread, so a slow
 model delays transcripts, never audio, levels or speech events.
 
@@ -76,7 +84,7 @@ class Asr(Processor):
                  min_speech_ms: float = 250.0, pad_ms: float = 30.0,
                  lag_warning: float = 2.0, final_timeout: float = 60.0,
                  language: str | None = None, holdback: int | None = None,
-                 lead_in: float = 0.1) -> None:
+                 lead_in: float = 0.1, speculate_after: float = 0.0) -> None:
         if self.scheduler is None:
             raise ProcessorError("speech-to-text is not configured: start the server without "
                                  "--asr-engine none, or with --asr-model NAME_OR_PATH")
@@ -95,6 +103,10 @@ class Asr(Processor):
         self.policy = UtterancePolicy(interim_interval=interim_interval,
                                       max_utterance=max_utterance, lead_in=lead_in)
         self.lag_warning = lag_warning
+        #: decode the second pass while the VAD waits out its silence (two-pass engines),
+        #: once the silence has lasted ``speculate_after`` seconds (0: at once)
+        self.speculate = self.scheduler.speculates
+        self.speculate_after = int(speculate_after * RATE)
         self.final_timeout = final_timeout
         self._vad: StreamingVad | None = None
         self._agree: dict[int, LocalAgreement] = {}
@@ -144,6 +156,12 @@ class Asr(Processor):
                 requests += self.policy.speech_end(e.offset)
         if done < len(x):
             requests += self.policy.feed(x[done:], chunk.offset + done)
+        end = self._vad.tentative_end  # silence began: the utterance may end there
+        if self.speculate and end is not None \
+                and chunk.offset + len(x) - end >= self.speculate_after:
+            spec = self.policy.speculate(end)
+            if spec is not None:
+                requests.append(spec)
         for r in requests:
             self._submit(r)
         return []
@@ -203,6 +221,8 @@ class Asr(Processor):
     def _done(self, result: JobResult) -> None:
         """On a scheduler thread: turn a decode into events."""
         req = result.request
+        if req.speculative:
+            return  # the scheduler keeps it for the final (never called for it, in fact)
         events: list[Event] = []
         try:
             events = self._events(result)
@@ -271,6 +291,10 @@ class Asr(Processor):
         if tr.first_text is not None:
             event["first_pass"] = {"text": tr.first_text, "decode": tr.first_decode}
             event["second_pass"] = {"decode": tr.second_decode}
+            if result.speculative is not None:
+                event["second_pass"].update(speculative=result.speculative,
+                                            misses=result.spec_misses,
+                                            wasted=result.spec_wasted)
         if not req.final:
             event["stable"] = " ".join(agreed.stable) if agreed is not None else ""
         else:

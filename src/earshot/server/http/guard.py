@@ -55,6 +55,15 @@ DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 #: close codes that mean "your credentials were wrong" (see earshot.wire.codes.FATAL_CLOSE)
 AUTH_FAILURE_CLOSES = frozenset({Close.UNAUTHORIZED, Close.FORBIDDEN})
 UNGUARDED_PATHS = frozenset({"/healthz"})
+#: the page's own files (small, served at once): under the REST request rate, but not held
+#: as requests in flight, so a browser fetching the page's modules in parallel (six
+#: connections per host) never finds the page half-loaded by --max-rest-per-client
+PAGE_PREFIX = "/web/"
+
+
+def page_file(path: str) -> bool:
+    """A file of the page (``/``, ``/web/...``), not an API call or a download."""
+    return path == "/" or path.startswith(PAGE_PREFIX)
 
 
 # -- Origin and Host ------------------------------------------------------------------------
@@ -286,15 +295,19 @@ class GuardCore:
         self.rest_by_client: dict[str, int] = {}  # in flight, per address (none: absent)
         self.rest_refused = {"rate": 0, "concurrency": 0, "per_client": 0}
 
-    def enter_rest(self, client: str, now: float) -> Refusal | None:
+    def enter_rest(self, client: str, now: float, *, held: bool = True) -> Refusal | None:
         """An HTTP request admitted by :meth:`admit`: within its address's request rate and
-        the cap on requests in flight? None: it counts as in flight until :meth:`leave_rest`."""
+        (``held``) the caps on requests in flight? None: a held request counts as in flight
+        until :meth:`leave_rest`; one not held (the page's files, :func:`page_file`) only
+        takes its place in the rate."""
         wait = self.rest.take(client, now)
         if wait:
             self.rest_refused["rate"] += 1
             return Refusal(429, Code.RATE_LIMITED,
                            f"too many requests from {client}; retry in {wait:.1f} s", wait,
                            "rate")
+        if not held:
+            return None
         mine = self.rest_by_client.get(client, 0)
         if self.max_rest_per_client and mine >= self.max_rest_per_client:
             self.rest_refused["per_client"] += 1
@@ -406,9 +419,11 @@ class Guard:
             host=_header(scope, b"host"), origin=_header(scope, b"origin"), now=self.clock())
         rest = kind == "http" and path not in UNGUARDED_PATHS
         if refusal is None and rest:
-            refusal = self.core.enter_rest(addr, self.clock())
+            held = not page_file(path)
+            refusal = self.core.enter_rest(addr, self.clock(), held=held)
             if refusal is not None and self.metrics is not None:
                 self.metrics.rest_refused.labels(refusal.limit).inc()
+            rest = held
         else:
             rest = False  # refused before it counted
         if refusal is not None:

@@ -50,7 +50,7 @@ def test_deepgram_sdk_live_through_earshot(
     first.write_bytes(x[:READING["speech"][1]["start"] - 1600].tobytes())
     with ThreadPoolExecutor(3) as pool:
         runs = [pool.submit(env.run, "deepgram_live.py", {**base, **p}, timeout=120) for p in (
-            {"mode": "reading", "speed": 1.5},
+            {"mode": "reading", "speed": 3.0},
             {"pcm": str(first), "mode": "finalize", "finalize_at": 1.8, "speed": 3.0},
             {"mode": "refused"})]
         out, fin, refusals = (r.result() for r in runs)

@@ -6,6 +6,8 @@ and ranged GETs (``rclone serve s3`` was the alternative; its ranged GETs carry 
 object's checksum, which botocore's response validation rejects). The gateways are
 ``earshot serve`` processes with data directories of their own (no shared filesystem), one
 redis-server as the bus and one PostgreSQL database for the metadata, as in a cluster.
+One moto server serves the module (its start-up is seconds); each test's gateways keep
+their archives under a prefix of the bucket that is the test's alone.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from s3_helpers import BUCKET, MotoServer
 
 pytestmark = pytest.mark.slow
 RATE = 16000
-PREFIX = "arch"
+PREFIX = "arch"  # (each test's own: arch-<its tmp_path's name>)
 
 
 def noise(seconds: float, seed: int) -> np.ndarray:
@@ -39,9 +41,9 @@ def noise(seconds: float, seed: int) -> np.ndarray:
                                                 dtype=np.int16)
 
 
-@pytest.fixture
-def moto(tmp_path: Path) -> Iterator[MotoServer]:
-    server = MotoServer(tmp_path / "moto").start()
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
     yield server
     server.stop()
 
@@ -54,16 +56,17 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 class Cluster:
-    """Gateways sharing a bus, a database and a bucket, each with its own data dir."""
+    """Gateways sharing a bus, a database and a bucket (under ``prefix``), each with its
+    own data dir."""
 
-    def __init__(self, tmp: Path, moto: MotoServer, bus: str, db: str) -> None:
-        self.tmp, self.moto, self.bus, self.db = tmp, moto, bus, db
+    def __init__(self, tmp: Path, moto: MotoServer, bus: str, db: str, prefix: str) -> None:
+        self.tmp, self.moto, self.bus, self.db, self.prefix = tmp, moto, bus, db, prefix
         self.started: list[ServerProcess] = []
 
-    def gateway(self, name: str, *args: str, store: str = f"s3://{BUCKET}/{PREFIX}",
+    def gateway(self, name: str, *args: str, store: str | None = None,
                 env: dict[str, str] | None = None) -> ServerProcess:
         gw = ServerProcess(self.tmp / name, "--bus", self.bus, "--db", self.db,
-                           "--archive-store", store, *args,
+                           "--archive-store", store or f"s3://{BUCKET}/{self.prefix}", *args,
                            env={**self.moto.env(), **(env or {})})
         self.started.append(gw)
         return gw.start(timeout=40)
@@ -76,7 +79,7 @@ class Cluster:
 @pytest.fixture
 def cluster(tmp_path: Path, moto: MotoServer, redis_server: RedisServer,
             pg_url: str) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, moto, redis_server.url, pg_url)
+    c = Cluster(tmp_path, moto, redis_server.url, pg_url, f"{PREFIX}-{tmp_path.name}")
     yield c
     c.stop()
 
@@ -118,8 +121,10 @@ def read_metric(gw: ServerProcess, name: str) -> float:
     return float(m.group(1))
 
 
-def bucket_names(moto: MotoServer) -> set[str]:
-    out = moto.raw().list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/streams/")
+def bucket_names(cluster: Cluster) -> set[str]:
+    """The objects under this test's prefix."""
+    out = cluster.moto.raw().list_objects_v2(Bucket=BUCKET,
+                                             Prefix=f"{cluster.prefix}/streams/")
     return {o["Key"].rsplit("/", 1)[-1] for o in out.get("Contents", [])}
 
 
@@ -135,7 +140,7 @@ async def test_a_stream_recorded_on_one_gateway_reads_back_from_the_other(
     sid = pub.stream_id
     wait_uploaded(a)
     wait_removed(a, sid)  # A's local copy is gone: every read below is from the bucket
-    assert bucket_names(cluster.moto) >= {f"{sid}.wav", f"{sid}.part0001.wav",
+    assert bucket_names(cluster) >= {f"{sid}.wav", f"{sid}.part0001.wav",
                                           f"{sid}.part0002.wav", f"{sid}.part0003.wav"}
     whole = httpx.get(f"{b.http}/api/streams/{sid}/audio", timeout=30)
     assert whole.status_code == 200 and whole.headers["x-earshot-parts"] == "4"
@@ -174,8 +179,8 @@ async def test_a_stream_recorded_on_one_gateway_reads_back_from_the_other(
     d = httpx.delete(f"{b.http}/api/streams/{sid}", timeout=30)  # from the other gateway:
     assert d.status_code == 204  # its objects go with it
     deadline = time.monotonic() + 20
-    while any(n.startswith(sid) for n in bucket_names(cluster.moto)):
-        assert time.monotonic() < deadline, bucket_names(cluster.moto)
+    while any(n.startswith(sid) for n in bucket_names(cluster)):
+        assert time.monotonic() < deadline, bucket_names(cluster)
         time.sleep(0.1)
     assert httpx.get(f"{a.http}/api/streams/{sid}/audio", timeout=30).status_code == 404
 
@@ -204,7 +209,7 @@ async def test_closed_parts_go_up_while_live_and_a_dead_store_loses_nothing(
         task = asyncio.create_task(stream_file(a.url, sent, RATE, processors=[],
                                                realtime=True, block_s=0.05))
         await asyncio.sleep(1.8)
-        names = await asyncio.to_thread(bucket_names, cluster.moto)
+        names = await asyncio.to_thread(bucket_names, cluster)
         assert len(names) >= 2, names  # parts 0 and 1 closed and uploaded while live
         proxy.targets = (free_port(),)  # the store is unreachable from here on
         proxy.cut()
@@ -220,7 +225,7 @@ async def test_closed_parts_go_up_while_live_and_a_dead_store_loses_nothing(
         store = await asyncio.to_thread(wait_uploaded, a, 90)
     assert store["failures"] >= 1 and store["dropped"] == 0
     sid = pub.stream_id
-    assert {f"{sid}.part{n:04d}.wav" for n in range(1, 10)} <= bucket_names(cluster.moto)
+    assert {f"{sid}.part{n:04d}.wav" for n in range(1, 10)} <= bucket_names(cluster)
     r = httpx.get(f"{b.http}/api/streams/{sid}/audio", timeout=30)
     assert r.headers["x-earshot-parts"] == "10"
     assert np.array_equal(wav(r.content), sent)

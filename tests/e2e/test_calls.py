@@ -110,9 +110,10 @@ def _archives(srv: ServerProcess, room: str) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.fixture
-def server(tmp_path: Path):  # type: ignore[no-untyped-def]
-    srv = ServerProcess(tmp_path / "data").start()
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """One server for the module: each test has a room of its own (duo, trio, talk)."""
+    srv = ServerProcess(tmp_path_factory.mktemp("calls") / "data").start()
     yield srv
     srv.stop()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -43,7 +44,16 @@ def test_deepgram_sdk_live_through_earshot(
     pcm.write_bytes(x.tobytes())
     base = {"url": f"ws://127.0.0.1:{server.port}", "http": server.http, "api_key": TOKEN,
             "pcm": str(pcm)}
-    out = env.run("deepgram_live.py", {**base, "mode": "reading", "speed": 1.5}, timeout=120)
+    # three apps at once, each its own session: the reading; Finalize one second into the
+    # first sentence (only that sentence and the pause after it are sent); two refused
+    first = tmp_path / "first.pcm"
+    first.write_bytes(x[:READING["speech"][1]["start"] - 1600].tobytes())
+    with ThreadPoolExecutor(3) as pool:
+        runs = [pool.submit(env.run, "deepgram_live.py", {**base, **p}, timeout=120) for p in (
+            {"mode": "reading", "speed": 3.0},
+            {"pcm": str(first), "mode": "finalize", "finalize_at": 1.8, "speed": 3.0},
+            {"mode": "refused"})]
+        out, fin, refusals = (r.result() for r in runs)
     msgs = out["messages"]
     finals, interims = results(msgs, True), results(msgs, False)
     score = wer(READING["text"], [transcript(f) for f in finals])
@@ -70,8 +80,6 @@ def test_deepgram_sdk_live_through_earshot(
     assert abs(out["sent_s"] - meta["duration"]) <= 0.02
 
     # Finalize one second into the first sentence: its final comes at once, from_finalize
-    fin = env.run("deepgram_live.py", {**base, "mode": "finalize", "finalize_at": 1.8,
-                                       "speed": 3.0}, timeout=120)
     cut = [f for f in results(fin["messages"], True) if f["from_finalize"]]
     assert len(cut) == 1 and not cut[0]["speech_final"]
     assert abs(cut[0]["start"] + cut[0]["duration"] - 1.8) <= 0.1
@@ -79,7 +87,7 @@ def test_deepgram_sdk_live_through_earshot(
     assert said and said == ["the", "weather", "today", "is", "cold", "and", "windy"][:len(said)]
     assert fin["messages"][-1]["type"] == "Metadata"
 
-    refused = env.run("deepgram_live.py", {**base, "mode": "refused"}, timeout=60)["errors"]
+    refused = refusals["errors"]
     assert [r["refused"] for r in refused] == [True, True]
     assert "status_code: 401" in refused[0]["text"]
     assert "status_code: 400" in refused[1]["text"]

@@ -104,7 +104,10 @@ def test_ffmpeg_sources_through_earshot(server_factory: Callable[..., ServerProc
                 break
             await asyncio.sleep(0.2)
         await asyncio.to_thread(proc.wait, 30)
-        await asyncio.sleep(1.0)  # the last events
+        deadline = time.monotonic() + 10  # the last events: up to the stream's end
+        while not [e for e in events if e.get("type") == "stream_ended"]:
+            assert time.monotonic() < deadline, events[-5:]
+            await asyncio.sleep(0.05)
         sub.cancel()
         return seen, proc
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -41,8 +42,16 @@ def test_openai_realtime_transcription_through_earshot(
     pcm.write_bytes(pcm24.tobytes())
     base = {"base_url": f"{server.http}/v1", "ws_url": f"ws://127.0.0.1:{server.port}/v1",
             "api_key": TOKEN}
-    out = env.run("openai_realtime_live.py", {**base, "pcm": str(pcm), "speed": 2.0,
-                                              "expect": len(READING["speech"])}, timeout=120)
+    # two apps at once, each its own session: the reading with server_vad; the first
+    # sentence with turn_detection null, ended by the client's commit
+    first = pcm24[:round(3.3 * 24000)]
+    short = tmp_path / "first24.pcm"
+    short.write_bytes(first.tobytes())
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(env.run, "openai_realtime_live.py", {**base, **p}, timeout=120)
+                for p in ({"pcm": str(pcm), "speed": 4.0, "expect": len(READING["speech"])},
+                          {"pcm": str(short), "speed": 3.0, "manual": True, "expect": 1})]
+        out, manual = (r.result() for r in runs)
     events = out["events"]
     assert events[0]["type"] == "session.created" and events[1]["type"] == "session.updated"
     assert not of(events, "error")
@@ -65,11 +74,6 @@ def test_openai_realtime_transcription_through_earshot(
     assert "401" in out["errors"][0]["text"]
 
     # turn_detection null: the client's commit ends the item (the first sentence)
-    first = pcm24[:round(3.3 * 24000)]
-    short = tmp_path / "first24.pcm"
-    short.write_bytes(first.tobytes())
-    manual = env.run("openai_realtime_live.py", {**base, "pcm": str(short), "speed": 3.0,
-                                                 "manual": True, "expect": 1}, timeout=60)
     evs = manual["events"]
     assert not of(evs, "speech_started") and len(of(evs, "committed")) == 1
     (done,) = of(evs, "transcription.completed")

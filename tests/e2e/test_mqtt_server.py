@@ -270,7 +270,7 @@ async def test_a_websocket_worker_publishes_its_events_once(
 async def test_bus_workers_and_gateways_publish_each_event_once(
         tmp_path: Path, broker: Mosquitto, server_factory: Callable[..., ServerProcess],
         subscribers: Callable[..., Subscriber]) -> None:
-    from redis_helpers import RedisServer, WorkerProcess
+    from redis_helpers import RedisServer, WorkerProcess, wait_balanced
 
     redis = RedisServer(tmp_path / "redis").start()
     worker = WorkerProcess(redis.url, ["level"], tmp_path / "worker.log", "bw")
@@ -279,7 +279,7 @@ async def test_bus_workers_and_gateways_publish_each_event_once(
         server = server_factory("--bus", redis.url, "--processes", "2", "--mqtt", broker.url)
         worker.start()
         sub = subscribers(broker.port, "earshot/#")
-        await asyncio.sleep(2.0)  # the worker takes its leases
+        await asyncio.to_thread(wait_balanced, redis.client(), "level", 1)  # its leases
         x, rate = speech()
         x = x[: 3 * rate]
         names = ["yard", "shed"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,31 +16,15 @@ from helpers import ROOT
 def installed_venv(env_var: str, default: Path, spec: str) -> Path:
     """A venv holding ``pip install SPEC`` and nothing else of ours: its dependencies
     installed once per version of pyproject.toml (in ``default``; ``env_var`` moves it),
-    earshot itself reinstalled from this tree, not editable, once per test run.
-
-    The venv is made by ``python -m venv`` (with its pip, as a user's); the packages go in
-    with ``uv pip install`` where there is a ``uv`` (the same requirements resolved the
-    same way, several times faster than pip: this build is paid on every clean clone),
-    else with the venv's pip."""
+    earshot itself reinstalled from this tree, not editable, once per test run."""
     stamp_key = hashlib.sha1((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:12]
     venv = Path(os.environ.get(env_var, default))
     py = venv / "bin" / "python"
     stamp = venv / f".deps-{stamp_key}"
-    uv = shutil.which("uv")
-    if uv and subprocess.run([uv, "--version"], capture_output=True).returncode != 0:
-        uv = None  # (a shim without a uv behind it)
 
     def pip(*args: str) -> None:
-        if uv:  # (--no-cache for earshot itself: uv would reuse a wheel built from an
-            # older tree, its cache keyed by pyproject.toml alone; bytecode compiled at
-            # install, as pip does, or the first imports of every process compile it)
-            args = tuple("--reinstall" if a == "--force-reinstall" else a for a in args)
-            fresh = ("--no-cache",) if "--reinstall" in args else ()
-            cmd = [uv, "pip", "install", "-q", "--compile-bytecode", *fresh, "--python",
-                   str(py), *args]
-        else:
-            cmd = [str(py), "-m", "pip", "install", "-q", *args]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        r = subprocess.run([str(py), "-m", "pip", "install", "-q", *args],
+                           capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stdout + r.stderr
 
     if not stamp.exists():

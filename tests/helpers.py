@@ -202,6 +202,34 @@ def best_alignment(y: Any, x: Any) -> tuple[int, float]:
 HEARD_CORRELATION = 0.8
 
 
+def rms(a: Any) -> float:
+    """Root mean square of samples (0 for none)."""
+    return float(np.sqrt(np.mean(np.square(np.asarray(a, np.float64))))) if len(a) else 0.0
+
+
+def db(x: float) -> float:
+    """An amplitude in decibels (floored at -180)."""
+    return float(20 * np.log10(max(x, 1e-9)))
+
+
+def heard_rms(heard: Any, x: Any, window: tuple[float, float], *, rate: int = 16000,
+              hear: int = 48000) -> float:
+    """Where the 16-bit ``x`` (at ``rate``)'s speech ``window`` (seconds) is in a call
+    participant's ``heard`` (float, at ``hear``: whole-signal alignment), checked to match
+    there (:func:`block_correlation` at least :data:`HEARD_CORRELATION`); its RMS in
+    ``heard``."""
+    import soxr
+
+    x48 = soxr.resample(np.asarray(x, np.float32) / 32768, rate, hear)
+    lag, _ = best_alignment(heard, x48)
+    lo, hi = int(window[0] * hear), int(window[1] * hear)
+    seg = heard[max(0, lo + lag):max(0, hi + lag)]
+    assert len(seg) > hear // 2, (lag, len(heard))
+    corr = block_correlation(seg, x48[lo:hi], hear)
+    assert corr >= HEARD_CORRELATION, corr
+    return rms(seg)
+
+
 def block_correlation(y: Any, x: Any, rate: int, block: float = 0.1,
                       slack: float = 0.06) -> float:
     """Median correlation of ``y``'s ``block``-long blocks (where ``x`` has sound) with
@@ -209,11 +237,6 @@ def block_correlation(y: Any, x: Any, rate: int, block: float = 0.1,
     ``slack`` seconds of where the block before it matched: an adaptive jitter buffer may
     add or drop a frame of delay on a busy machine, and what follows is then a frame later
     or earlier, and still the same audio."""
-    import numpy as np
-
-    def rms(a: Any) -> float:
-        return float(np.sqrt(np.mean(np.square(a.astype(np.float64))))) if len(a) else 0.0
-
     b, s = int(block * rate), int(slack * rate)
     cors, drift = [], 0
     for i in range(s, min(len(x), len(y)) - b - s, b):

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from asr_helpers import Results
 from earshot.asr.engine import Transcription, Word
 from earshot.asr.policy import DecodeRequest
-from earshot.asr.scheduler import AsrScheduler, JobResult
+from earshot.asr.scheduler import AsrScheduler
 
 RATE = 16000
 
@@ -24,22 +25,6 @@ def req(segment: int, seconds: float, *, final: bool, version: int = 1) -> Decod
 
 def tr(text: str, duration: float) -> Transcription:
     return Transcription(text, (Word(text, 0.0, duration, 0.9),), "en", duration)
-
-
-class Results:
-    def __init__(self) -> None:
-        self.items: list[JobResult] = []
-        self.cond = threading.Condition()
-
-    def __call__(self, result: JobResult) -> None:
-        with self.cond:
-            self.items.append(result)
-            self.cond.notify_all()
-
-    def wait(self, n: int, timeout: float = 20.0) -> list[JobResult]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.items) >= n, timeout), self.items
-            return list(self.items)
 
 
 class BatchDouble:

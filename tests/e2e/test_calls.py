@@ -20,14 +20,13 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-import soxr
 
 from helpers import (
     FIXTURES,
-    HEARD_CORRELATION,
     ServerProcess,
-    best_alignment,
-    block_correlation,
+    db,
+    heard_rms,
+    rms,
 )
 
 pytestmark = pytest.mark.slow
@@ -68,12 +67,8 @@ def _finish(procs: dict[str, subprocess.Popen[str]]) -> dict[str, list[dict]]:
     return events
 
 
-def _db(x: float) -> float:
-    return 20 * np.log10(max(x, 1e-9))
 
 
-def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(x.astype(np.float64))))) if len(x) else 0.0
 
 
 def _heard(path: Path) -> np.ndarray:
@@ -82,19 +77,6 @@ def _heard(path: Path) -> np.ndarray:
     return y
 
 
-def _check_hears(heard: np.ndarray, x: np.ndarray, window: tuple[float, float]) -> float:
-    """Where ``x``'s speech window is in ``heard`` (whole-signal alignment), and how well it
-    matches there: the median over 0.1 s blocks with sound, each aligned within 60 ms of
-    that (a frame the jitter buffer skipped or concealed on a busy machine spoils only its
-    own block); returns its RMS in ``heard``."""
-    x48 = soxr.resample(x.astype(np.float32) / 32768, RATE, HEAR)
-    lag, _ = best_alignment(heard, x48)
-    lo, hi = int(window[0] * HEAR), int(window[1] * HEAR)
-    seg = heard[max(0, lo + lag):max(0, hi + lag)]
-    assert len(seg) > HEAR // 2, (lag, len(heard))
-    corr = block_correlation(seg, x48[lo:hi], HEAR)
-    assert corr >= HEARD_CORRELATION, corr
-    return _rms(seg)
 
 
 def _archives(srv: ServerProcess, room: str) -> dict[str, np.ndarray]:
@@ -129,10 +111,10 @@ def test_two_people_hear_each_other_not_themselves(server: ServerProcess,
     for me, other in (("ann", "bob"), ("bob", "ann")):
         heard = _heard(tmp_path / f"heard_{me}.wav")
         assert len(heard) >= 6.5 * HEAR  # from joining to leaving, gaps as silence
-        other_rms = _check_hears(heard, files[other], spoken[other])
+        other_rms = heard_rms(heard, files[other], spoken[other])
         own = spoken[me]  # on its own clock: it started sending when it joined
         mine = heard[int((own[0] + 0.1) * HEAR):int((own[1] - 0.1) * HEAR)]
-        assert _db(other_rms) - _db(_rms(mine)) >= 30, (me, other_rms, _rms(mine))
+        assert db(other_rms) - db(rms(mine)) >= 30, (me, other_rms, rms(mine))
     archives = _archives(server, "duo")
     for n, x in files.items():
         assert np.array_equal(archives[n], x), n  # exact: what the file held
@@ -156,10 +138,10 @@ def test_three_people_events_and_clock(server: ServerProcess, tmp_path: Path) ->
     events = _finish(procs)
     for me in files:
         heard = _heard(tmp_path / f"heard_{me}.wav")
-        others = [_check_hears(heard, files[o], spoken[o]) for o in files if o != me]
+        others = [heard_rms(heard, files[o], spoken[o]) for o in files if o != me]
         own = spoken[me]
         mine = heard[int((own[0] + 0.1) * HEAR):int((own[1] - 0.1) * HEAR)]
-        assert _db(min(others)) - _db(_rms(mine)) >= 30, me
+        assert db(min(others)) - db(rms(mine)) >= 30, me
     archives = _archives(server, "trio")
     assert all(np.array_equal(archives[n], x) for n, x in files.items())
     # The same event, seen by everyone present, at the same room-clock time.

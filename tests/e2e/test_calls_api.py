@@ -25,6 +25,7 @@ from helpers import (
     best_alignment,
     block_correlation,
     free_port,
+    rms,
 )
 
 pytestmark = pytest.mark.slow
@@ -65,8 +66,6 @@ def _s16(x: np.ndarray) -> np.ndarray:
     return (np.clip(x, -1.0, 1.0 - 1 / 32768) * 32768.0).round().astype(np.int16)
 
 
-def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(x.astype(np.float64))))) if len(x) else 0.0
 
 
 async def test_a_bot_sends_hears_mutes_and_gets_events(server: ServerProcess) -> None:
@@ -135,7 +134,7 @@ async def _echo_room(srv: ServerProcess, room: str, aec: bool) -> float:
                 Call(srv.url, room, "b", rate=16000, mic=_player(voice), record=True) as b):
         await asyncio.sleep(7.5)
         heard = b.heard()
-    return _rms(heard[int(4.0 * HEAR):int(7.0 * HEAR)])
+    return rms(heard[int(4.0 * HEAR):int(7.0 * HEAR)])
 
 
 async def test_echo_cancellation_quiets_the_far_ends_own_voice(server: ServerProcess) -> None:
@@ -178,7 +177,7 @@ async def test_a_dropped_participant_resumes_into_its_seat(server: ServerProcess
     assert np.array_equal(_archive(server, stream or ""), _s16(voice))  # nothing lost
     # Bob heard a gap of about 2 s, then ann again at the live edge (not replayed late).
     block = HEAR // 50
-    loud = np.array([_rms(heard[i:i + block]) > 1e-3 for i in range(0, len(heard), block)])
+    loud = np.array([rms(heard[i:i + block]) > 1e-3 for i in range(0, len(heard), block)])
     runs, start = [], None
     for i, v in enumerate(loud):
         if not v and start is None:

@@ -20,15 +20,14 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-import soxr
 from websockets.asyncio.client import connect
 
 from helpers import (
     FIXTURES,
-    HEARD_CORRELATION,
     ServerProcess,
-    best_alignment,
-    block_correlation,
+    db,
+    heard_rms,
+    rms,
 )
 from redis_helpers import RedisServer
 
@@ -54,25 +53,10 @@ def _call(srv: ServerProcess, name: str, f: Path, out: Path) -> subprocess.Popen
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(x.astype(np.float64))))) if len(x) else 0.0
 
 
-def _db(x: float) -> float:
-    return 20 * np.log10(max(x, 1e-9))
 
 
-def _hears(heard: np.ndarray, x: np.ndarray, window: tuple[float, float]) -> float:
-    """``x``'s speech window found in ``heard`` and matched block by block (as in
-    tests/e2e/test_calls.py); its RMS there."""
-    x48 = soxr.resample(x.astype(np.float32) / 32768, RATE, HEAR)
-    lag, _ = best_alignment(heard, x48)
-    lo, hi = int(window[0] * HEAR), int(window[1] * HEAR)
-    seg = heard[max(0, lo + lag):max(0, hi + lag)]
-    assert len(seg) > HEAR // 2, (lag, len(heard))
-    corr = block_correlation(seg, x48[lo:hi], HEAR)
-    assert corr >= HEARD_CORRELATION, corr
-    return _rms(seg)
 
 
 async def _refused(srv: ServerProcess, name: str) -> dict:
@@ -123,10 +107,10 @@ def test_a_room_across_two_gateways(tmp_path: Path, redis_server: RedisServer) -
         for me, other in (("ann", "bob"), ("bob", "ann")):
             heard, rate = sf.read(tmp_path / f"heard_{me}.wav", dtype="float32")
             assert rate == HEAR and len(heard) >= 6.5 * HEAR
-            other_rms = _hears(heard, files[other], spoken[other])
+            other_rms = heard_rms(heard, files[other], spoken[other])
             own = spoken[me]
             mine = heard[int((own[0] + 0.1) * HEAR):int((own[1] - 0.1) * HEAR)]
-            assert _db(other_rms) - _db(_rms(mine)) >= 30, (me, other_rms, _rms(mine))
+            assert db(other_rms) - db(rms(mine)) >= 30, (me, other_rms, rms(mine))
             # bob (remote) was told of the room's events once each, as ann was
             joined = [e["participant"] for e in events[me] if e["type"] == "joined"]
             assert len(joined) == len(set(joined)) and "bob" in joined, events[me]
@@ -152,7 +136,7 @@ def test_a_room_across_two_gateways(tmp_path: Path, redis_server: RedisServer) -
         tracks, rate = sf.read(io.BytesIO(rec.content), dtype="float32")
         assert rate == HEAR and tracks.shape[1] == 2
         bob_track = tracks[:, 1]
-        assert _rms(bob_track) > 0.01 and _rms(tracks[:, 0]) > 0.01
+        assert rms(bob_track) > 0.01 and rms(tracks[:, 0]) > 0.01
     finally:
         gw1.stop()
         gw2.stop()

@@ -202,6 +202,25 @@ def best_alignment(y: Any, x: Any) -> tuple[int, float]:
 HEARD_CORRELATION = 0.8
 
 
+class RecordingOwner:
+    """A live stream's owner (what the hub tells a connection) that records it: the
+    messages posted, the offsets acknowledged, the kicks as (code, message)."""
+
+    def __init__(self) -> None:
+        self.posted: list[dict[str, Any]] = []
+        self.acks: list[int] = []
+        self.kicked: list[tuple[str, str]] = []
+
+    def post(self, message: dict[str, Any]) -> None:
+        self.posted.append(message)
+
+    def ack(self, offset: int) -> None:
+        self.acks.append(offset)
+
+    async def kick(self, code: str, message: str) -> None:
+        self.kicked.append((code, message))
+
+
 def rms(a: Any) -> float:
     """Root mean square of samples (0 for none)."""
     return float(np.sqrt(np.mean(np.square(np.asarray(a, np.float64))))) if len(a) else 0.0

@@ -16,6 +16,7 @@ from earshot.server.events import EventRouter, Work, segment_span, storage_work
 from earshot.server.metrics import Metrics
 from earshot.storage.archive import Archive
 from earshot.storage.metadata import SqliteStore, StreamRecord
+from helpers import RecordingOwner
 
 RATE = 16000
 
@@ -39,20 +40,6 @@ def test_segment_spans_must_be_finite_and_not_empty(start: float, end: float) ->
         segment_span({"start": start, "end": end}, RATE)
 
 
-class Owner:
-    def __init__(self) -> None:
-        self.posted: list[dict[str, Any]] = []
-
-    def post(self, message: dict[str, Any]) -> None:
-        self.posted.append(message)
-
-    def ack(self, offset: int) -> None:
-        pass
-
-    async def kick(self, code: str, message: str) -> None:
-        pass
-
-
 @pytest.fixture
 def world(tmp_path: Path) -> Any:
     store = SqliteStore(tmp_path / "earshot.db")
@@ -65,7 +52,7 @@ def world(tmp_path: Path) -> Any:
     archive.append(x.tobytes())
     archive.sync()
     bus = MemoryBus()
-    owner = Owner()
+    owner = RecordingOwner()
     router = EventRouter(store, bus, Metrics(), tmp_path, lambda sid: owner)
     yield store, rec, tmp_path / rec.path, bus, owner, router, x
     archive.close()

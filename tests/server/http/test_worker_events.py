@@ -16,6 +16,7 @@ from earshot.server.auth import ADMIN, Principal, Scope, mint, secret_of
 from earshot.server.http.subscribe import handle_worker_message
 from earshot.server.testing import Gateway
 from earshot.wire.ingest import Limits, parse_start
+from helpers import RecordingOwner
 
 RATE = 16000
 ALL = 10**9  # (frames handed: the bound is the audio the server received)
@@ -23,26 +24,12 @@ WORKER = Principal("w", frozenset({Scope.WORKER}), processors=frozenset({"vad"})
 LISTENER = Principal("l", frozenset({Scope.LISTEN}))
 
 
-class Owner:
-    def __init__(self) -> None:
-        self.posted: list[dict[str, Any]] = []
-
-    def post(self, message: dict[str, Any]) -> None:
-        self.posted.append(message)
-
-    def ack(self, offset: int) -> None:
-        pass
-
-    async def kick(self, code: str, message: str) -> None:
-        pass
-
-
 def _msg(sid: str, *events: dict[str, Any]) -> str:
     return json.dumps({"type": "event", "stream": sid, "events": list(events)})
 
 
-async def _live(gw: Gateway, seconds: float = 2.0) -> tuple[Any, Owner, np.ndarray]:
-    owner = Owner()
+async def _live(gw: Gateway, seconds: float = 2.0) -> tuple[Any, RecordingOwner, np.ndarray]:
+    owner = RecordingOwner()
     live, _, _ = await gw.hub.open(parse_start({"type": "start", "format": "s16", "rate": RATE,
                                                 "name": "kitchen/mic", "processors": []},
                                                Limits()), owner)

@@ -19,35 +19,20 @@ from earshot.server.streams.live import LiveStream
 from earshot.server.streams.space import Space
 from earshot.storage.archive import Archive
 from earshot.storage.metadata import StreamRecord
+from helpers import RecordingOwner
 
 RATE = 16000
 
 
-class Owner:
-    def __init__(self) -> None:
-        self.posted: list[dict[str, Any]] = []
-        self.acks: list[int] = []
-        self.kicked: list[str] = []
-
-    def post(self, message: dict[str, Any]) -> None:
-        self.posted.append(message)
-
-    def ack(self, offset: int) -> None:
-        self.acks.append(offset)
-
-    async def kick(self, code: str, message: str) -> None:
-        self.kicked.append(code)
-
-
 def make(tmp_path: Path, fmt: str = "s16", *, interval: float = 0.1,
-         bus: MemoryBus | None = None) -> tuple[BatchPath, LiveStream, Owner]:
+         bus: MemoryBus | None = None) -> tuple[BatchPath, LiveStream, RecordingOwner]:
     bus = bus or MemoryBus()
     path = BatchPath(bus, Metrics(), Space(), ack_interval=interval, header_interval=1.0)
     spec = StreamSpec(fmt, RATE, 1)
     archive = Archive.create(tmp_path / "s.wav", spec.pcm, "wav")
     rec = StreamRecord(id="s1", name=None, created=0.0, format=fmt, archive_format="wav",
                        rate=RATE, channels=1, path="s.wav", token_hash="")
-    owner = Owner()
+    owner = RecordingOwner()
     live = LiveStream(rec, path.writer(archive, spec, 0, now=0.0), False, owner)
     path.attach(live, 0.0)
     return path, live, owner

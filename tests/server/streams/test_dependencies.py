@@ -13,21 +13,7 @@ import earshot.codec.opus as opus
 from earshot.errors import MissingDependency, ProtocolError
 from earshot.server.testing import Gateway
 from earshot.wire.ingest import Limits, parse_start
-
-
-class Owner:
-    def __init__(self) -> None:
-        self.acks: list[int] = []
-        self.kicked: list[tuple[str, str]] = []
-
-    def post(self, message: dict[str, Any]) -> None:
-        pass
-
-    def ack(self, offset: int) -> None:
-        self.acks.append(offset)
-
-    async def kick(self, code: str, message: str) -> None:
-        self.kicked.append((code, message))
+from helpers import RecordingOwner
 
 
 def no_av() -> Any:
@@ -50,7 +36,7 @@ async def test_an_opus_start_is_refused_up_front_without_a_decoder(
     async with Gateway(tmp_path) as gw:
         s = parse_start({"type": "start", "format": "opus", "rate": 48000}, Limits())
         with pytest.raises(ProtocolError) as exc:
-            await gw.hub.open(s, Owner())
+            await gw.hub.open(s, RecordingOwner())
         assert exc.value.code == "unsupported_format" and "pip install av" in exc.value.message
         assert gw.hub.live == {} and gw.store.list(limit=5, offset=0)[1] == 0
 
@@ -64,7 +50,7 @@ async def test_a_missing_encoder_never_fails_the_publisher(
 
     monkeypatch.setattr(opus, "OpusEncoder", no_encoder)
     async with Gateway(tmp_path) as gw:
-        owner = Owner()
+        owner = RecordingOwner()
         s = parse_start({"type": "start", "format": "s16", "rate": 16000, "processors": []},
                         Limits())
         live, _, _ = await gw.hub.open(s, owner)

@@ -16,19 +16,9 @@ import soundfile as sf
 from earshot.server.testing import Gateway
 from earshot.storage.metadata import SqliteStore, open_store
 from earshot.wire.ingest import Limits, parse_start
+from helpers import RecordingOwner
 
 RATE = 16000
-
-
-class Owner:
-    def post(self, message: dict[str, Any]) -> None:
-        pass
-
-    def ack(self, offset: int) -> None:
-        pass
-
-    async def kick(self, code: str, message: str) -> None:
-        pass
 
 
 def start(**extra: Any) -> Any:
@@ -76,7 +66,7 @@ def calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[str, st
 async def test_the_power_cut_order_of_a_stream_s_life(
         tmp_path: Path, calls: list[tuple[str, str]], fmt: str) -> None:
     async with Gateway(tmp_path, fsync=True, archive_format=fmt) as gw:
-        owner = Owner()
+        owner = RecordingOwner()
         live, _, _ = await gw.hub.open(start(), owner)
         sid = live.id
         opened = list(calls)
@@ -102,7 +92,7 @@ async def test_the_power_cut_order_of_a_stream_s_life(
 async def test_without_fsync_nothing_is_fsynced(tmp_path: Path,
                                                  calls: list[tuple[str, str]]) -> None:
     async with Gateway(tmp_path, archive_format="flac") as gw:
-        owner = Owner()
+        owner = RecordingOwner()
         live, _, _ = await gw.hub.open(start(), owner)
         gw.hub.add_audio(live, np.arange(1600, dtype="<i2").tobytes(), 1600)
         await gw.hub.detach(live, owner, stopped=True)
@@ -125,7 +115,7 @@ def test_sqlite_is_synchronous_full_with_fsync(tmp_path: Path) -> None:
 async def test_start_up_registers_archives_whose_rows_are_missing(tmp_path: Path) -> None:
     x = (np.arange(RATE) % 700 - 350).astype("<i2")
     async with Gateway(tmp_path, archive_format="flac") as gw:
-        a, b = Owner(), Owner()
+        a, b = RecordingOwner(), RecordingOwner()
         done, _, _ = await gw.hub.open(start(name="done"), a)
         gw.hub.add_audio(done, x.tobytes(), len(x))
         await gw.hub.detach(done, a, stopped=True)

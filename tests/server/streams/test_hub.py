@@ -12,24 +12,9 @@ import pytest
 from earshot.errors import ProtocolError, StorageError
 from earshot.server.testing import Gateway
 from earshot.wire.ingest import Limits, parse_start
+from helpers import RecordingOwner
 
 RATE = 16000
-
-
-class Owner:
-    def __init__(self) -> None:
-        self.posted: list[dict[str, Any]] = []
-        self.acks: list[int] = []
-        self.kicked: list[tuple[str, str]] = []
-
-    def post(self, message: dict[str, Any]) -> None:
-        self.posted.append(message)
-
-    def ack(self, offset: int) -> None:
-        self.acks.append(offset)
-
-    async def kick(self, code: str, message: str) -> None:
-        self.kicked.append((code, message))
 
 
 def start(**extra: Any) -> Any:
@@ -43,7 +28,7 @@ def audio(n: int) -> bytes:
 
 async def test_open_feed_detach_stopped_finishes(tmp_path: Path) -> None:
     async with Gateway(tmp_path) as gw:
-        hub, owner = gw.hub, Owner()
+        hub, owner = gw.hub, RecordingOwner()
         live, _token, warnings = await hub.open(start(name="a"), owner)
         assert warnings == [] and hub.is_live(live.id) and hub.owner_of(live.id) is owner
         assert hub.add_audio(live, audio(1600), 1600)  # 0.1 s: a flush is due
@@ -58,7 +43,7 @@ async def test_open_feed_detach_stopped_finishes(tmp_path: Path) -> None:
 
 async def test_a_detach_by_a_superseded_owner_changes_nothing(tmp_path: Path) -> None:
     async with Gateway(tmp_path) as gw:
-        hub, a, b = gw.hub, Owner(), Owner()
+        hub, a, b = gw.hub, RecordingOwner(), RecordingOwner()
         live, token, _ = await hub.open(start(), a)
         await hub.detach(live, a, stopped=False)
         again, _, _ = await hub.open(start(resume=live.id, resume_token=token), b)
@@ -69,7 +54,7 @@ async def test_a_detach_by_a_superseded_owner_changes_nothing(tmp_path: Path) ->
 async def test_stream_events_reach_subscribers_in_order(tmp_path: Path) -> None:
     async with Gateway(tmp_path) as gw:
         sub = gw.bus.subscribe("*")
-        live, _, _ = await gw.hub.open(start(name="n"), Owner())
+        live, _, _ = await gw.hub.open(start(name="n"), RecordingOwner())
         started = await sub.get()
         assert started == {"type": "stream_started", "stream": live.id, "t": 0.0,
                            "name": "n", "rate": RATE, "channels": 1, "format": "s16",
@@ -85,7 +70,7 @@ async def test_stream_events_reach_subscribers_in_order(tmp_path: Path) -> None:
 
 async def test_bus_events_go_to_the_sender_and_finals_are_stored(tmp_path: Path) -> None:
     async with Gateway(tmp_path) as gw:
-        owner = Owner()
+        owner = RecordingOwner()
         live, _, _ = await gw.hub.open(start(), owner)
         final = {"type": "transcript", "final": True, "text": "hello", "start": 0.0,
                  "end": 0.5, "segment": 0, "stream": live.id}
@@ -99,7 +84,7 @@ async def test_bus_events_go_to_the_sender_and_finals_are_stored(tmp_path: Path)
 async def test_a_release_from_another_gateway_kicks_and_leaves_it_resumable(
         tmp_path: Path) -> None:
     async with Gateway(tmp_path) as gw:
-        owner = Owner()
+        owner = RecordingOwner()
         live, _, _ = await gw.hub.open(start(), owner)
         gw.hub.add_audio(live, audio(320), 320)
         await gw.hub.on_bus_release(live.id)
@@ -110,12 +95,12 @@ async def test_a_release_from_another_gateway_kicks_and_leaves_it_resumable(
 
 async def test_drain_tells_every_publisher_and_keeps_streams_resumable(tmp_path: Path) -> None:
     async with Gateway(tmp_path) as gw:
-        owners = [Owner(), Owner()]
+        owners = [RecordingOwner(), RecordingOwner()]
         lives = [(await gw.hub.open(start(), o))[0] for o in owners]
         for live in lives:
             gw.hub.add_audio(live, audio(480), 480)
 
-        async def detach_when_kicked(live: Any, owner: Owner) -> None:
+        async def detach_when_kicked(live: Any, owner: RecordingOwner) -> None:
             while not owner.kicked:
                 await asyncio.sleep(0.001)
             await gw.hub.detach(live, owner, stopped=False)
@@ -128,14 +113,14 @@ async def test_drain_tells_every_publisher_and_keeps_streams_resumable(tmp_path:
         for o in owners:
             assert o.acks == [480] and o.kicked[0][0] == "shutting_down"
         with pytest.raises(ProtocolError) as refused:
-            await gw.hub.open(start(), Owner())
+            await gw.hub.open(start(), RecordingOwner())
         assert refused.value.code == "shutting_down"
         assert {gw.store.get(lv.id).state for lv in lives} == {"interrupted"}
 
 
 async def test_delete_refuses_a_live_stream(tmp_path: Path) -> None:
     async with Gateway(tmp_path) as gw:
-        owner = Owner()
+        owner = RecordingOwner()
         live, _, _ = await gw.hub.open(start(), owner)
         with pytest.raises(StorageError, match="live"):
             gw.hub.delete(live.id)
@@ -146,7 +131,7 @@ async def test_delete_refuses_a_live_stream(tmp_path: Path) -> None:
 
 async def test_recover_repairs_an_archive_a_crash_left_open(tmp_path: Path) -> None:
     async with Gateway(tmp_path) as gw:
-        owner = Owner()
+        owner = RecordingOwner()
         live, _, _ = await gw.hub.open(start(), owner)
         gw.hub.add_audio(live, audio(1600), 1600)
         await gw.hub.flush(live)  # written, acknowledged; the header not synced yet

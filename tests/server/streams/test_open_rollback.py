@@ -21,23 +21,9 @@ from earshot.processors.registry import Registry
 from earshot.server.streams.hub import LiveStream
 from earshot.server.testing import Gateway
 from earshot.wire.ingest import Limits, parse_start
+from helpers import RecordingOwner
 
 RATE = 16000
-
-
-class Owner:
-    def __init__(self) -> None:
-        self.posted: list[dict[str, Any]] = []
-        self.kicked: list[tuple[str, str]] = []
-
-    def post(self, message: dict[str, Any]) -> None:
-        self.posted.append(message)
-
-    def ack(self, offset: int) -> None:
-        pass
-
-    async def kick(self, code: str, message: str) -> None:
-        self.kicked.append((code, message))
 
 
 class Boom(Processor):
@@ -67,13 +53,13 @@ async def test_a_start_failing_after_creation_leaves_nothing_held(tmp_path: Path
         gw.hub.registry = Registry(extra={"boom": Boom})
         for _ in range(5):
             with pytest.raises(RuntimeError, match="boom"):
-                await gw.hub.open(start(processors=["level", "boom"]), Owner())
+                await gw.hub.open(start(processors=["level", "boom"]), RecordingOwner())
         assert gw.hub.live == {} and held(gw) == 0
         assert gw.hub.metrics.streams_active._value.get() == 0
         assert gw.store.with_state("live") == []
         assert list((tmp_path / "streams").iterdir()) == []  # no file left (nor open)
         # the door is open: max_streams=2 would have refused after two zombies
-        owner = Owner()
+        owner = RecordingOwner()
         live, _, _ = await gw.hub.open(start(processors=["level"]), owner)
         gw.hub.add_audio(live, np.zeros(1600, "<i2").tobytes(), 1600)
         await gw.hub.detach(live, owner, stopped=True)
@@ -83,16 +69,16 @@ async def test_a_start_failing_after_creation_leaves_nothing_held(tmp_path: Path
 async def test_a_resume_failing_half_way_leaves_the_stream_resumable(tmp_path: Path) -> None:
     async with Gateway(tmp_path) as gw:
         gw.hub.registry = Registry(extra={"boom": Boom})
-        owner = Owner()
+        owner = RecordingOwner()
         live, token, _ = await gw.hub.open(start(), owner)
         gw.hub.add_audio(live, np.ones(800, "<i2").tobytes(), 800)
         await gw.hub.detach(live, owner, stopped=False)
         with pytest.raises(RuntimeError):
             await gw.hub.open(start(resume=live.id, resume_token=token, processors=["boom"]),
-                              Owner())
+                              RecordingOwner())
         rec = gw.store.get(live.id)
         assert (rec.state, rec.frames) == ("interrupted", 800) and gw.hub.live == {}
-        again, _, _ = await gw.hub.open(start(resume=live.id, resume_token=token), Owner())
+        again, _, _ = await gw.hub.open(start(resume=live.id, resume_token=token), RecordingOwner())
         assert again.offset == 800
 
 
@@ -135,7 +121,7 @@ class LifeCycle(RuleBasedStateMachine):
         self.loop.run_until_complete(self.gw.__aenter__())
         self.gw.hub.registry = Registry(extra={"boom": Boom})
         self.tokens: dict[str, str] = {}
-        self.owners: dict[str, Owner] = {}
+        self.owners: dict[str, RecordingOwner] = {}
         self.finished: set[str] = set()
 
     def run(self, coro: Any) -> Any:
@@ -148,7 +134,7 @@ class LifeCycle(RuleBasedStateMachine):
 
     @rule(target=streams, procs=st.sampled_from([[], ["level"]]))
     def open_new(self, procs: list[str]) -> str:
-        owner = Owner()
+        owner = RecordingOwner()
         live, token, _ = self.run(self.gw.hub.open(start(processors=procs), owner))
         self.tokens[live.id], self.owners[live.id] = token, owner
         return live.id
@@ -156,7 +142,7 @@ class LifeCycle(RuleBasedStateMachine):
     @rule()
     def open_fails(self) -> None:
         with pytest.raises(RuntimeError):
-            self.run(self.gw.hub.open(start(processors=["level", "boom"]), Owner()))
+            self.run(self.gw.hub.open(start(processors=["level", "boom"]), RecordingOwner()))
 
     @rule(sid=streams, frames=st.integers(0, 2000))
     def feed(self, sid: str, frames: int) -> None:
@@ -166,7 +152,7 @@ class LifeCycle(RuleBasedStateMachine):
 
     @rule(sid=streams, fail=st.booleans())
     def resume(self, sid: str, fail: bool) -> None:
-        owner = Owner()
+        owner = RecordingOwner()
         s = start(resume=sid, resume_token=self.tokens[sid],
                   processors=["boom"] if fail else [])
         if sid in self.finished:
@@ -189,7 +175,7 @@ class LifeCycle(RuleBasedStateMachine):
         live = self.gw.hub.live.get(sid)
         if live is None:
             return
-        owner = Owner() if stale else self.owners[sid]  # a superseded connection's detach
+        owner = RecordingOwner() if stale else self.owners[sid]  # a superseded connection's detach
         self.run(self.gw.hub.detach(live, owner, stopped=stopped))  # type: ignore[arg-type]
         if not stale:
             del self.owners[sid]  # the connection is gone

@@ -119,3 +119,38 @@ def test_speech_fixture_onset_at_48k(speech_48k: np.ndarray, speech_truth: dict)
     loud = [r for r in readings if r.rms_db > -60.0]
     onset_s = loud[0].offset / 48000
     assert onset_s == pytest.approx(speech_truth["speech"][0]["start_s"], abs=0.011)
+
+
+@given(st.lists(st.integers(0, 3000), min_size=1, max_size=12),
+       st.lists(st.booleans(), min_size=12, max_size=12), st.integers(0, 5000))
+@settings(max_examples=200, deadline=None)
+def test_skipping_keeps_the_grid(sizes: list[int], measured: list[bool], offset: int) -> None:
+    """Whatever is skipped and fed, in any chunks: every reading is a whole interval of the
+    grid that starts at ``offset``, not overlapping skipped audio, equal to the reading of
+    that interval measured whole; and every whole interval fed entirely is read."""
+    rate, interval = 16000, 800
+    x = np.random.default_rng(len(sizes)).uniform(-1, 1, sum(sizes)).astype(np.float32)
+    meter = LevelMeter(rate, interval_s=0.05, offset=offset)
+    reference = {r.offset: r for r in LevelMeter(rate, interval_s=0.05, offset=offset).feed(x)}
+    got, fed = [], np.zeros(x.size, bool)
+    pos = 0
+    for size, measure in zip(sizes, measured, strict=False):
+        if measure:
+            got += meter.feed(x[pos:pos + size])
+            fed[pos:pos + size] = True
+        else:
+            meter.skip(size)
+        pos += size
+        assert meter.position == offset + pos
+    for r in got:
+        start = r.offset - offset
+        assert start % interval == 0 and r.frames == interval
+        assert fed[start:start + interval].all()
+        assert r == reference[r.offset]
+    whole = [s for s in range(0, x.size - interval + 1, interval) if fed[s:s + interval].all()]
+    assert sorted(r.offset - offset for r in got) == whole
+
+
+def test_skip_refuses_negative_counts() -> None:
+    with pytest.raises(ProcessorError):
+        LevelMeter(16000).skip(-1)

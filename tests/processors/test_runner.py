@@ -15,7 +15,7 @@ from earshot.processors.builtin.level import Level
 from earshot.processors.builtin.spectrogram import Spectrogram, decode_spectrogram
 from earshot.processors.builtin.vad import Vad
 from earshot.processors.registry import Registry, parse_cli_spec, resolve
-from earshot.processors.runner import StreamPipeline
+from earshot.processors.runner import Audience, StreamPipeline
 from earshot.testing import run_processor
 
 
@@ -163,3 +163,33 @@ def test_registry() -> None:
     with pytest.raises(ProcessorError):
         resolve("no_such_module_x:Y")
     assert isinstance(resolve("vad").make(), Vad)
+
+
+async def test_an_on_demand_processor_runs_for_its_audience_only() -> None:
+    """``level`` left to the server's defaults: nothing is measured while nobody watches;
+    readings go to the observers (never the sender) while someone does, on the stream's
+    grid; a sender that named it gets them, and they are always made."""
+    watching = [False]
+    to_all: list[Event] = []
+    to_observers: list[Event] = []
+    audience = Audience(named=frozenset(), watched=lambda: watching[0],
+                        observers=to_observers.extend)
+    quiet = StreamPipeline(StreamInfo("s", 16000, 1), [Level(), Record()], to_all.extend,
+                           audience=audience)
+    named = StreamPipeline(StreamInfo("n", 16000, 1), [Level()], to_all.extend,
+                           audience=Audience(named=frozenset({"level"}),
+                                             watched=lambda: False, observers=to_observers.extend))
+    x = tone(16000, 1.0)
+    for i in range(0, 16000, 1000):  # 62.5 ms chunks: the grid is 50 ms
+        watching[0] = 4000 <= i < 10000
+        quiet.feed(x[i:i + 1000], i)
+        named.feed(x[i:i + 1000], i)
+    await quiet.close()
+    await named.close()
+    assert all(e["type"] == "level" for e in to_observers)
+    assert [e["t"] for e in to_observers] == [round(0.05 * k, 6) for k in range(5, 12)]
+    levels = [e for e in to_all if e["type"] == "level"]
+    assert [e["t"] for e in levels] == [round(0.05 * k, 6) for k in range(20)]  # named
+    assert len([e for e in to_all if e["type"] == "seen"]) > 0  # others are not affected
+    level_runner = quiet.runners[0][1]
+    assert level_runner.stats.processed == 6000 and level_runner.stats.skipped == 10000

@@ -63,15 +63,39 @@ class LevelMeter:
         self._buf = np.zeros(interval, dtype=np.float32)
         self._scratch = np.empty(0, np.float32)
         self._fill = 0
+        self._skip = 0  # frames still to pass over before the grid point at _pos
 
     @property
     def position(self) -> int:
         """Frame offset just past the last sample fed."""
-        return self._pos + self._fill
+        return self._pos + self._fill - self._skip
+
+    def skip(self, frames: int) -> None:
+        """Pass over ``frames`` samples unmeasured: the interval they end in is dropped, and
+        the next reading is the next whole interval of the grid."""
+        if frames < 0:
+            raise ProcessorError(f"cannot skip {frames} frames")
+        if frames <= self._skip:  # still before the grid point
+            self._skip -= frames
+            return
+        passed = frames - self._skip + self._fill  # frames past the grid point _pos
+        self._fill = 0
+        whole, part = divmod(passed, self.interval)
+        self._pos += whole * self.interval
+        self._skip = 0
+        if part:  # inside an interval: it is dropped; the grid resumes after it
+            self._pos += self.interval
+            self._skip = self.interval - part
 
     def feed(self, samples: np.ndarray) -> list[LevelReading]:
         """Consume samples; return readings for every interval completed by them."""
         x = as_mono(samples)
+        if self._skip:  # the rest of an interval passed over
+            take = min(self._skip, x.size)
+            self._skip -= take
+            x = x[take:]
+            if not x.size:
+                return []
         if not self._fill and x.size and not x.size % self.interval:  # whole intervals
             return self._measure(x.reshape(-1, self.interval))
         out: list[LevelReading] = []

@@ -78,6 +78,12 @@ class Processor(ABC):
     client_options: ClassVar[Mapping[str, Any] | None] = None
     #: answers :meth:`finalize` with one ``finalized`` event (after the cut utterance's final)
     finalizes: ClassVar[bool] = False
+    #: its events are made only while someone will receive them: the sender, if it named
+    #: the processor in ``start``, or a subscriber of the stream (``/ws/subscribe``, the
+    #: page, ``earshot watch``, MQTT). Meanwhile :meth:`skip` is called instead of
+    #: :meth:`process`, and the events it does make never go to a sender that did not name
+    #: it (it runs as a server default: for the stream's observers)
+    on_demand: ClassVar[bool] = False
 
     def start(self, info: StreamInfo) -> None:
         """Called once before the first chunk."""
@@ -89,6 +95,12 @@ class Processor(ABC):
 
     def flush(self) -> Iterable[Event] | None:
         """Called once at the end of the stream; return the last events."""
+        return None
+
+    def skip(self, chunk: Chunk) -> None:
+        """An :attr:`on_demand` processor's audio while nobody would receive its events:
+        keep time (where the next reading falls) but do none of the work. Called on the
+        event loop, so it must be cheap. The default does nothing."""
         return None
 
     def finalize(self) -> Iterable[Event] | None:

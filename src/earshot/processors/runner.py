@@ -96,6 +96,7 @@ FINALIZE = _FinalizeMark()
 class RunnerStats:
     processed: int = 0  # frames processed (processor rate)
     dropped: int = 0  # frames dropped for lag
+    skipped: int = 0  # frames an on-demand processor passed over (nobody watching)
     busy: float = 0.0  # seconds spent in process()
 
 
@@ -103,8 +104,11 @@ class ProcessorRunner:
     """One processor on one stream: its own queue, batches, lag and drop accounting."""
 
     def __init__(self, proc: Processor, rate: int, publish: Publish, *, max_lag: float,
-                 executor: Executor, lag_report: float = 1.0) -> None:
+                 executor: Executor, lag_report: float = 1.0,
+                 wanted: Callable[[], bool] | None = None) -> None:
         self.proc = proc
+        #: an on-demand processor's audience: while it answers False, audio is skipped
+        self.wanted = wanted
         self.name = proc.name
         self.rate = rate
         self.publish = publish
@@ -156,6 +160,16 @@ class ProcessorRunner:
         if self._fed_end is None:
             self._done_end = chunk.offset  # first chunk: nothing before it is owed
             self.safe_end = chunk.offset
+        wanted = self.wanted
+        if wanted is not None and not wanted() and not self._queue:
+            try:  # nobody would receive its events: keep time, do no work
+                self.proc.skip(chunk)
+            except Exception as exc:
+                self._fail(exc, chunk)
+                return
+            self._fed_end = self._done_end = self.safe_end = chunk.end
+            self.stats.skipped += chunk.frames
+            return
         if self._inline:  # microseconds of work: do it now, no queue, no task switch
             end = chunk.offset + len(chunk.samples)
             self._fed_end = end
@@ -388,12 +402,26 @@ def _merge(batch: list[Chunk]) -> list[Chunk]:
             Chunk(np.concatenate([c.samples for c in r]), r[0].offset, r[0].rate) for r in runs]
 
 
+@dataclass(frozen=True)
+class Audience:
+    """Who receives the events of a stream's :attr:`~Processor.on_demand` processors."""
+
+    #: the processors the sender named in its ``start``: their events go to it (and to
+    #: everyone), and they always run
+    named: frozenset[str]
+    #: whether anyone else receives the stream's events now (its subscribers)
+    watched: Callable[[], bool]
+    #: where the other on-demand processors' events go: to everyone but the sender
+    observers: Publish
+
+
 class StreamPipeline:
     """All processors of one stream."""
 
     def __init__(self, info: StreamInfo, processors: list[Processor], publish: Publish, *,
                  start_offset: int = 0, max_lag: float = 10.0, lag_report: float = 1.0,
-                 executor: Executor | None = None, filtered: Collection[str] = ()) -> None:
+                 executor: Executor | None = None, filtered: Collection[str] = (),
+                 audience: Audience | None = None) -> None:
         self.info = info
         self.publish = publish
         self.offset = start_offset
@@ -403,8 +431,13 @@ class StreamPipeline:
         for proc in processors:
             rate = proc.rate or info.rate
             key = (rate, proc.mono or info.channels == 1, proc.name in filtered)
-            runner = ProcessorRunner(proc, rate, publish, max_lag=max_lag, executor=executor,
-                                     lag_report=lag_report)
+            if audience is not None and proc.on_demand and proc.name not in audience.named:
+                runner = ProcessorRunner(proc, rate, audience.observers, max_lag=max_lag,
+                                         executor=executor, lag_report=lag_report,
+                                         wanted=audience.watched)
+            else:
+                runner = ProcessorRunner(proc, rate, publish, max_lag=max_lag,
+                                         executor=executor, lag_report=lag_report)
             try:
                 proc.start(info)
             except Exception as exc:

@@ -95,12 +95,12 @@ class EventRouter:
 
     # -- events of a stream held here (its processors run in this process) -----------------
     def emit(self, rec: StreamRecord, archive: Path, events: list[Event], *,
-             cut_later: bool = False) -> None:
-        """Deliver events of a stream: to its sender, to subscribers; store finals, cut
-        segments (announced to both; ``cut_later``: in a worker thread, announced when
-        cut)."""
+             cut_later: bool = False, sender: bool = True) -> None:
+        """Deliver events of a stream: to its sender (unless ``sender`` is False), to
+        subscribers; store finals, cut segments (announced to both; ``cut_later``: in a
+        worker thread, announced when cut)."""
         sid = rec.id
-        owner = self.owner_of(sid)
+        owner = self.owner_of(sid) if sender else None
         for e in events:
             e["stream"] = sid
             self.count(e)

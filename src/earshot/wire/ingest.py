@@ -52,6 +52,7 @@ __all__ = [
     "error_message",
     "parse_message",
     "parse_start",
+    "processors_from_query",
     "spec_from_query",
     "validate_spec",
 ]
@@ -307,6 +308,20 @@ def spec_from_query(params: Mapping[str, str], limits: Limits) -> StreamSpec:
     return validate_spec(params.get("format", "f32"), rate, channels, limits)
 
 
+def processors_from_query(params: Mapping[str, str], limits: Limits) -> tuple[str, ...] | None:
+    """A compatibility-mode client's processors, named in the URL (``?processors=vad,asr``;
+    empty: none); None when it names none (the server's defaults run)."""
+    text = params.get("processors")
+    if text is None:
+        return None
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if len(names) > limits.max_processors or any(
+            len(n) > limits.max_name_chars or not n.isprintable() for n in names):
+        raise ProtocolError(Code.BAD_START, "query 'processors' must name at most "
+                            f"{limits.max_processors} processors, separated by commas")
+    return names
+
+
 class State(Enum):
     AWAITING_START = "awaiting_start"
     STARTING = "starting"
@@ -318,10 +333,12 @@ class State(Enum):
 class IngestConnection:
     """Server side of one ingest connection, as a pure state machine."""
 
-    def __init__(self, limits: Limits, compat: StreamSpec | None = None) -> None:
+    def __init__(self, limits: Limits, compat: StreamSpec | None = None,
+                 compat_processors: tuple[str, ...] | None = None) -> None:
         self.limits = limits
         self.state = State.AWAITING_START
         self.compat = compat
+        self.compat_processors = compat_processors
         self.start: Start | None = None
         self.spec: StreamSpec | None = None
         self.offset = 0  # frames of this stream received (held + delivered as AudioIn)
@@ -376,7 +393,8 @@ class IngestConnection:
             # Compatibility mode: raw audio with no start, spec from the URL query.
             self.state = State.STARTING
             pre_skip = default_pre_skip(self.compat.rate) if self.compat.format == "opus" else 0
-            self.start = Start(spec=self.compat, compat=True, pre_skip=pre_skip)
+            self.start = Start(spec=self.compat, compat=True, pre_skip=pre_skip,
+                               processors=self.compat_processors)
             self._pending_binary = data
             return [StartRequested(self.start)]
         if state is State.STOPPING:

@@ -6,6 +6,7 @@ hub, SQLite store and archive (``earshot.server.testing.Gateway``); milliseconds
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -152,26 +153,53 @@ async def test_compatibility_mode_needs_no_start(tmp_path: Path) -> None:
 
 
 async def test_a_compatibility_client_is_sent_what_it_can_use(tmp_path: Path) -> None:
-    """No acks (its stream cannot be resumed: an offset is of no use to it) unless it asks
-    (?acks=1, or ?batch=1 where events ride in acks); its processors' events as always."""
+    """The classic snippet (no start, never reads) is sent ``ready`` and nothing more: no
+    acks (its stream cannot be resumed: an offset is of no use to it) and no ``level``
+    readings (the server's default: made only for whoever watches, and the sender has its
+    own audio). What it names in the URL it gets: ``?processors=level``, ``?acks=1``."""
     x = np.linspace(-0.5, 0.5, 8000, dtype=np.float32)
     async with Gateway(tmp_path, processors=("level",)) as gw:
-        plain = await gw.connect({"rate": "16000", "format": "f32"})
-        asks = await gw.connect({"rate": "16000", "format": "f32", "acks": "1"})
-        for c in (plain, asks):
+        query = {"rate": "16000", "format": "f32"}
+        plain = await gw.connect(query)
+        named = await gw.connect({**query, "processors": "level"})
+        asks = await gw.connect({**query, "acks": "1"})
+        for c in (plain, named, asks):
             for i in range(0, 8000, 320):
                 c.send_audio(x[i:i + 320].tobytes())
-            await c.expect("level")
-        kinds = [m["type"] for m in plain.messages()]
-        assert kinds[0] == "ready" and "ack" not in kinds and kinds.count("level") >= 8
-        assert [m["offset"] for m in asks.messages() if m["type"] == "ack"][:3] == \
-            [1600, 3200, 4800]
+        await named.expect("level")
+        await asks.expect("ack")
+        await asyncio.sleep(0.05)
+        assert [m["type"] for m in plain.messages()] == ["ready"]
+        assert plain.messages()[0]["processors"] == ["level"]  # it runs, for observers
+        readings = [m for m in named.messages() if m["type"] == "level"]
+        assert [m["t"] for m in readings] == [round(0.05 * i, 6) for i in range(10)]
+        assert "ack" not in [m["type"] for m in named.messages()]
+        assert [m["offset"] for m in asks.messages() if m["type"] == "ack"] == \
+            [1600, 3200, 4800, 6400, 8000]
+        assert "level" not in [m["type"] for m in asks.messages()]
+        # nothing was measured for the two that did not name it ...
+        pipeline = gw.hub.live[plain.messages()[0]["stream"]].pipeline
+        assert pipeline is not None and pipeline.runners[0][1].stats.processed == 0
+        assert pipeline.runners[0][1].stats.skipped == 8000
+        # ... until someone watches: readings go to the subscriber, on the stream's grid
+        sub = gw.hub.bus.subscribe(plain.messages()[0]["stream"])
+        for i in range(0, 8000, 320):
+            plain.send_audio(x[i:i + 320].tobytes())
+        got = []
+        while len(got) < 10:
+            e = await asyncio.wait_for(sub.get(), 2)
+            if isinstance(e, dict) and e.get("type") == "level":
+                got.append(e)
+        assert [e["t"] for e in got] == [round(0.5 + 0.05 * i, 6) for i in range(10)]
+        assert got[3]["rms"] == readings[3]["rms"]  # the same audio, the same reading
+        assert [m["type"] for m in plain.messages()] == ["ready"]  # still nothing to it
+        gw.hub.bus.unsubscribe(sub)
 
 
 async def test_what_one_flush_sends_back_goes_out_in_one_write(tmp_path: Path) -> None:
     async with Gateway(tmp_path, processors=("level",)) as gw:
         c = await gw.connect()
-        await c.send_json(start())
+        await c.send_json(start(processors=["level"]))
         await c.expect("ready")
         lane = c.lane
         assert lane is not None

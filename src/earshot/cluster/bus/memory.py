@@ -127,6 +127,11 @@ class Fanout:
         return any(s.audio is not None and (opus is None or (s.audio == "opus") == opus)
                    for key in (stream, ALL) for s in self._subs.get(key, ()))
 
+    def watching(self, stream: str) -> bool:
+        """Whether anyone here subscribed to this stream (or to every stream)."""
+        subs = self._subs
+        return stream in subs or ALL in subs
+
     def event(self, stream: str, event: dict[str, Any]) -> None:
         """An event to this process's subscribers of ``stream`` and of every stream."""
         for key in (stream, ALL):
@@ -201,6 +206,9 @@ class MemoryBus:
 
     def wants_audio(self, stream: str, *, opus: bool | None = None) -> bool:
         return self.local.wants_audio(stream, opus=opus)
+
+    def watched(self, stream: str) -> bool:
+        return bool(self.taps) or self.local.watching(stream)
 
     def publish(self, stream: str, event: dict[str, Any]) -> None:
         for tap in self.taps:

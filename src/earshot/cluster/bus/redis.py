@@ -150,6 +150,9 @@ class RedisStreamsBus:
     def wants_audio(self, stream: str, *, opus: bool | None = None) -> bool:
         return self.local.wants_audio(stream, opus=opus)
 
+    def watched(self, stream: str) -> bool:
+        return True  # a subscriber on any gateway of the cluster may want its events
+
     def publish_audio(self, item: AudioItem) -> None:
         """Relay audio goes to this process's listeners only (not through Redis)."""
         self.local.audio(item)

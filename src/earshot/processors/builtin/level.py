@@ -1,4 +1,8 @@
-"""``level``: RMS and peak in dBFS every ``interval`` seconds, and a clip count."""
+"""``level``: RMS and peak in dBFS every ``interval`` seconds, and a clip count.
+
+On demand (:attr:`Processor.on_demand`): readings are made while someone will receive them,
+on the same grid of intervals whenever they are (a sender computes its own level from its
+own audio; dashboards, ``earshot watch`` and MQTT subscribe to them)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from earshot.processors.schema import LEVEL
 class Level(Processor):
     name = "level"
     inline = True  # ~10 µs per 100 ms of audio: not worth a thread hop
+    on_demand = True  # readings for whoever watches: a sender has its own audio's level
     client_options = LEVEL
 
     def __init__(self, interval: float = 0.05, clip_level: float = 0.999) -> None:
@@ -24,6 +29,12 @@ class Level(Processor):
             self._meter = LevelMeter(chunk.rate, self.interval, self.clip_level,
                                      offset=chunk.offset)
         return self._events(self._meter.feed(chunk.samples), chunk.rate)
+
+    def skip(self, chunk: Chunk) -> None:
+        if self._meter is None:
+            self._meter = LevelMeter(chunk.rate, self.interval, self.clip_level,
+                                     offset=chunk.offset)
+        self._meter.skip(len(chunk.samples))
 
     def flush(self) -> list[Event]:
         return [] if self._meter is None else self._events(self._meter.flush(), self._meter.rate)

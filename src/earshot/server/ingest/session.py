@@ -48,6 +48,7 @@ from earshot.wire.ingest import (
     StartRequested,
     StopRequested,
     error_message,
+    processors_from_query,
     spec_from_query,
 )
 
@@ -80,6 +81,7 @@ class IngestSession:
         self._writer: asyncio.Task[None] | None = None
         query = dict(ws.query_params)
         compat = None
+        compat_processors = None
         self._compat_error: ProtocolError | None = None
         self._compat_batch = False
         self._compat_acks = False
@@ -88,11 +90,12 @@ class IngestSession:
         if settings.ingest.compat:
             try:
                 compat = spec_from_query(query, limits)
+                compat_processors = processors_from_query(query, limits)
             except ProtocolError as exc:
                 self._compat_error = exc
             self._compat_batch = query.get("batch", "").lower() in ("1", "true", "yes")
             self._compat_acks = query.get("acks", "").lower() in ("1", "true", "yes")
-        self.conn = IngestConnection(limits, compat)
+        self.conn = IngestConnection(limits, compat, compat_processors)
         token = presented_token(ws.headers, query)
         self._presented = token
         self._auth_error: AuthError | None = None

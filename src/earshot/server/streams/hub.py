@@ -333,15 +333,17 @@ class Hub:
     # -- processors (server/streams/processing.py) ------------------------------------------
     def _start_pipeline(self, live: LiveStream, start: Start) -> list[Event]:
         return start_pipeline(self.settings, self.registry, live, start,
-                              lambda events: self.emit(live, events))
+                              lambda events: self.emit(live, events), bus=self.bus,
+                              observers=lambda events: self.emit(live, events, sender=False))
 
     def _remote_processors(self, live: LiveStream, start: Start) -> list[Event]:
         return remote_processors(self.registry, self.bus, live, start)
 
-    def emit(self, live: LiveStream, events: list[Event]) -> None:
+    def emit(self, live: LiveStream, events: list[Event], *, sender: bool = True) -> None:
         """Events of a stream held here (its processors, the hub's own warnings); segments
-        are cut in a worker thread (the detach waits for them)."""
-        self.router.emit(live.rec, live.archive.path, events, cut_later=True)
+        are cut in a worker thread (the detach waits for them). ``sender=False``: not to
+        the stream's own connection (an on-demand processor it did not name)."""
+        self.router.emit(live.rec, live.archive.path, events, cut_later=True, sender=sender)
 
     # -- the bus's callbacks ------------------------------------------------------------------
     def on_bus_events(self, sid: str, events: list[Event]) -> None:

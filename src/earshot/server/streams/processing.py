@@ -15,7 +15,7 @@ from earshot.config import Settings
 from earshot.errors import ProcessorError
 from earshot.processors.base import Event, StreamInfo
 from earshot.processors.registry import Registry
-from earshot.processors.runner import StreamPipeline
+from earshot.processors.runner import Audience, StreamPipeline
 from earshot.server.streams.cleanup import filtered_processors
 from earshot.server.streams.live import LiveStream
 from earshot.wire.codes import Code
@@ -27,9 +27,15 @@ def unavailable(message: str) -> Event:
 
 
 def start_pipeline(settings: Settings, registry: Registry, live: LiveStream, start: Start,
-                   emit: Callable[[list[Event]], None]) -> list[Event]:
+                   emit: Callable[[list[Event]], None], *, bus: Bus,
+                   observers: Callable[[list[Event]], None]) -> list[Event]:
     """Start the stream's processors in this process (``live.pipeline``; none when the
-    start asks for none that can run). Returns warnings for the client."""
+    start asks for none that can run). Returns warnings for the client.
+
+    ``emit`` delivers events to the sender and everyone else; ``observers`` to everyone
+    but the sender. A sender that named its processors receives all their events; one that
+    left the choice to the server does not receive on-demand processors' events (``level``:
+    it has its own audio), and those run only while the stream is ``bus.watched``."""
     specs, problems = registry.for_start(start.processors)
     warnings = [unavailable(p) for p in problems]
     procs = []
@@ -43,7 +49,10 @@ def start_pipeline(settings: Settings, registry: Registry, live: LiveStream, sta
         live.pipeline = StreamPipeline(
             StreamInfo(rec.id, rec.rate, rec.channels, rec.name, start.language), procs,
             emit, start_offset=live.offset, max_lag=settings.processing.max_lag,
-            filtered=filtered_processors(settings, live.cleanup))
+            filtered=filtered_processors(settings, live.cleanup),
+            audience=Audience(
+                named=frozenset(p.name for p in procs if start.processors is not None),
+                watched=lambda: bus.watched(rec.id), observers=observers))
         live.processors = live.pipeline.names
     return warnings
 

@@ -8,10 +8,13 @@ Each round runs, one after another on the same machine and load generator
 * ``level``: ``earshot serve`` with its defaults (archive + acks + ``level``), the load
   client asking for batched events like earshot's own clients;
 * ``none``: the same with ``"processors": []`` (archive + acks only);
+* ``level-named``: the sender names ``level`` (``"processors": ["level"]``): every reading
+  made and sent to it (``level`` as a default is made only for subscribers: none here);
 * optionally ``starlette`` (``--with-starlette``): uvicorn + a Starlette discard endpoint;
 * optionally (``--compat``) ``bare-compat`` and ``compat``: the classic browser snippet's
   connection (no ``start``, ``?rate=&format=f32``, never reads) against the bare server and
-  against ``earshot serve`` with its defaults; ``compat`` is compared with ``bare-compat``.
+  against ``earshot serve`` with its defaults; ``compat`` is compared with ``bare-compat``,
+  as is ``compat-level``, the snippet that names ``?processors=level`` and reads them.
 
 Rounds repeat (``--repeats``, median reported) and kinds are interleaved within a round,
 so a change in the machine's load hits every kind alike; the ratios are what count.
@@ -43,11 +46,16 @@ KINDS: dict[str, list[str]] = {
     "starlette": ["--server-kind", "bare-starlette"],
     "level": [],
     "none": ["--processors", "none"],
+    # the sender names level: every reading made and sent to it, in the acks
+    "level-named": ["--processors", "level"],
     # the classic browser snippet: no start, ?rate=&format=f32, never reads (--compat)
     "bare-compat": ["--server-kind", "bare-websockets", "--compat"],
     "compat": ["--compat"],
+    # a snippet that reads level readings names them in its URL
+    "compat-level": ["--compat", "--query", "processors=level"],
 }
-BASELINE = {"compat": "bare-compat", "bare-compat": "bare-compat"}
+BASELINE = {"compat": "bare-compat", "bare-compat": "bare-compat",
+            "compat-level": "bare-compat"}
 
 
 def run_one(kind: str, streams: int, seconds: float, extra: list[str]) -> dict[str, Any]:
@@ -154,7 +162,7 @@ def main() -> int:
         print(table(json.loads(Path(args.table).read_text())))
         return 0
     kinds = ["bare", *(["starlette"] if args.with_starlette else []), "level", "none",
-             *(["bare-compat", "compat"] if args.compat else [])]
+             "level-named", *(["bare-compat", "compat", "compat-level"] if args.compat else [])]
     records: list[dict[str, Any]] = []
     for i in range(args.repeats):
         print(f"round {i + 1}/{args.repeats}", flush=True)

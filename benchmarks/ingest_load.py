@@ -892,6 +892,11 @@ def check_archives(server: Server, streams: list[dict[str, Any]]) -> dict[str, A
             "method": "rest+wav" if sf is not None and server.data_dir else "rest"}
 
 
+def with_query(url: str, query: str | None) -> str:
+    """``url`` with more query parameters (``--query``)."""
+    return url if not query else url + ("&" if "?" in url else "?") + query
+
+
 def processors_arg(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -926,7 +931,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         server.wait_up()
         cfg = {
-            "url": server.url, "streams": args.streams, "seconds": args.seconds,
+            "url": with_query(server.url, args.query), "streams": args.streams,
+            "seconds": args.seconds,
             "frame_ms": fms_ms, "rate": rate, "channels": args.channels, "spf": spf,
             "due_frames": due_frames, "stagger": args.stagger, "client": args.client,
             "clock": args.clock,
@@ -1047,7 +1053,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "compression": args.compression,
             "procs": procs,
             "processors": "server default" if args.processors is None else args.processors,
-            "server_kind": server.kind, "compat": args.compat,
+            "server_kind": server.kind, "compat": args.compat, "query": args.query,
             "batch": args.batch,
             "code": code,
             "server": "own" if server.owned else server.url,
@@ -1201,6 +1207,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="websockets client only: offer permessage-deflate like browsers do "
                     "(uvicorn accepts it by default)")
     ap.add_argument("--stagger", type=float, default=1.0, help="spread stream starts (s)")
+    ap.add_argument("--query", help="more URL query parameters, e.g. processors=level (with "
+                    "--compat: what a classic snippet names in its URL)")
     ap.add_argument("--compat", action="store_true",
                     help="compatibility mode, as the classic browser snippets connect: "
                     "no start, ?rate=&format=f32 in the URL, raw client only (earshot "

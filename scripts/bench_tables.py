@@ -45,7 +45,8 @@ HOTPATH_KINDS = {  # the kinds bench_hotpath.py runs, in the order shown
     "bare": "bare `websockets` discard server (`benchmarks/bare_servers.py`)",
     "starlette": "bare uvicorn + Starlette discard endpoint",
     "none": "**earshot, archive + acks** (`\"processors\": []`)",
-    "level": "**earshot defaults: archive + acks + `level`**",
+    "level": "**earshot, archive + acks + `level` readings sent to the sender** (the "
+             "defaults until `level` became on demand; now `\"processors\": [\"level\"]`)",
 }
 
 
@@ -68,9 +69,14 @@ COMPAT = "hotpath-compat.json"  # bench_hotpath.py --compat: the same rounds, fi
 COMPAT_KINDS = {
     "bare": ("native protocol", "bare `websockets` discard server"),
     "none": ("native protocol", "**earshot, archive + acks**"),
-    "level": ("native protocol", "**earshot defaults** (archive + acks + `level`)"),
+    "level": ("native protocol", "**earshot defaults** (archive + acks; `level` on demand, "
+              "nobody watching)"),
+    "level-named": ("native protocol", "earshot, the sender names `level` (every reading "
+                    "made and sent in the acks)"),
     "bare-compat": ("classic snippet", "bare `websockets` discard server"),
     "compat": ("classic snippet", "**earshot defaults** (compatibility mode)"),
+    "compat-level": ("classic snippet", "earshot, `?processors=level` (every reading, each "
+                     "its own message)"),
 }
 
 

@@ -137,8 +137,8 @@ async def test_agc_by_server_option_and_bad_filters_refused_alone(
     await ready.wait()
     await opus_ready.wait()
     events, raw_events = await asyncio.gather(
-        publish(server.url, quiet, {}),  # the server's filters: agc
-        publish(server.url, quiet, {"filters": []}))  # none asked: raw
+        publish(server.url, quiet, {"processors": ["level"]}),  # the server's filters: agc
+        publish(server.url, quiet, {"processors": ["level"], "filters": []}))  # none: raw
     await asyncio.wait_for(asyncio.gather(*subs), 10)
     sid, raw_sid = events[0]["stream"], raw_events[0]["stream"]
     y = np.concatenate([a for _, a in heard[sid]])

@@ -68,8 +68,8 @@ async def test_slow_processor_lags_and_drops_while_level_stays_on_time(
                             "--max-lag", "1", "--drain-timeout", "2", env=TESTS_ENV)
     rate = 16000
     x = (np.random.default_rng(4).standard_normal(rate * 4) * 3000).astype("<i2")
-    pub, events, arrived = await stream_file(server.url, x, rate, processors=None,
-                                             realtime=True)
+    pub, events, arrived = await stream_file(server.url, x, rate, realtime=True,
+                                             processors=["level", "testprocs:Slow"])
     t0 = pub.t0  # type: ignore[attr-defined]
     levels = [(e, at) for e, at in zip(events, arrived, strict=True) if e["type"] == "level"]
     assert len(levels) == 80  # every 50 ms of 4 s
@@ -91,7 +91,8 @@ async def test_failing_processor_is_stopped_alone(
                             env=TESTS_ENV)
     rate = 16000
     x = (np.random.default_rng(5).standard_normal(rate * 2) * 3000).astype("<i2")
-    pub, events, _ = await stream_file(server.url, x, rate, processors=None, realtime=True)
+    pub, events, _ = await stream_file(server.url, x, rate, realtime=True,
+                                       processors=["testprocs:Boom", "level"])
     errors = of(events, "error")
     assert len(errors) == 1 and errors[0]["processor"] == "boom"
     assert errors[0]["code"] == "processor_failed" and "RuntimeError: boom" in errors[0]["message"]
@@ -211,3 +212,53 @@ async def test_unknown_processor_is_a_warning_not_a_failure(shared_server: Serve
     assert len(warns) == 2 and "os:system" in warns[0]["message"]
     assert of(events, "ready")[0]["processors"] == ["level"]
     assert of(events, "stopped")[0]["offset"] == 1600
+
+
+async def test_level_as_a_default_is_made_for_subscribers_not_the_sender(
+        shared_server: ServerProcess) -> None:
+    """``level`` on demand, through a real server: a native sender naming no processors and
+    a classic snippet are sent no readings (nobody watching: none are made); with a
+    subscriber to the stream, it gets every reading on the 50 ms grid and the sender still
+    none; a sender that names ``level`` gets them itself."""
+    rate = 16000
+    x = (np.random.default_rng(8).standard_normal(rate) * 3000).astype("<i2")
+    pub, events, _ = await stream_file(shared_server.url, x, rate, processors=None,
+                                       realtime=False)
+    assert of(events, "ready")[0]["processors"] == ["level"] and not of(events, "level")
+    assert of(events, "stopped")[0]["offset"] == len(x)
+    async with connect(shared_server.url + "?rate=16000&format=s16") as ws:  # the snippet
+        for i in range(0, len(x), 1600):
+            await ws.send(x[i:i + 1600].tobytes())
+        got = [json.loads(await ws.recv())]
+        with pytest.raises(TimeoutError):  # nothing more comes: no acks, no readings
+            got.append(json.loads(await asyncio.wait_for(ws.recv(), 0.5)))
+    assert [m["type"] for m in got] == ["ready"]
+
+    seen: list[dict] = []
+    subscribed = asyncio.Event()
+
+    async def subscriber() -> None:
+        async with connect(shared_server.url.replace("/ws", "/ws/subscribe") + "?stream=*") as ws:
+            started = set()
+            async for raw in ws:
+                e = json.loads(raw)
+                subscribed.set()
+                seen.append(e)
+                if e["type"] == "stream_started":
+                    started.add(e["stream"])
+                if e["type"] == "stream_ended" and e["stream"] in started:
+                    return
+
+    sub = asyncio.create_task(subscriber())
+    await asyncio.wait_for(subscribed.wait(), 5)
+    pub, events, _ = await stream_file(shared_server.url, x, rate, processors=None,
+                                       realtime=False)
+    await asyncio.wait_for(sub, 10)
+    assert not of(events, "level")  # the sender: none
+    readings = [e for e in of(seen, "level") if e["stream"] == pub.stream_id]
+    assert [e["t"] for e in readings] == [pytest.approx(0.05 * k) for k in range(20)]
+    ref = 20 * np.log10(np.sqrt(np.mean((x[:800] / 32768.0) ** 2)))
+    assert readings[0]["rms"] == pytest.approx(ref, abs=0.05)
+    _, events, _ = await stream_file(shared_server.url, x, rate, processors=["level"],
+                                     realtime=False)
+    assert [e["t"] for e in of(events, "level")] == [pytest.approx(0.05 * k) for k in range(20)]

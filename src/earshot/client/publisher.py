@@ -2,7 +2,7 @@
 
     async with Publisher("ws://127.0.0.1:8000/ws", rate=16000, format="f32") as pub:
         await pub.send(samples)              # numpy array (frames,) or (frames, channels)
-        async for event in pub.events():     # level, speech, warnings... (acks are internal)
+        async for event in pub.events():     # speech, warnings... (acks are internal)
             ...
     # leaving the block sends 'stop' and waits until every sample is acknowledged
 
@@ -95,7 +95,9 @@ class Publisher:
             given to :meth:`send` are converted to it (:class:`OpusPublisher` sends Opus).
         :param name: the stream's name (a device or a room); listed by the REST API.
         :param processors: processors to run on the stream, by name or as
-            ``{"name": ..., **options}`` (default: the server's).
+            ``{"name": ..., **options}`` (default: the server's, whose ``level``
+            readings then go to the stream's subscribers, not to this client: name
+            ``level`` to get them).
         :param token: the server's access token, sent as ``Authorization: Bearer``.
         :param buffer_seconds: how much unacknowledged audio is kept in memory; while it
             is full, :meth:`send` waits (default: ten minutes).

@@ -7,7 +7,7 @@ The socket side (uvloop, ``recv``/``send``) is not here: it is measured end to e
 ``bench_hotpath.py``. What is here is repeatable (thread CPU time, interleaved rounds,
 median), so a change to the Python around each batch shows as a ratio even on a busy box.
 
-    python benchmarks/bench_batch_path.py                     # none, level; 48 kHz f32
+    python benchmarks/bench_batch_path.py                     # none, defaults, level; 48 kHz f32
     python benchmarks/bench_batch_path.py --rounds 7 --streams 100 --seconds 10 --profile level
 """
 
@@ -30,14 +30,17 @@ import numpy as np
 from earshot.server.testing import Gateway
 
 
-async def run_config(processors: list[str], streams: int, seconds: float, rate: int,
+async def run_config(processors: list[str] | None, streams: int, seconds: float, rate: int,
                      fmt: str, frame_ms: int, profile: cProfile.Profile | None) -> dict:
     async with Gateway() as gw:  # earshot.server.testing: no sockets, a fake clock
         clients = []
         for _ in range(streams):
             c = await gw.connect()
-            await c.send_json({"type": "start", "format": fmt, "rate": rate, "channels": 1,
-                               "processors": processors, "batch": True})
+            start = {"type": "start", "format": fmt, "rate": rate, "channels": 1,
+                     "batch": True}
+            if processors is not None:  # None: the server's defaults (level, on demand)
+                start["processors"] = processors
+            await c.send_json(start)
             await c.expect("ready")
             clients.append(c)
         lanes = [c.lane for c in clients]
@@ -68,7 +71,8 @@ async def run_config(processors: list[str], streams: int, seconds: float, rate: 
         interval = gw.settings.ingest.ack_interval
     total = streams * messages
     batches = total * frame_ms / 1000 / interval
-    return {"processors": processors or ["none"], "cpu_s": cpu,
+    return {"processors": ["defaults"] if processors is None else processors or ["none"],
+            "cpu_s": cpu,
             "us_per_message": cpu / total * 1e6, "us_per_batch": cpu / batches * 1e6,
             "core_percent_per_stream": cpu / (streams * seconds) * 100,
             "messages_back_per_stream_s": sent / (streams * seconds)}
@@ -115,7 +119,9 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=48000)
     ap.add_argument("--format", default="f32", choices=["f32", "s16"])
     ap.add_argument("--frame-ms", type=int, default=20)
-    ap.add_argument("--configs", nargs="+", default=["floor", "none", "level"])
+    ap.add_argument("--configs", nargs="+", default=["floor", "none", "defaults", "level"],
+                    help="floor, none, defaults (no 'processors' in start: the server's, "
+                    "level on demand with nobody watching), or processor names (a,b)")
     ap.add_argument("--profile", help="cProfile this config (one round) and print the top")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args()
@@ -131,7 +137,7 @@ def main() -> None:
             if c == "floor":
                 res = floor(a.streams, a.seconds, a.rate, a.format, a.frame_ms)
             else:
-                procs = [] if c == "none" else c.split(",")
+                procs = None if c == "defaults" else [] if c == "none" else c.split(",")
                 res = asyncio.run(run_config(procs, a.streams, a.seconds, a.rate, a.format,
                                              a.frame_ms, None))
             results[c].append(res)

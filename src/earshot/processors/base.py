@@ -97,10 +97,11 @@ class Processor(ABC):
         """Called once at the end of the stream; return the last events."""
         return None
 
-    def skip(self, chunk: Chunk) -> None:
+    def skip(self, offset: int, frames: int, rate: int) -> None:
         """An :attr:`on_demand` processor's audio while nobody would receive its events:
-        keep time (where the next reading falls) but do none of the work. Called on the
-        event loop, so it must be cheap. The default does nothing."""
+        ``frames`` from ``offset`` at ``rate`` (the processor's), not given. Keep time
+        (where the next reading falls) but do none of the work. Called on the event loop,
+        so it must be cheap. The default does nothing."""
         return None
 
     def finalize(self) -> Iterable[Event] | None:

@@ -154,22 +154,35 @@ class ProcessorRunner:
         if not self._inline:
             self.task = asyncio.create_task(self._run(), name=f"earshot-proc-{self.name}")
 
+    @property
+    def resting(self) -> bool:
+        """An on-demand processor nobody receives now, with nothing queued: its audio can
+        be passed over (:meth:`pass_over`) without being converted for it."""
+        wanted = self.wanted
+        return wanted is not None and not self._queue and not self.failed and not wanted()
+
+    def pass_over(self, offset: int, frames: int) -> None:
+        """Audio this (:attr:`resting`) processor is not given: it only keeps time."""
+        if self._fed_end is None:
+            self._done_end = offset  # first chunk: nothing before it is owed
+        end = offset + frames
+        try:
+            self.proc.skip(offset, frames, self.rate)
+        except Exception as exc:
+            self._fail(exc, None)
+            return
+        self._fed_end = self._done_end = self.safe_end = end
+        self.stats.skipped += frames
+
     def put(self, chunk: Chunk) -> None:
         if self.failed:
+            return
+        if self.wanted is not None and self.resting:  # nobody would receive its events
+            self.pass_over(chunk.offset, chunk.frames)
             return
         if self._fed_end is None:
             self._done_end = chunk.offset  # first chunk: nothing before it is owed
             self.safe_end = chunk.offset
-        wanted = self.wanted
-        if wanted is not None and not wanted() and not self._queue:
-            try:  # nobody would receive its events: keep time, do no work
-                self.proc.skip(chunk)
-            except Exception as exc:
-                self._fail(exc, chunk)
-                return
-            self._fed_end = self._done_end = self.safe_end = chunk.end
-            self.stats.skipped += chunk.frames
-            return
         if self._inline:  # microseconds of work: do it now, no queue, no task switch
             end = chunk.offset + len(chunk.samples)
             self._fed_end = end
@@ -454,6 +467,13 @@ class StreamPipeline:
         for _, runner in self.runners:
             runner.start()
         self.filtered = any(key[2] for key, _ in self.runners)  # wants the filtered audio
+        #: every processor is on demand, unnamed, at the stream's rate, on its raw audio:
+        #: while none is received, a batch is passed over whole (nothing converted)
+        self._can_rest = bool(self.runners) and not self.filtered and all(
+            r.wanted is not None and key[0] == info.rate for key, r in self.runners)
+
+    def _resting(self) -> bool:
+        return all(r.resting for _, r in self.runners)
 
     @property
     def names(self) -> list[str]:
@@ -465,7 +485,14 @@ class StreamPipeline:
         ``clean``: the filtered audio for the filtered processors, (samples, first frame)."""
         if offset != self.offset:
             raise ValueError(f"pipeline at frame {self.offset} was fed frame {offset}")
-        self.offset += len(samples)
+        frames = len(samples)
+        self.offset += frames
+        if self._can_rest and self._resting():  # nobody receives any of it
+            for conv in self.converters.values():  # (same rate: no resampler state)
+                conv.offset += frames
+            for _, r in self.runners:
+                r.pass_over(offset, frames)
+            return
         self._dispatch({key: conv.convert(samples) for key, conv in self.converters.items()
                         if not key[2]})
         if clean is not None:

@@ -30,11 +30,10 @@ class Level(Processor):
                                      offset=chunk.offset)
         return self._events(self._meter.feed(chunk.samples), chunk.rate)
 
-    def skip(self, chunk: Chunk) -> None:
+    def skip(self, offset: int, frames: int, rate: int) -> None:
         if self._meter is None:
-            self._meter = LevelMeter(chunk.rate, self.interval, self.clip_level,
-                                     offset=chunk.offset)
-        self._meter.skip(len(chunk.samples))
+            self._meter = LevelMeter(rate, self.interval, self.clip_level, offset=offset)
+        self._meter.skip(frames)
 
     def flush(self) -> list[Event]:
         return [] if self._meter is None else self._events(self._meter.flush(), self._meter.rate)

@@ -16,8 +16,9 @@ Each round runs, one after another on the same machine and load generator
   against ``earshot serve`` with its defaults; ``compat`` is compared with ``bare-compat``,
   as is ``compat-level``, the snippet that names ``?processors=level`` and reads them.
 
-Rounds repeat (``--repeats``, median reported) and kinds are interleaved within a round,
-so a change in the machine's load hits every kind alike; the ratios are what count.
+Rounds repeat (``--repeats``, median reported) and kinds are interleaved within a round, in
+an order that rotates from round to round, so a change in the machine's load hits every
+kind alike; the ratios are what count.
 Then (``--capacity``) the highest N held with archive + acks + ``level``, every archive
 exact, trying the given N in order and stopping at the first that is not held.
 
@@ -111,7 +112,21 @@ def summarize(runs: list[dict[str, Any]], kinds: list[str], streams: int) -> dic
                           ("client_cpu_pct_per_stream", "client_ratio")):
             b, x = base.get(key), v.get(key)
             v[name] = round(x / b, 2) if b and x else None
+        v["server_ratio_per_round"] = paired_ratio(runs, k, BASELINE.get(k, "bare"), streams)
     return out
+
+
+def paired_ratio(runs: list[dict[str, Any]], kind: str, base: str,
+                 streams: int) -> float | None:
+    """The median over rounds of this kind's server CPU over its baseline's in the same
+    round (the rounds are in order, one run of each kind per round): drift between rounds
+    cancels, where the ratio of the two medians keeps it."""
+    mine = [per_stream(r, "server_cpu_pct_per_stream") for r in runs
+            if r["kind"] == kind and r["streams"] == streams]
+    theirs = [per_stream(r, "server_cpu_pct_per_stream") for r in runs
+              if r["kind"] == base and r["streams"] == streams]
+    ratios = [m / b for m, b in zip(mine, theirs, strict=False) if m and b]
+    return round(statistics.median(ratios), 2) if ratios else None
 
 
 def table(records: list[dict[str, Any]]) -> str:
@@ -166,7 +181,8 @@ def main() -> int:
     records: list[dict[str, Any]] = []
     for i in range(args.repeats):
         print(f"round {i + 1}/{args.repeats}", flush=True)
-        for k in kinds:
+        # the order rotates each round: no kind always runs first, or right after another
+        for k in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:
             records.append(run_one(k, args.streams, args.seconds, args.extra))
     summary = summarize(records, kinds, args.streams)
     records.append(summary)

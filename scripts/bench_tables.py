@@ -86,10 +86,12 @@ def ingest_compat() -> str:
     for kind, (client, label) in COMPAT_KINDS.items():
         v = summary["kinds"][kind]
         rows.append([client, label, _n(v["server_cpu_pct_per_stream"], ".3f", " %"),
-                     _n(v["server_ratio"], ".2f"), _n(v["client_cpu_pct_per_stream"], ".3f", " %"),
+                     _n(v["server_ratio"], ".2f"), _n(v.get("server_ratio_per_round"), ".2f"),
+                     _n(v["client_cpu_pct_per_stream"], ".3f", " %"),
                      _n(v["rss_mb"], ".0f", " MB")])
     return _table(["client", f"server, N = {summary['streams']}", "server CPU per stream",
-                   "x its bare", "load client CPU per stream", "RSS"], "llrrrr", rows)
+                   "x its bare", "x its bare, per round", "load client CPU per stream", "RSS"],
+                  "llrrrrr", rows)
 
 
 def ingest_capacity() -> str:

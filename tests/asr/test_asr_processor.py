@@ -3,20 +3,11 @@ change what is decoded, and the language of the stream reaches the engine or is 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
-import soundfile as sf
 
+from asr_helpers import TRUTH, run_asr
 from earshot.asr.engine import Transcription, Word
-from earshot.asr.scheduler import AsrScheduler
-from earshot.processors.builtin.asr import Asr
-from earshot.testing import run_processor
-
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-TRUTH = json.loads((FIXTURES / "speech_16k.json").read_text())["speech"]
 
 
 class Lengths:
@@ -37,13 +28,7 @@ class Lengths:
 
 def finals(chunk_seconds: float, **options: object) -> tuple[list[dict], Lengths]:
     engine = Lengths()
-    scheduler = AsrScheduler(engine)
-    cls = type("Asr", (Asr,), {"scheduler": scheduler})
-    x, rate = sf.read(FIXTURES / "speech_16k.wav", dtype="int16")
-    try:
-        events = run_processor(cls(**options), x, rate, chunk_seconds=chunk_seconds)
-    finally:
-        scheduler.close()
+    events, _ = run_asr(engine, chunk_seconds, **options)
     return [e for e in events if e["type"] == "transcript" and e["final"]], engine
 
 
@@ -94,13 +79,7 @@ def test_an_interim_never_takes_back_what_was_promised_stable() -> None:
     """Found by the tiny random Whisper: an interim shorter than the stable prefix came out
     as it was, its text no longer starting with its own `stable`."""
     engine = Retracting()
-    scheduler = AsrScheduler(engine)
-    cls = type("Asr", (Asr,), {"scheduler": scheduler})
-    x, rate = sf.read(FIXTURES / "speech_16k.wav", dtype="int16")
-    try:
-        events = run_processor(cls(), x, rate, chunk_seconds=0.05)
-    finally:
-        scheduler.close()
+    events, _ = run_asr(engine)
     interims = [e for e in events if e["type"] == "transcript" and not e["final"]]
     assert engine.interims >= 3 and any(e["stable"] for e in interims)
     promised: dict[int, str] = {}
@@ -149,13 +128,7 @@ class TwoPass:
 
 
 def test_a_two_pass_final_replaces_its_interims_and_reports_both_passes() -> None:
-    scheduler = AsrScheduler(TwoPass())
-    cls = type("Asr", (Asr,), {"scheduler": scheduler})
-    x, rate = sf.read(FIXTURES / "speech_16k.wav", dtype="int16")
-    try:
-        events = run_processor(cls(), x, rate, chunk_seconds=0.05)
-    finally:
-        scheduler.close()
+    events, _ = run_asr(TwoPass())
     ts = [e for e in events if e["type"] == "transcript"]
     finals = [e for e in ts if e["final"]]
     assert len(finals) == len(TRUTH)
@@ -166,12 +139,7 @@ def test_a_two_pass_final_replaces_its_interims_and_reports_both_passes() -> Non
         assert f["first_pass"]["text"].startswith("first ")
         assert f["first_pass"]["decode"] == 0.25 and f["second_pass"] == {"decode": 0.125}
     # the holdback option asks for a promise: then the final keeps the stable prefix
-    scheduler = AsrScheduler(TwoPass())
-    cls = type("Asr", (Asr,), {"scheduler": scheduler})
-    try:
-        events = run_processor(cls(holdback=0), x, rate, chunk_seconds=0.05)
-    finally:
-        scheduler.close()
+    events, _ = run_asr(TwoPass(), holdback=0)
     promised = [e for e in events if e["type"] == "transcript" and e["final"]
                 and e["text"] != "second pass"]
     assert promised and all(e["text"].startswith("first") for e in promised)
@@ -189,13 +157,8 @@ class Slow(Lengths):
 
 
 def test_saturated_decoders_skip_interims_first_and_a_lag_event_says_so() -> None:
-    scheduler = AsrScheduler(Slow())
-    cls = type("Asr", (Asr,), {"scheduler": scheduler})
-    x, rate = sf.read(FIXTURES / "speech_16k.wav", dtype="int16")
-    try:  # every 0.1 s of audio an interim, pushed through at once
-        events = run_processor(cls(interim_interval=0.1), x, rate, chunk_seconds=0.05)
-    finally:
-        scheduler.close()
+    # every 0.1 s of audio an interim, pushed through at once
+    events, scheduler = run_asr(Slow(), interim_interval=0.1)
     finals = [e for e in events if e["type"] == "transcript" and e["final"]]
     assert len(finals) == len(TRUTH)  # every final, none waited behind an interim
     lags = [e for e in events if e["type"] == "lag"]

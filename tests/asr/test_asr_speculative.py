@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from asr_helpers import Results
+from asr_helpers import TRUTH, Results, run_asr
 from earshot.asr.engine import Transcription, Word
 from earshot.asr.policy import DecodeRequest
 from earshot.asr.scheduler import AsrScheduler
@@ -245,25 +245,9 @@ def test_two_pass_finals_without_speculation_say_so() -> None:
 def test_the_asr_processor_speculates_and_its_finals_say_whether_it_paid_off() -> None:
     """Through the real runner on the speech fixture: each final is either the speculative
     decode of exactly its own audio or the second pass after the end, and says which."""
-    import json
-    from pathlib import Path
-
-    import soundfile as sf
-
-    from earshot.processors.builtin.asr import Asr
-    from earshot.testing import run_processor
-
-    fixtures = Path(__file__).resolve().parent.parent / "fixtures"
-    truth = json.loads((fixtures / "speech_16k.json").read_text())["speech"]
-    scheduler = AsrScheduler(Spec(), workers=1)
-    cls = type("Asr", (Asr,), {"scheduler": scheduler})
-    x, rate = sf.read(fixtures / "speech_16k.wav", dtype="int16")
-    try:
-        events = run_processor(cls(), x, rate, chunk_seconds=0.02)
-    finally:
-        scheduler.close()
+    events, scheduler = run_asr(Spec(), 0.02, workers=1)
     finals = [e for e in events if e["type"] == "transcript" and e["final"]]
-    assert len(finals) == len(truth)
+    assert len(finals) == len(TRUTH)
     for f in finals:
         frames = round((f["end"] - f["start"] + 0.1) * RATE)  # with the 0.1 s lead-in
         kind, n = f["text"].split()

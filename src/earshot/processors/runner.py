@@ -163,8 +163,6 @@ class ProcessorRunner:
 
     def pass_over(self, offset: int, frames: int) -> None:
         """Audio this (:attr:`resting`) processor is not given: it only keeps time."""
-        if self._fed_end is None:
-            self._done_end = offset  # first chunk: nothing before it is owed
         end = offset + frames
         try:
             self.proc.skip(offset, frames, self.rate)
@@ -177,7 +175,7 @@ class ProcessorRunner:
     def put(self, chunk: Chunk) -> None:
         if self.failed:
             return
-        if self.wanted is not None and self.resting:  # nobody would receive its events
+        if self.resting:  # an on-demand processor nobody would receive now
             self.pass_over(chunk.offset, chunk.frames)
             return
         if self._fed_end is None:

@@ -75,7 +75,7 @@ async def test_a_stream_through_the_real_hub_with_a_drop_and_a_resume(tmp_path: 
     x = pcm(2 * RATE, seed=5)
     core = PublisherProtocol(rate=RATE, format="s16", processors=[], name="gw",
                              max_message_frames=320, rng=random.Random(1))
-    async with Gateway(tmp_path) as gw:
+    async with Gateway(tmp_path, ack_interval_max=0.1) as gw:  # acks every 0.1 s
         wire = await Wire.open(gw, core)
         assert core.state is State.STREAMING
         core.send(x[:RATE])

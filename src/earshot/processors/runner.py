@@ -467,6 +467,8 @@ class StreamPipeline:
         self.filtered = any(key[2] for key, _ in self.runners)  # wants the filtered audio
         #: every processor is on demand, unnamed, at the stream's rate, on its raw audio:
         #: while none is received, a batch is passed over whole (nothing converted)
+        #: the last batch fed was passed over whole (the batch path then batches longer)
+        self.rested = False
         self._can_rest = bool(self.runners) and not self.filtered and all(
             r.wanted is not None and key[0] == info.rate for key, r in self.runners)
 
@@ -490,7 +492,9 @@ class StreamPipeline:
                 conv.offset += frames
             for _, r in self.runners:
                 r.pass_over(offset, frames)
+            self.rested = True
             return
+        self.rested = False
         self._dispatch({key: conv.convert(samples) for key, conv in self.converters.items()
                         if not key[2]})
         if clean is not None:

@@ -25,9 +25,11 @@ RATE = 16000
 
 
 def make(tmp_path: Path, fmt: str = "s16", *, interval: float = 0.1,
-         bus: MemoryBus | None = None) -> tuple[BatchPath, LiveStream, RecordingOwner]:
+         bus: MemoryBus | None = None,
+         quiet: float | None = None) -> tuple[BatchPath, LiveStream, RecordingOwner]:
     bus = bus or MemoryBus()
-    path = BatchPath(bus, Metrics(), Space(), ack_interval=interval, header_interval=1.0)
+    path = BatchPath(bus, Metrics(), Space(), ack_interval=interval, header_interval=1.0,
+                     quiet_interval=quiet)
     spec = StreamSpec(fmt, RATE, 1)
     archive = Archive.create(tmp_path / "s.wav", spec.pcm, "wav")
     rec = StreamRecord(id="s1", name=None, created=0.0, format=fmt, archive_format="wav",
@@ -54,6 +56,45 @@ def test_bytes_become_samples_in_the_archive_and_an_ack(tmp_path: Path) -> None:
     live.archive.close()
     got, rate = sf.read(tmp_path / "s.wav", dtype="int16")
     assert rate == RATE and np.array_equal(got, x)
+
+
+async def test_a_stream_nobody_receives_is_batched_longest_until_someone_does(
+        tmp_path: Path) -> None:
+    bus = MemoryBus()
+    path, live, owner = make(tmp_path, bus=bus, quiet=0.25)
+    x = pcm(3 * RATE)
+    sub = None
+    for i in range(0, len(x), 320):  # 20 ms messages
+        if i == 12800:  # 0.8 s: a PCM listener subscribes
+            sub = bus.subscribe(live.id, audio="pcm")
+        if i == 31680:  # after the batch ending here was written: it leaves
+            assert sub is not None
+            bus.unsubscribe(sub)
+        if path.add(live, x[i:i + 320].tobytes(), 320, now=i / RATE):
+            path.flush(live, now=i / RATE)
+    # the first batch is the cadence's (0.1 s: nothing is known yet); nobody receives the
+    # stream, so the next are the longest (0.25 s: 4000 frames, in whole messages: 4160);
+    # the batch under way when the listener came keeps its length, the next ones are
+    # short; the one under way when it left is short, the next ones long again
+    assert owner.acks == [1600, 5760, 9920, 14080, *range(15680, 31681, 1600), 33280,
+                          37440, 41600, 45760]
+    assert sub is not None
+    got = [item async for item in sub]
+    assert [(a.offset, len(a.samples)) for a in got] == [  # type: ignore[union-attr]
+        (9920, 4160), *((f, 1600) for f in range(14080, 31680, 1600))]
+    live.archive.close()
+    assert np.array_equal(sf.read(tmp_path / "s.wav", dtype="int16")[0], x[:45760])
+
+
+def test_the_cadence_never_shortens_a_quiet_streams_batches(tmp_path: Path) -> None:
+    path, live, _ = make(tmp_path, quiet=0.25)
+    path.add(live, pcm(1600).tobytes(), 1600, now=0.0)
+    path.flush(live, now=0.1)
+    assert live.quiet and live.writer.ack_interval == 0.25
+    path.set_interval(0.15, [live])  # the loop got busy: batches stretch, a quiet one stays
+    assert live.writer.ack_interval == 0.25
+    path.set_interval(0.5, [live])  # (--ack-interval above --ack-interval-max: fixed)
+    assert live.writer.ack_interval == 0.5
 
 
 def test_nothing_new_is_not_acknowledged_twice(tmp_path: Path) -> None:

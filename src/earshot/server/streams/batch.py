@@ -9,6 +9,13 @@ stream's processors, onto the audio log (Redis bus) and to relay listeners (PCM 
 then everything written is acknowledged (:meth:`BatchPath.ack`). What the hot path counts
 goes into the metrics once a tick (:meth:`BatchPath.take_tally`).
 
+A batch costs the same fixed work whatever its length (the write, the conversion, the ack
+and their syscalls), and short batches only matter to someone receiving the stream live.
+So a *quiet* stream, whose last batch nobody received (no processor ran on it: none, or
+only on-demand ones nobody watches; no relay listener; no shared log), is batched as long
+as the cadence ever allows (``--ack-interval-max``); the next batch after anyone starts
+receiving it is short again (:meth:`BatchPath.write` decides, batch by batch).
+
 The hub (:mod:`earshot.server.streams.hub`) owns the registry and the life cycle and calls
 this core; with ``--fsync`` it puts the disk sync between :meth:`write` and :meth:`ack`.
 """
@@ -56,11 +63,13 @@ class BatchPath:
     processors, the log and the listeners."""
 
     def __init__(self, bus: Bus, metrics: Metrics, space: Space, *, ack_interval: float,
-                 header_interval: float) -> None:
+                 header_interval: float, quiet_interval: float | None = None) -> None:
         self.bus = bus
         self.metrics = metrics
         self.space = space
         self.ack_interval = ack_interval  # the cadence's current interval (hub: set_interval)
+        # a quiet stream's batches (nobody receives them live): the cadence's longest
+        self.quiet_interval = max(ack_interval, quiet_interval or 0.0)
         self.header_interval = header_interval
         # a batch's deadline (its stream, its number): one entry per batch, dropped once
         # the batch is gone (flushed by size), so the heap holds about one per live stream
@@ -85,7 +94,10 @@ class BatchPath:
         """Batches are ``interval`` long from now on (the gateway's ack cadence)."""
         self.ack_interval = interval
         for live in streams:
-            live.writer.set_interval(interval)
+            live.writer.set_interval(self._interval(live.quiet))
+
+    def _interval(self, quiet: bool) -> float:
+        return max(self.quiet_interval, self.ack_interval) if quiet else self.ack_interval
 
     # -- the hot path -------------------------------------------------------------------------
     def add(self, live: LiveStream, data: bytes, frames: int, now: float) -> bool:
@@ -137,6 +149,11 @@ class BatchPath:
             if clean is not None:
                 samples, first = clean
             self._relay(live, samples, first, pcm_listeners, opus_listeners)
+        quiet = not (bus.remote or pcm_listeners or opus_listeners) and (
+            pipeline is None or pipeline.rested)
+        if quiet is not live.quiet:  # the next batch's length
+            live.quiet = quiet
+            live.writer.set_interval(self._interval(quiet))
         t = self._tally  # into the metrics once a tick (take_tally)
         t.frames += w.frames
         t.bytes += w.nbytes

@@ -78,7 +78,8 @@ class Hub:
         self.admission, self.space = self.load.admission, self.load.space
         self.archives = Archives(settings, store, bus, self.space, self._spawn)
         self.batch = BatchPath(bus, metrics, self.space, ack_interval=self.load.cadence.current,
-                               header_interval=settings.archive.header_interval)
+                               header_interval=settings.archive.header_interval,
+                               quiet_interval=self.load.cadence.most)
         now = clock()
         self.load.check_space(now)
         self.load.show(self.live, now)

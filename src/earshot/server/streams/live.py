@@ -71,6 +71,9 @@ class LiveStream:
     processors: list[str] = field(default_factory=list)  # names told to the client
     done: set[str] = field(default_factory=set)  # remote processors done with the stream
     done_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: nobody received its last batch live (no processor ran on it, no listener, no log):
+    #: the batch path makes its batches the longest the cadence allows
+    quiet: bool = False
 
     @property
     def id(self) -> str:

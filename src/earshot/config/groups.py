@@ -233,8 +233,9 @@ class IngestSettings(Group):
                                   "headroom", range=Range(float, 0.005, 5, unit="seconds"),
                                   metavar="SECONDS")
     ack_interval_max: float = setting(0.25, "under load, batches (acks, level events) "
-                                      "stretch up to this (at or below --ack-interval: a "
-                                      "fixed cadence)",
+                                      "stretch up to this, and a stream nobody receives "
+                                      "live is batched this long (at or below "
+                                      "--ack-interval: a fixed cadence)",
                                       range=Range(float, 0.005, 5, unit="seconds"),
                                       metavar="SECONDS")
     max_message_bytes: int = setting(1 << 20, "largest accepted WebSocket message",

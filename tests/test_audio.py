@@ -28,6 +28,29 @@ def test_f32_to_s16_is_within_one_lsb(x: np.ndarray) -> None:
     assert np.max(np.abs(back - x)) <= 1 / 32768 + 1e-9
 
 
+def test_f32_to_s16_is_rint_of_x_times_32768_for_every_sample_near_the_edges() -> None:
+    """The fast path (a rounding cast into int16, saturation only when a sample reaches
+    32767.5 / 32768) gives exactly ``clip(rint(x * 32768))``: every float32 within 8 steps
+    of 16-bit's rounding ties and of ±1.0, and a quarter of a million samples between."""
+    ties = (np.arange(-32768, 32768, dtype=np.float64) + 0.5) / 32768
+    near = [np.nextafter(np.float32(t), np.float32(d), dtype=np.float32)
+            for t in (-1.0, 1.0, 32767.5 / 32768, -32768.5 / 32768) for d in (-2.0, 2.0)]
+    steps = [ties.astype(np.float32)]
+    for direction in (-2.0, 2.0):
+        y = ties.astype(np.float32)
+        for _ in range(8):
+            y = np.nextafter(y, np.float32(direction), dtype=np.float32)
+            steps.append(y)
+    x = np.concatenate([*steps, np.array([*near, 1.0, -1.0, 0.0, -0.0], np.float32),
+                        np.linspace(-1, 1, 1 << 18, dtype=np.float32)])
+    x = x[np.abs(x) <= 1.0]
+    want = np.clip(np.rint(x.astype(np.float64) * 32768), -32768, 32767).astype("<i2")
+    for part in (np.ones(len(x), bool), np.abs(x) < 0.5):  # with, without a loud sample
+        r = f32_to_s16(x[part])
+        assert (r.non_finite, r.clipped) == (0, 0)
+        assert np.array_equal(r.samples, want[part])
+
+
 @given(any_floats)
 def test_f32_to_s16_saturates_and_zeroes_non_finite(x: np.ndarray) -> None:
     r = f32_to_s16(x)

@@ -465,10 +465,10 @@ class StreamPipeline:
         for _, runner in self.runners:
             runner.start()
         self.filtered = any(key[2] for key, _ in self.runners)  # wants the filtered audio
-        #: every processor is on demand, unnamed, at the stream's rate, on its raw audio:
-        #: while none is received, a batch is passed over whole (nothing converted)
         #: the last batch fed was passed over whole (the batch path then batches longer)
         self.rested = False
+        #: every processor is on demand, unnamed, at the stream's rate, on its raw audio:
+        #: while none is received, a batch is passed over whole (nothing converted)
         self._can_rest = bool(self.runners) and not self.filtered and all(
             r.wanted is not None and key[0] == info.rate for key, r in self.runners)
 

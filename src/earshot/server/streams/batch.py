@@ -151,7 +151,7 @@ class BatchPath:
             self._relay(live, samples, first, pcm_listeners, opus_listeners)
         quiet = not (bus.remote or pcm_listeners or opus_listeners) and (
             pipeline is None or pipeline.rested)
-        if quiet is not live.quiet:  # the next batch's length
+        if quiet != live.quiet:  # the next batch's length
             live.quiet = quiet
             live.writer.set_interval(self._interval(quiet))
         t = self._tally  # into the metrics once a tick (take_tally)

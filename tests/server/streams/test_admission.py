@@ -119,6 +119,21 @@ async def test_probe_measures_a_blocked_loop() -> None:
     assert sorted(seen)[len(seen) // 2] < 0.25  # ...and the rest was not lag
 
 
+async def test_an_idle_probe_sleeps_longer_and_still_measures_lag() -> None:
+    seen: list[float] = []
+    idle = True
+    task = asyncio.create_task(probe_loop_lag(lambda lag, now: seen.append(lag), period=0.01,
+                                              idle=lambda: idle, idle_period=0.2))
+    await asyncio.sleep(0.05)
+    time.sleep(0.3)  # block the loop while idle: the late wake-up is still lag
+    await asyncio.sleep(0.05)
+    assert len(seen) == 1 and seen[0] >= 0.1  # one 0.2 s sleep, woken 0.15 s late
+    idle = False  # a stream came: back to the short period after the current sleep
+    await asyncio.sleep(0.5)
+    task.cancel()
+    assert len(seen) >= 10
+
+
 def test_held_at_shutdown_file_round_trip(tmp_path: Path) -> None:
     write_held(tmp_path, ["a", "b"])
     ids, left = read_held(tmp_path, grace=30)

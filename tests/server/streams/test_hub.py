@@ -26,6 +26,35 @@ def audio(n: int) -> bytes:
     return np.arange(n, dtype="<i2").tobytes()
 
 
+async def test_an_idle_ticker_sleeps_until_a_stream_comes(tmp_path: Path) -> None:
+    async with Gateway(tmp_path) as gw:
+        hub, owner = gw.hub, RecordingOwner()
+        loop = asyncio.get_running_loop()
+        ticks: list[float] = []
+        real = hub.tick
+
+        async def tick() -> None:
+            ticks.append(loop.time())
+            await real()
+
+        hub.tick = tick  # type: ignore[method-assign]
+        ticker = asyncio.create_task(hub.run_ticker())
+        await asyncio.sleep(0.3)
+        assert hub.idle and ticks == []  # nothing is live: the next tick is 1 s away
+        opened = loop.time()
+        live, _token, _ = await hub.open(start(), owner)
+        await asyncio.sleep(0.5)
+        assert not hub.idle
+        assert ticks[0] - opened < 0.1  # woken by the stream, not by the second
+        assert len(ticks) >= 4  # then every 50 ms
+        await hub.detach(live, owner, stopped=True)
+        await asyncio.sleep(0.1)
+        n = len(ticks)
+        await asyncio.sleep(0.4)
+        assert hub.idle and len(ticks) <= n + 1  # idle again
+        ticker.cancel()
+
+
 async def test_open_feed_detach_stopped_finishes(tmp_path: Path) -> None:
     async with Gateway(tmp_path) as gw:
         hub, owner = gw.hub, RecordingOwner()

@@ -139,7 +139,8 @@ def create_app(settings: Settings) -> FastAPI:
         restore_signals = drain_on_signals(hub.drain, DRAIN_TIMEOUT)
         ticker = asyncio.create_task(hub.run_ticker(), name="earshot-ticker")
         probe = asyncio.create_task(probe_loop_lag(hub.observe_loop_lag,
-                                               cpu=hub.admission.observe_cpu), name="earshot-lag")
+                                                   cpu=hub.admission.observe_cpu,
+                                                   idle=lambda: hub.idle), name="earshot-lag")
         try:
             yield
         finally:

@@ -341,14 +341,19 @@ def thread_wait(path: str = "/proc/thread-self/schedstat") -> float | None:
 
 async def probe_loop_lag(report: Callable[[float, float], None], period: float = 0.1,
                          clock: Callable[[], float] = time.monotonic,
-                         cpu: Callable[..., None] | None = None) -> None:
+                         cpu: Callable[..., None] | None = None,
+                         idle: Callable[[], bool] | None = None,
+                         idle_period: float = 1.0) -> None:
     """Forever: sleep ``period``, report how much later than asked the loop woke us; with
     ``cpu``, also the CPU seconds used so far by this (the loop's) thread and the process,
-    and the seconds the thread waited for a CPU (None where that is not known)."""
+    and the seconds the thread waited for a CPU (None where that is not known). While
+    ``idle()`` (no stream held), sleep ``idle_period`` instead: the smoothed measures take
+    samples at any spacing, and an idle server wakes less often."""
     while True:
         asked = clock()
-        await asyncio.sleep(period)
+        wait = idle_period if idle is not None and idle() else period
+        await asyncio.sleep(wait)
         now = clock()
         if cpu is not None:
             cpu(time.thread_time(), time.process_time(), now, thread_wait())
-        report(max(0.0, now - asked - period), now)
+        report(max(0.0, now - asked - wait), now)

@@ -51,6 +51,10 @@ __all__ = ["Hub", "LiveStream", "Owner", "hash_token", "new_stream_id"]
 
 log = logging.getLogger("earshot.hub")
 
+#: the ticker's period while no stream is live here: nothing can be due then but the
+#: free-space check (once a second anyway); a stream attaching wakes it at once
+IDLE_TICK = 1.0
+
 
 class Hub:
     def __init__(
@@ -73,6 +77,7 @@ class Hub:
         self.router = EventRouter(store, bus, metrics, settings.server.data_dir, self.owner_of,
                                   self._processed)
         self._background: set[asyncio.Task[Any]] = set()
+        self._attached = asyncio.Event()  # wakes an idle ticker
         self.replays = Replays()  # replay jobs running here (server/streams/replay.py)
         self.load = Load(settings, metrics)  # admission, free space, the ack cadence
         self.admission, self.space = self.load.admission, self.load.space
@@ -148,6 +153,11 @@ class Hub:
                                        live.offset if live else delivered)
 
     # -- load (server/streams/load.py) -------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        """No stream is live here (the ticker and the loop-lag probe wake less often)."""
+        return not self.live
+
     def observe_loop_lag(self, lag: float, now: float) -> None:
         """The loop-lag probe's report (every 0.1 s); also refreshes the gauges."""
         self.load.observe_loop_lag(lag, self.live, now)
@@ -318,6 +328,7 @@ class Hub:
 
     def _attach(self, live: LiveStream, *, resumed: bool) -> None:
         self.live[live.id] = live
+        self._attached.set()
         self.batch.attach(live, self.clock())
         self.metrics.streams_active.set(len(self.live))
         self.metrics.streams_started.labels("resume" if resumed else "new").inc()
@@ -466,7 +477,12 @@ class Hub:
     async def run_ticker(self) -> None:
         period = min(self.settings.ingest.ack_interval / 2, 0.05)
         while True:
-            await asyncio.sleep(period)
+            if self.live:
+                await asyncio.sleep(period)
+            else:  # an idle gateway wakes once a second, not twenty times
+                self._attached.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._attached.wait(), IDLE_TICK)
             try:
                 await self.tick()
             except Exception:  # never let one bad stream stop the ticker

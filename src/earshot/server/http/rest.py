@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, cast
 
+import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -403,7 +404,10 @@ def rest_report(request: Request) -> dict[str, Any] | None:
 
 
 @ops.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_token)])
-def metrics(request: Request) -> Response:
+async def metrics(request: Request) -> Response:
     need(request, Scope.ADMIN)
-    data = generate_latest(request.app.state.metrics.registry)
+    hub = getattr(request.app.state, "hub", None)
+    if hub is not None:  # the load gauges as of now (an idle gateway's probe is asleep)
+        hub.refresh_gauges()
+    data = await anyio.to_thread.run_sync(generate_latest, request.app.state.metrics.registry)
     return Response(data, media_type=CONTENT_TYPE_LATEST)

@@ -162,6 +162,13 @@ class Hub:
         """The loop-lag probe's report (every 0.1 s); also refreshes the gauges."""
         self.load.observe_loop_lag(lag, self.live, now)
 
+    def refresh_gauges(self) -> None:
+        """Bring the load gauges (admission, loop, free space) up to date now: a ``/metrics``
+        scrape, which may come while an idle gateway's probe and ticker sleep."""
+        now = self.clock()
+        self.load.check_space(now)
+        self.load.show(self.live, now)
+
     def admission_report(self) -> dict[str, Any]:
         """For /healthz: whether new publishers get in now, and why not."""
         return self.load.report(self.live, self.clock())

@@ -69,7 +69,8 @@ class BatchPath:
         self.space = space
         self.ack_interval = ack_interval  # the cadence's current interval (hub: set_interval)
         # a quiet stream's batches (nobody receives them live): the cadence's longest
-        self.quiet_interval = max(ack_interval, quiet_interval or 0.0)
+        # (none given: never longer than the cadence's own)
+        self.quiet_interval = quiet_interval or 0.0
         self.header_interval = header_interval
         # a batch's deadline (its stream, its number): one entry per batch, dropped once
         # the batch is gone (flushed by size), so the heap holds about one per live stream

@@ -85,9 +85,7 @@ class Hub:
         self.batch = BatchPath(bus, metrics, self.space, ack_interval=self.load.cadence.current,
                                header_interval=settings.archive.header_interval,
                                quiet_interval=self.load.cadence.most)
-        now = clock()
-        self.load.check_space(now)
-        self.load.show(self.live, now)
+        self.refresh_gauges()
 
     @property
     def objects(self) -> ArchiveStore | None:
@@ -159,12 +157,14 @@ class Hub:
         return not self.live
 
     def observe_loop_lag(self, lag: float, now: float) -> None:
-        """The loop-lag probe's report (every 0.1 s); also refreshes the gauges."""
+        """The loop-lag probe's report (every 0.1 s, once a second while idle); also
+        refreshes the gauges."""
         self.load.observe_loop_lag(lag, self.live, now)
 
     def refresh_gauges(self) -> None:
-        """Bring the load gauges (admission, loop, free space) up to date now: a ``/metrics``
-        scrape, which may come while an idle gateway's probe and ticker sleep."""
+        """Bring the load gauges (admission, loop, free space) up to date now: at start, and
+        for a ``/metrics`` scrape, which may come while an idle gateway's probe and ticker
+        sleep."""
         now = self.clock()
         self.load.check_space(now)
         self.load.show(self.live, now)

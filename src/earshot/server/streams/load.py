@@ -60,7 +60,8 @@ class Load:
         return ProtocolError(Code.SHUTTING_DOWN if a.draining else Code.SERVER_FULL, why)
 
     def observe_loop_lag(self, lag: float, held: Collection[str], now: float) -> None:
-        """The loop-lag probe's report (every 0.1 s); also refreshes the gauges."""
+        """The loop-lag probe's report (every 0.1 s, once a second while idle); also
+        refreshes the gauges."""
         self.admission.observe_loop_lag(lag, now)
         self.show(held, now)
 

@@ -79,13 +79,14 @@ async def run_config(processors: list[str] | None, streams: int, seconds: float,
 
 
 def floor(streams: int, seconds: float, rate: int, fmt: str, frame_ms: int) -> dict:
-    """Append each message to a batch; every 100 ms write it to a file (f32 → s16 as the
-    archive does): the least any archiving server does."""
+    """Append each message to a batch (a list, joined when written: the cheapest way
+    found); every 100 ms write it to a file (f32 → s16 as the archive does): the least any
+    archiving server does."""
     from earshot.audio import f32_to_s16
 
     d = tempfile.mkdtemp(prefix="earshot-floor-")
     fds = [os.open(f"{d}/{i}.raw", os.O_WRONLY | os.O_CREAT) for i in range(streams)]
-    pend = [bytearray() for _ in range(streams)]
+    pend: list[list[bytes]] = [[] for _ in range(streams)]
     n = rate * frame_ms // 1000
     msg = np.zeros(n, np.float32 if fmt == "f32" else np.int16).tobytes()
     messages = int(seconds * 1000 / frame_ms)
@@ -93,10 +94,10 @@ def floor(streams: int, seconds: float, rate: int, fmt: str, frame_ms: int) -> d
     t0 = time.thread_time()
     for i in range(messages):
         for j in range(streams):
-            pend[j] += msg
+            pend[j].append(msg)
             if i % per_batch == per_batch - 1:
-                b = pend[j]
-                pend[j] = bytearray()
+                b = b"".join(pend[j])
+                pend[j] = []
                 if fmt == "f32":
                     os.write(fds[j], f32_to_s16(np.frombuffer(b, np.float32)).samples)
                 else:

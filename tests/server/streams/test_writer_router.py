@@ -57,6 +57,24 @@ def test_a_flush_is_due_after_an_ack_interval_of_audio(tmp_path: Path) -> None:
     assert w.write() is None
 
 
+def test_a_batch_holds_each_message_as_it_was_when_added(tmp_path: Path) -> None:
+    """The batch keeps the messages (joined once, when written): a caller that reuses its
+    buffer after ``add`` must not change what is archived, and ``last`` is the newest."""
+    w = _writer(tmp_path)
+    buf = bytearray(frames_s16(320))
+    w.add(buf, 320, now=0.0)
+    assert w.last == frames_s16(320)
+    buf[:] = frames_s16(320, 320)  # the caller's buffer, reused for the next message
+    w.add(memoryview(buf), 320, now=0.02)
+    buf[:] = bytes(640)  # and cleared
+    assert w.last == frames_s16(320, 320)
+    written = w.write()
+    assert written is not None and written.data == frames_s16(640)
+    w.archive.sync()
+    x, _ = sf.read(tmp_path / "s.wav", dtype="int16")
+    assert np.array_equal(x, np.frombuffer(frames_s16(640), "<i2"))
+
+
 def test_a_trickling_client_is_flushed_by_wall_time(tmp_path: Path) -> None:
     w = _writer(tmp_path)
     assert not w.add(frames_s16(160), 160, now=10.0)

@@ -30,7 +30,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from earshot.audio import BYTES_PER_SAMPLE, decode
+from earshot.audio import decode
 from earshot.rooms.errors import RoomError
 from earshot.rooms.room import check_participant, check_room_name
 from earshot.server.ingest.session import IngestSession
@@ -141,11 +141,8 @@ class CallSession(IngestSession):
         due = super().add_audio(live, data, frames)
         n = live.offset - before
         if n > 0 and self.seated:
-            writer = live.writer
             fmt = live.archive.sample_format
-            size = n * BYTES_PER_SAMPLE[fmt] * live.rec.channels
-            pending = writer.pending
-            raw = bytes(pending[len(pending) - size:])
+            raw = live.writer.last  # this message's audio, as queued for the archive
             if self.remote is not None:
                 self.remote.audio(before, fmt, live.rec.channels, raw)
             else:

@@ -1,7 +1,7 @@
 """Where a byte becomes a sample: the batch path of every live stream on a gateway.
 
 A synchronous core, no asyncio, time passed in. Audio comes in as whole frames in the
-stream's wire format (:meth:`BatchPath.add`: one ``bytearray.extend`` per message; an Opus
+stream's wire format (:meth:`BatchPath.add`: one ``list.append`` per message; an Opus
 packet is decoded on arrival); once per ack interval (or when a trickling stream's oldest
 audio has waited that long, :meth:`BatchPath.due`) the batch is written to the archive with
 one ``os.write`` (:meth:`BatchPath.write`) and handed on, as float32 samples, to the

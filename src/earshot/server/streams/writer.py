@@ -3,7 +3,9 @@
 Audio is batched in memory only until the next ack is due (``ack_interval`` seconds of
 audio, or that long in wall time for a trickling client), then written to the archive with
 one ``os.write`` and acknowledged. So per audio message the hot path is one
-``bytearray.extend``; conversion, the write syscall and the JSON ack happen once per batch.
+``list.append`` of the message (joined once per batch: a growing ``bytearray`` reallocated
+and copied the batch so far about every other message); conversion, the write syscall and
+the JSON ack happen once per batch.
 Time is passed in (``now``), so the batching rules are tested with a fake clock.
 """
 
@@ -22,7 +24,7 @@ class Written:
 
     first: int  # frame offset of the batch
     frames: int
-    data: bytes | bytearray  # the batch in the wire format (s16 for Opus streams)
+    data: bytes  # the batch in the wire format (s16 for Opus streams)
     result: AppendResult  # what the archive wrote (``written``) and had to fix
 
     @property
@@ -43,7 +45,8 @@ class StreamWriter:
         self.set_interval(ack_interval)
         self.header_interval = header_interval
         self.decoder = decoder  # OpusDecoder for opus streams: packets become s16 on arrival
-        self.pending = bytearray()
+        self._chunks: list[bytes] = []  # the pending batch, message by message
+        self.last = b""  # the newest message's audio as queued (Opus: decoded to s16)
         self.pending_frames = 0
         self.pending_since = 0.0
         self.batch = 0  # number of the pending batch (counts the batches written)
@@ -84,10 +87,13 @@ class StreamWriter:
             data, frames = f32_to_s16(pcm).samples.tobytes(), len(pcm)
             if not frames:
                 return False
+        if type(data) is not bytes:  # held until the batch is written: never a buffer
+            data = bytes(data)       # its caller could reuse
         if not self.pending_frames:
             self.pending_since = now
         self.newest = now
-        self.pending += data
+        self._chunks.append(data)
+        self.last = data
         self.pending_frames += frames
         return self.pending_frames >= self._due_frames
 
@@ -96,7 +102,8 @@ class StreamWriter:
         frames = self.pending_frames
         if not frames:
             return None
-        data, self.pending = self.pending, bytearray()  # views of `data` stay valid
+        chunks, self._chunks = self._chunks, []
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self.pending_frames = 0
         self.batch += 1
         first = self.archive.frames

@@ -45,8 +45,9 @@ HOTPATH_KINDS = {  # the kinds bench_hotpath.py runs, in the order shown
     "bare": "bare `websockets` discard server (`benchmarks/bare_servers.py`)",
     "starlette": "bare uvicorn + Starlette discard endpoint",
     "none": "**earshot, archive + acks** (`\"processors\": []`)",
-    "level": "**earshot, archive + acks + `level` readings sent to the sender** (the "
-             "defaults until `level` became on demand; now `\"processors\": [\"level\"]`)",
+    "level": "**earshot defaults** (archive + acks; `level` on demand, nobody watching)",
+    "level-named": "earshot, the sender names `level` (`\"processors\": [\"level\"]`: "
+                   "every reading made and sent in the acks)",
 }
 
 

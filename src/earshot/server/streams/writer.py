@@ -76,7 +76,7 @@ class StreamWriter:
         """Frames received: written to the archive plus pending."""
         return self.archive.frames + self.pending_frames
 
-    def add(self, data: bytes, frames: int, now: float) -> bool:
+    def add(self, data: bytes | bytearray | memoryview, frames: int, now: float) -> bool:
         """Queue whole frames (or one Opus packet); True when a flush is due.
 
         Raises :class:`~earshot.errors.ProtocolError` (``bad_opus``) for a packet libopus

@@ -3,9 +3,9 @@
 Audio is batched in memory only until the next ack is due (``ack_interval`` seconds of
 audio, or that long in wall time for a trickling client), then written to the archive with
 one ``os.write`` and acknowledged. So per audio message the hot path is one
-``list.append`` of the message (joined once per batch: a growing ``bytearray`` reallocated
-and copied the batch so far about every other message); conversion, the write syscall and
-the JSON ack happen once per batch.
+``list.append`` of the message, joined once per batch (one copy; a ``bytearray`` grown per
+message would copy the batch so far on each reallocation); conversion, the write syscall
+and the JSON ack happen once per batch.
 Time is passed in (``now``), so the batching rules are tested with a fake clock.
 """
 
